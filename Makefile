@@ -1,0 +1,81 @@
+# Fapiao developer commands. One target per intent; every target installs what it needs.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+GEN := build/gen/python
+KAFKA_LIBS := .cache/kafka/libs
+BUF_VERSION := 1.75.0
+BUF := .cache/buf/node_modules/.bin/buf
+PROTOS := $(shell find protos -name '*.proto' | sort)
+PYTEST_ARGS ?=
+
+.PHONY: help setup protos kafka-jars buf up down status demo test test-unit lint fmt bench clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	printf '%s\n' "$(CURDIR)/services" "$(CURDIR)/deploy/local" "$(CURDIR)/$(GEN)" \
+		> "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fapiao_paths.pth"
+	touch $@
+
+$(GEN)/.stamp: $(VENV)/.installed $(PROTOS)
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$(GEN) --grpc_python_out=$(GEN) --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc $(PROTOS)
+	touch $@
+
+$(KAFKA_LIBS)/.stamp: deploy/local/kafka/pom.xml
+	rm -rf $(KAFKA_LIBS)
+	cd deploy/local/kafka && mvn --batch-mode --quiet package
+	touch $@
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .cache/buf @bufbuild/buf@$(BUF_VERSION)
+
+setup: $(VENV)/.installed $(GEN)/.stamp $(KAFKA_LIBS)/.stamp ## install everything: virtualenv, packages, generated code, Kafka jars
+
+protos: $(GEN)/.stamp ## generate Python code from protos/ into build/gen/python
+
+kafka-jars: $(KAFKA_LIBS)/.stamp ## resolve the Apache Kafka broker from Maven Central into .cache/kafka
+
+up: setup ## start Kafka, PostgreSQL and every service; wait for SERVING; keep running
+	$(PY) -m fapiao_stack up
+
+down: ## stop everything started by `make up`
+	@if [ -x $(PY) ]; then $(PY) -m fapiao_stack down; fi
+
+status: setup ## health of every process of the local stack
+	$(PY) -m fapiao_stack status
+
+demo: setup ## start the stack, walk the end-to-end story, stop the stack
+	$(PY) -m fapiao_stack demo
+
+test: setup $(BUF) ## run the whole test suite against a real Kafka and PostgreSQL
+	$(BUF) lint protos
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup ## unit tests only (no broker, no database)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+lint: setup $(BUF) ## buf lint, ruff check, ruff format --check, mypy
+	$(BUF) lint protos
+	$(PY) -m ruff check services deploy/local tests
+	$(PY) -m mypy services deploy/local
+
+fmt: setup ## format the code
+	$(PY) -m ruff format services deploy/local tests
+	$(PY) -m ruff check --fix services deploy/local tests
+
+bench: setup ## run the benchmarks; writes build/bench/results.json
+	$(PY) -m fapiao_bench
+
+clean: down ## remove generated code, caches and local state
+	rm -rf build .run .cache/buf $(VENV)

@@ -1,0 +1,78 @@
+"""The service processes of the local stack: what to run, on which port, with which environment."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+KAFKA_PORT = 19092
+KAFKA_CONTROLLER_PORT = 19093
+POSTGRES_PORT = 15432
+LEDGER_VALIDATORS = 4
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service process. `health` is "grpc" (standard health service) or "http" (GET /healthz)."""
+
+    name: str
+    module: str
+    port: int
+    health: str = "grpc"
+    env: dict[str, str] = field(default_factory=dict)
+    metrics_port: int = 0
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.module]
+
+
+def local_services() -> list[ServiceSpec]:
+    """Every process `make up` starts, in start order (validators before their clients)."""
+    specs = [ServiceSpec("payment_intake", "payment_intake", 50051, metrics_port=9101)]
+    for index in range(1, LEDGER_VALIDATORS + 1):
+        specs.append(
+            ServiceSpec(
+                f"ledger-{index}",
+                "ledger",
+                50060 + index,
+                env={"FAPIAO_VALIDATOR_ID": f"validator-{index}", "FAPIAO_DB_SCHEMA": f"ledger_{index}"},
+                metrics_port=9110 + index,
+            )
+        )
+    specs += [
+        ServiceSpec("invoice_minting", "invoice_minting", 50052, metrics_port=9102),
+        ServiceSpec("reimbursement", "reimbursement", 50053, metrics_port=9103),
+        ServiceSpec("gateway", "gateway", 8080, health="http", metrics_port=9104),
+    ]
+    return specs
+
+
+async def grpc_health(port: int, timeout_s: float = 1.0, host: str = "127.0.0.1") -> str:
+    """The overall status reported by the standard health service on `port` ("SERVING", ... or "DOWN")."""
+    try:
+        async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    except grpc.aio.AioRpcError:
+        return "DOWN"
+
+
+async def http_health(port: int, timeout_s: float = 1.0) -> str:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
+        writer.write(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout_s)
+        writer.close()
+        return "SERVING" if b" 200 " in status_line else "NOT_SERVING"
+    except (OSError, TimeoutError):
+        return "DOWN"
+
+
+async def health_of(spec: ServiceSpec) -> str:
+    return await (grpc_health(spec.port) if spec.health == "grpc" else http_health(spec.port))

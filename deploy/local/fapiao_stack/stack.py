@@ -1,0 +1,164 @@
+"""Start and stop the whole local stack: Kafka, PostgreSQL and every service process.
+
+State lives in .run/ (pid files, data) and logs in .run/logs/. `down` stops everything it started,
+including processes of a previous `up` whose terminal went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fapiao_runtime.kafka import ensure_topics
+from fapiao_stack.kafka import KafkaBroker
+from fapiao_stack.paths import LOG_DIR, RUN_DIR
+from fapiao_stack.postgres import LocalPostgres
+from fapiao_stack.procs import pid_alive, spawn, stop_pid_file
+from fapiao_stack.services import KAFKA_CONTROLLER_PORT, KAFKA_PORT, POSTGRES_PORT, health_of, local_services
+
+PID_DIR = RUN_DIR / "pids"
+STATE_FILE = RUN_DIR / "stack.json"
+
+
+@dataclass
+class StackEndpoints:
+    kafka_bootstrap: str
+    database_url: str
+    services: dict[str, str]
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _postgres() -> LocalPostgres:
+    return LocalPostgres(RUN_DIR / "postgres", POSTGRES_PORT, LOG_DIR / "postgres.log")
+
+
+def service_env(kafka_bootstrap: str, database_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "FAPIAO_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "DATABASE_URL": database_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def up(timeout_s: float = 120.0) -> StackEndpoints:
+    """Start everything not running yet and wait until every service reports SERVING."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    kafka_pid = PID_DIR / "kafka.pid"
+    kafka_bootstrap = f"127.0.0.1:{KAFKA_PORT}"
+    if not (kafka_pid.exists() and pid_alive(int(kafka_pid.read_text()))):
+        _say(f"starting Kafka (KRaft) on {kafka_bootstrap} ...")
+        broker = KafkaBroker(RUN_DIR / "kafka", KAFKA_PORT, KAFKA_CONTROLLER_PORT, LOG_DIR / "kafka.log")
+        broker.start()
+        assert broker.proc is not None
+        PID_DIR.mkdir(parents=True, exist_ok=True)
+        kafka_pid.write_text(str(broker.proc.pid))
+    database_url = os.environ.get("DATABASE_URL", "")
+    if not database_url:
+        pg = _postgres()
+        if not (pg.data_dir / "postmaster.pid").exists():
+            _say(f"starting PostgreSQL (embedded) on 127.0.0.1:{POSTGRES_PORT} ...")
+            pg.start()
+        database_url = pg.create_database("fapiao")
+    asyncio.run(ensure_topics(kafka_bootstrap))
+    env = service_env(kafka_bootstrap, database_url)
+    endpoints: dict[str, str] = {}
+    for spec in local_services():
+        pid_file = PID_DIR / f"{spec.name}.pid"
+        endpoints[spec.name] = f"127.0.0.1:{spec.port}"
+        if pid_file.exists() and pid_alive(int(pid_file.read_text())):
+            continue
+        spec_env = dict(env)
+        spec_env.update(spec.env)
+        spec_env["FAPIAO_GRPC_PORT" if spec.health == "grpc" else "FAPIAO_HTTP_PORT"] = str(spec.port)
+        spec_env["FAPIAO_METRICS_PORT"] = str(spec.metrics_port)
+        spawn(spec.argv(), log_file=LOG_DIR / f"{spec.name}.log", env=spec_env, pid_file=pid_file)
+    asyncio.run(_wait_serving(timeout_s))
+    STATE_FILE.write_text(
+        json.dumps({"kafka_bootstrap": kafka_bootstrap, "database_url": database_url, "services": endpoints})
+    )
+    return StackEndpoints(kafka_bootstrap, database_url, endpoints)
+
+
+async def _wait_serving(timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = {s.name: s for s in local_services()}
+    while pending:
+        for name, spec in list(pending.items()):
+            if await health_of(spec) == "SERVING":
+                _say(f"  {name:<16} SERVING on 127.0.0.1:{spec.port}")
+                del pending[name]
+                continue
+            pid_file = PID_DIR / f"{name}.pid"
+            if not pid_file.exists() or not pid_alive(int(pid_file.read_text())):
+                raise RuntimeError(f"{name} exited during start-up; see {LOG_DIR / (name + '.log')}")
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"not SERVING after {timeout_s}s: {', '.join(sorted(pending))}; logs in {LOG_DIR}")
+        await asyncio.sleep(0.3)
+
+
+def down() -> list[str]:
+    """Stop every process of the stack (services first, then Kafka, then PostgreSQL)."""
+    stopped = []
+    for spec in reversed(local_services()):
+        if stop_pid_file(PID_DIR / f"{spec.name}.pid", timeout_s=15):
+            stopped.append(spec.name)
+    if stop_pid_file(PID_DIR / "kafka.pid", timeout_s=30):
+        stopped.append("kafka")
+    pg = _postgres()
+    if (pg.data_dir / "postmaster.pid").exists():
+        pg.stop()
+        stopped.append("postgres")
+    STATE_FILE.unlink(missing_ok=True)
+    return stopped
+
+
+async def status() -> dict[str, str]:
+    return {spec.name: await health_of(spec) for spec in local_services()}
+
+
+def read_endpoints() -> StackEndpoints:
+    """Endpoints of the running stack (raises if `up` has not run)."""
+    data = json.loads(Path(STATE_FILE).read_text())
+    return StackEndpoints(data["kafka_bootstrap"], data["database_url"], data["services"])
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "status"
+    if command == "up":
+        endpoints = up()
+        _say(f"Kafka      {endpoints.kafka_bootstrap}")
+        _say(f"PostgreSQL {endpoints.database_url}")
+        _say(f"logs       {LOG_DIR}")
+        return 0
+    if command == "down":
+        stopped = down()
+        _say("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return 0
+    if command == "status":
+        states = asyncio.run(status())
+        for name, state in states.items():
+            _say(f"{name:<16} {state}")
+        return 0 if all(s == "SERVING" for s in states.values()) else 1
+    if command == "demo":
+        from fapiao_stack.demo import run_demo
+
+        return run_demo()
+    _say(f"unknown command {command!r}; use up, down, status or demo")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,164 @@
+"""Idempotent event consumers.
+
+For each record: one PostgreSQL transaction inserts (consumer, event_id) into processed_events and
+applies the handler's effect; a duplicate event_id is skipped. Kafka offsets are committed only after
+the transactions of every record up to them have committed, so a crash replays, never skips.
+A record whose handler keeps failing after bounded retries is stored in dead_letters with the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from fapiao.common.v1 import envelope_pb2
+from fapiao_runtime.envelope import parse_envelope
+from fapiao_runtime.errors import FapiaoError
+from fapiao_runtime.logs import event_id_var
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[asyncpg.Connection, envelope_pb2.EventEnvelope], Awaitable[None]]
+
+
+async def mark_processed(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:
+    """Record that `consumer` processed `event_id`; False if it already had (call in the effect's transaction)."""
+    inserted = await conn.fetchval(
+        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+        consumer,
+        uuid.UUID(event_id),
+    )
+    return bool(inserted)
+
+
+class EventConsumer:
+    """Consume `topics` in consumer group `group_id`, applying `handler` exactly once per event_id.
+
+    max_batch bounds records fetched per poll; max_attempts bounds retries of a failing record before
+    it is dead-lettered (expected FapiaoError failures are dead-lettered at once: retrying cannot help).
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topics: list[str],
+        group_id: str,
+        pool: asyncpg.Pool,
+        handler: EventHandler,
+        consumer_name: str | None = None,
+        max_batch: int = 200,
+        max_attempts: int = 5,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topics = topics
+        self._group_id = group_id
+        self._pool = pool
+        self._handler = handler
+        self._name = consumer_name or group_id
+        self._max_batch = max_batch
+        self._max_attempts = max_attempts
+        self.applied = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=self._bootstrap,
+            group_id=self._group_id,
+            client_id=self._name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self._max_batch,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=self._max_batch)
+                if not batch:
+                    continue
+                offsets: dict[TopicPartition, int] = {}
+                for tp, records in batch.items():
+                    for record in records:
+                        await self._apply(record)
+                        offsets[tp] = record.offset + 1
+                await consumer.commit(offsets)
+        finally:
+            self._consumer = None
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def lag(self) -> int:
+        """Records not yet consumed across assigned partitions (for metrics and `fapiao status`)."""
+        consumer = self._consumer
+        if consumer is None:
+            return 0
+        total = 0
+        assigned = consumer.assignment()
+        if not assigned:
+            return 0
+        ends = await consumer.end_offsets(list(assigned))
+        for tp in assigned:
+            with contextlib.suppress(Exception):
+                total += max(0, ends[tp] - await consumer.position(tp))
+        return total
+
+    async def _apply(self, record: ConsumerRecord) -> None:
+        try:
+            envelope = parse_envelope(record.value)
+        except FapiaoError as exc:
+            await self._dead_letter(record, "", exc.details)
+            return
+        token = event_id_var.set(envelope.event_id)
+        try:
+            for attempt in range(1, self._max_attempts + 1):
+                try:
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        if not await mark_processed(conn, self._name, envelope.event_id):
+                            self.duplicates += 1
+                            return
+                        await self._handler(conn, envelope)
+                    self.applied += 1
+                    return
+                except FapiaoError as exc:
+                    await self._dead_letter(record, envelope.event_id, exc.details)
+                    return
+                except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError, OSError) as exc:
+                    if attempt == self._max_attempts:
+                        await self._dead_letter(record, envelope.event_id, repr(exc))
+                        return
+                    await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+                except Exception as exc:
+                    if attempt == self._max_attempts:
+                        log.exception("event handler failed; dead-lettered")
+                        await self._dead_letter(record, envelope.event_id, repr(exc))
+                        return
+                    await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+        finally:
+            event_id_var.reset(token)
+
+    async def _dead_letter(self, record: ConsumerRecord, event_id: str, error: str) -> None:
+        log.warning("event dead-lettered", extra={"topic": record.topic, "offset": record.offset, "error": error})
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO dead_letters (consumer, topic, kafka_partition, kafka_offset, event_id, error, payload)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                self._name,
+                record.topic,
+                record.partition,
+                record.offset,
+                event_id,
+                error[:2000],
+                record.value or b"",
+            )
+        self.dead_lettered += 1

@@ -1,0 +1,77 @@
+"""Domain errors with a machine-readable reason, mapped to gRPC status codes at the edge.
+
+Handlers raise these; the gRPC interceptor turns them into a status with details
+"<REASON>: <message>" and the trailing metadata key `fapiao-reason`. Anything else becomes
+INTERNAL without leaking the exception text.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class FapiaoError(Exception):
+    """Base of every expected failure. `reason` is a stable UPPER_SNAKE code; `message` is for humans."""
+
+    status_code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    http_status: int = 500
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+        self.message = message or reason.replace("_", " ").lower()
+
+    @property
+    def details(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class InvalidArgument(FapiaoError):
+    status_code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
+
+
+class NotFound(FapiaoError):
+    status_code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+
+
+class AlreadyExists(FapiaoError):
+    status_code = grpc.StatusCode.ALREADY_EXISTS
+    http_status = 409
+
+
+class FailedPrecondition(FapiaoError):
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 409
+
+
+class PermissionDenied(FapiaoError):
+    status_code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+
+
+class Unauthenticated(FapiaoError):
+    status_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+
+
+class ResourceExhausted(FapiaoError):
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+
+
+class DeadlineExceeded(FapiaoError):
+    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+
+
+class Unavailable(FapiaoError):
+    status_code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
+
+
+def reason_of(error: grpc.aio.AioRpcError | grpc.RpcError) -> str:
+    """Extract the reason code from a client-side gRPC error raised by a Fapiao server."""
+    details = error.details() if hasattr(error, "details") else ""
+    return (details or "").split(":", 1)[0]

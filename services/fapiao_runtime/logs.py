@@ -1,0 +1,48 @@
+"""Structured JSON logging; the current request id and event id appear in every line."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+event_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("event_id", default="")
+
+_SERVICE = {"name": "fapiao"}
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, service, logger, msg, request_id, event_id, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": _SERVICE["name"],
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": request_id_var.get(),
+            "event_id": event_id_var.get(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value if isinstance(value, (int, float, bool, str)) or value is None else str(value)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(service_name: str, level: str = "INFO") -> None:
+    """Send JSON lines to stderr for the whole process. Safe to call more than once."""
+    _SERVICE["name"] = service_name
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

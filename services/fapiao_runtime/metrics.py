@@ -1,0 +1,24 @@
+"""Prometheus metrics shared by every service, served on FAPIAO_METRICS_PORT when it is set."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+GRPC_REQUESTS = Counter("fapiao_grpc_requests_total", "gRPC requests by method and status code", ["method", "code"])
+GRPC_LATENCY = Histogram(
+    "fapiao_grpc_latency_seconds",
+    "gRPC handler latency",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+OUTBOX_BACKLOG = Gauge("fapiao_outbox_backlog", "Outbox rows not yet published")
+OUTBOX_PUBLISHED = Counter("fapiao_outbox_published_total", "Outbox rows published to Kafka")
+CONSUMER_LAG = Gauge("fapiao_consumer_lag", "Records not yet consumed", ["consumer"])
+EVENTS_APPLIED = Counter("fapiao_events_applied_total", "Events applied by idempotent consumers", ["consumer"])
+EVENTS_DEAD_LETTERED = Counter("fapiao_events_dead_lettered_total", "Events moved to dead_letters", ["consumer"])
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on `port` (0 disables)."""
+    if port:
+        start_http_server(port, addr=host)

@@ -1,0 +1,28 @@
+"""Logical topic names and partition counts. Keys are always the aggregate id.
+
+See docs/events.md for producers, consumers and schemas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+
+
+# PaymentSucceeded / PaymentRefunded, key merchant_id:out_trade_no.
+PAYMENTS = TopicSpec("payments.v1", 4)
+# LedgerRecord (signed transactions and time-to-cut markers), key invoice_id. One partition = one chain.
+LEDGER_TRANSACTIONS = TopicSpec("ledger.tx.v1", 2)
+# TransactionResult, key transaction_id.
+LEDGER_RESULTS = TopicSpec("ledger.results.v1", 4)
+# BlockSignature from every validator, key chain id.
+LEDGER_SIGNATURES = TopicSpec("ledger.signatures.v1", 2)
+# InvoiceIssued and other invoice events, key invoice_id.
+INVOICES = TopicSpec("invoices.v1", 4)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (PAYMENTS, LEDGER_TRANSACTIONS, LEDGER_RESULTS, LEDGER_SIGNATURES, INVOICES)

@@ -1,0 +1,1 @@
+"""gateway: HTTP edge (webhook, claim page, verification page)."""

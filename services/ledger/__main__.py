@@ -1,0 +1,30 @@
+"""Entry point: python -m ledger (skeleton: health and migrations only until the service lands)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fapiao_runtime.config import RuntimeConfig
+from fapiao_runtime.grpc_server import GrpcServer
+from fapiao_runtime.service import ServiceContext, run_service
+
+
+async def _wire(ctx: ServiceContext, server: GrpcServer) -> list:  # type: ignore[type-arg]
+    return []
+
+
+def main() -> None:
+    config = RuntimeConfig.from_env("ledger", 50061)
+    asyncio.run(
+        run_service(
+            config,
+            service_names=["fapiao.ledger.v1.LedgerService"],
+            migrations=Path(__file__).parent / "migrations",
+            wire=_wire,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
