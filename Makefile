@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(GEN)/.stamp: $(VENV)/.installed $(PROTOS)
 	rm -rf $(GEN) && mkdir -p $(GEN)
-	$(PY) -m grpc_tools.protoc -I protos --python_out=$(GEN) --grpc_python_out=$(GEN) --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc $(PROTOS)
+	$(PY) -m grpc_tools.protoc >/dev/null -I protos --python_out=$(GEN) --grpc_python_out=$(GEN) --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc $(PROTOS)
 	touch $@
 
 $(KAFKA_LIBS)/.stamp: deploy/local/kafka/pom.xml

@@ -23,6 +23,8 @@ class OutgoingEvent:
     topic: str
     key: bytes
     envelope_bytes: bytes
+    # Explicit partition, only for records that must reach every partition (e.g. ledger key registrations).
+    partition: int | None = None
 
 
 def make_envelope(
@@ -47,12 +49,14 @@ def make_envelope(
     )
 
 
-def outgoing(topic: str, envelope: envelope_pb2.EventEnvelope) -> OutgoingEvent:
+def outgoing(topic: str, envelope: envelope_pb2.EventEnvelope, partition: int | None = None) -> OutgoingEvent:
+    """Outbox entry for `envelope` on logical `topic`, keyed by its aggregate id."""
     return OutgoingEvent(
         event_id=uuid.UUID(envelope.event_id),
         topic=topic,
         key=envelope.aggregate_id.encode(),
         envelope_bytes=envelope.SerializeToString(deterministic=True),
+        partition=partition,
     )
 
 

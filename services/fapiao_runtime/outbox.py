@@ -29,8 +29,8 @@ async def enqueue(conn: asyncpg.Connection, events: Sequence[OutgoingEvent]) -> 
     if not events:
         return
     await conn.executemany(
-        "INSERT INTO outbox (event_id, topic, kafka_key, payload) VALUES ($1, $2, $3, $4)",
-        [(e.event_id, e.topic, e.key, e.envelope_bytes) for e in events],
+        "INSERT INTO outbox (event_id, topic, kafka_key, kafka_partition, payload) VALUES ($1, $2, $3, $4, $5)",
+        [(e.event_id, e.topic, e.key, e.partition, e.envelope_bytes) for e in events],
     )
 
 
@@ -104,13 +104,15 @@ class OutboxRelay:
         """Publish one batch of unsent rows and mark them sent; return how many were published."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT id, topic, kafka_key, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                "SELECT id, topic, kafka_key, kafka_partition, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
                 self._batch_size,
             )
             if not rows:
                 return 0
             futures = [
-                await self._producer.send(f"{self._prefix}{r['topic']}", value=r["payload"], key=r["kafka_key"])
+                await self._producer.send(
+                    f"{self._prefix}{r['topic']}", value=r["payload"], key=r["kafka_key"], partition=r["kafka_partition"]
+                )
                 for r in rows
             ]
             # Every send must be acknowledged (acks=all) before the rows are marked sent.

@@ -22,7 +22,9 @@ LEDGER_TRANSACTIONS = TopicSpec("ledger.tx.v1", 2)
 LEDGER_RESULTS = TopicSpec("ledger.results.v1", 4)
 # BlockSignature from every validator, key chain id.
 LEDGER_SIGNATURES = TopicSpec("ledger.signatures.v1", 2)
+# MerchantRegistered (payment_intake's merchant registry -> invoice_minting), key merchant_id.
+MERCHANTS = TopicSpec("merchants.v1", 1)
 # InvoiceIssued and other invoice events, key invoice_id.
 INVOICES = TopicSpec("invoices.v1", 4)
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (PAYMENTS, LEDGER_TRANSACTIONS, LEDGER_RESULTS, LEDGER_SIGNATURES, INVOICES)
+ALL_TOPICS: tuple[TopicSpec, ...] = (PAYMENTS, MERCHANTS, LEDGER_TRANSACTIONS, LEDGER_RESULTS, LEDGER_SIGNATURES, INVOICES)

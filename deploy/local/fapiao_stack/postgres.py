@@ -44,6 +44,13 @@ def _open_path_to(path: Path) -> None:
             parent.chmod(mode | stat.S_IXOTH)
 
 
+def _run(argv: list[str], user: str | None) -> None:
+    """Run a server tool (as `user` when we are root); raise with its output when it fails."""
+    done = subprocess.run(argv, capture_output=True, text=True, user=user, group=user, extra_groups=[] if user else None)
+    if done.returncode != 0:
+        raise RuntimeError(f"{Path(argv[0]).name} failed ({done.returncode}): {done.stdout}{done.stderr}"[-3000:])
+
+
 @dataclass
 class LocalPostgres:
     """A PostgreSQL server with trust auth on 127.0.0.1:`port` only; data in `data_dir`."""
@@ -74,19 +81,19 @@ class LocalPostgres:
             self._chown(self.log_file, user)
         self.data_dir.chmod(0o700)
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
+            _run(
                 [_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                  "--locale=C", "--no-sync"],
-                check=True, capture_output=True, user=user,
+                user,
             )  # fmt: skip
         options = (
             f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c max_connections={self.max_connections}"
             " -c shared_buffers=256MB -c max_wal_size=2GB -c listen_addresses=127.0.0.1"
         )
-        subprocess.run(
+        _run(
             [_bin("pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(self.log_file), "-w", "-t", "60",
              "start"],
-            check=True, capture_output=True, user=user,
+            user,
         )  # fmt: skip
         wait_for_port(self.port, timeout_s, None, "PostgreSQL")
 

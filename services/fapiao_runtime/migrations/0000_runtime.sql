@@ -1,9 +1,10 @@
 -- Transactional outbox: a state change and the event it causes commit together; the relay publishes.
 CREATE TABLE outbox (
     id          bigserial PRIMARY KEY,
-    event_id    uuid NOT NULL UNIQUE,
+    event_id    uuid NOT NULL,
     topic       text NOT NULL,
     kafka_key   bytea NOT NULL,
+    kafka_partition int,
     payload     bytea NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     sent_at     timestamptz

@@ -1,0 +1,83 @@
+"""Session fixtures: one real Kafka broker and one real PostgreSQL server per test run.
+
+Set FAPIAO_TEST_KAFKA_BOOTSTRAP or DATABASE_URL to use external ones instead. Each test gets its own
+database and its own topic prefix, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from fapiao_runtime.kafka import ensure_topics
+from fapiao_stack.kafka import KafkaBroker
+from fapiao_stack.postgres import LocalPostgres
+from fapiao_stack.procs import free_port
+from fapiao_stack.harness import StackUnderTest
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("FAPIAO_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    base = tmp_path_factory.mktemp("kafka")
+    broker = KafkaBroker(base / "data", free_port(), free_port(), base / "kafka.log", heap="1g")
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    base = Path(tmp_path_factory.mktemp("postgres"))
+    server = LocalPostgres(base / "data", free_port(), base / "postgres.log")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(postgres_admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = postgres_admin_url.rpartition("/")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(postgres_admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def topic_prefix(kafka_bootstrap: str) -> str:
+    """A unique topic prefix with every Fapiao topic created under it."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    await ensure_topics(kafka_bootstrap, prefix)
+    return prefix
+
+
+@pytest.fixture
+def stack(kafka_bootstrap: str, database_url: str, topic_prefix: str, tmp_path: Path) -> StackUnderTest:
+    """Everything a test needs to run services against the real broker and database."""
+    return StackUnderTest(kafka_bootstrap, database_url, topic_prefix, tmp_path)
