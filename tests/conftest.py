@@ -13,12 +13,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from fapiao_runtime.kafka import ensure_topics
+from fapiao_stack.harness import StackUnderTest
 from fapiao_stack.kafka import KafkaBroker
 from fapiao_stack.postgres import LocalPostgres
 from fapiao_stack.procs import free_port
-from fapiao_stack.harness import StackUnderTest
 
 
 @pytest.fixture(scope="session")

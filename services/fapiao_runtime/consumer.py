@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-
 from fapiao.common.v1 import envelope_pb2
+
 from fapiao_runtime.envelope import parse_envelope
 from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.logs import event_id_var

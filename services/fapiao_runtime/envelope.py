@@ -6,10 +6,10 @@ import uuid
 from dataclasses import dataclass
 from typing import TypeVar
 
+from fapiao.common.v1 import envelope_pb2
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from fapiao.common.v1 import envelope_pb2
 from fapiao_runtime.errors import InvalidArgument
 
 M = TypeVar("M", bound=Message)
@@ -80,7 +80,8 @@ def unpack(envelope: envelope_pb2.EventEnvelope, message_type: type[M]) -> M:
     """Decode the payload as `message_type`, checking event_type matches."""
     if envelope.event_type != message_type.DESCRIPTOR.full_name:
         raise InvalidArgument(
-            "UNEXPECTED_EVENT_TYPE", f"expected {message_type.DESCRIPTOR.full_name}, got {envelope.event_type}"
+            "UNEXPECTED_EVENT_TYPE",
+            f"expected {message_type.DESCRIPTOR.full_name}, got {envelope.event_type}",
         )
     message = message_type()
     try:

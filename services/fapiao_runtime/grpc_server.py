@@ -59,7 +59,9 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
                     return await inner_unary(request, context)
                 except FapiaoError as exc:
                     code = exc.status_code.name
-                    await context.abort(exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),))
+                    await context.abort(
+                        exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),)
+                    )
                 except grpc.aio.AbortError:
                     code = (context.code() or grpc.StatusCode.UNKNOWN).name
                     raise
@@ -86,7 +88,9 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
                     async for item in inner_stream(request, context):
                         yield item
                 except FapiaoError as exc:
-                    await context.abort(exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),))
+                    await context.abort(
+                        exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),)
+                    )
                 finally:
                     request_id_var.reset(token)
 
@@ -125,7 +129,11 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names = list(service_names)
         reflection.enable_server_reflection(
-            [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [
+                *self._service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             self.server,
         )
         self.port = 0

@@ -89,7 +89,9 @@ class OutboxRelay:
                         waiter = asyncio.ensure_future(self._wakeup.wait())
                         stopper = asyncio.ensure_future(stop.wait())
                         await asyncio.wait(
-                            {waiter, stopper}, timeout=self._poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+                            {waiter, stopper},
+                            timeout=self._poll_interval_s,
+                            return_when=asyncio.FIRST_COMPLETED,
                         )
                         waiter.cancel()
                         stopper.cancel()
@@ -104,20 +106,26 @@ class OutboxRelay:
         """Publish one batch of unsent rows and mark them sent; return how many were published."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT id, topic, kafka_key, kafka_partition, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                "SELECT id, topic, kafka_key, kafka_partition, payload FROM outbox"
+                " WHERE sent_at IS NULL ORDER BY id LIMIT $1",
                 self._batch_size,
             )
             if not rows:
                 return 0
             futures = [
                 await self._producer.send(
-                    f"{self._prefix}{r['topic']}", value=r["payload"], key=r["kafka_key"], partition=r["kafka_partition"]
+                    f"{self._prefix}{r['topic']}",
+                    value=r["payload"],
+                    key=r["kafka_key"],
+                    partition=r["kafka_partition"],
                 )
                 for r in rows
             ]
             # Every send must be acknowledged (acks=all) before the rows are marked sent.
             await asyncio.gather(*futures)
-            await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+            await conn.execute(
+                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+            )
         self.published += len(rows)
         return len(rows)
 

@@ -27,4 +27,11 @@ MERCHANTS = TopicSpec("merchants.v1", 1)
 # InvoiceIssued and other invoice events, key invoice_id.
 INVOICES = TopicSpec("invoices.v1", 4)
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (PAYMENTS, MERCHANTS, LEDGER_TRANSACTIONS, LEDGER_RESULTS, LEDGER_SIGNATURES, INVOICES)
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    PAYMENTS,
+    MERCHANTS,
+    LEDGER_TRANSACTIONS,
+    LEDGER_RESULTS,
+    LEDGER_SIGNATURES,
+    INVOICES,
+)

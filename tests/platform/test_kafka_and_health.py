@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.envelope import make_envelope, parse_envelope, unpack
 from fapiao_runtime.kafka import new_producer
 from fapiao_runtime.topics import PAYMENTS
 from fapiao_stack.harness import StackUnderTest, read_envelopes
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 pytestmark = pytest.mark.integration
 

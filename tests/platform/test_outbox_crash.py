@@ -7,17 +7,15 @@ import signal
 import sys
 import time
 
-
 import asyncpg
 import pytest
-
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.envelope import make_envelope, outgoing
 from fapiao_runtime.outbox import enqueue
 from fapiao_runtime.topics import PAYMENTS
-from fapiao_stack.procs import spawn, stop_pid
 from fapiao_stack.harness import StackUnderTest, read_envelopes
+from fapiao_stack.procs import spawn, stop_pid
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +42,9 @@ async def _seed_outbox(stack: StackUnderTest) -> set[str]:
     async with pool.acquire() as conn, conn.transaction():
         events = []
         for i in range(EVENTS):
-            payload = payments_pb2.PaymentSucceeded(payment=payments_pb2.Payment(payment_id=f"p{i}", amount_fen=100 + i))
+            payload = payments_pb2.PaymentSucceeded(
+                payment=payments_pb2.Payment(payment_id=f"p{i}", amount_fen=100 + i)
+            )
             envelope = make_envelope(payload, aggregate_id=f"m1:order-{i}", producer="test")
             ids.add(envelope.event_id)
             events.append(outgoing(PAYMENTS.name, envelope))
@@ -113,10 +113,8 @@ async def test_relay_and_consumer_killed_mid_stream_lose_nothing_and_apply_nothi
 
 async def _fewer(count, before: int) -> bool:  # type: ignore[no-untyped-def]
     now = await count()
-    return now < before and now > 0 or now == 0
+    return (now < before and now > 0) or now == 0
 
 
 async def _is_zero(count) -> bool:  # type: ignore[no-untyped-def]
     return await count() == 0
-
-

@@ -12,7 +12,6 @@ import os
 import sys
 
 import asyncpg
-
 from fapiao.common.v1 import envelope_pb2
 from fapiao_runtime.consumer import EventConsumer
 from fapiao_runtime.db import apply_migrations, create_pool
@@ -44,7 +43,9 @@ async def consume() -> None:
 
     async def apply(conn: asyncpg.Connection, envelope: envelope_pb2.EventEnvelope) -> None:
         await conn.execute(
-            "INSERT INTO effects (event_id, aggregate_id) VALUES ($1, $2)", envelope.event_id, envelope.aggregate_id
+            "INSERT INTO effects (event_id, aggregate_id) VALUES ($1, $2)",
+            envelope.event_id,
+            envelope.aggregate_id,
         )
         await asyncio.sleep(0.002)  # widen the window in which a kill can land mid-batch
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-
 from fapiao.common.v1 import envelope_pb2
 from fapiao_runtime.config import RuntimeConfig
+
 from fapiao_stack.procs import free_port, spawn, stop_pid
 from fapiao_stack.services import grpc_health, http_health
 

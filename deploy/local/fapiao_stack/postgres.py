@@ -46,7 +46,9 @@ def _open_path_to(path: Path) -> None:
 
 def _run(argv: list[str], user: str | None) -> None:
     """Run a server tool (as `user` when we are root); raise with its output when it fails."""
-    done = subprocess.run(argv, capture_output=True, text=True, user=user, group=user, extra_groups=[] if user else None)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, user=user, group=user, extra_groups=[] if user else None
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{Path(argv[0]).name} failed ({done.returncode}): {done.stdout}{done.stderr}"[-3000:])
 

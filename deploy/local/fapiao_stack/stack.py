@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fapiao_runtime.kafka import ensure_topics
+
 from fapiao_stack.kafka import KafkaBroker
 from fapiao_stack.paths import LOG_DIR, RUN_DIR
 from fapiao_stack.postgres import LocalPostgres
