@@ -38,7 +38,8 @@ async def consume() -> None:
     await apply_migrations(pool, "consumer_side", None)
     async with pool.acquire() as conn:
         await conn.execute(
-            "CREATE TABLE IF NOT EXISTS effects (event_id uuid, aggregate_id text, applied_at timestamptz DEFAULT now())"
+            "CREATE TABLE IF NOT EXISTS effects"
+            " (event_id uuid, aggregate_id text, applied_at timestamptz DEFAULT now())"
         )
 
     async def apply(conn: asyncpg.Connection, envelope: envelope_pb2.EventEnvelope) -> None:
