@@ -1,0 +1,305 @@
+"""Client side of the ledger: submitter keys, signed transactions, and awaiting final results.
+
+Wire contract (see docs/ledger.md):
+- ledger.tx.v1 records are EventEnvelopes whose payload is a LedgerRecord; key = aggregate_id =
+  invoice_id; event_id = transaction_id (a UUID) for transactions.
+- Key registrations are signed by a registry authority key and written to EVERY partition.
+- ledger.results.v1 carries a TransactionResult per transaction once its block is final; every
+  validator publishes a copy with event_id = uuid5(NAMESPACE_URL, "fapiao:tx-result:" + transaction_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import OrderedDict
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from fapiao.common.v1 import signature_pb2
+from fapiao.ledger.v1 import ledger_pb2
+from google.protobuf.message import DecodeError
+
+from fapiao_runtime.envelope import OutgoingEvent, make_envelope, outgoing, parse_envelope, unpack
+from fapiao_runtime.errors import DeadlineExceeded, FapiaoError, InvalidArgument, ResourceExhausted
+from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_TRANSACTIONS
+
+log = logging.getLogger(__name__)
+
+ED25519 = "Ed25519"
+
+
+def result_event_id(transaction_id: str) -> uuid.UUID:
+    """Event id shared by every validator's copy of a transaction's result."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "fapiao:tx-result:" + transaction_id)
+
+
+class SigningKey:
+    """An Ed25519 private key with the key id verifiers look it up by. Never log or repr the key."""
+
+    def __init__(self, key_id: str, private_key: Ed25519PrivateKey) -> None:
+        if not key_id:
+            raise ValueError("key_id is required")
+        self.key_id = key_id
+        self._private = private_key
+        self.public_key: Ed25519PublicKey = private_key.public_key()
+        self.public_raw: bytes = self.public_key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def __repr__(self) -> str:
+        return f"SigningKey(key_id={self.key_id!r})"
+
+    @classmethod
+    def generate(cls, key_id: str) -> SigningKey:
+        return cls(key_id, Ed25519PrivateKey.generate())
+
+    def sign(self, data: bytes) -> signature_pb2.Signature:
+        """Signature over exactly `data`, naming this key."""
+        return signature_pb2.Signature(algorithm=ED25519, key_id=self.key_id, signature=self._private.sign(data))
+
+    def to_pem(self, passphrase: bytes | None = None) -> bytes:
+        """PKCS#8 PEM, encrypted with `passphrase` when given."""
+        encryption: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+        )
+        return self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+    @classmethod
+    def from_pem(cls, key_id: str, pem: bytes, passphrase: bytes | None = None) -> SigningKey:
+        """Load a PKCS#8 PEM Ed25519 key; ValueError if it is not one (or the passphrase is wrong)."""
+        key = serialization.load_pem_private_key(pem, password=passphrase)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("not an Ed25519 private key")
+        return cls(key_id, key)
+
+
+def sign_transaction(body: ledger_pb2.TransactionBody, key: SigningKey) -> ledger_pb2.SignedTransaction:
+    """Serialize `body` once (deterministically) and sign those exact bytes."""
+    if not body.transaction_id:
+        raise InvalidArgument("MALFORMED", "transaction_id is required")
+    try:
+        uuid.UUID(body.transaction_id)
+    except ValueError:
+        raise InvalidArgument("MALFORMED", "transaction_id must be a UUID") from None
+    raw = body.SerializeToString(deterministic=True)
+    return ledger_pb2.SignedTransaction(body=raw, signature=key.sign(raw))
+
+
+def transaction_event(signed: ledger_pb2.SignedTransaction, invoice_id: str, producer: str) -> OutgoingEvent:
+    """Outbox entry for a signed transaction: key = invoice_id, event_id = transaction_id."""
+    body = ledger_pb2.TransactionBody.FromString(signed.body)
+    if body.invoice_id != invoice_id:
+        raise InvalidArgument("MALFORMED", "invoice_id differs from the signed transaction's")
+    envelope = make_envelope(
+        ledger_pb2.LedgerRecord(transaction=signed),
+        aggregate_id=invoice_id,
+        producer=producer,
+        event_id=uuid.UUID(body.transaction_id),
+    )
+    return outgoing(LEDGER_TRANSACTIONS.name, envelope)
+
+
+def sign_key_registration(
+    authority: SigningKey, registration: ledger_pb2.KeyRegistration
+) -> ledger_pb2.SignedKeyRegistration:
+    raw = registration.SerializeToString(deterministic=True)
+    return ledger_pb2.SignedKeyRegistration(body=raw, signature=authority.sign(raw))
+
+
+def key_registration_events(
+    authority: SigningKey, registration: ledger_pb2.KeyRegistration, partitions: int, producer: str
+) -> list[OutgoingEvent]:
+    """One outbox entry per partition of ledger.tx.v1, so every chain sees the registration."""
+    if not registration.registration_id or not registration.key_id:
+        raise InvalidArgument("MALFORMED", "registration_id and key_id are required")
+    if len(registration.public_key) != 32 and not registration.revoked:
+        raise InvalidArgument("MALFORMED", "public_key must be a raw 32-byte Ed25519 key")
+    signed = sign_key_registration(authority, registration)
+    record = ledger_pb2.LedgerRecord(key_registration=signed)
+    events = []
+    for partition in range(partitions):
+        envelope = make_envelope(
+            record,
+            aggregate_id=f"key:{registration.key_id}",
+            producer=producer,
+            event_id=uuid.uuid5(
+                uuid.NAMESPACE_URL, f"fapiao:key-registration:{registration.registration_id}:{partition}"
+            ),
+        )
+        events.append(outgoing(LEDGER_TRANSACTIONS.name, envelope, partition=partition))
+    return events
+
+
+class LedgerResultWaiter:
+    """Resolves waiters with final TransactionResults read from ledger.results.v1.
+
+    Reads every partition from the end as of start() (no consumer group, nothing committed), so a
+    waiter learns only of results published after start(); use LedgerService.GetTransactionResult
+    for older ones. The last `cache_size` results are remembered so that wait() called just after a
+    result arrived still resolves.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic_prefix: str = "",
+        *,
+        client_id: str = "ledger-result-waiter",
+        cache_size: int = 100_000,
+        max_waiters: int = 100_000,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._results_topic = f"{topic_prefix}{LEDGER_RESULTS.name}"
+        self._tx_topic = f"{topic_prefix}{LEDGER_TRANSACTIONS.name}"
+        self._client_id = client_id
+        self._cache_size = cache_size
+        self._max_waiters = max_waiters
+        self._waiters: dict[str, list[asyncio.Future[ledger_pb2.TransactionResult]]] = {}
+        self._recent: OrderedDict[str, ledger_pb2.TransactionResult] = OrderedDict()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect and position at the end of every partition; results after this call are seen."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            max_poll_records=2000,
+        )
+        await consumer.start()
+        try:
+            partitions = None
+            for _ in range(50):
+                partitions = consumer.partitions_for_topic(self._results_topic)
+                if partitions:
+                    break
+                await consumer.topics()  # refresh metadata
+                await asyncio.sleep(0.1)
+            if not partitions:
+                raise RuntimeError(f"topic {self._results_topic} not found")
+            tps = [TopicPartition(self._results_topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            # Resolve the end offsets now, so nothing published after start() returns is skipped.
+            for tp in tps:
+                await consumer.position(tp)
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._task = asyncio.ensure_future(self._run(consumer))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = None
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+        self._waiters.clear()
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reading ledger results failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for records in batch.values():
+                for record in records:
+                    self._on_record(record.value)
+
+    def _on_record(self, raw: bytes | None) -> None:
+        if raw is None:
+            return
+        try:
+            result = unpack(parse_envelope(raw), ledger_pb2.TransactionResult)
+        except (FapiaoError, DecodeError):
+            log.warning("ignoring undecodable ledger result")
+            return
+        self._deliver(result)
+
+    def _deliver(self, result: ledger_pb2.TransactionResult) -> None:
+        tx_id = result.transaction_id
+        if tx_id not in self._recent:
+            self._recent[tx_id] = result
+            if len(self._recent) > self._cache_size:
+                self._recent.popitem(last=False)
+        for future in self._waiters.pop(tx_id, []):
+            if not future.done():
+                future.set_result(result)
+
+    def _register(self, transaction_id: str) -> asyncio.Future[ledger_pb2.TransactionResult]:
+        if self._task is None:
+            raise RuntimeError("LedgerResultWaiter.start() was not called")
+        future: asyncio.Future[ledger_pb2.TransactionResult] = asyncio.get_running_loop().create_future()
+        known = self._recent.get(transaction_id)
+        if known is not None:
+            future.set_result(known)
+            return future
+        if len(self._waiters) >= self._max_waiters:
+            raise ResourceExhausted("TOO_MANY_WAITERS", "too many transactions awaiting a ledger result")
+        self._waiters.setdefault(transaction_id, []).append(future)
+        return future
+
+    def _unregister(self, transaction_id: str, future: asyncio.Future[ledger_pb2.TransactionResult]) -> None:
+        futures = self._waiters.get(transaction_id)
+        if futures and future in futures:
+            futures.remove(future)
+            if not futures:
+                del self._waiters[transaction_id]
+
+    async def _await(
+        self, transaction_id: str, future: asyncio.Future[ledger_pb2.TransactionResult], timeout_s: float
+    ) -> ledger_pb2.TransactionResult:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "LEDGER_RESULT_TIMEOUT", f"no final ledger result for {transaction_id} within {timeout_s}s"
+            ) from None
+        finally:
+            self._unregister(transaction_id, future)
+
+    async def wait(self, transaction_id: str, timeout_s: float) -> ledger_pb2.TransactionResult:
+        """The final result of `transaction_id`; DeadlineExceeded(LEDGER_RESULT_TIMEOUT) after timeout_s."""
+        return await self._await(transaction_id, self._register(transaction_id), timeout_s)
+
+    async def submit_and_wait(
+        self,
+        producer: AIOKafkaProducer,
+        signed: ledger_pb2.SignedTransaction,
+        invoice_id: str,
+        timeout_s: float,
+    ) -> ledger_pb2.TransactionResult:
+        """Produce `signed` (idempotent producer, acks=all) and await its final result.
+
+        The waiter is registered before producing, so a fast result cannot be missed. Retrying with
+        the same signed transaction is safe: the ledger answers a duplicate with the original result.
+        """
+        event = transaction_event(signed, invoice_id, self._client_id)
+        transaction_id = str(event.event_id)
+        future = self._register(transaction_id)
+        try:
+            await producer.send_and_wait(self._tx_topic, value=event.envelope_bytes, key=event.key)
+        except BaseException:
+            self._unregister(transaction_id, future)
+            raise
+        return await self._await(transaction_id, future, timeout_s)
