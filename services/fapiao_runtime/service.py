@@ -42,6 +42,17 @@ class ServiceContext:
             metrics.CONSUMER_LAG.labels(consumer=consumer._name).set(await consumer.lag())
 
 
+async def _refresh_gauges(ctx: ServiceContext, interval_s: float = 5.0) -> None:
+    """Keep the outbox-backlog and consumer-lag gauges current for /metrics and `fapiao status`."""
+    while not ctx.stop.is_set():
+        try:
+            await ctx.update_gauges()
+        except Exception:  # metrics must never take the service down
+            log.debug("gauge refresh failed", exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stop.wait(), timeout=interval_s)
+
+
 # A service's wiring: given the context and the server, register servicers and return background
 # coroutines (consumers, relays) to run until stop.
 Wiring = Callable[[ServiceContext, GrpcServer], Awaitable[list[Awaitable[None]]]]
@@ -78,7 +89,8 @@ async def run_service(
     ctx = ServiceContext(config=config, pool=pool, producer=producer, stop=stop, relay=relay)
     server = GrpcServer(service_names, interceptors=interceptors or [])  # type: ignore[arg-type]
     background = await wire(ctx, server)
-    tasks = [asyncio.ensure_future(relay.run(stop))] + [asyncio.ensure_future(c) for c in background]
+    tasks = [asyncio.ensure_future(relay.run(stop)), asyncio.ensure_future(_refresh_gauges(ctx))]
+    tasks += [asyncio.ensure_future(c) for c in background]
     await server.start(config.grpc_host, config.grpc_port, tls)
     log.info("service ready", extra={"grpc_port": server.port})
     try:

@@ -130,6 +130,38 @@ async def status() -> dict[str, str]:
     return {spec.name: await health_of(spec) for spec in local_services()}
 
 
+async def _scrape_metrics(port: int) -> dict[str, float]:
+    """Sum of the fapiao_consumer_lag and fapiao_outbox_backlog samples on a service's /metrics."""
+    figures: dict[str, float] = {}
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        body = (await asyncio.wait_for(reader.read(), 2.0)).decode(errors="replace")
+        writer.close()
+    except (OSError, TimeoutError):
+        return figures
+    for line in body.splitlines():
+        for metric, name in (("fapiao_consumer_lag", "consumer_lag"), ("fapiao_outbox_backlog", "outbox_backlog")):
+            if line.startswith(metric) and not line.startswith("#"):
+                try:
+                    figures[name] = figures.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+                except ValueError:
+                    continue
+    return figures
+
+
+async def detailed_status() -> dict[str, dict[str, object]]:
+    """Health of every process plus consumer lag and outbox backlog read from its metrics endpoint."""
+    report: dict[str, dict[str, object]] = {}
+    for spec in local_services():
+        entry: dict[str, object] = {"health": await health_of(spec), "address": f"127.0.0.1:{spec.port}"}
+        if spec.metrics_port and entry["health"] != "DOWN":
+            entry.update(await _scrape_metrics(spec.metrics_port))
+        report[spec.name] = entry
+    return report
+
+
 def read_endpoints() -> StackEndpoints:
     """Endpoints of the running stack (raises if `up` has not run)."""
     data = json.loads(Path(STATE_FILE).read_text())

@@ -1,0 +1,1 @@
+"""The `fapiao` command: run the local stack and act as its operators, payment platform and users."""

@@ -1,0 +1,5 @@
+import sys
+
+from fapiao_cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""fapiao up | down | status: the local stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    up = subparsers.add_parser("up", help="start Kafka, PostgreSQL and every service; wait for SERVING")
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for SERVING (default 180)")
+    up.set_defaults(handler=_up)
+    down = subparsers.add_parser("down", help="stop everything `fapiao up` started")
+    down.set_defaults(handler=_down)
+    status = subparsers.add_parser("status", help="health and consumer lag of every process")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from fapiao_stack import stack
+
+    endpoints = stack.up(timeout_s=args.timeout)
+    print(f"Kafka       {endpoints.kafka_bootstrap}")
+    print(f"PostgreSQL  {endpoints.database_url}")
+    for name, address in endpoints.services.items():
+        print(f"{name:<16} {address}")
+    return EXIT_OK
+
+
+def _down(_: argparse.Namespace) -> int:
+    from fapiao_stack import stack
+
+    stopped = stack.down()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from fapiao_stack import stack
+
+    report = asyncio.run(stack.detailed_status())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, entry in report.items():
+            lag = entry.get("consumer_lag")
+            backlog = entry.get("outbox_backlog")
+            extra = ""
+            if lag is not None:
+                extra += f"  lag {int(lag)}"
+            if backlog is not None:
+                extra += f"  outbox {int(backlog)}"
+            print(f"{name:<16} {entry['health']:<12}{extra}")
+    return EXIT_OK if all(e["health"] == "SERVING" for e in report.values()) else EXIT_FAILED
