@@ -14,7 +14,7 @@ BUF := .cache/buf/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
 PYTEST_ARGS ?=
 
-.PHONY: help setup protos kafka-jars buf up down status demo test test-unit lint fmt bench clean
+.PHONY: help setup protos kafka-jars buf browser up down status demo test test-unit lint fmt bench clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,13 @@ $(KAFKA_LIBS)/.stamp: deploy/local/kafka/pom.xml
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .cache/buf @bufbuild/buf@$(BUF_VERSION)
 
+browser: ## Debian's Chromium for the browser tests (apt-get; needs root when missing)
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "chromium is missing: run 'sudo apt-get install -y chromium'" >&2; exit 1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	fi
+
 setup: $(VENV)/.installed $(GEN)/.stamp $(KAFKA_LIBS)/.stamp ## install everything: virtualenv, packages, generated code, Kafka jars
 
 protos: $(GEN)/.stamp ## generate Python code from protos/ into build/gen/python
@@ -58,7 +65,7 @@ status: setup ## health of every process of the local stack
 demo: setup ## start the stack, walk the end-to-end story, stop the stack
 	$(PY) -m fapiao_stack demo
 
-test: setup $(BUF) ## run the whole test suite against a real Kafka and PostgreSQL
+test: setup $(BUF) browser ## run the whole test suite against a real Kafka and PostgreSQL (browser tests included)
 	$(BUF) lint protos
 	$(PY) -m pytest $(PYTEST_ARGS)
 
