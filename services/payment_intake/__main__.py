@@ -1,27 +1,84 @@
-"""Entry point: python -m payment_intake (skeleton: health and migrations only until the service lands)."""
+"""Entry point: python -m payment_intake (gRPC PaymentIntakeService + WeChat Pay style webhook)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
 from pathlib import Path
 
+from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.service import ServiceContext, run_service
 
+from payment_intake import store
+from payment_intake.batcher import PaymentBatcher
+from payment_intake.grpc_api import SERVICE_NAME, PaymentIntakeServicer
+from payment_intake.handlers import IntakeHandlers
+from payment_intake.merchants import MerchantDirectory
+from payment_intake.settings import DB_SCHEMA, DEFAULT_GRPC_PORT, IntakeSettings
+from payment_intake.webhook import NotificationReceiver, start_webhook
 
-async def _wire(ctx: ServiceContext, server: GrpcServer) -> list:  # type: ignore[type-arg]
-    return []
+log = logging.getLogger("payment_intake")
+
+
+async def _purge_nonces(ctx: ServiceContext, retention_s: int) -> None:
+    """Forget webhook nonces older than the replay window, once a minute."""
+    while not ctx.stop.is_set():
+        try:
+            async with ctx.pool.acquire() as conn:
+                await store.purge_nonces(conn, retention_s)
+        except Exception:
+            log.exception("nonce purge failed; will retry")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stop.wait(), timeout=60)
+
+
+async def _serve_webhook_until_stop(ctx: ServiceContext, runner: object) -> None:
+    await ctx.stop.wait()
+    await runner.cleanup()  # type: ignore[attr-defined]
+
+
+def wiring(settings: IntakeSettings):  # type: ignore[no-untyped-def]
+    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None]]:
+        directory = MerchantDirectory(ctx.pool, settings.secrets_key, ttl_s=settings.merchant_cache_ttl_s)
+        batcher = PaymentBatcher(
+            ctx.pool, max_batch=settings.batch_max, workers=settings.batch_workers, max_pending=settings.max_pending
+        )
+        handlers = IntakeHandlers(ctx.pool, directory, batcher)
+        service_grpc.add_PaymentIntakeServiceServicer_to_server(
+            PaymentIntakeServicer(handlers, settings.payer_hash_key), server.server
+        )
+        receiver = NotificationReceiver(
+            handlers,
+            directory,
+            settings.payer_hash_key,
+            clock_skew_s=settings.clock_skew_s,
+            deadline_ms=settings.webhook_deadline_ms,
+        )
+        # Bound before the gRPC server reports SERVING, so health implies the webhook is reachable.
+        runner, port = await start_webhook(receiver, settings.webhook_host, settings.webhook_port)
+        log.info("webhook listening", extra={"address": f"{settings.webhook_host}:{port}"})
+        return [
+            batcher.run(ctx.stop),
+            _serve_webhook_until_stop(ctx, runner),
+            _purge_nonces(ctx, settings.nonce_retention_s),
+        ]
+
+    return wire
 
 
 def main() -> None:
-    config = RuntimeConfig.from_env("payment_intake", 50051)
+    config = RuntimeConfig.from_env("payment_intake", DEFAULT_GRPC_PORT, db_schema=DB_SCHEMA)
+    settings = IntakeSettings.from_env()
     asyncio.run(
         run_service(
             config,
-            service_names=["fapiao.payments.v1.PaymentIntakeService"],
+            service_names=[SERVICE_NAME],
             migrations=Path(__file__).parent / "migrations",
-            wire=_wire,
+            wire=wiring(settings),
         )
     )
 

@@ -1,0 +1,93 @@
+"""Group concurrent RecordPayment calls into one transaction (one INSERT .. SELECT unnest) per batch.
+
+Natural batching: no linger timer; while one batch is in the database, new requests queue up and
+form the next batch, so latency stays one round trip at low load and throughput grows with load.
+Bounded: at most `max_pending` queued commands (then RESOURCE_EXHAUSTED), `max_batch` per
+transaction, `workers` transactions in flight. A batch that fails as a whole is retried one command
+at a time, so one bad command never fails its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import asyncpg
+from fapiao_runtime.errors import FapiaoError, ResourceExhausted
+
+from payment_intake.domain import RecordPayment
+from payment_intake.store import PaymentOutcome, record_payments
+
+log = logging.getLogger(__name__)
+
+_Item = tuple[RecordPayment, "asyncio.Future[PaymentOutcome | FapiaoError]"]
+
+
+class PaymentBatcher:
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 200, workers: int = 4, max_pending: int = 10_000):
+        assert 0 < max_batch <= 1000 and 0 < workers <= 32 and 0 < max_pending <= 100_000
+        self._pool = pool
+        self._max_batch = max_batch
+        self._workers = workers
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_pending)
+        self._busy = 0
+
+    async def submit(self, cmd: RecordPayment) -> PaymentOutcome:
+        """Record one validated payment; returns once its transaction committed. Raises FapiaoError."""
+        future: asyncio.Future[PaymentOutcome | FapiaoError] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((cmd, future))
+        except asyncio.QueueFull:
+            raise ResourceExhausted("INTAKE_OVERLOADED", "too many payments in flight; retry later") from None
+        outcome = await future
+        if isinstance(outcome, FapiaoError):
+            raise outcome
+        return outcome
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process batches until `stop`; then finish what is queued (bounded by 5 s) and return."""
+        workers = [asyncio.ensure_future(self._work()) for _ in range(self._workers)]
+        try:
+            await stop.wait()
+            deadline = time.monotonic() + 5.0
+            while (self._busy or not self._queue.empty()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            for worker in workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+
+    async def _work(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self._busy += 1
+            try:
+                await self._flush(batch)
+            finally:
+                self._busy -= 1
+
+    async def _flush(self, batch: list[_Item]) -> None:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                outcomes = await record_payments(conn, [cmd for cmd, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning("payment batch failed; retrying one by one", extra={"size": len(batch), "error": repr(exc)})
+                for item in batch:
+                    await self._flush([item])
+                return
+            if not isinstance(exc, FapiaoError):
+                log.exception("payment could not be recorded")
+            future = batch[0][1]
+            if not future.done():
+                future.set_exception(exc)
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)

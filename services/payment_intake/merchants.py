@@ -1,0 +1,238 @@
+"""Merchant registry: profiles, sealed APIv3 keys, trusted platform keys; an in-process read cache.
+
+Platform keys are per merchant: each merchant lists the payment-platform key serials it trusts (as
+WeChat Pay merchants download the platform certificates for their own mchid). Rotation = add the new
+serial (the platform announces it ahead of use), later remove the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fapiao.payments.v1 import payments_pb2
+from fapiao_runtime.envelope import make_envelope, outgoing
+from fapiao_runtime.errors import InvalidArgument, NotFound, Unavailable
+from fapiao_runtime.outbox import enqueue
+from fapiao_runtime.tax_id import validate_uscc
+from fapiao_runtime.topics import MERCHANTS
+
+from payment_intake.domain import ID_NAMESPACE
+from payment_intake.sealing import SealedKeyError, seal, unseal
+from payment_intake.wechatpay import APIV3_KEY_BYTES, load_public_key
+
+_MERCHANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_SERIAL = re.compile(r"^[A-Za-z0-9]{1,64}$")
+_TAX_CODE = re.compile(r"^[0-9]{19}$")
+_REGION = re.compile(r"^[0-9]{2}$")
+
+
+@dataclass(frozen=True)
+class MerchantProfile:
+    merchant_id: str
+    legal_name: str
+    tax_id: str
+    region_code: str
+    default_tax_classification_code: str
+    default_item_name: str
+    default_tax_rate_bp: int
+
+
+@dataclass(frozen=True)
+class MerchantKeys:
+    """What the webhook needs for one merchant. repr hides the APIv3 key."""
+
+    merchant_id: str
+    apiv3_key: bytes = field(repr=False)
+    platform_keys: Mapping[str, rsa.RSAPublicKey] = field(repr=False)
+
+
+def validate_profile(profile: MerchantProfile) -> MerchantProfile:
+    """Return the profile with a normalised tax id; InvalidArgument with a precise reason otherwise."""
+    if not _MERCHANT_ID.match(profile.merchant_id):
+        raise InvalidArgument("INVALID_MERCHANT_ID", "merchant_id must be 1-32 of [A-Za-z0-9_-]")
+    if not 0 < len(profile.legal_name.strip()) <= 200:
+        raise InvalidArgument("INVALID_LEGAL_NAME", "legal_name must be 1-200 characters")
+    tax_id = validate_uscc(profile.tax_id)
+    if not _REGION.match(profile.region_code):
+        raise InvalidArgument("INVALID_REGION_CODE", "region_code must be 2 digits")
+    if not _TAX_CODE.match(profile.default_tax_classification_code):
+        raise InvalidArgument("INVALID_TAX_CLASSIFICATION", "default tax classification code must be 19 digits")
+    if not 0 < len(profile.default_item_name) <= 100:
+        raise InvalidArgument("INVALID_ITEM_NAME", "default item name must be 1-100 characters")
+    if not 0 <= profile.default_tax_rate_bp <= 10_000:
+        raise InvalidArgument("INVALID_TAX_RATE", "default tax rate must be within 0..10000 basis points")
+    return MerchantProfile(
+        profile.merchant_id,
+        profile.legal_name.strip(),
+        tax_id,
+        profile.region_code,
+        profile.default_tax_classification_code,
+        profile.default_item_name,
+        profile.default_tax_rate_bp,
+    )
+
+
+def _check_platform_key(serial: str, pem: str) -> None:
+    if not _SERIAL.match(serial):
+        raise InvalidArgument("INVALID_SERIAL", "platform key serial must be 1-64 alphanumeric characters")
+    try:
+        load_public_key(pem)
+    except ValueError as exc:
+        raise InvalidArgument("INVALID_PLATFORM_KEY", str(exc)) from None
+
+
+def _registered_event(profile: MerchantProfile) -> payments_pb2.MerchantRegistered:
+    return payments_pb2.MerchantRegistered(
+        merchant_id=profile.merchant_id,
+        legal_name=profile.legal_name,
+        tax_id=profile.tax_id,
+        region_code=profile.region_code,
+        default_tax_classification_code=profile.default_tax_classification_code,
+        default_item_name=profile.default_item_name,
+        default_tax_rate_bp=profile.default_tax_rate_bp,
+    )
+
+
+async def register_merchant(
+    conn: asyncpg.Connection,
+    secrets_key: bytes,
+    profile: MerchantProfile,
+    *,
+    apiv3_key: bytes | None,
+    platform_keys: Mapping[str, str],
+) -> MerchantProfile:
+    """Create or update a merchant in one transaction with its MerchantRegistered outbox event.
+
+    apiv3_key None keeps the stored key (update) and is required for a new merchant. Platform keys
+    are added (serial -> SubjectPublicKeyInfo PEM); existing serials are left as they are.
+    """
+    profile = validate_profile(profile)
+    if apiv3_key is not None and len(apiv3_key) != APIV3_KEY_BYTES:
+        raise InvalidArgument("INVALID_APIV3_KEY", f"the APIv3 key must be {APIV3_KEY_BYTES} bytes")
+    for serial, pem in platform_keys.items():
+        _check_platform_key(serial, pem)
+    async with conn.transaction():
+        exists = await conn.fetchval(
+            "SELECT true FROM merchants WHERE merchant_id = $1 FOR UPDATE", profile.merchant_id
+        )
+        if not exists and apiv3_key is None:
+            raise InvalidArgument("INVALID_APIV3_KEY", "a new merchant needs an APIv3 key")
+        sealed = seal(secrets_key, apiv3_key, context=profile.merchant_id) if apiv3_key is not None else None
+        await conn.execute(
+            """INSERT INTO merchants (merchant_id, legal_name, tax_id, region_code, apiv3_key_sealed,
+                   default_tax_classification_code, default_item_name, default_tax_rate_bp)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               ON CONFLICT (merchant_id) DO UPDATE SET legal_name = EXCLUDED.legal_name,
+                   tax_id = EXCLUDED.tax_id, region_code = EXCLUDED.region_code,
+                   apiv3_key_sealed = COALESCE($9, merchants.apiv3_key_sealed),
+                   default_tax_classification_code = EXCLUDED.default_tax_classification_code,
+                   default_item_name = EXCLUDED.default_item_name,
+                   default_tax_rate_bp = EXCLUDED.default_tax_rate_bp, updated_at = now()""",
+            profile.merchant_id,
+            profile.legal_name,
+            profile.tax_id,
+            profile.region_code,
+            sealed or b"",
+            profile.default_tax_classification_code,
+            profile.default_item_name,
+            profile.default_tax_rate_bp,
+            sealed,
+        )
+        for serial, pem in platform_keys.items():
+            await conn.execute(
+                "INSERT INTO platform_keys (merchant_id, serial, public_key_pem) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING",
+                profile.merchant_id,
+                serial,
+                pem,
+            )
+        event = _registered_event(profile)
+        # Same profile -> same event id, so re-running a registration is deduplicated downstream.
+        digest = hashlib.sha256(event.SerializeToString(deterministic=True)).hexdigest()
+        envelope = make_envelope(
+            event,
+            aggregate_id=profile.merchant_id,
+            producer="payment_intake",
+            event_id=uuid.uuid5(ID_NAMESPACE, f"merchant-registered/{profile.merchant_id}/{digest}"),
+        )
+        await enqueue(conn, [outgoing(MERCHANTS.name, envelope)])
+    return profile
+
+
+async def add_platform_key(conn: asyncpg.Connection, merchant_id: str, serial: str, pem: str) -> None:
+    """Trust one more platform key serial for the merchant (rotation step 1)."""
+    _check_platform_key(serial, pem)
+    if not await conn.fetchval("SELECT true FROM merchants WHERE merchant_id = $1", merchant_id):
+        raise NotFound("UNKNOWN_MERCHANT", "no such merchant")
+    await conn.execute(
+        "INSERT INTO platform_keys (merchant_id, serial, public_key_pem) VALUES ($1, $2, $3)"
+        " ON CONFLICT (merchant_id, serial) DO UPDATE SET public_key_pem = EXCLUDED.public_key_pem",
+        merchant_id,
+        serial,
+        pem,
+    )
+
+
+async def remove_platform_key(conn: asyncpg.Connection, merchant_id: str, serial: str) -> bool:
+    """Stop trusting a retired platform key serial (rotation step 2); True if it was trusted."""
+    status = await conn.execute("DELETE FROM platform_keys WHERE merchant_id = $1 AND serial = $2", merchant_id, serial)
+    return bool(status.endswith(" 1"))
+
+
+async def trusted_serials(conn: asyncpg.Connection, merchant_id: str) -> list[str]:
+    rows = await conn.fetch("SELECT serial FROM platform_keys WHERE merchant_id = $1 ORDER BY added_at", merchant_id)
+    return [r["serial"] for r in rows]
+
+
+class MerchantDirectory:
+    """Read-through cache of merchant keys for the request path (bounded staleness: ttl_s).
+
+    An unknown serial forces one refresh, so a newly added platform key works immediately.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, secrets_key: bytes, *, ttl_s: float = 30.0, max_entries: int = 10_000):
+        self._pool = pool
+        self._secrets_key = secrets_key
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, MerchantKeys | None]] = {}
+
+    async def get(self, merchant_id: str, *, refresh: bool = False) -> MerchantKeys | None:
+        """The merchant's keys, or None if there is no such merchant."""
+        now = time.monotonic()
+        cached = self._entries.get(merchant_id)
+        if cached is not None and not refresh and cached[0] > now:
+            return cached[1]
+        keys = await self._load(merchant_id)
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()
+        # Unknown merchants are remembered briefly only, so a registration shows up within a second.
+        self._entries[merchant_id] = (now + (self._ttl_s if keys else 1.0), keys)
+        return keys
+
+    async def _load(self, merchant_id: str) -> MerchantKeys | None:
+        async with self._pool.acquire() as conn:
+            sealed = await conn.fetchval("SELECT apiv3_key_sealed FROM merchants WHERE merchant_id = $1", merchant_id)
+            if sealed is None:
+                return None
+            rows = await conn.fetch(
+                "SELECT serial, public_key_pem FROM platform_keys WHERE merchant_id = $1", merchant_id
+            )
+        try:
+            apiv3_key = unseal(self._secrets_key, bytes(sealed), context=merchant_id)
+        except SealedKeyError:
+            raise Unavailable("MERCHANT_KEY_UNAVAILABLE", "the merchant's APIv3 key cannot be opened") from None
+        return MerchantKeys(merchant_id, apiv3_key, {r["serial"]: load_public_key(r["public_key_pem"]) for r in rows})
+
+    async def merchant_for_serial(self, serial: str) -> str | None:
+        """The single merchant trusting `serial` (for notify URLs without a merchant segment), else None."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch("SELECT merchant_id FROM platform_keys WHERE serial = $1 LIMIT 2", serial)
+        return rows[0]["merchant_id"] if len(rows) == 1 else None

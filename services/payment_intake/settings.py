@@ -1,0 +1,87 @@
+"""payment_intake settings read from the environment (on top of the shared RuntimeConfig)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from fapiao_runtime.config import env_int, env_str
+
+log = logging.getLogger(__name__)
+
+DB_SCHEMA = "payment_intake"
+DEFAULT_GRPC_PORT = 50051
+DEFAULT_WEBHOOK_PORT = 8081
+_DEV_KEY_DIR = Path(__file__).resolve().parents[2] / ".run" / "secrets"
+
+
+def decode_key(raw: str, *, name: str) -> bytes:
+    """Decode a 32-byte key given as 64 hex digits or base64; raise ValueError naming the variable."""
+    text = raw.strip()
+    try:
+        key = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError(f"{name} must be 32 bytes as 64 hex digits or base64") from None
+    if len(key) != 32:
+        raise ValueError(f"{name} must be 32 bytes as 64 hex digits or base64")
+    return key
+
+
+def load_key(name: str) -> bytes:
+    """Return the 32-byte key from env `name`, else from the file named by `name`_FILE.
+
+    Without either, a development key file under .run/secrets/ is created once (mode 0600) so a local
+    stack and the CLI agree; production sets the variable (or mounts the file) from a secret store.
+    """
+    value = os.environ.get(name, "")
+    if value:
+        return decode_key(value, name=name)
+    path = Path(env_str(f"{name}_FILE", str(_DEV_KEY_DIR / f"{name.lower()}.key")))
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+        log.warning("created a development key file", extra={"variable": name, "path": str(path)})
+    return decode_key(path.read_text(), name=f"{name}_FILE")
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """secrets_key seals APIv3 keys at rest; payer_hash_key keys the payer_ref HMAC. Never logged."""
+
+    webhook_host: str
+    webhook_port: int
+    secrets_key: bytes
+    payer_hash_key: bytes
+    clock_skew_s: int
+    nonce_retention_s: int
+    merchant_cache_ttl_s: int
+    webhook_deadline_ms: int
+    batch_max: int
+    batch_workers: int
+    max_pending: int
+
+    @classmethod
+    def from_env(cls) -> IntakeSettings:
+        return cls(
+            webhook_host=env_str("FAPIAO_WEBHOOK_HOST", "127.0.0.1"),
+            webhook_port=env_int("FAPIAO_WEBHOOK_PORT", DEFAULT_WEBHOOK_PORT),
+            secrets_key=load_key("FAPIAO_SECRETS_KEY"),
+            payer_hash_key=load_key("FAPIAO_PAYER_HASH_KEY"),
+            clock_skew_s=env_int("FAPIAO_WEBHOOK_CLOCK_SKEW_S", 300),
+            nonce_retention_s=env_int("FAPIAO_WEBHOOK_NONCE_RETENTION_S", 900),
+            merchant_cache_ttl_s=env_int("FAPIAO_MERCHANT_CACHE_TTL_S", 30),
+            webhook_deadline_ms=env_int("FAPIAO_WEBHOOK_DEADLINE_MS", 3000),
+            batch_max=env_int("FAPIAO_INTAKE_BATCH_MAX", 200),
+            batch_workers=env_int("FAPIAO_INTAKE_BATCH_WORKERS", 4),
+            max_pending=env_int("FAPIAO_INTAKE_MAX_PENDING", 10_000),
+        )
+
+    def __repr__(self) -> str:  # keep keys out of any accidental log line
+        return f"IntakeSettings(webhook={self.webhook_host}:{self.webhook_port}, keys=<redacted>)"

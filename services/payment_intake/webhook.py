@@ -1,0 +1,235 @@
+"""HTTP entry point: WeChat Pay API v3 style payment notifications (aiohttp, same process as gRPC).
+
+POST /v1/notify/wechatpay/{merchant_id} (the merchant's notify_url) or /v1/notify/wechatpay (the
+merchant is then the single one trusting the Wechatpay-Serial). Checks, in order, each with its own
+reason and nothing stored on rejection: headers, SIGNTEST probe, timestamp window, merchant, serial,
+SHA256withRSA signature, body, AES-256-GCM resource, mchid, trade state, amounts, nonce (claimed in
+the same transaction as the payment). 200 {"code": "SUCCESS"} only after that transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from fapiao_runtime.errors import (
+    FapiaoError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+
+from payment_intake import wechatpay as wx
+from payment_intake.domain import RecordPayment, RecordRefund
+from payment_intake.handlers import IntakeHandlers
+from payment_intake.merchants import MerchantDirectory, MerchantKeys
+from payment_intake.sealing import payer_ref
+
+log = logging.getLogger(__name__)
+
+NOTIFY_PATH = "/v1/notify/wechatpay"
+MAX_BODY_BYTES = 64 * 1024
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _field(data: dict[str, Any], name: str, kind: type, reason: str = "MALFORMED_RESOURCE") -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidArgument(reason, f"field {name!r} must be a {kind.__name__}")
+    return value
+
+
+def _time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument("MALFORMED_RESOURCE", "success_time must be RFC 3339") from None
+    if moment.tzinfo is None:
+        raise InvalidArgument("MALFORMED_RESOURCE", "success_time must carry a UTC offset")
+    return moment
+
+
+def payment_from_resource(data: dict[str, Any], payer_hash_key: bytes) -> RecordPayment:
+    """TRANSACTION.SUCCESS resource -> command. TRADE_NOT_SUCCESS unless trade_state is SUCCESS."""
+    state = _field(data, "trade_state", str)
+    if state != "SUCCESS":
+        raise InvalidArgument("TRADE_NOT_SUCCESS", f"trade_state is {state[:20]}, not SUCCESS")
+    amount = _field(data, "amount", dict)
+    payer = data.get("payer") or {}
+    if not isinstance(payer, dict):
+        raise InvalidArgument("MALFORMED_RESOURCE", "payer must be an object")
+    openid = payer.get("openid") or ""
+    if not isinstance(openid, str):
+        raise InvalidArgument("MALFORMED_RESOURCE", "payer.openid must be a string")
+    return RecordPayment(
+        merchant_id=_field(data, "mchid", str),
+        transaction_id=_field(data, "transaction_id", str),
+        out_trade_no=_field(data, "out_trade_no", str),
+        amount_fen=_field(amount, "total", int),
+        payer_total_fen=_field(amount, "payer_total", int),
+        currency=_field(amount, "currency", str),
+        success_time=_time(_field(data, "success_time", str)),
+        payer_ref=payer_ref(payer_hash_key, openid),
+        appid=str(data.get("appid") or ""),
+        trade_type=str(data.get("trade_type") or ""),
+        source=2,  # PAYMENT_SOURCE_WEBHOOK
+    )
+
+
+def refund_from_resource(data: dict[str, Any]) -> RecordRefund:
+    """REFUND.SUCCESS resource -> command. TRADE_NOT_SUCCESS unless refund_status is SUCCESS."""
+    state = _field(data, "refund_status", str)
+    if state != "SUCCESS":
+        raise InvalidArgument("TRADE_NOT_SUCCESS", f"refund_status is {state[:20]}, not SUCCESS")
+    amount = _field(data, "amount", dict)
+    return RecordRefund(
+        merchant_id=_field(data, "mchid", str),
+        transaction_id=_field(data, "transaction_id", str),
+        refund_id=_field(data, "refund_id", str),
+        refund_fen=_field(amount, "refund", int),
+        refund_time=_time(_field(data, "success_time", str)),
+        reason=str(data.get("out_refund_no") or "")[:200],
+    )
+
+
+class NotificationReceiver:
+    def __init__(
+        self,
+        handlers: IntakeHandlers,
+        directory: MerchantDirectory,
+        payer_hash_key: bytes,
+        *,
+        clock_skew_s: int = 300,
+        deadline_ms: int = 3000,
+    ) -> None:
+        self._handlers = handlers
+        self._directory = directory
+        self._payer_hash_key = payer_hash_key
+        self._clock_skew_s = clock_skew_s
+        self._deadline_s = deadline_ms / 1000
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post(NOTIFY_PATH, self.handle)
+        app.router.add_post(NOTIFY_PATH + "/{merchant_id}", self.handle)
+        app.router.add_get("/healthz", _healthz)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        merchant_hint = request.match_info.get("merchant_id", "")
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                body = await request.read()
+                duplicate = await self._process(request, body, merchant_hint)
+        except FapiaoError as exc:
+            log.info("notification rejected", extra={"reason": exc.reason, "merchant_id": merchant_hint[:32]})
+            return web.json_response({"code": exc.reason, "message": exc.message}, status=exc.http_status)
+        except TimeoutError:
+            error = Unavailable("DEADLINE_EXCEEDED", "could not record the notification in time; retry")
+            return web.json_response({"code": error.reason, "message": error.message}, status=503)
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"code": "MALFORMED_BODY", "message": "body too large"}, status=413)
+        except Exception:
+            log.exception("notification failed")
+            return web.json_response({"code": "INTERNAL", "message": "internal error"}, status=500)
+        log.info(
+            "notification recorded",
+            extra={
+                "merchant_id": merchant_hint,
+                "duplicate": duplicate,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+        return web.json_response({"code": "SUCCESS", "message": "OK"})
+
+    async def _process(self, request: web.Request, body: bytes, merchant_hint: str) -> bool:
+        serial = request.headers.get(wx.HEADER_SERIAL, "")
+        signature = request.headers.get(wx.HEADER_SIGNATURE, "")
+        timestamp = request.headers.get(wx.HEADER_TIMESTAMP, "")
+        nonce = request.headers.get(wx.HEADER_NONCE, "")
+        if not (serial and signature and timestamp.isdigit() and _NONCE.match(nonce)):
+            raise Unauthenticated("MALFORMED_HEADERS", "Wechatpay-Serial/Signature/Timestamp/Nonce missing or bad")
+        if signature.startswith(wx.SIGNTEST_PREFIX):
+            raise Unauthenticated("SIGNTEST_PROBE", "signature probe rejected")
+        if abs(time.time() - int(timestamp)) > self._clock_skew_s:
+            raise Unauthenticated("STALE_TIMESTAMP", f"timestamp more than {self._clock_skew_s} s off")
+        keys = await self._merchant(merchant_hint, serial)
+        public_key = keys.platform_keys.get(serial)
+        if public_key is None:
+            keys = await self._directory.get(keys.merchant_id, refresh=True) or keys
+            public_key = keys.platform_keys.get(serial)
+            if public_key is None:
+                raise Unauthenticated("UNKNOWN_SERIAL", "no trusted platform key with this serial")
+        if not wx.verify_signature(public_key, timestamp, nonce, body, signature):
+            raise Unauthenticated("BAD_SIGNATURE", "signature does not verify with the platform key")
+        notification = self._notification(body)
+        try:
+            plaintext = wx.decrypt_resource(keys.apiv3_key, notification["resource"])
+        except wx.ResourceDecryptError:
+            raise InvalidArgument("UNDECRYPTABLE_RESOURCE", "resource does not decrypt with the APIv3 key") from None
+        try:
+            resource = json.loads(plaintext)
+        except ValueError:
+            raise InvalidArgument("MALFORMED_RESOURCE", "decrypted resource is not JSON") from None
+        if not isinstance(resource, dict):
+            raise InvalidArgument("MALFORMED_RESOURCE", "decrypted resource must be an object")
+        if resource.get("mchid") != keys.merchant_id:
+            raise PermissionDenied("MERCHANT_MISMATCH", "resource mchid is not the merchant of this notify URL")
+        if notification["event_type"] == wx.EVENT_REFUND_SUCCESS:
+            refund = await self._handlers.record_notified_refund(refund_from_resource(resource), nonce)
+            return refund.duplicate
+        payment = payment_from_resource(resource, self._payer_hash_key)
+        outcome = await self._handlers.record_notified_payment(payment, nonce)
+        return outcome.duplicate
+
+    async def _merchant(self, merchant_hint: str, serial: str) -> MerchantKeys:
+        merchant_id = merchant_hint or await self._directory.merchant_for_serial(serial)
+        if not merchant_id:
+            raise Unauthenticated("UNKNOWN_SERIAL", "no single merchant trusts this serial; use /{merchant_id}")
+        keys = await self._directory.get(merchant_id)
+        if keys is None:
+            raise NotFound("UNKNOWN_MERCHANT", "no merchant registered with this id")
+        return keys
+
+    @staticmethod
+    def _notification(body: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise InvalidArgument("MALFORMED_BODY", "body is not JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidArgument("MALFORMED_BODY", "body must be a JSON object")
+        _field(data, "id", str, "MALFORMED_BODY")
+        event_type = _field(data, "event_type", str, "MALFORMED_BODY")
+        if event_type not in (wx.EVENT_TRANSACTION_SUCCESS, wx.EVENT_REFUND_SUCCESS):
+            raise InvalidArgument("UNSUPPORTED_EVENT_TYPE", f"event_type {event_type[:40]} is not handled")
+        resource = _field(data, "resource", dict, "MALFORMED_BODY")
+        if resource.get("algorithm") != wx.ALGORITHM:
+            raise InvalidArgument("MALFORMED_BODY", f"resource.algorithm must be {wx.ALGORITHM}")
+        for name in ("ciphertext", "nonce"):
+            _field(resource, name, str, "MALFORMED_BODY")
+        return data
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "SERVING"})
+
+
+async def start_webhook(receiver: NotificationReceiver, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Bind the webhook; returns the runner (call cleanup() to stop) and the bound port."""
+    runner = web.AppRunner(receiver.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr,attr-defined]
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, int(bound)
