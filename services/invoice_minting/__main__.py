@@ -1,29 +1,95 @@
-"""Entry point: python -m invoice_minting (skeleton: health and migrations only until the service lands)."""
+"""Entry point: python -m invoice_minting.
+
+Environment (besides the shared FAPIAO_* runtime settings): FAPIAO_SECRETS_KEY (32 bytes, hex or
+base64; FAPIAO_DEV_MODE=1 generates one into FAPIAO_DEV_STATE_DIR), FAPIAO_LEDGER_AUTHORITY_KEY_FILE
+(PEM Ed25519 key that signs issuer key registrations) and FAPIAO_LEDGER_AUTHORITY_KEY_ID,
+FAPIAO_CLAIM_BASE_URL, FAPIAO_CLAIM_OFFER_TTL_S, FAPIAO_INVOICE_CHANNEL; see settings.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 
 from fapiao_runtime.config import RuntimeConfig
+from fapiao_runtime.consumer import EventConsumer
 from fapiao_runtime.grpc_server import GrpcServer
+from fapiao_runtime.ledger_client import SigningKey
 from fapiao_runtime.service import ServiceContext, run_service
+from fapiao_runtime.topics import LEDGER_RESULTS, MERCHANTS, PAYMENTS
+
+from invoice_minting.claims import ClaimPipeline
+from invoice_minting.deps import MintingDeps
+from invoice_minting.events import on_merchant_event, on_payment_event
+from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer, add_servicer
+from invoice_minting.issuer_keys import IssuerKeyStore
+from invoice_minting.ledger_results import on_result
+from invoice_minting.secrets_box import SecretsBox, load_secrets_key
+from invoice_minting.settings import MintingSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-async def _wire(ctx: ServiceContext, server: GrpcServer) -> list:  # type: ignore[type-arg]
-    return []
+def build_deps(settings: MintingSettings, producer: str) -> MintingDeps:
+    """Load the secrets key and the registry authority key. Raises RuntimeError/ValueError when missing."""
+    box = SecretsBox(load_secrets_key(settings.secrets_key_text, settings.dev_mode, settings.dev_state_dir))
+    if not settings.authority_key_file:
+        raise RuntimeError("FAPIAO_LEDGER_AUTHORITY_KEY_FILE is required (issuer keys must be registered)")
+    authority = SigningKey.from_pem(settings.authority_key_id, Path(settings.authority_key_file).read_bytes())
+    keys = IssuerKeyStore(box, authority, settings.ledger_partitions, producer)
+    return MintingDeps(settings=settings, keys=keys, box=box, producer=producer)
+
+
+def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
+    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None]]:
+        cfg = ctx.config
+        deps = build_deps(settings, cfg.service_name)
+        claims = ClaimPipeline(ctx.pool, deps)
+        add_servicer(server.server, InvoiceMintingServicer(ctx.pool, deps, claims))
+
+        async def merchant_handler(conn, envelope):  # type: ignore[no-untyped-def]
+            await on_merchant_event(conn, envelope, deps)
+
+        async def payment_handler(conn, envelope):  # type: ignore[no-untyped-def]
+            await on_payment_event(conn, envelope, deps)
+
+        async def result_handler(conn, envelope):  # type: ignore[no-untyped-def]
+            await on_result(conn, envelope, deps.producer)
+
+        consumers = [
+            EventConsumer(
+                bootstrap=cfg.kafka_bootstrap,
+                topics=[cfg.topic(MERCHANTS.name)],
+                group_id=f"{cfg.service_name}.merchants",
+                pool=ctx.pool,
+                handler=merchant_handler,
+            ),
+            EventConsumer(
+                bootstrap=cfg.kafka_bootstrap,
+                topics=[cfg.topic(PAYMENTS.name)],
+                group_id=f"{cfg.service_name}.payments",
+                pool=ctx.pool,
+                handler=payment_handler,
+            ),
+            EventConsumer(
+                bootstrap=cfg.kafka_bootstrap,
+                topics=[cfg.topic(LEDGER_RESULTS.name)],
+                group_id=f"{cfg.service_name}.ledger_results",
+                pool=ctx.pool,
+                handler=result_handler,
+            ),
+        ]
+        ctx.consumers.extend(consumers)
+        return [claims.run(ctx.stop), *(c.run(ctx.stop) for c in consumers)]
+
+    return wire
 
 
 def main() -> None:
     config = RuntimeConfig.from_env("invoice_minting", 50052)
-    asyncio.run(
-        run_service(
-            config,
-            service_names=["fapiao.invoicing.v1.InvoiceMintingService"],
-            migrations=Path(__file__).parent / "migrations",
-            wire=_wire,
-        )
-    )
+    settings = MintingSettings.from_env()
+    asyncio.run(run_service(config, service_names=[SERVICE_NAME], migrations=MIGRATIONS, wire=make_wiring(settings)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+"""Applying ledger outcomes (ledger.results.v1) to invoices: PENDING -> ISSUED / REJECTED, red letters.
+
+Results of transactions this service did not submit (LOCK, CLOSE, ... by reimbursement) are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import asyncpg
+from fapiao.common.v1 import envelope_pb2
+from fapiao.invoicing.v1 import invoice_pb2
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.envelope import make_envelope, outgoing, unpack
+from fapiao_runtime.outbox import enqueue
+from fapiao_runtime.topics import INVOICES
+
+from invoice_minting.invoice_store import invoices_by_id
+
+log = logging.getLogger(__name__)
+
+PENDING, ACCEPTED, REJECTED = 0, 1, 2
+
+
+async def on_result(conn: asyncpg.Connection, envelope: envelope_pb2.EventEnvelope, producer: str) -> None:
+    result = unpack(envelope, ledger_pb2.TransactionResult)
+    try:
+        transaction_id = uuid.UUID(result.transaction_id)
+    except ValueError:
+        return
+    tx = await conn.fetchrow("SELECT * FROM ledger_transactions WHERE transaction_id = $1 FOR UPDATE", transaction_id)
+    if tx is None or tx["status"] != PENDING:
+        return
+    await conn.execute(
+        "UPDATE ledger_transactions SET status = $2, rejection_reason = $3 WHERE transaction_id = $1",
+        transaction_id,
+        ACCEPTED if result.accepted else REJECTED,
+        result.rejection_reason,
+    )
+    if tx["type"] == ledger_pb2.TRANSACTION_TYPE_ISSUE:
+        await _issue_outcome(conn, tx["invoice_id"], result, producer)
+    else:
+        await _red_letter_outcome(conn, tx, result)
+
+
+async def _issue_outcome(
+    conn: asyncpg.Connection, invoice_id: uuid.UUID, result: ledger_pb2.TransactionResult, producer: str
+) -> None:
+    if result.accepted:
+        # Only PENDING moves to ISSUED: a red letter's outcome may already have moved it on.
+        await conn.execute(
+            "UPDATE invoices SET status = CASE WHEN status = $2 THEN $3 ELSE status END,"
+            " ledger_chain_id = $4, ledger_height = $5 WHERE invoice_id = $1",
+            invoice_id,
+            invoice_pb2.INVOICE_STATUS_PENDING,
+            invoice_pb2.INVOICE_STATUS_ISSUED,
+            result.chain_id,
+            result.height,
+        )
+        invoice = (await invoices_by_id(conn, [invoice_id]))[invoice_id]
+        envelope = make_envelope(
+            invoice_pb2.InvoiceIssued(invoice=invoice), aggregate_id=str(invoice_id), producer=producer
+        )
+        await enqueue(conn, [outgoing(INVOICES.name, envelope)])
+    else:
+        await conn.execute(
+            "UPDATE invoices SET status = $2, rejection_reason = $3, reimbursable_fen = 0 WHERE invoice_id = $1",
+            invoice_id,
+            invoice_pb2.INVOICE_STATUS_REJECTED,
+            result.rejection_reason or "REJECTED",
+        )
+
+
+async def _red_letter_outcome(
+    conn: asyncpg.Connection, tx: asyncpg.Record, result: ledger_pb2.TransactionResult
+) -> None:
+    red_id = tx["red_letter_invoice_id"]
+    if result.accepted:
+        await conn.execute(
+            "UPDATE invoices SET status = $2, ledger_chain_id = $3, ledger_height = $4 WHERE invoice_id = $1",
+            red_id,
+            invoice_pb2.INVOICE_STATUS_ISSUED,
+            result.chain_id,
+            result.height,
+        )
+        new_status = (
+            invoice_pb2.INVOICE_STATUS_CANCELLED
+            if tx["type"] == ledger_pb2.TRANSACTION_TYPE_CANCEL
+            else invoice_pb2.INVOICE_STATUS_PARTIALLY_RED_LETTERED
+        )
+        await conn.execute(
+            "UPDATE invoices SET status = $2 WHERE invoice_id = $1 AND status <> $3",
+            tx["invoice_id"],
+            new_status,
+            invoice_pb2.INVOICE_STATUS_CANCELLED,
+        )
+    else:
+        await conn.execute(
+            "UPDATE invoices SET status = $2, rejection_reason = $3 WHERE invoice_id = $1",
+            red_id,
+            invoice_pb2.INVOICE_STATUS_REJECTED,
+            result.rejection_reason or "REJECTED",
+        )
+        # The reversal did not happen: give the amount back to the original (unless it was rejected itself).
+        await conn.execute(
+            "UPDATE invoices SET reimbursable_fen = reimbursable_fen + $2 WHERE invoice_id = $1 AND status <> $3",
+            tx["invoice_id"],
+            tx["amount_fen"],
+            invoice_pb2.INVOICE_STATUS_REJECTED,
+        )

@@ -1,0 +1,110 @@
+"""Payment event -> claimable offer -> claimed, signed invoice on the ledger topic -> ISSUED."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fapiao.invoicing.v1 import invoice_minting_service_pb2 as api
+from fapiao.invoicing.v1 import invoice_pb2
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao.payments.v1 import payments_pb2
+from fapiao_runtime.envelope import unpack
+from fapiao_runtime.topics import INVOICES
+from fapiao_stack.harness import StackUnderTest, read_envelopes
+
+from tests.invoice_minting.support import company, ledger_stand_in, minting_service, uscc, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+async def test_payment_to_signed_issued_invoice_end_to_end(stack: StackUnderTest) -> None:
+    async with minting_service(stack) as minting, ledger_stand_in(minting) as ledger:
+        seller_tax_id = uscc(1)
+        await minting.register_merchant("m-shop", seller_tax_id, region="44")
+        items = [
+            payments_pb2.PaymentItem(
+                tax_classification_code="3070401000000000000",
+                name="咖啡",
+                quantity=2,
+                unit_price_fen=1850,
+                amount_fen=3700,
+                tax_rate_bp=600,
+            ),
+            payments_pb2.PaymentItem(
+                tax_classification_code="1030101000000000000",
+                name="蛋糕",
+                quantity=1,
+                unit_price_fen=2999,
+                amount_fen=2999,
+                tax_rate_bp=1300,
+            ),
+        ]
+        await minting.pay("m-shop", "pay-1", 6699, items)
+        by_payment = await minting.claim_url("m-shop", "pay-1")
+        assert by_payment.claim_url.startswith("https://fapiao.test/claim/")
+        assert by_payment.claim_qr_png.startswith(b"\x89PNG")
+        assert "<svg" in by_payment.claim_qr_svg
+        token = by_payment.claim_url.rsplit("/", 1)[1]
+        assert len(token) >= 22  # >= 128 bits of URL-safe base64
+
+        offer = (await minting.stub.GetClaimOffer(api.GetClaimOfferRequest(claim_token=token))).offer
+        assert (offer.merchant_id, offer.amount_fen, offer.claimed) == ("m-shop", 6699, False)
+        assert offer.merchant_name == "m-shop 有限公司"
+        assert [i.name for i in offer.items] == ["咖啡", "蛋糕"]
+
+        buyer_tax_id = uscc(777, "110105")
+        claimed = await minting.stub.ClaimInvoice(
+            api.ClaimInvoiceRequest(
+                claim_token=token, buyer=company("  北京买方科技有限公司 ", buyer_tax_id), idempotency_key="k1"
+            )
+        )
+        invoice = claimed.invoice
+        assert invoice.status == invoice_pb2.INVOICE_STATUS_PENDING
+        body = invoice.body
+        assert body.buyer.name == "北京买方科技有限公司"
+        assert body.seller.tax_id == seller_tax_id
+        assert len(body.invoice_number) == 20 and body.invoice_number[2:5] == "442"
+        assert body.invoice_number.endswith("1".zfill(15))
+        assert [(line.total_fen, line.tax_fen, line.amount_fen) for line in body.lines] == [
+            (3700, 209, 3491),  # 3700 * 600 / 10600 = 209.43 -> 209
+            (2999, 345, 2654),  # 2999 * 1300 / 11300 = 345.02 -> 345
+        ]
+        assert (body.total_fen, body.total_tax_fen, body.total_amount_fen) == (6699, 554, 6145)
+        assert body.verification_qr.startswith(f"01,32,,{body.invoice_number},66.99,{body.issue_date},,")
+
+        # Verify with nothing but the merchant's public key and the shipped bytes.
+        keys = (await minting.stub.ListIssuerKeys(api.ListIssuerKeysRequest(merchant_id="m-shop"))).keys
+        public = next(k.public_key for k in keys if k.key_id == invoice.signed.signature.key_id)
+        Ed25519PublicKey.from_public_bytes(public).verify(invoice.signed.signature.signature, invoice.signed.body)
+        assert invoice_pb2.InvoiceBody.FromString(invoice.signed.body) == body
+
+        # The ISSUE went through Kafka, after the key registration on its partition, signed by the issuer key.
+        await wait_until(lambda: any(t.type == ledger_pb2.TRANSACTION_TYPE_ISSUE for t in ledger.transactions))
+        assert not ledger.problems
+        issue = next(t for t in ledger.transactions if t.type == ledger_pb2.TRANSACTION_TYPE_ISSUE)
+        assert issue.invoice_id == body.invoice_id
+        assert issue.issue.invoice.body == invoice.signed.body
+        registered_partitions = [
+            p for p, records in ledger.records.items() if any(r.HasField("key_registration") for r in records)
+        ]
+        assert sorted(registered_partitions) == [0, 1]
+        assert ledger.keys[invoice.signed.signature.key_id] == (public, seller_tax_id)
+
+        issued = await minting.wait_status(body.invoice_id, invoice_pb2.INVOICE_STATUS_ISSUED)
+        assert issued.signed == invoice.signed
+        events = await read_envelopes(stack.kafka_bootstrap, stack.topic(INVOICES.name), expected=1, timeout_s=15)
+        assert len(events) == 1
+        assert unpack(events[0], invoice_pb2.InvoiceIssued).invoice.body.invoice_number == body.invoice_number
+
+        # Retry with the same key returns the same invoice; the buyer's list has it once.
+        again = await minting.stub.ClaimInvoice(
+            api.ClaimInvoiceRequest(
+                claim_token=token, buyer=company("北京买方科技有限公司", buyer_tax_id), idempotency_key="k1"
+            )
+        )
+        assert again.invoice.body.invoice_number == body.invoice_number
+        listed = await minting.stub.ListInvoices(api.ListInvoicesRequest(buyer_tax_id=buyer_tax_id))
+        assert [i.body.invoice_number for i in listed.invoices] == [body.invoice_number]
+        by_number = await minting.stub.GetInvoice(api.GetInvoiceRequest(invoice_number=body.invoice_number))
+        assert by_number.invoice.status == invoice_pb2.INVOICE_STATUS_ISSUED
