@@ -1,17 +1,107 @@
-"""Entry point: python -m reimbursement (skeleton: health and migrations only until the service lands)."""
+"""Entry point: python -m reimbursement.
+
+Serves ReimbursementService on FAPIAO_REIMBURSEMENT_TLS_PORT with mutual TLS only; the shared
+runtime's server on FAPIAO_GRPC_PORT carries health and reflection (plaintext) for probes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
+from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.config import RuntimeConfig
-from fapiao_runtime.grpc_server import GrpcServer
+from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
+from fapiao_runtime.ledger_client import LedgerResultWaiter, SigningKey
+from fapiao_runtime.ledger_trust import authority_keys_from_env, validator_keys_from_env
 from fapiao_runtime.service import ServiceContext, run_service
 
+from reimbursement.handlers import HandlerSettings, ReimbursementHandlers
+from reimbursement.issuer_keys import IssuerKeyRecorder
+from reimbursement.ledger_adapter import ValidatorLedger, register_submitter_key
+from reimbursement.pending_resolver import run_pending_resolver
+from reimbursement.servicer import ReimbursementServicer
+from reimbursement.settings import ReimbursementSettings
+from reimbursement.verification import InvoiceVerifier, VerificationSettings
 
-async def _wire(ctx: ServiceContext, server: GrpcServer) -> list:  # type: ignore[type-arg]
-    return []
+SERVICE_NAME = "fapiao.reimbursement.v1.ReimbursementService"
+log = logging.getLogger("reimbursement")
+
+
+def _signing_key(settings: ReimbursementSettings) -> SigningKey:
+    if settings.signing_key_file is not None:
+        key_id = settings.signing_key_id or "reimbursement-1"
+        return SigningKey.from_pem(key_id, settings.signing_key_file.read_bytes())
+    # No configured key: a fresh one per process, registered below before anything is signed with it.
+    return SigningKey.generate(settings.signing_key_id or f"reimbursement-{uuid.uuid4().hex[:12]}")
+
+
+async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[None]]:
+    settings = ReimbursementSettings.from_env()
+    validator_keys = validator_keys_from_env()
+    if not validator_keys:
+        raise ValueError("FAPIAO_LEDGER_VALIDATOR_KEYS is required to verify ledger receipts")
+    authority = SigningKey.from_pem(settings.authority_key_id, settings.authority_key_file.read_bytes())
+    key = _signing_key(settings)
+    await register_submitter_key(ctx.pool, authority, key)
+    log.info("submitter key registered", extra={"key_id": key.key_id})
+
+    waiter = LedgerResultWaiter(
+        ctx.config.kafka_bootstrap, ctx.config.topic_prefix, client_id=f"reimbursement-{uuid.uuid4().hex[:8]}"
+    )
+    await waiter.start()
+    ledger = ValidatorLedger(
+        settings.ledger_endpoints,
+        key,
+        waiter,
+        validator_keys,
+        settings.quorum,
+        call_timeout_s=settings.ledger_call_timeout_ms / 1000,
+    )
+    handlers = ReimbursementHandlers(ctx.pool, ledger, HandlerSettings(max_wait_s=settings.max_wait_ms / 1000))
+    verifier = InvoiceVerifier(
+        ctx.pool,
+        ledger,
+        validator_keys,
+        settings.quorum,
+        VerificationSettings(settings.verify_daily_checks, float(settings.verify_per_second)),
+    )
+    recorder = IssuerKeyRecorder(
+        ctx.config.kafka_bootstrap,
+        ctx.config.topic("ledger.tx.v1"),
+        f"{ctx.config.service_name}-issuer-keys",
+        ctx.pool,
+        authority_keys_from_env(),
+    )
+
+    api = GrpcServer([SERVICE_NAME])
+    rpb_grpc.add_ReimbursementServiceServicer_to_server(ReimbursementServicer(ctx.pool, handlers, verifier), api.server)
+    tls = TlsConfig(
+        cert_chain_pem=settings.tls_cert_file.read_bytes(),
+        private_key_pem=settings.tls_key_file.read_bytes(),
+        client_ca_pem=settings.client_ca_file.read_bytes(),
+    )
+    port = await api.start(ctx.config.grpc_host, settings.tls_port, tls)
+    log.info("reimbursement API serving with mutual TLS", extra={"tls_port": port})
+
+    async def serve_until_stopped() -> None:
+        try:
+            await ctx.stop.wait()
+        finally:
+            await api.stop(5.0)
+            await waiter.stop()
+            with contextlib.suppress(Exception):
+                await ledger.close()
+
+    return [
+        serve_until_stopped(),
+        recorder.run(ctx.stop),
+        run_pending_resolver(ctx.pool, ledger, ctx.stop),
+    ]
 
 
 def main() -> None:
@@ -19,7 +109,7 @@ def main() -> None:
     asyncio.run(
         run_service(
             config,
-            service_names=["fapiao.reimbursement.v1.ReimbursementService"],
+            service_names=[],
             migrations=Path(__file__).parent / "migrations",
             wire=_wire,
         )

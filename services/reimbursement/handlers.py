@@ -1,0 +1,316 @@
+"""Lock, unlock and close invoices for an organisation: authorize, persist, submit, return the outcome.
+
+Single use is decided by the ledger's ordered log, never here: these handlers only authorize the
+caller, persist the request with its transaction ids (idempotency), hand the signed transactions to
+the outbox in the same database transaction, and wait for the committed outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FapiaoError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+
+from reimbursement import requests_store as store
+from reimbursement.invoice_facts import FactsCache, InvoiceFacts, facts_of
+from reimbursement.ledger_port import LedgerPort
+from reimbursement.organisations import Organisation
+from reimbursement.requests_store import TxRow
+
+INVOICE_NUMBER = re.compile(r"^\d{20}$")
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+MAX_BATCH = 50
+
+_TX_TYPE = {
+    "LOCK": ledger_pb2.TRANSACTION_TYPE_LOCK,
+    "UNLOCK": ledger_pb2.TRANSACTION_TYPE_UNLOCK,
+    "CLOSE": ledger_pb2.TRANSACTION_TYPE_CLOSE,
+}
+_OPERATION_ACTION = {"LOCK": "LOCK", "UNLOCK": "UNLOCK", "CLOSE": "CLOSE", "BATCH_LOCK": "LOCK", "BATCH_CLOSE": "CLOSE"}
+
+# Ledger rejection reasons -> the error the caller sees. Never names the organisation holding a lock.
+_REJECTIONS: dict[str, type[FapiaoError] | tuple[type[FapiaoError], str]] = {
+    "ALREADY_LOCKED": FailedPrecondition,
+    "ALREADY_CLOSED": (FailedPrecondition, "ALREADY_REIMBURSED"),
+    "ALREADY_REIMBURSED": FailedPrecondition,
+    "CANCELLED": FailedPrecondition,
+    "NOT_LOCKED": FailedPrecondition,
+    "NOT_LOCK_HOLDER": PermissionDenied,
+    "UNKNOWN_INVOICE": (NotFound, "INVOICE_NOT_FOUND"),
+}
+_MESSAGES = {
+    "ALREADY_LOCKED": "the invoice is locked for reimbursement",
+    "ALREADY_REIMBURSED": "the invoice has already been reimbursed",
+    "CANCELLED": "the invoice has been cancelled (red-lettered)",
+    "NOT_LOCKED": "the invoice is not locked",
+    "NOT_LOCK_HOLDER": "only the organisation holding the lock may do this",
+    "INVOICE_NOT_FOUND": "no such invoice on the ledger",
+}
+
+
+def rejection_error(reason: str, invoice_number: str = "") -> FapiaoError:
+    """The caller-facing error for a ledger rejection reason."""
+    mapped = _REJECTIONS.get(reason)
+    if mapped is None:
+        return FailedPrecondition("LEDGER_REJECTED", f"the ledger rejected the transaction ({reason})")
+    error_type, code = mapped if isinstance(mapped, tuple) else (mapped, reason)
+    message = _MESSAGES.get(code, code.lower())
+    if invoice_number:
+        message = f"{message}: {invoice_number}"
+    return error_type(code, message)
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    max_wait_s: float = 10.0
+    # Stop waiting this long before the client's deadline so DEADLINE_EXCEEDED reaches it as our answer.
+    deadline_margin_s: float = 0.05
+
+
+class ReimbursementHandlers:
+    """Use cases of the reimbursement API; `ledger` is the port (real validators, or a fake in tests)."""
+
+    def __init__(self, pool: asyncpg.Pool, ledger: LedgerPort, settings: HandlerSettings | None = None) -> None:
+        self._pool = pool
+        self._ledger = ledger
+        self._settings = settings or HandlerSettings()
+        self._facts_cache = FactsCache()
+
+    # -- public use cases -------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        organisation: Organisation,
+        operation: str,
+        invoice_numbers: Sequence[str],
+        idempotency_key: str,
+        time_remaining_s: float | None,
+    ) -> list[TxRow]:
+        """Run LOCK / UNLOCK / CLOSE / BATCH_LOCK / BATCH_CLOSE; return the committed rows (one per invoice).
+
+        Errors: INVALID_ARGUMENT (input), ALREADY_EXISTS IDEMPOTENCY_CONFLICT, NOT_FOUND INVOICE_NOT_FOUND,
+        PERMISSION_DENIED (authorization), FAILED_PRECONDITION (ledger rejection), DEADLINE_EXCEEDED
+        OUTCOME_PENDING (retry with the same key to learn the outcome).
+        """
+        started = time.monotonic()
+        budget_s = self._budget(time_remaining_s)
+        numbers = self._validate(operation, invoice_numbers, idempotency_key)
+        digest = store.request_digest(operation, numbers)
+        tax_id = organisation.tax_id
+        existing = await store.find_request(self._pool, tax_id, idempotency_key)
+        if existing is None:
+            rows = await self._authorize(organisation, operation, numbers)
+            for row in rows:
+                row.idempotency_key = idempotency_key
+            request_id = await self._persist_and_submit(tax_id, idempotency_key, operation, digest, rows)
+            if request_id is not None:
+                remaining = budget_s - (time.monotonic() - started)
+                await self._await_outcomes(rows, remaining, check_ledger_first=False)
+                return await self._finish(organisation, operation, request_id, rows, budget_s, started)
+            # Lost a race with a concurrent request using the same key: continue as a retry.
+            existing = await store.find_request(self._pool, tax_id, idempotency_key)
+            assert existing is not None
+        if existing.request_digest != digest or existing.operation != operation:
+            raise AlreadyExists("IDEMPOTENCY_CONFLICT", "this idempotency key was already used for a different request")
+        rows = await store.request_transactions(self._pool, existing.request_id)
+        requested = [r for r in rows if r.purpose == "REQUESTED"]
+        pending = [r for r in requested if r.pending]
+        if pending:
+            remaining = budget_s - (time.monotonic() - started)
+            await self._await_outcomes(pending, remaining, check_ledger_first=True)
+        return await self._finish(organisation, operation, existing.request_id, requested, budget_s, started)
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def _budget(self, time_remaining_s: float | None) -> float:
+        budget = self._settings.max_wait_s
+        if time_remaining_s is not None:
+            budget = min(budget, time_remaining_s - self._settings.deadline_margin_s)
+        return max(0.0, budget)
+
+    @staticmethod
+    def _validate(operation: str, invoice_numbers: Sequence[str], key: str) -> list[str]:
+        if operation not in _OPERATION_ACTION:
+            raise InvalidArgument("UNKNOWN_OPERATION", operation)
+        if not IDEMPOTENCY_KEY.match(key):
+            raise InvalidArgument(
+                "INVALID_IDEMPOTENCY_KEY", "idempotency_key must be 1-128 characters of [A-Za-z0-9._:-]"
+            )
+        numbers = list(invoice_numbers)
+        if not numbers:
+            raise InvalidArgument("NO_INVOICES", "at least one invoice number is required")
+        if len(numbers) > MAX_BATCH:
+            raise InvalidArgument("BATCH_TOO_LARGE", f"at most {MAX_BATCH} invoices per batch")
+        for number in numbers:
+            if not INVOICE_NUMBER.match(number):
+                raise InvalidArgument("INVALID_INVOICE_NUMBER", "an invoice number has 20 digits")
+        if len(set(numbers)) != len(numbers):
+            raise InvalidArgument("DUPLICATE_INVOICE", "each invoice may appear once per batch")
+        return numbers
+
+    async def _facts(self, invoice_number: str) -> InvoiceFacts:
+        cached = self._facts_cache.get(invoice_number)
+        if cached is not None:
+            return cached
+        response = await self._ledger.invoice_state(invoice_number)
+        if response is None:
+            raise NotFound("INVOICE_NOT_FOUND", f"no such invoice on the ledger: {invoice_number}")
+        facts = facts_of(response)
+        self._facts_cache.put(facts)
+        return facts
+
+    async def _authorize(self, organisation: Organisation, operation: str, numbers: list[str]) -> list[TxRow]:
+        """Check the caller may act on every invoice (all before anything is submitted); build rows."""
+        action = _OPERATION_ACTION[operation]
+        rows: list[TxRow] = []
+        if action == "LOCK":
+            facts = await asyncio.gather(*(self._facts(n) for n in numbers))
+            for fact in facts:
+                # A company invoice belongs to its buyer; a personal one may go to any registered organisation
+                # (the ledger lets only the first LOCK win).
+                if fact.buyer_is_company and fact.buyer_tax_id != organisation.tax_id:
+                    raise PermissionDenied(
+                        "NOT_INVOICE_BUYER", f"a company invoice can only be locked by its buyer: {fact.invoice_number}"
+                    )
+            for position, fact in enumerate(facts):
+                rows.append(
+                    TxRow(str(uuid.uuid4()), position, "REQUESTED", action, fact.invoice_number, fact.invoice_id)
+                )
+            return rows
+        # UNLOCK and CLOSE: only the lock holder. The state read here is a pre-check that answers early and
+        # keeps batches all-or-nothing; the ledger checks the holder again in log order (NOT_LOCK_HOLDER).
+        states = await asyncio.gather(*(self._ledger.invoice_state(n) for n in numbers))
+        for number, response in zip(numbers, states, strict=True):
+            if response is None:
+                raise NotFound("INVOICE_NOT_FOUND", f"no such invoice on the ledger: {number}")
+            status = response.state.status
+            if status == ledger_pb2.INVOICE_LEDGER_STATUS_CANCELLED:
+                raise rejection_error("CANCELLED", number)
+            if status == ledger_pb2.INVOICE_LEDGER_STATUS_LOCKED or status == ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED:
+                if response.state.lock_holder_tax_id != organisation.tax_id:
+                    raise rejection_error("NOT_LOCK_HOLDER", number)
+            if status == ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED and operation == "BATCH_CLOSE":
+                raise rejection_error("ALREADY_CLOSED", number)
+            if status == ledger_pb2.INVOICE_LEDGER_STATUS_ISSUED and operation == "BATCH_CLOSE":
+                raise rejection_error("NOT_LOCKED", number)
+        for position, response in enumerate(states):
+            assert response is not None
+            rows.append(
+                TxRow(str(uuid.uuid4()), position, "REQUESTED", action, numbers[position], response.state.invoice_id)
+            )
+        return rows
+
+    async def _persist_and_submit(
+        self, tax_id: str, key: str, operation: str, digest: bytes, rows: list[TxRow]
+    ) -> int | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            request_id = await store.insert_request(conn, tax_id, key, operation, digest)
+            if request_id is None:
+                return None
+            await store.insert_transactions(conn, request_id, tax_id, rows)
+            await self._ledger.submit(conn, [self._body(tax_id, row) for row in rows])
+        return request_id
+
+    @staticmethod
+    def _body(tax_id: str, row: TxRow) -> ledger_pb2.TransactionBody:
+        body = ledger_pb2.TransactionBody(
+            transaction_id=row.transaction_id, type=_TX_TYPE[row.action], invoice_id=row.invoice_id
+        )
+        if row.action == "LOCK":
+            body.lock.organisation_tax_id = tax_id
+        elif row.action == "UNLOCK":
+            body.unlock.organisation_tax_id = tax_id
+        else:
+            body.close.organisation_tax_id = tax_id
+        body.submitted_at.GetCurrentTime()
+        return body
+
+    async def _await_outcomes(self, rows: list[TxRow], timeout_s: float, *, check_ledger_first: bool) -> None:
+        """Fill in the outcome of pending rows: from the results topic, else (retry, timeout) from the ledger."""
+        pending = {r.transaction_id: r for r in rows if r.pending}
+        if not pending:
+            return
+        decided: list[ledger_pb2.TransactionResult] = []
+        now = datetime.now(UTC)
+        if check_ledger_first:
+            decided += await self._ask_ledger(list(pending))
+        for result in decided:
+            store.apply_result(pending.pop(result.transaction_id), result, now)
+        if pending:
+            arrived = await self._ledger.wait_results(list(pending), max(0.0, timeout_s))
+            for tx_id in list(pending):
+                if tx_id in arrived:
+                    store.apply_result(pending.pop(tx_id), arrived[tx_id], now)
+                    decided.append(arrived[tx_id])
+        if pending and not check_ledger_first and timeout_s > 0:
+            # The result may have passed before this process was reading (e.g. a restart); ask once before giving up.
+            late = await self._ask_ledger(list(pending))
+            for result in late:
+                store.apply_result(pending.pop(result.transaction_id), result, now)
+            decided += late
+        if decided:
+            await store.record_outcomes(self._pool, decided, now)
+
+    async def _ask_ledger(self, transaction_ids: list[str]) -> list[ledger_pb2.TransactionResult]:
+        found = await asyncio.gather(*(self._ledger.transaction_result(t) for t in transaction_ids))
+        return [r for r in found if r is not None]
+
+    async def _finish(
+        self,
+        organisation: Organisation,
+        operation: str,
+        request_id: int,
+        rows: list[TxRow],
+        budget_s: float,
+        started: float,
+    ) -> list[TxRow]:
+        pending = [r for r in rows if r.pending]
+        if pending:
+            raise DeadlineExceeded(
+                "OUTCOME_PENDING", "the ledger has not decided yet; retry with the same idempotency key"
+            )
+        rejected = [r for r in rows if r.state == "REJECTED"]
+        if not rejected:
+            return rows
+        if operation == "BATCH_LOCK":
+            await self._compensate(organisation, request_id, rows, budget_s - (time.monotonic() - started))
+        first = rejected[0]
+        error = rejection_error(first.rejection_reason, first.invoice_number)
+        if operation.startswith("BATCH_"):
+            # One invoice failed: the whole batch fails (BATCH_LOCK undid the locks it won, see _compensate).
+            error.message = f"batch not applied: {error.message}"
+        raise error
+
+    async def _compensate(
+        self, organisation: Organisation, request_id: int, rows: list[TxRow], timeout_s: float
+    ) -> None:
+        """Undo the LOCKs a failed batch won with UNLOCKs, submitted at most once (unique per position)."""
+        won = [r for r in rows if r.state == "ACCEPTED" and r.action == "LOCK"]
+        if not won:
+            return
+        undo = [
+            TxRow(str(uuid.uuid4()), r.position, "COMPENSATION", "UNLOCK", r.invoice_number, r.invoice_id) for r in won
+        ]
+        async with self._pool.acquire() as conn, conn.transaction():
+            fresh = await store.insert_transactions(conn, request_id, organisation.tax_id, undo)
+            if fresh:
+                await self._ledger.submit(conn, [self._body(organisation.tax_id, u) for u in fresh])
+        if fresh:
+            # Best effort to answer after the undo is final; it is durable in the outbox either way.
+            await self._await_outcomes(fresh, timeout_s, check_ledger_first=False)

@@ -1,0 +1,49 @@
+"""Settles transactions whose caller stopped waiting (deadline, disconnect, restart).
+
+Every `interval_s`, asks the ledger for the final result of up to `batch` transactions still PENDING
+after `older_than_s`, and records the ones that are final, so ListReimbursements converges without
+the client having to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from reimbursement import requests_store as store
+from reimbursement.ledger_port import LedgerPort
+
+log = logging.getLogger(__name__)
+
+
+async def resolve_pending_once(pool: asyncpg.Pool, ledger: LedgerPort, older_than_s: float, batch: int) -> int:
+    """Record the outcomes the ledger has for stale pending transactions; return how many."""
+    pending = await store.stale_pending(pool, older_than_s, batch)
+    if not pending:
+        return 0
+    results = [r for r in await asyncio.gather(*(ledger.transaction_result(t) for t in pending)) if r is not None]
+    await store.record_outcomes(pool, results)
+    return len(results)
+
+
+async def run_pending_resolver(
+    pool: asyncpg.Pool,
+    ledger: LedgerPort,
+    stop: asyncio.Event,
+    *,
+    interval_s: float = 2.0,
+    older_than_s: float = 5.0,
+    batch: int = 200,
+) -> None:
+    while not stop.is_set():
+        try:
+            settled = await resolve_pending_once(pool, ledger, older_than_s, batch)
+            if settled:
+                log.info("settled pending transactions", extra={"count": settled})
+        except Exception:
+            log.exception("settling pending transactions failed; will retry")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)

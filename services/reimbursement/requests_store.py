@@ -1,0 +1,205 @@
+"""Idempotency store: requests and the ledger transactions they submitted, in PostgreSQL.
+
+A request row (UNIQUE organisation + idempotency key) and its transaction ids are inserted in the
+same database transaction that enqueues the signed transactions for the ledger, so a retry always
+finds the ids it must wait for and never submits a second, different transaction (tigerbeetle's
+"reliable transaction submission").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from fapiao.ledger.v1 import ledger_pb2
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    request_id: int
+    operation: str
+    request_digest: bytes
+
+
+@dataclass
+class TxRow:
+    """One submitted ledger transaction and, once known, its committed outcome."""
+
+    transaction_id: str
+    position: int
+    purpose: str
+    action: str
+    invoice_number: str
+    invoice_id: str
+    state: str = "PENDING"
+    rejection_reason: str = ""
+    ledger_status: int = 0
+    reimbursable_fen: int = 0
+    chain_id: int = 0
+    height: int = 0
+    decided_at: datetime | None = None
+    idempotency_key: str = ""
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "PENDING"
+
+
+def request_digest(operation: str, invoice_numbers: Sequence[str]) -> bytes:
+    """What a request asks for; the same key with another digest is an idempotency conflict."""
+    return hashlib.sha256(f"{operation}\n{','.join(invoice_numbers)}".encode()).digest()
+
+
+_TX_COLUMNS = (
+    "t.transaction_id, t.position, t.purpose, t.action, t.invoice_number, t.invoice_id, t.state, t.rejection_reason,"
+    " t.ledger_status, t.reimbursable_fen, t.chain_id, t.height, t.decided_at, r.idempotency_key"
+)
+
+
+def _row(record: asyncpg.Record) -> TxRow:
+    return TxRow(
+        transaction_id=str(record["transaction_id"]),
+        position=record["position"],
+        purpose=record["purpose"],
+        action=record["action"],
+        invoice_number=record["invoice_number"],
+        invoice_id=record["invoice_id"],
+        state=record["state"],
+        rejection_reason=record["rejection_reason"],
+        ledger_status=record["ledger_status"],
+        reimbursable_fen=record["reimbursable_fen"],
+        chain_id=record["chain_id"],
+        height=record["height"],
+        decided_at=record["decided_at"],
+        idempotency_key=record["idempotency_key"],
+    )
+
+
+async def find_request(conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, key: str) -> StoredRequest | None:
+    row = await conn.fetchrow(
+        "SELECT id, operation, request_digest FROM reimbursement_requests"
+        " WHERE organisation_tax_id = $1 AND idempotency_key = $2",
+        tax_id,
+        key,
+    )
+    return None if row is None else StoredRequest(row["id"], row["operation"], bytes(row["request_digest"]))
+
+
+async def insert_request(conn: asyncpg.Connection, tax_id: str, key: str, operation: str, digest: bytes) -> int | None:
+    """Insert the request; None if the key is already taken (a concurrent or earlier request)."""
+    value = await conn.fetchval(
+        "INSERT INTO reimbursement_requests (organisation_tax_id, idempotency_key, operation, request_digest)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (organisation_tax_id, idempotency_key) DO NOTHING RETURNING id",
+        tax_id,
+        key,
+        operation,
+        digest,
+    )
+    return None if value is None else int(value)
+
+
+async def insert_transactions(
+    conn: asyncpg.Connection, request_id: int, tax_id: str, rows: Sequence[TxRow]
+) -> list[TxRow]:
+    """Insert transaction rows; return those actually inserted (existing (request, position, purpose) skip)."""
+    inserted: list[TxRow] = []
+    for row in rows:
+        done = await conn.fetchval(
+            "INSERT INTO reimbursement_transactions (transaction_id, request_id, position, purpose, action,"
+            " organisation_tax_id, invoice_number, invoice_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (request_id, position, purpose) DO NOTHING RETURNING true",
+            uuid.UUID(row.transaction_id),
+            request_id,
+            row.position,
+            row.purpose,
+            row.action,
+            tax_id,
+            row.invoice_number,
+            row.invoice_id,
+        )
+        if done:
+            inserted.append(row)
+    return inserted
+
+
+async def request_transactions(conn: asyncpg.Connection | asyncpg.Pool, request_id: int) -> list[TxRow]:
+    records = await conn.fetch(
+        f"SELECT {_TX_COLUMNS} FROM reimbursement_transactions t JOIN reimbursement_requests r ON r.id = t.request_id"
+        " WHERE t.request_id = $1 ORDER BY t.purpose DESC, t.position",
+        request_id,
+    )
+    return [_row(r) for r in records]
+
+
+async def record_outcomes(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    results: Sequence[ledger_pb2.TransactionResult],
+    decided_at: datetime | None = None,
+) -> None:
+    """Store committed outcomes of pending transactions (a decided row is never changed)."""
+    if not results:
+        return
+    decided_at = decided_at or datetime.now(UTC)
+    await conn.executemany(
+        "UPDATE reimbursement_transactions SET state = $2, rejection_reason = $3, ledger_status = $4,"
+        " reimbursable_fen = $5, chain_id = $6, height = $7, decided_at = $8"
+        " WHERE transaction_id = $1 AND state = 'PENDING'",
+        [
+            (
+                uuid.UUID(r.transaction_id),
+                "ACCEPTED" if r.accepted else "REJECTED",
+                r.rejection_reason,
+                int(r.state.status),
+                r.state.reimbursable_fen,
+                r.chain_id,
+                r.height,
+                decided_at,
+            )
+            for r in results
+        ],
+    )
+
+
+def apply_result(row: TxRow, result: ledger_pb2.TransactionResult, decided_at: datetime) -> None:
+    """Update the in-memory row with a committed result (mirrors record_outcomes)."""
+    if not row.pending:
+        return
+    row.state = "ACCEPTED" if result.accepted else "REJECTED"
+    row.rejection_reason = result.rejection_reason
+    row.ledger_status = int(result.state.status)
+    row.reimbursable_fen = result.state.reimbursable_fen
+    row.chain_id = result.chain_id
+    row.height = result.height
+    row.decided_at = decided_at
+
+
+async def list_transactions(
+    conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, after: tuple[int, int] | None, limit: int
+) -> list[tuple[int, TxRow]]:
+    """The organisation's requested transactions in submission order, after the (request id, position) cursor."""
+    after_request, after_position = after or (0, -1)
+    records = await conn.fetch(
+        f"SELECT t.request_id, {_TX_COLUMNS} FROM reimbursement_transactions t"
+        " JOIN reimbursement_requests r ON r.id = t.request_id"
+        " WHERE t.organisation_tax_id = $1 AND t.purpose = 'REQUESTED' AND (t.request_id, t.position) > ($2, $3)"
+        " ORDER BY t.request_id, t.position LIMIT $4",
+        tax_id,
+        after_request,
+        after_position,
+        limit,
+    )
+    return [(r["request_id"], _row(r)) for r in records]
+
+
+async def stale_pending(conn: asyncpg.Connection | asyncpg.Pool, older_than_s: float, limit: int) -> list[str]:
+    records = await conn.fetch(
+        "SELECT transaction_id FROM reimbursement_transactions WHERE state = 'PENDING'"
+        " AND submitted_at < now() - make_interval(secs => $1) ORDER BY submitted_at LIMIT $2",
+        older_than_s,
+        limit,
+    )
+    return [str(r["transaction_id"]) for r in records]

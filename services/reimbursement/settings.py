@@ -1,0 +1,68 @@
+"""Reimbursement settings from the environment (beyond the shared RuntimeConfig).
+
+The API listens ONLY with mutual TLS on FAPIAO_REIMBURSEMENT_TLS_PORT; FAPIAO_GRPC_PORT serves just
+the health and reflection services in plaintext, for orchestrators and the local stack's probes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fapiao_runtime.config import env_int, env_str
+
+DEFAULT_TLS_PORT = 50054
+
+
+def _required(name: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        raise ValueError(f"environment variable {name} is required")
+    return value
+
+
+@dataclass(frozen=True)
+class ReimbursementSettings:
+    tls_port: int
+    tls_cert_file: Path
+    tls_key_file: Path
+    client_ca_file: Path
+    ledger_endpoints: tuple[str, ...]
+    authority_key_file: Path
+    authority_key_id: str
+    signing_key_file: Path | None
+    signing_key_id: str
+    quorum: int | None
+    max_wait_ms: int
+    ledger_call_timeout_ms: int
+    verify_daily_checks: int
+    verify_per_second: int
+
+    @classmethod
+    def from_env(cls) -> ReimbursementSettings:
+        """Read FAPIAO_REIMBURSEMENT_* and FAPIAO_LEDGER_*; ValueError names a missing or bad variable."""
+        endpoints = tuple(e.strip() for e in _required("FAPIAO_LEDGER_ENDPOINTS").split(",") if e.strip())
+        signing = env_str("FAPIAO_REIMBURSEMENT_SIGNING_KEY_FILE", "")
+        quorum = env_int("FAPIAO_LEDGER_QUORUM", 0)
+        settings = cls(
+            tls_port=env_int("FAPIAO_REIMBURSEMENT_TLS_PORT", DEFAULT_TLS_PORT),
+            tls_cert_file=Path(_required("FAPIAO_REIMBURSEMENT_TLS_CERT_FILE")),
+            tls_key_file=Path(_required("FAPIAO_REIMBURSEMENT_TLS_KEY_FILE")),
+            client_ca_file=Path(_required("FAPIAO_REIMBURSEMENT_CLIENT_CA_FILE")),
+            ledger_endpoints=endpoints,
+            authority_key_file=Path(_required("FAPIAO_LEDGER_AUTHORITY_KEY_FILE")),
+            authority_key_id=env_str("FAPIAO_LEDGER_AUTHORITY_KEY_ID", "authority-1"),
+            signing_key_file=Path(signing) if signing else None,
+            signing_key_id=env_str("FAPIAO_REIMBURSEMENT_KEY_ID", ""),
+            quorum=quorum or None,
+            max_wait_ms=env_int("FAPIAO_REIMBURSEMENT_MAX_WAIT_MS", 10_000),
+            ledger_call_timeout_ms=env_int("FAPIAO_LEDGER_CALL_TIMEOUT_MS", 2_000),
+            verify_daily_checks=env_int("FAPIAO_REIMBURSEMENT_VERIFY_DAILY_CHECKS", 5),
+            verify_per_second=env_int("FAPIAO_REIMBURSEMENT_VERIFY_PER_SECOND", 20),
+        )
+        if not 100 <= settings.max_wait_ms <= 60_000:
+            raise ValueError("FAPIAO_REIMBURSEMENT_MAX_WAIT_MS must be within 100..60000")
+        if settings.verify_daily_checks < 1 or settings.verify_per_second < 1:
+            raise ValueError("verification limits must be positive")
+        return settings

@@ -1,0 +1,120 @@
+"""VerifyInvoice: is an invoice genuine, and what is its reimbursement status?
+
+Genuine means both: the ISSUE receipt verifies offline with the validators' public keys and quorum
+(so the ledger really recorded this exact signed invoice), and the issuer's signature over the exact
+invoice bytes verifies with a key an authority registered for the seller. The caller must also know
+the invoice's number, issue date and total; on a mismatch nothing else is revealed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import asyncpg
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
+from fapiao_runtime.errors import InvalidArgument
+from fapiao_runtime.ledger_trust import PublicKeys, ReceiptInvalid, verify_receipt
+
+from reimbursement.invoice_facts import invoice_body, signed_invoice_from_receipt
+from reimbursement.issuer_keys import find_issuer_key, issuer_signature_problem
+from reimbursement.ledger_port import LedgerPort
+from reimbursement.organisations import Organisation
+from reimbursement.rate_limits import OrganisationRateLimiter, count_check
+
+ISSUE_DATE = re.compile(r"^\d{8}$")
+
+STATUS_FROM_LEDGER = {
+    ledger_pb2.INVOICE_LEDGER_STATUS_ISSUED: rpb.REIMBURSEMENT_STATUS_INIT,
+    ledger_pb2.INVOICE_LEDGER_STATUS_LOCKED: rpb.REIMBURSEMENT_STATUS_LOCKED,
+    ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED: rpb.REIMBURSEMENT_STATUS_CLOSED,
+    ledger_pb2.INVOICE_LEDGER_STATUS_CANCELLED: rpb.REIMBURSEMENT_STATUS_CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class VerificationSettings:
+    daily_checks_per_invoice: int = 5
+    checks_per_second: float = 20.0
+
+
+class InvoiceVerifier:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        ledger: LedgerPort,
+        validator_keys: PublicKeys,
+        quorum: int | None,
+        settings: VerificationSettings | None = None,
+    ) -> None:
+        self._pool = pool
+        self._ledger = ledger
+        self._validator_keys = validator_keys
+        self._quorum = quorum
+        self._settings = settings or VerificationSettings()
+        self._limiter = OrganisationRateLimiter(self._settings.checks_per_second)
+
+    async def verify(self, organisation: Organisation, request: rpb.VerifyInvoiceRequest) -> rpb.VerifyInvoiceResponse:
+        """Errors: INVALID_ARGUMENT for malformed input, RESOURCE_EXHAUSTED over a rate limit.
+
+        Everything else is an answer: genuine=false with `problem` naming the first failed check.
+        """
+        if not re.fullmatch(r"\d{20}", request.invoice_number):
+            raise InvalidArgument("INVALID_INVOICE_NUMBER", "an invoice number has 20 digits")
+        if not ISSUE_DATE.match(request.issue_date):
+            raise InvalidArgument("INVALID_ISSUE_DATE", "issue_date is yyyymmdd")
+        self._limiter.take(organisation.tax_id)
+        remaining = await count_check(
+            self._pool, organisation.tax_id, request.invoice_number, self._settings.daily_checks_per_invoice
+        )
+        reply = rpb.VerifyInvoiceResponse(checks_remaining_today=remaining)
+        response = await self._ledger.invoice_state(request.invoice_number)
+        if response is None:
+            reply.problem = "NOT_ON_LEDGER"
+            return reply
+        if not response.HasField("issue_receipt"):
+            reply.problem = "ISSUE_NOT_FINAL"
+            return reply
+        try:
+            issue_result = verify_receipt(response.issue_receipt, self._validator_keys, self._quorum)
+        except ReceiptInvalid as exc:
+            reply.problem = f"BAD_LEDGER_RECEIPT:{exc.reason}"
+            return reply
+        signed = signed_invoice_from_receipt(response.issue_receipt)
+        body = invoice_body(signed) if signed is not None else None
+        if signed is None or body is None or not issue_result.accepted:
+            reply.problem = "NOT_ON_LEDGER"
+            return reply
+        if (
+            body.invoice_number != request.invoice_number
+            or body.issue_date != request.issue_date
+            or body.total_fen != request.total_fen
+        ):
+            # Number, date and total together are the proof of possession; reveal nothing more.
+            reply.problem = "DETAILS_MISMATCH"
+            return reply
+        reply.seller_name = body.seller.name
+        reply.seller_tax_id = body.seller.tax_id
+        problem = issuer_signature_problem(
+            signed, body.seller.tax_id, await find_issuer_key(self._pool, signed.signature.key_id)
+        )
+        state = issue_result.state
+        reply.ledger_height = issue_result.height
+        if response.HasField("receipt"):
+            # The latest final transaction's receipt carries the current status, attested by the quorum.
+            try:
+                latest = verify_receipt(response.receipt, self._validator_keys, self._quorum)
+            except ReceiptInvalid as exc:
+                reply.problem = f"BAD_LEDGER_RECEIPT:{exc.reason}"
+                return reply
+            if latest.invoice_id == issue_result.invoice_id:
+                state = latest.state
+                reply.ledger_height = latest.height
+        reply.status = STATUS_FROM_LEDGER.get(state.status, rpb.REIMBURSEMENT_STATUS_UNSPECIFIED)
+        reply.reimbursable_fen = state.reimbursable_fen
+        if problem:
+            reply.problem = problem
+            return reply
+        reply.genuine = True
+        return reply

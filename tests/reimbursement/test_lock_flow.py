@@ -1,0 +1,174 @@
+"""Lock / unlock / close with idempotency keys, deadlines and batches (fake ledger, real everything else)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
+from fapiao_runtime.errors import reason_of
+
+from tests.reimbursement.conftest import ApiUnderTest
+from tests.reimbursement.support import new_tax_id
+
+pytestmark = pytest.mark.integration
+
+
+async def _org(api: ApiUnderTest) -> str:
+    tax_id = new_tax_id()
+    await api.add_org(tax_id)
+    return tax_id
+
+
+async def test_retry_with_same_key_returns_first_outcome_and_submits_once(api: ApiUnderTest) -> None:
+    org = await _org(api)
+    number = api.issue(org)
+    async with api.channel(org) as channel:
+        stub = api.stub(channel)
+        request = rpb.LockInvoiceRequest(invoice_number=number, idempotency_key="lock-1")
+        first = await stub.LockInvoice(request, timeout=5)
+        again = await stub.LockInvoice(request, timeout=5)
+    assert first.outcome == again.outcome
+    assert first.outcome.status == rpb.REIMBURSEMENT_STATUS_LOCKED and not first.outcome.pending
+    assert len(api.ledger.submitted) == 1
+
+
+async def test_same_key_different_content_is_a_conflict(api: ApiUnderTest) -> None:
+    org = await _org(api)
+    first, second = api.issue(org), api.issue(org)
+    async with api.channel(org) as channel:
+        stub = api.stub(channel)
+        await stub.LockInvoice(rpb.LockInvoiceRequest(invoice_number=first, idempotency_key="k"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.LockInvoice(rpb.LockInvoiceRequest(invoice_number=second, idempotency_key="k"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert reason_of(caught.value) == "IDEMPOTENCY_CONFLICT"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.UnlockInvoice(rpb.UnlockInvoiceRequest(invoice_number=first, idempotency_key="k"), timeout=5)
+        assert reason_of(caught.value) == "IDEMPOTENCY_CONFLICT"
+    assert len(api.ledger.submitted) == 1
+
+
+async def test_deadline_before_outcome_then_retry_returns_real_outcome(api: ApiUnderTest) -> None:
+    org = await _org(api)
+    number = api.issue(org)
+    api.ledger.paused.clear()  # the ledger has not decided yet when the client gives up
+    async with api.channel(org) as channel:
+        stub = api.stub(channel)
+        request = rpb.LockInvoiceRequest(invoice_number=number, idempotency_key="slow")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.LockInvoice(request, timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        api.ledger.paused.set()
+        retried = await stub.LockInvoice(request, timeout=5)
+    assert retried.outcome.status == rpb.REIMBURSEMENT_STATUS_LOCKED
+    assert len(api.ledger.submitted) == 1, "the retry reused the first transaction id"
+    assert retried.outcome.transaction_id == api.ledger.submitted[0].transaction_id
+
+
+async def test_concurrent_lockers_one_winner_others_already_locked(api: ApiUnderTest) -> None:
+    orgs = [await _org(api) for _ in range(6)]
+    number = api.issue(None)  # personal invoice: any registered organisation may try
+    channels = [api.channel(o) for o in orgs]
+    try:
+
+        async def attempt(i: int) -> str:
+            try:
+                reply = await api.stub(channels[i]).LockInvoice(
+                    rpb.LockInvoiceRequest(invoice_number=number, idempotency_key=f"k{i}"), timeout=5
+                )
+                return "WON" if reply.outcome.status == rpb.REIMBURSEMENT_STATUS_LOCKED else "?"
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+                return reason_of(exc)
+
+        outcomes = await asyncio.gather(*(attempt(i) for i in range(len(orgs))))
+    finally:
+        for channel in channels:
+            await channel.close()
+    assert sorted(outcomes) == ["ALREADY_LOCKED"] * 5 + ["WON"]
+
+
+async def test_closed_invoice_is_already_reimbursed_and_cancelled_is_reported(api: ApiUnderTest) -> None:
+    org, other = await _org(api), await _org(api)
+    number, cancelled = api.issue(None), api.issue(None)
+    api.ledger.cancel(cancelled)
+    async with api.channel(org) as ch, api.channel(other) as ch_other:
+        stub = api.stub(ch)
+        await stub.LockInvoice(rpb.LockInvoiceRequest(invoice_number=number, idempotency_key="l"), timeout=5)
+        await stub.CloseInvoice(rpb.CloseInvoiceRequest(invoice_number=number, idempotency_key="c"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.stub(ch_other).LockInvoice(
+                rpb.LockInvoiceRequest(invoice_number=number, idempotency_key="l2"), timeout=5
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(caught.value) == "ALREADY_REIMBURSED"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.LockInvoice(rpb.LockInvoiceRequest(invoice_number=cancelled, idempotency_key="l3"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and reason_of(caught.value) == "CANCELLED"
+
+
+async def test_batch_lock_is_all_or_nothing(api: ApiUnderTest) -> None:
+    org, rival = await _org(api), await _org(api)
+    numbers = [api.issue(None) for _ in range(4)]
+    async with api.channel(org) as ch, api.channel(rival) as ch_rival:
+        await api.stub(ch_rival).LockInvoice(
+            rpb.LockInvoiceRequest(invoice_number=numbers[2], idempotency_key="r"), timeout=5
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.stub(ch).BatchLockInvoices(
+                rpb.BatchLockInvoicesRequest(invoice_numbers=numbers, idempotency_key="batch"), timeout=5
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(caught.value) == "ALREADY_LOCKED"
+        # The locks the batch won were undone: nothing of the batch remains locked by `org`.
+        for number in numbers:
+            state = (await api.ledger.invoice_state(number)).state  # type: ignore[union-attr]
+            assert state.lock_holder_tax_id != org
+        # Retrying the failed batch returns the same failure and submits nothing new.
+        submitted = len(api.ledger.submitted)
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await api.stub(ch).BatchLockInvoices(
+                rpb.BatchLockInvoicesRequest(invoice_numbers=numbers, idempotency_key="batch"), timeout=5
+            )
+        assert reason_of(again.value) == "ALREADY_LOCKED" and len(api.ledger.submitted) == submitted
+        free = [n for n in numbers if n != numbers[2]]
+        locked = await api.stub(ch).BatchLockInvoices(
+            rpb.BatchLockInvoicesRequest(invoice_numbers=free, idempotency_key="batch-2"), timeout=5
+        )
+        assert [o.status for o in locked.outcomes] == [rpb.REIMBURSEMENT_STATUS_LOCKED] * 3
+        closed = await api.stub(ch).BatchCloseInvoices(
+            rpb.BatchCloseInvoicesRequest(invoice_numbers=free, idempotency_key="close-all"), timeout=5
+        )
+        assert [o.status for o in closed.outcomes] == [rpb.REIMBURSEMENT_STATUS_CLOSED] * 3
+        # A batch close including an invoice the caller does not hold is refused before anything is submitted.
+        submitted = len(api.ledger.submitted)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.stub(ch).BatchCloseInvoices(
+                rpb.BatchCloseInvoicesRequest(invoice_numbers=[numbers[2]], idempotency_key="close-x"), timeout=5
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert len(api.ledger.submitted) == submitted
+
+
+async def test_list_reimbursements_shows_only_the_callers_pages(api: ApiUnderTest) -> None:
+    org, other = await _org(api), await _org(api)
+    numbers = [api.issue(org) for _ in range(5)]
+    async with api.channel(org) as ch, api.channel(other) as ch_other:
+        for i, number in enumerate(numbers):
+            await api.stub(ch).LockInvoice(rpb.LockInvoiceRequest(invoice_number=number, idempotency_key=f"l{i}"))
+        seen: list[str] = []
+        token = ""
+        for _ in range(5):
+            page = await api.stub(ch).ListReimbursements(rpb.ListReimbursementsRequest(page_size=2, page_token=token))
+            seen += [o.invoice_number for o in page.reimbursements]
+            assert all(o.action == rpb.REIMBURSEMENT_ACTION_LOCK for o in page.reimbursements)
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == numbers
+        assert not (await api.stub(ch_other).ListReimbursements(rpb.ListReimbursementsRequest())).reimbursements
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.stub(ch).ListReimbursements(rpb.ListReimbursementsRequest(page_token="!!"))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

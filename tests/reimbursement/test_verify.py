@@ -1,0 +1,92 @@
+"""VerifyInvoice: genuine, forged, cancelled, tampered receipts, and the anti-enumeration limits."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
+from fapiao_runtime.errors import reason_of
+
+from tests.reimbursement.conftest import ApiUnderTest
+from tests.reimbursement.support import Issuer, new_invoice_number, new_tax_id
+
+pytestmark = pytest.mark.integration
+
+
+async def _verify(
+    api: ApiUnderTest, org: str, number: str, total: int = 11_200, date: str = "20261124"
+) -> rpb.VerifyInvoiceResponse:
+    async with api.channel(org) as channel:
+        return await api.stub(channel).VerifyInvoice(
+            rpb.VerifyInvoiceRequest(invoice_number=number, issue_date=date, total_fen=total), timeout=5
+        )
+
+
+async def test_genuine_invoice_with_status_and_amount(api: ApiUnderTest) -> None:
+    org = new_tax_id()
+    await api.add_org(org)
+    number = api.issue(org, total_fen=11_200)
+    reply = await _verify(api, org, number)
+    assert reply.genuine and not reply.problem
+    assert reply.status == rpb.REIMBURSEMENT_STATUS_INIT and reply.reimbursable_fen == 11_200
+    assert reply.seller_tax_id == api.issuer.tax_id and reply.checks_remaining_today == 4
+
+
+async def test_forged_invoice_is_not_genuine(api: ApiUnderTest) -> None:
+    org = new_tax_id()
+    await api.add_org(org)
+    # Valid format, on the ledger, but the issuer signature does not verify.
+    forged = api.ledger.issue(api.issuer.invoice(org, forge=True)).invoice_number
+    reply = await _verify(api, org, forged)
+    assert not reply.genuine and reply.problem == "BAD_ISSUER_SIGNATURE"
+    # Signed by a key nobody registered for this seller.
+    stranger = Issuer(tax_id=api.issuer.tax_id)
+    unregistered = api.ledger.issue(stranger.invoice(org)).invoice_number
+    reply = await _verify(api, org, unregistered)
+    assert not reply.genuine and reply.problem == "UNKNOWN_ISSUER_KEY"
+    # A well-formed number the ledger never saw.
+    reply = await _verify(api, org, new_invoice_number())
+    assert not reply.genuine and reply.problem == "NOT_ON_LEDGER"
+
+
+async def test_cancelled_invoice_is_reported(api: ApiUnderTest) -> None:
+    org = new_tax_id()
+    await api.add_org(org)
+    number = api.issue(org)
+    api.ledger.cancel(number)
+    reply = await _verify(api, org, number)
+    assert reply.status == rpb.REIMBURSEMENT_STATUS_CANCELLED and reply.reimbursable_fen == 0
+
+
+async def test_wrong_details_reveal_nothing(api: ApiUnderTest) -> None:
+    org = new_tax_id()
+    await api.add_org(org)
+    number = api.issue(org, total_fen=11_200)
+    for total, date in ((11_201, "20261124"), (11_200, "20261123")):
+        reply = await _verify(api, org, number, total=total, date=date)
+        assert not reply.genuine and reply.problem == "DETAILS_MISMATCH"
+        assert not reply.seller_tax_id and reply.status == rpb.REIMBURSEMENT_STATUS_UNSPECIFIED
+
+
+async def test_receipt_without_quorum_is_not_genuine(api: ApiUnderTest) -> None:
+    org = new_tax_id()
+    await api.add_org(org)
+    number = api.issue(org)
+    receipt = api.ledger.issue_receipts[api.ledger.by_number[number]]
+    del receipt.signatures[1:]  # one validator's word is not enough
+    reply = await _verify(api, org, number)
+    assert not reply.genuine and reply.problem == "BAD_LEDGER_RECEIPT:RECEIPT_NO_QUORUM"
+
+
+async def test_five_checks_per_invoice_per_day(api: ApiUnderTest) -> None:
+    org, other = new_tax_id(), new_tax_id()
+    await api.add_org(org)
+    await api.add_org(other)
+    number = api.issue(org)
+    for expected_left in (4, 3, 2, 1, 0):
+        assert (await _verify(api, org, number)).checks_remaining_today == expected_left
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _verify(api, org, number)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason_of(caught.value) == "DAILY_CHECK_LIMIT"
+    # The count is per organisation and invoice.
+    assert (await _verify(api, other, number)).genuine
