@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from fapiao.common.v1 import envelope_pb2
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as api
 from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as api_grpc
@@ -225,6 +224,15 @@ class LedgerStandIn:
         ok = bool(public)
         if ok:
             Ed25519PublicKey.from_public_bytes(public).verify(signed_tx.signature.signature, signed_tx.body)
+            carried = {
+                "issue": body.issue.invoice,
+                "cancel": body.cancel.red_letter_invoice,
+                "partial_red_letter": body.partial_red_letter.red_letter_invoice,
+            }[body.WhichOneof("action") or "issue"]
+            seller = invoice_pb2.InvoiceBody.FromString(carried.body).seller.tax_id
+            if seller != subject:
+                ok = False
+                self.problems.append(f"transaction {body.transaction_id}: key subject {subject} != seller {seller}")
         else:
             self.problems.append(f"transaction {body.transaction_id} signed by unregistered key")
         self.transactions.append(body)

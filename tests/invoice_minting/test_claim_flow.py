@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as api
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
