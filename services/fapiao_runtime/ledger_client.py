@@ -37,6 +37,20 @@ def result_event_id(transaction_id: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, "fapiao:tx-result:" + transaction_id)
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 10.0) -> list[int]:
+    """Partition ids of `topic`, fetched from the brokers (a consumer without subscriptions has no
+    metadata cached yet). Raises RuntimeError if the topic does not appear within timeout_s."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic)
+        if partitions:
+            return sorted(partitions)
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"topic {topic} not found")
+        await asyncio.sleep(0.2)
+
+
 class SigningKey:
     """An Ed25519 private key with the key id verifiers look it up by. Never log or repr the key."""
 
@@ -175,16 +189,8 @@ class LedgerResultWaiter:
         )
         await consumer.start()
         try:
-            partitions = None
-            for _ in range(50):
-                partitions = consumer.partitions_for_topic(self._results_topic)
-                if partitions:
-                    break
-                await consumer.topics()  # refresh metadata
-                await asyncio.sleep(0.1)
-            if not partitions:
-                raise RuntimeError(f"topic {self._results_topic} not found")
-            tps = [TopicPartition(self._results_topic, p) for p in sorted(partitions)]
+            partitions = await topic_partitions(consumer, self._results_topic)
+            tps = [TopicPartition(self._results_topic, p) for p in partitions]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
             # Resolve the end offsets now, so nothing published after start() returns is skipped.

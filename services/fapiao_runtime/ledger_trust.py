@@ -132,7 +132,7 @@ def verify_receipt(
 
     quorum defaults to quorum_for(len(validator_keys)). Raises ReceiptInvalid with reason
     RECEIPT_MALFORMED, RECEIPT_BAD_TRANSACTION_PROOF, RECEIPT_BAD_RESULT_PROOF,
-    RECEIPT_RESULT_MISMATCH or RECEIPT_NO_QUORUM.
+    RECEIPT_RESULT_MISMATCH, RECEIPT_BAD_SIGNATURE or RECEIPT_NO_QUORUM.
     """
     if not validator_keys:
         raise ReceiptInvalid("RECEIPT_NO_QUORUM", "no validator keys configured")
@@ -167,6 +167,9 @@ def verify_receipt(
     ):
         raise ReceiptInvalid("RECEIPT_RESULT_MISMATCH", "result does not describe this transaction at this position")
     signers = count_valid_signatures(receipt.header, list(receipt.signatures), validator_keys)
+    # Strict: a receipt carrying any signature that does not verify (or a repeated signer) was altered.
+    if len(signers) != len(receipt.signatures):
+        raise ReceiptInvalid("RECEIPT_BAD_SIGNATURE", "a signature in the receipt does not verify over the header")
     if len(signers) < needed:
         raise ReceiptInvalid(
             "RECEIPT_NO_QUORUM", f"{len(signers)} valid validator signatures over the header, {needed} required"

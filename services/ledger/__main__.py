@@ -1,27 +1,38 @@
-"""Entry point: python -m ledger (skeleton: health and migrations only until the service lands)."""
+"""Entry point: python -m ledger — one validator (see docs/ledger.md for its environment)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 
+from fapiao.ledger.v1 import ledger_service_pb2_grpc
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.service import ServiceContext, run_service
 
+from ledger.config import LedgerConfig
+from ledger.grpc_api import LedgerServicer
+from ledger.validator import Validator
 
-async def _wire(ctx: ServiceContext, server: GrpcServer) -> list:  # type: ignore[type-arg]
-    return []
+SERVICE_NAME = "fapiao.ledger.v1.LedgerService"
 
 
 def main() -> None:
-    config = RuntimeConfig.from_env("ledger", 50061)
+    ledger_config = LedgerConfig.from_env()
+    config = RuntimeConfig.from_env("ledger", 50061, db_schema=ledger_config.validator_id.replace("-", "_"))
+
+    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None]]:
+        validator = Validator(ctx.config, ledger_config, ctx.pool, ctx.producer)
+        ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(validator), server.server)
+        return [validator.run(ctx.stop)]
+
     asyncio.run(
         run_service(
             config,
-            service_names=["fapiao.ledger.v1.LedgerService"],
+            service_names=[SERVICE_NAME],
             migrations=Path(__file__).parent / "migrations",
-            wire=_wire,
+            wire=wire,
         )
     )
 

@@ -1,0 +1,66 @@
+"""Validator settings from the environment (every variable is documented in docs/ledger.md)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fapiao_runtime.config import env_int, env_str
+from fapiao_runtime.ledger_client import SigningKey
+from fapiao_runtime.ledger_trust import authority_keys_from_env, quorum_for, validator_keys_from_env
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    """validator_keys includes this validator; quorum counts identical header signatures (2f+1)."""
+
+    validator_id: str
+    signing_key: SigningKey
+    validator_keys: dict[str, Ed25519PublicKey]
+    authority_keys: dict[str, Ed25519PublicKey]
+    max_txs: int
+    cut_ms: int
+    quorum: int
+
+    @classmethod
+    def from_env(cls) -> LedgerConfig:
+        validator_id = env_str("FAPIAO_VALIDATOR_ID", "validator-1")
+        key_file = os.environ.get("FAPIAO_LEDGER_KEY_FILE", "")
+        if key_file:
+            passphrase = os.environ.get("FAPIAO_LEDGER_KEY_PASSPHRASE", "").encode() or None
+            signing_key = SigningKey.from_pem(validator_id, Path(key_file).read_bytes(), passphrase)
+        else:
+            # Development only: a throw-away key, trusted by nobody else. Configure a key file for a network.
+            signing_key = SigningKey.generate(validator_id)
+            log.warning("no FAPIAO_LEDGER_KEY_FILE: using an ephemeral validator key")
+        validator_keys = validator_keys_from_env()
+        if not validator_keys:
+            validator_keys = {validator_id: signing_key.public_key}
+            log.warning("no FAPIAO_LEDGER_VALIDATOR_KEYS: running as a single-validator network")
+        if validator_id not in validator_keys:
+            raise ValueError(f"{validator_id} is not listed in FAPIAO_LEDGER_VALIDATOR_KEYS")
+        if validator_keys[validator_id].public_bytes_raw() != signing_key.public_raw:
+            raise ValueError(f"FAPIAO_LEDGER_KEY_FILE does not match the public key listed for {validator_id}")
+        max_txs = env_int("FAPIAO_LEDGER_MAX_TXS", 500)
+        cut_ms = env_int("FAPIAO_LEDGER_CUT_MS", 20)
+        if not 1 <= max_txs <= 10_000:
+            raise ValueError("FAPIAO_LEDGER_MAX_TXS must be within 1..10000")
+        if not 1 <= cut_ms <= 60_000:
+            raise ValueError("FAPIAO_LEDGER_CUT_MS must be within 1..60000")
+        quorum = env_int("FAPIAO_LEDGER_QUORUM", quorum_for(len(validator_keys)))
+        if not len(validator_keys) // 2 < quorum <= len(validator_keys):
+            raise ValueError("FAPIAO_LEDGER_QUORUM must be a majority of the validators")
+        return cls(
+            validator_id=validator_id,
+            signing_key=signing_key,
+            validator_keys=validator_keys,
+            authority_keys=authority_keys_from_env(),
+            max_txs=max_txs,
+            cut_ms=cut_ms,
+            quorum=quorum,
+        )

@@ -1,0 +1,115 @@
+"""LedgerService: state, blocks and offline-verifiable receipts served by one validator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
+from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+
+from ledger import reads
+from ledger.audit import audit_chain
+from ledger.validator import Validator
+
+MAX_ID_LENGTH = 128
+STREAM_POLL_S = 0.5
+
+
+def _check_id(value: str, field: str) -> None:
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument("INVALID_ARGUMENT", f"{field} must be 1..{MAX_ID_LENGTH} characters")
+
+
+class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
+    def __init__(self, validator: Validator) -> None:
+        self._validator = validator
+        self._pool = validator.pool
+
+    def _check_chain(self, chain_id: int) -> None:
+        if chain_id not in self._validator.chains:
+            raise InvalidArgument("UNKNOWN_CHAIN", f"chain {chain_id} does not exist")
+
+    async def GetInvoiceState(
+        self, request: ledger_service_pb2.GetInvoiceStateRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_service_pb2.GetInvoiceStateResponse:
+        lookup = request.WhichOneof("lookup")
+        if lookup is None:
+            raise InvalidArgument("INVALID_ARGUMENT", "invoice_id or invoice_number is required")
+        _check_id(getattr(request, lookup), lookup)
+        async with self._pool.acquire() as conn:
+            row = await reads.invoice_row(conn, request.invoice_id, request.invoice_number)
+            if row is None:
+                raise NotFound("UNKNOWN_INVOICE", "the ledger has no such invoice")
+            response = ledger_service_pb2.GetInvoiceStateResponse(
+                state=ledger_pb2.InvoiceState.FromString(bytes(row["state"]))
+            )
+            for tx_id, target in (
+                (row["last_transaction_id"], response.receipt),
+                (row["issue_transaction_id"], response.issue_receipt),
+            ):
+                where = await reads.locate_transaction(conn, tx_id) if tx_id else None
+                if where is not None:
+                    receipt = await reads.final_receipt(conn, where["chain_id"], where["height"], where["idx"])
+                    if receipt is not None:
+                        target.CopyFrom(receipt)
+        return response
+
+    async def GetBlock(
+        self, request: ledger_service_pb2.GetBlockRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_service_pb2.GetBlockResponse:
+        self._check_chain(request.chain_id)
+        async with self._pool.acquire() as conn:
+            block = await reads.load_block(conn, request.chain_id, request.height)
+        if block is None:
+            raise NotFound("UNKNOWN_BLOCK", f"no block {request.height} on chain {request.chain_id}")
+        return ledger_service_pb2.GetBlockResponse(block=block)
+
+    async def StreamBlocks(
+        self, request: ledger_service_pb2.StreamBlocksRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ledger_service_pb2.StreamBlocksResponse]:
+        """Final blocks from from_height on, in order, then new ones as they become final."""
+        self._check_chain(request.chain_id)
+        height = max(1, request.from_height)
+        while True:
+            async with self._pool.acquire() as conn:
+                tip = await reads.final_tip(conn, request.chain_id)
+                blocks = []
+                while height <= tip and len(blocks) < 50:
+                    block = await reads.load_block(conn, request.chain_id, height)
+                    if block is None or not block.final:
+                        break
+                    blocks.append(block)
+                    height += 1
+            for block in blocks:
+                yield ledger_service_pb2.StreamBlocksResponse(block=block)
+            if blocks:
+                continue
+            event = self._validator.block_event
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=STREAM_POLL_S)
+
+    async def GetTransactionResult(
+        self, request: ledger_service_pb2.GetTransactionResultRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_service_pb2.GetTransactionResultResponse:
+        _check_id(request.transaction_id, "transaction_id")
+        async with self._pool.acquire() as conn:
+            where = await reads.locate_transaction(conn, request.transaction_id)
+            if where is None:
+                raise NotFound("UNKNOWN_TRANSACTION", "the ledger has not seen this transaction")
+            receipt = await reads.final_receipt(conn, where["chain_id"], where["height"], where["idx"])
+        if receipt is None:
+            raise FailedPrecondition("NOT_FINAL", "the transaction's block is not final yet")
+        return ledger_service_pb2.GetTransactionResultResponse(
+            result=ledger_pb2.TransactionResult.FromString(receipt.result), receipt=receipt
+        )
+
+    async def AuditChain(
+        self, request: ledger_service_pb2.AuditChainRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_service_pb2.AuditChainResponse:
+        self._check_chain(request.chain_id)
+        config = self._validator.config
+        return await audit_chain(self._pool, request.chain_id, config.validator_keys, config.quorum)

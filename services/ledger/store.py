@@ -1,0 +1,256 @@
+"""PostgreSQL adapter of one validator (its own schema). Writes a whole block in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fapiao.ledger.v1 import ledger_pb2
+
+from ledger.chain import GENESIS_HASH, CutBlock, claims_id
+from ledger.state_machine import DUPLICATE_TRANSACTION, SubmitterKey
+
+T = ledger_pb2.TransactionType
+
+
+class HeaderConflict(RuntimeError):
+    """This validator already stored (and signed) a different header for the same height."""
+
+
+@dataclass(frozen=True)
+class ChainTip:
+    next_height: int
+    previous_hash: bytes
+    next_offset: int
+
+
+async def chain_tip(conn: asyncpg.Connection, chain_id: int) -> ChainTip:
+    row = await conn.fetchrow(
+        "SELECT height, header_hash, next_offset FROM blocks WHERE chain_id = $1 ORDER BY height DESC LIMIT 1",
+        chain_id,
+    )
+    if row is None:
+        return ChainTip(1, GENESIS_HASH, 0)
+    return ChainTip(row["height"] + 1, bytes(row["header_hash"]), row["next_offset"])
+
+
+async def load_registry(conn: asyncpg.Connection, chain_id: int) -> tuple[dict[str, SubmitterKey], set[str]]:
+    keys = {}
+    for r in await conn.fetch("SELECT * FROM submitter_keys WHERE chain_id = $1", chain_id):
+        raw = bytes(r["public_key"])
+        keys[r["key_id"]] = SubmitterKey(
+            r["key_id"],
+            raw,
+            Ed25519PublicKey.from_public_bytes(raw),
+            r["role"],
+            r["subject"],
+            r["revoked"],
+            r["registration_id"],
+        )
+    ids = {
+        r["registration_id"]
+        for r in await conn.fetch("SELECT registration_id FROM key_registrations WHERE chain_id = $1", chain_id)
+    }
+    return keys, ids
+
+
+async def fetch_states(conn: asyncpg.Connection, invoice_ids: list[str]) -> dict[str, ledger_pb2.InvoiceState | None]:
+    found: dict[str, ledger_pb2.InvoiceState | None] = dict.fromkeys(invoice_ids)
+    if invoice_ids:
+        for r in await conn.fetch(
+            "SELECT invoice_id, state FROM invoice_states WHERE invoice_id = ANY($1::text[])", invoice_ids
+        ):
+            found[r["invoice_id"]] = ledger_pb2.InvoiceState.FromString(bytes(r["state"]))
+    return found
+
+
+async def fetch_claimed_ids(conn: asyncpg.Connection, transaction_ids: list[str]) -> set[str]:
+    if not transaction_ids:
+        return set()
+    rows = await conn.fetch(
+        "SELECT DISTINCT transaction_id FROM transactions WHERE transaction_id = ANY($1::text[]) AND claims_id",
+        transaction_ids,
+    )
+    return {r["transaction_id"] for r in rows}
+
+
+async def commit_block(
+    pool: asyncpg.Pool, block: CutBlock, validator_id: str, own_signature: ledger_pb2.BlockSignature
+) -> bool:
+    """Store the block, its transactions, results, new states, registrations, own signature and the
+    chain position in one transaction. False if the identical block was already stored; raises
+    HeaderConflict if a different header is stored for that height (never sign two headers)."""
+    async with pool.acquire() as conn, conn.transaction():
+        inserted = await conn.fetchval(
+            "INSERT INTO blocks (chain_id, height, header, header_hash, transaction_count, next_offset)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
+            block.chain_id,
+            block.height,
+            block.header_bytes,
+            block.header_hash,
+            len(block.transactions),
+            block.next_offset,
+        )
+        if not inserted:
+            stored = await conn.fetchval(
+                "SELECT header_hash FROM blocks WHERE chain_id = $1 AND height = $2", block.chain_id, block.height
+            )
+            if bytes(stored) != block.header_hash:
+                raise HeaderConflict(f"chain {block.chain_id} height {block.height} already has another header")
+            return False
+        await conn.copy_records_to_table(
+            "transactions",
+            records=[
+                (
+                    block.chain_id,
+                    block.height,
+                    i,
+                    o.transaction_id,
+                    o.invoice_id,
+                    block.offsets[i],
+                    o.result.accepted,
+                    claims_id(o),
+                    o.result.rejection_reason == DUPLICATE_TRANSACTION,
+                    block.transactions[i],
+                    block.results[i],
+                )
+                for i, o in enumerate(block.outcomes)
+            ],
+            columns=[
+                "chain_id",
+                "height",
+                "idx",
+                "transaction_id",
+                "invoice_id",
+                "kafka_offset",
+                "accepted",
+                "claims_id",
+                "duplicate",
+                "tx_bytes",
+                "result_bytes",
+            ],
+        )
+        issue_ids = {
+            o.invoice_id: o.transaction_id
+            for o in block.outcomes
+            if o.result.accepted and o.result.type == T.TRANSACTION_TYPE_ISSUE
+        }
+        if block.states:
+            await conn.executemany(
+                "INSERT INTO invoice_states (invoice_id, chain_id, invoice_number, issue_transaction_id,"
+                " last_transaction_id, state, height) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                " ON CONFLICT (invoice_id) DO UPDATE SET last_transaction_id = EXCLUDED.last_transaction_id,"
+                " state = EXCLUDED.state, height = EXCLUDED.height",
+                [
+                    (
+                        invoice_id,
+                        block.chain_id,
+                        state.invoice_number,
+                        issue_ids.get(invoice_id, ""),
+                        state.last_transaction_id,
+                        state.SerializeToString(deterministic=True),
+                        block.height,
+                    )
+                    for invoice_id, state in block.states.items()
+                ],
+            )
+        if block.registrations:
+            await conn.executemany(
+                "INSERT INTO submitter_keys (chain_id, key_id, public_key, role, subject, revoked, registration_id)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain_id, key_id) DO UPDATE SET"
+                " revoked = EXCLUDED.revoked, registration_id = EXCLUDED.registration_id",
+                [
+                    (
+                        block.chain_id,
+                        r.key.key_id,
+                        r.key.public_raw,
+                        r.key.role,
+                        r.key.subject,
+                        r.key.revoked,
+                        r.registration_id,
+                    )
+                    for r in block.registrations
+                ],
+            )
+            await conn.executemany(
+                "INSERT INTO key_registrations (chain_id, registration_id, kafka_offset, height, signed_bytes)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                [
+                    (block.chain_id, r.registration_id, r.offset, block.height, r.signed_bytes)
+                    for r in block.registrations
+                ],
+            )
+        await conn.execute(
+            "INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            block.chain_id,
+            block.height,
+            validator_id,
+            block.header_hash,
+            own_signature.signature.signature,
+        )
+    return True
+
+
+async def store_signatures(conn: asyncpg.Connection, signatures: list[ledger_pb2.BlockSignature]) -> None:
+    if signatures:
+        await conn.executemany(
+            "INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            [(s.chain_id, s.height, s.validator_id, s.header_hash, s.signature.signature) for s in signatures],
+        )
+
+
+async def record_divergence(
+    conn: asyncpg.Connection, chain_id: int, height: int, validator_id: str, theirs: bytes, ours: bytes
+) -> None:
+    await conn.execute(
+        "INSERT INTO divergences (chain_id, height, validator_id, their_header_hash, our_header_hash)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        chain_id,
+        height,
+        validator_id,
+        theirs,
+        ours,
+    )
+
+
+async def mark_final(conn: asyncpg.Connection, blocks: list[tuple[int, int]]) -> None:
+    if blocks:
+        await conn.execute(
+            "UPDATE blocks SET final = true FROM unnest($1::int[], $2::bigint[]) AS f(c, h)"
+            " WHERE chain_id = f.c AND height = f.h",
+            [c for c, _ in blocks],
+            [h for _, h in blocks],
+        )
+
+
+async def mark_published(conn: asyncpg.Connection, blocks: list[tuple[int, int]]) -> None:
+    if blocks:
+        await conn.execute(
+            "UPDATE blocks SET results_published = true FROM unnest($1::int[], $2::bigint[]) AS f(c, h)"
+            " WHERE chain_id = f.c AND height = f.h",
+            [c for c, _ in blocks],
+            [h for _, h in blocks],
+        )
+
+
+async def block_results(conn: asyncpg.Connection, chain_id: int, height: int) -> list[tuple[bool, bytes]]:
+    rows = await conn.fetch(
+        "SELECT duplicate, result_bytes FROM transactions WHERE chain_id = $1 AND height = $2 ORDER BY idx",
+        chain_id,
+        height,
+    )
+    return [(r["duplicate"], bytes(r["result_bytes"])) for r in rows]
+
+
+async def original_final_result(conn: asyncpg.Connection, transaction_id: str) -> bytes | None:
+    """The result of the first claiming record of `transaction_id`, if its block is final."""
+    value = await conn.fetchval(
+        "SELECT t.result_bytes FROM transactions t JOIN blocks b USING (chain_id, height)"
+        " WHERE t.transaction_id = $1 AND t.claims_id AND NOT t.duplicate AND b.final"
+        " ORDER BY t.chain_id, t.height, t.idx LIMIT 1",
+        transaction_id,
+    )
+    return bytes(value) if value is not None else None

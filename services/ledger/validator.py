@@ -1,0 +1,453 @@
+"""The validator process: consume the ordered log, execute, cut, sign, finalize, publish results.
+
+Tasks (all bounded, all stop with `stop`):
+- transactions: reads every partition of ledger.tx.v1 from the stored chain positions, feeds each
+  chain's executor, and for each cut block signs the header, stores everything in one DB
+  transaction, then publishes its BlockSignature.
+- signatures: reads ledger.signatures.v1 from the start, verifies each signature over the header
+  bytes it carries, stores it, reports divergent headers, and marks blocks final at quorum.
+- results: publishes the TransactionResults of final blocks (at least once; consumers deduplicate
+  on the shared event id), then marks the block published.
+- markers: writes TimeToCut markers when a chain has had pending transactions for cut_ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.config import RuntimeConfig
+from fapiao_runtime.envelope import make_envelope, parse_envelope, unpack
+from fapiao_runtime.errors import FapiaoError
+from fapiao_runtime.ledger_client import result_event_id, topic_partitions
+from fapiao_runtime.ledger_trust import verify_signature
+from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_SIGNATURES, LEDGER_TRANSACTIONS
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter, Gauge
+
+from ledger import store
+from ledger.chain import ChainExecutor, CutBlock
+from ledger.config import LedgerConfig
+from ledger.state_machine import ParsedTransaction, parse_transaction
+
+log = logging.getLogger(__name__)
+
+BLOCKS_COMMITTED = Counter("fapiao_ledger_blocks_committed_total", "Blocks cut and stored", ["chain"])
+BLOCKS_FINAL = Counter("fapiao_ledger_blocks_final_total", "Blocks final by quorum", ["chain"])
+TRANSACTIONS = Counter("fapiao_ledger_transactions_total", "Transactions executed", ["accepted"])
+DIVERGENCES = Counter("fapiao_ledger_divergences_total", "Validators whose header differed from ours", ["validator"])
+HEIGHT = Gauge("fapiao_ledger_height", "Last stored block height", ["chain"])
+
+FETCH_MAX_RECORDS = 5000
+
+
+@dataclass
+class _Record:
+    offset: int
+    aggregate_id: str
+    kind: str  # "tx" | "cut" | "key" | "skip"
+    tx: ParsedTransaction | None = None
+    marker: ledger_pb2.TimeToCut | None = None
+    registration: ledger_pb2.SignedKeyRegistration | None = None
+
+
+def _decode(offset: int, raw: bytes | None) -> _Record:
+    """Records that are not ledger records are skipped by every validator alike (deterministic)."""
+    try:
+        envelope = parse_envelope(raw or b"")
+        record = unpack(envelope, ledger_pb2.LedgerRecord)
+    except (FapiaoError, DecodeError):
+        return _Record(offset, "", "skip")
+    which = record.WhichOneof("record")
+    if which == "transaction":
+        return _Record(offset, envelope.aggregate_id, "tx", tx=parse_transaction(record.transaction))
+    if which == "time_to_cut":
+        return _Record(offset, envelope.aggregate_id, "cut", marker=record.time_to_cut)
+    if which == "key_registration":
+        return _Record(offset, envelope.aggregate_id, "key", registration=record.key_registration)
+    return _Record(offset, envelope.aggregate_id, "skip")
+
+
+def signature_event_id(validator_id: str, chain_id: int, height: int) -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"fapiao:block-signature:{validator_id}:{chain_id}:{height}")
+
+
+class Validator:
+    def __init__(
+        self, runtime: RuntimeConfig, config: LedgerConfig, pool: asyncpg.Pool, producer: AIOKafkaProducer
+    ) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.pool = pool
+        self.producer = producer
+        self.chains: dict[int, ChainExecutor] = {}
+        self.own_hashes: dict[tuple[int, int], bytes] = {}
+        self.votes: dict[tuple[int, int], dict[str, bytes]] = {}
+        self.final: set[tuple[int, int]] = set()
+        self.pending_results: dict[tuple[int, int], list[tuple[bool, bytes]]] = {}
+        self.publish_queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        self.pending_since: dict[int, float] = {}
+        self.last_marker: dict[int, tuple[int, float]] = {}
+        self.block_event = asyncio.Event()  # set when a block is stored or becomes final (StreamBlocks)
+        self.caught_up = asyncio.Event()
+        self._tx_topic = runtime.topic(LEDGER_TRANSACTIONS.name)
+        self._sig_topic = runtime.topic(LEDGER_SIGNATURES.name)
+        self._results_topic = runtime.topic(LEDGER_RESULTS.name)
+        ordered = sorted(config.validator_keys)
+        self._rank = ordered.index(config.validator_id)
+        self._validators = len(ordered)
+
+    # --- start-up ------------------------------------------------------------------------------
+    async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+        return await topic_partitions(consumer, topic, timeout_s=30.0)
+
+    async def _load(self, partitions: list[int]) -> dict[int, int]:
+        positions = {}
+        async with self.pool.acquire() as conn:
+            for chain_id in partitions:
+                tip = await store.chain_tip(conn, chain_id)
+                keys, registration_ids = await store.load_registry(conn, chain_id)
+                self.chains[chain_id] = ChainExecutor(
+                    chain_id=chain_id,
+                    height=tip.next_height,
+                    previous_hash=tip.previous_hash,
+                    max_txs=self.config.max_txs,
+                    authorities=self.config.authority_keys,
+                    keys=keys,
+                    registration_ids=registration_ids,
+                )
+                positions[chain_id] = tip.next_offset
+                HEIGHT.labels(chain=str(chain_id)).set(tip.next_height - 1)
+            for r in await conn.fetch("SELECT chain_id, height, header_hash, final, results_published FROM blocks"):
+                key = (r["chain_id"], r["height"])
+                self.own_hashes[key] = bytes(r["header_hash"])
+                if r["final"]:
+                    self.final.add(key)
+                    if not r["results_published"]:
+                        self.publish_queue.put_nowait(key)
+            # Re-publish our signatures of blocks not final yet: we may have crashed before sending them.
+            unfinal = await conn.fetch(
+                "SELECT b.chain_id, b.height, b.header, s.signature FROM blocks b JOIN block_signatures s"
+                " ON s.chain_id = b.chain_id AND s.height = b.height AND s.validator_id = $1 WHERE NOT b.final",
+                self.config.validator_id,
+            )
+        for r in unfinal:
+            await self._send_signature(r["chain_id"], r["height"], bytes(r["header"]), bytes(r["signature"]))
+        return positions
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.runtime.kafka_bootstrap,
+            group_id=None,
+            client_id=f"{self.config.validator_id}-tx",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=FETCH_MAX_RECORDS,
+            fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            partitions = await self._partitions(consumer, self._tx_topic)
+            positions = await self._load(partitions)
+            tps = {p: TopicPartition(self._tx_topic, p) for p in partitions}
+            consumer.assign(list(tps.values()))
+            for p, tp in tps.items():
+                consumer.seek(tp, positions[p])
+            tasks = [
+                asyncio.ensure_future(self._signatures_loop(stop)),
+                asyncio.ensure_future(self._results_loop(stop)),
+                asyncio.ensure_future(self._markers_loop(stop)),
+            ]
+            try:
+                await self._transactions_loop(consumer, stop, tps)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    # --- transactions --------------------------------------------------------------------------
+    async def _transactions_loop(
+        self, consumer: AIOKafkaConsumer, stop: asyncio.Event, tps: dict[int, TopicPartition]
+    ) -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100, max_records=FETCH_MAX_RECORDS)
+            for tp, records in batch.items():
+                await self._apply_batch(self.chains[tp.partition], [_decode(r.offset, r.value) for r in records])
+            if not batch and not self.caught_up.is_set():
+                ends = await consumer.end_offsets(list(tps.values()))
+                positions = [await consumer.position(tp) for tp in tps.values()]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, tps.values(), strict=True)):
+                    self.caught_up.set()
+
+    async def _apply_batch(self, chain: ChainExecutor, records: list[_Record]) -> None:
+        invoice_ids = {r.aggregate_id for r in records if r.kind == "tx" and r.aggregate_id}
+        tx_ids = {r.tx.body.transaction_id for r in records if r.tx is not None and r.tx.body is not None}
+        missing_invoices = chain.missing_invoices(invoice_ids)
+        missing_txs = chain.missing_transactions(tx_ids)
+        # Bodies name their own invoice; preload it too so a mismatching body can be judged.
+        missing_invoices += chain.missing_invoices(
+            {r.tx.body.invoice_id for r in records if r.tx is not None and r.tx.body is not None} - invoice_ids
+        )
+        if missing_invoices or missing_txs:
+            async with self.pool.acquire() as conn:
+                states = await store.fetch_states(conn, missing_invoices)
+                claimed = await store.fetch_claimed_ids(conn, missing_txs)
+            chain.preload(states, missing_txs, claimed)
+        for record in records:
+            block = None
+            if record.kind == "tx":
+                assert record.tx is not None
+                if not chain.has_pending:
+                    self.pending_since[chain.chain_id] = time.monotonic()
+                block = chain.on_transaction(record.offset, record.aggregate_id, record.tx)
+            elif record.kind == "cut":
+                assert record.marker is not None
+                block = chain.on_time_to_cut(record.offset, record.marker)
+            elif record.kind == "key":
+                assert record.registration is not None
+                chain.on_registration(record.offset, record.registration)
+            if block is not None:
+                await self._commit(block)
+                if chain.has_pending:
+                    self.pending_since[chain.chain_id] = time.monotonic()
+
+    async def _commit(self, block: CutBlock) -> None:
+        signature = self.config.signing_key.sign(block.header_bytes)
+        own = ledger_pb2.BlockSignature(
+            chain_id=block.chain_id,
+            height=block.height,
+            header_hash=block.header_hash,
+            validator_id=self.config.validator_id,
+            signature=signature,
+        )
+        await store.commit_block(self.pool, block, self.config.validator_id, own)
+        key = (block.chain_id, block.height)
+        self.own_hashes[key] = block.header_hash
+        self.pending_results[key] = [
+            (o.result.rejection_reason == "DUPLICATE_TRANSACTION", r)
+            for o, r in zip(block.outcomes, block.results, strict=True)
+        ]
+        accepted = sum(1 for o in block.outcomes if o.result.accepted)
+        TRANSACTIONS.labels(accepted="true").inc(accepted)
+        TRANSACTIONS.labels(accepted="false").inc(len(block.outcomes) - accepted)
+        BLOCKS_COMMITTED.labels(chain=str(block.chain_id)).inc()
+        HEIGHT.labels(chain=str(block.chain_id)).set(block.height)
+        await self._send_signature(block.chain_id, block.height, block.header_bytes, signature.signature)
+        votes = self.votes.setdefault(key, {})
+        votes.setdefault(self.config.validator_id, block.header_hash)
+        async with self.pool.acquire() as conn:
+            for validator_id, digest in votes.items():
+                if digest != block.header_hash:
+                    await self._report_divergence(conn, key, validator_id, digest)
+            await self._check_final(conn, [key])
+        self.block_event.set()
+
+    async def _send_signature(self, chain_id: int, height: int, header: bytes, signature: bytes) -> None:
+        message = ledger_pb2.BlockSignature(
+            chain_id=chain_id,
+            height=height,
+            header_hash=hashlib.sha256(header).digest(),
+            validator_id=self.config.validator_id,
+            header=header,
+        )
+        message.signature.algorithm = "Ed25519"
+        message.signature.key_id = self.config.validator_id
+        message.signature.signature = signature
+        envelope = make_envelope(
+            message,
+            aggregate_id=f"chain-{chain_id}",
+            producer=self.config.validator_id,
+            event_id=signature_event_id(self.config.validator_id, chain_id, height),
+        )
+        # Not awaited: the producer is idempotent and ordered; a lost signature is re-sent on restart.
+        await self.producer.send(
+            self._sig_topic, value=envelope.SerializeToString(), key=envelope.aggregate_id.encode()
+        )
+
+    # --- signatures and finality -----------------------------------------------------------------
+    def _verified(self, raw: bytes | None) -> ledger_pb2.BlockSignature | None:
+        try:
+            sig = unpack(parse_envelope(raw or b""), ledger_pb2.BlockSignature)
+        except (FapiaoError, DecodeError):
+            return None
+        if sig.signature.key_id != sig.validator_id or hashlib.sha256(sig.header).digest() != sig.header_hash:
+            return None
+        try:
+            header = ledger_pb2.BlockHeader.FromString(sig.header)
+        except DecodeError:
+            return None
+        if header.chain_id != sig.chain_id or header.height != sig.height:
+            return None
+        if not verify_signature(self.config.validator_keys, sig.signature, sig.header):
+            return None
+        return sig
+
+    async def _signatures_loop(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.runtime.kafka_bootstrap,
+            group_id=None,
+            client_id=f"{self.config.validator_id}-sig",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=FETCH_MAX_RECORDS,
+        )
+        await consumer.start()
+        try:
+            partitions = await self._partitions(consumer, self._sig_topic)
+            tps = [TopicPartition(self._sig_topic, p) for p in partitions]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=FETCH_MAX_RECORDS)
+                accepted = []
+                for records in batch.values():
+                    for record in records:
+                        sig = self._verified(record.value)
+                        if sig is None:
+                            log.warning("ignoring invalid block signature", extra={"offset": record.offset})
+                            continue
+                        accepted.append(sig)
+                if accepted:
+                    await self._on_signatures(accepted)
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _on_signatures(self, signatures: list[ledger_pb2.BlockSignature]) -> None:
+        touched = []
+        async with self.pool.acquire() as conn:
+            fresh = []
+            for sig in signatures:
+                key = (sig.chain_id, sig.height)
+                votes = self.votes.setdefault(key, {})
+                known = votes.get(sig.validator_id)
+                if known is not None:
+                    if known != sig.header_hash:
+                        log.error("validator signed two headers for one height", extra={"validator": sig.validator_id})
+                    continue
+                votes[sig.validator_id] = sig.header_hash
+                fresh.append(sig)
+                touched.append(key)
+                own = self.own_hashes.get(key)
+                if own is not None and own != sig.header_hash:
+                    await self._report_divergence(conn, key, sig.validator_id, sig.header_hash)
+            await store.store_signatures(conn, fresh)
+            await self._check_final(conn, touched)
+
+    async def _report_divergence(
+        self, conn: asyncpg.Connection, key: tuple[int, int], validator_id: str, theirs: bytes
+    ) -> None:
+        ours = self.own_hashes[key]
+        log.error(
+            "validator header diverges from ours",
+            extra={"chain": key[0], "height": key[1], "validator": validator_id, "theirs": theirs.hex()},
+        )
+        DIVERGENCES.labels(validator=validator_id).inc()
+        await store.record_divergence(conn, key[0], key[1], validator_id, theirs, ours)
+
+    async def _check_final(self, conn: asyncpg.Connection, keys: list[tuple[int, int]]) -> None:
+        newly = []
+        for key in dict.fromkeys(keys):
+            own = self.own_hashes.get(key)
+            if own is None or key in self.final:
+                continue
+            if sum(1 for digest in self.votes.get(key, {}).values() if digest == own) >= self.config.quorum:
+                newly.append(key)
+        if not newly:
+            return
+        # Claimed before the await, so a concurrent check cannot finalize the same block twice.
+        self.final.update(newly)
+        await store.mark_final(conn, newly)
+        for key in newly:
+            BLOCKS_FINAL.labels(chain=str(key[0])).inc()
+            self.publish_queue.put_nowait(key)
+        self.block_event.set()
+
+    # --- results ------------------------------------------------------------------------------
+    async def _results_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            keys = [await self.publish_queue.get()]
+            while not self.publish_queue.empty() and len(keys) < 100:
+                keys.append(self.publish_queue.get_nowait())
+            futures = []
+            async with self.pool.acquire() as conn:
+                for key in keys:
+                    results = self.pending_results.pop(key, None)
+                    if results is None:
+                        results = await store.block_results(conn, *key)
+                    for duplicate, raw in results:
+                        futures.append(await self._send_result(conn, duplicate, raw))
+                await asyncio.gather(*[f for f in futures if f is not None])
+                await store.mark_published(conn, keys)
+            # Votes of final, published blocks are no longer needed for finality.
+            for key in keys:
+                if len(self.votes.get(key, {})) >= self._validators:
+                    del self.votes[key]
+
+    async def _send_result(
+        self, conn: asyncpg.Connection, duplicate: bool, raw: bytes
+    ) -> asyncio.Future[object] | None:
+        result = ledger_pb2.TransactionResult.FromString(raw)
+        if not result.transaction_id:
+            return None
+        if duplicate:
+            # A retried submission learns the original outcome (published under the same event id).
+            original = await store.original_final_result(conn, result.transaction_id)
+            if original is None:
+                return None
+            result = ledger_pb2.TransactionResult.FromString(original)
+        envelope = make_envelope(
+            result,
+            aggregate_id=result.transaction_id,
+            producer=self.config.validator_id,
+            event_id=result_event_id(result.transaction_id),
+        )
+        future: asyncio.Future[object] = await self.producer.send(
+            self._results_topic, value=envelope.SerializeToString(), key=result.transaction_id.encode()
+        )
+        return future
+
+    # --- time-to-cut markers -------------------------------------------------------------------
+    async def _markers_loop(self, stop: asyncio.Event) -> None:
+        cut_s = self.config.cut_ms / 1000
+        tick = max(0.002, cut_s / 4)
+        while not stop.is_set():
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for chain_id, chain in self.chains.items():
+                if not chain.has_pending:
+                    continue
+                # One validator per chain cuts on time; the others step in only if it is slow or down.
+                designated = chain_id % self._validators == self._rank
+                wait_s = cut_s if designated else 3 * cut_s
+                if now - self.pending_since.get(chain_id, now) < wait_s:
+                    continue
+                sent_height, sent_at = self.last_marker.get(chain_id, (-1, 0.0))
+                if sent_height == chain.height and now - sent_at < max(2 * cut_s, 0.05):
+                    continue
+                self.last_marker[chain_id] = (chain.height, now)
+                await self._send_marker(chain_id, chain.height)
+
+    async def _send_marker(self, chain_id: int, height: int) -> None:
+        cut_time = Timestamp()
+        cut_time.GetCurrentTime()
+        record = ledger_pb2.LedgerRecord(time_to_cut=ledger_pb2.TimeToCut(height=height, cut_time=cut_time))
+        envelope = make_envelope(record, aggregate_id=f"chain-{chain_id}", producer=self.config.validator_id)
+        await self.producer.send(
+            self._tx_topic, value=envelope.SerializeToString(), key=envelope.aggregate_id.encode(), partition=chain_id
+        )

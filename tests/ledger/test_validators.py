@@ -1,0 +1,108 @@
+"""Four validator processes over the real broker and database: results, receipts, agreement."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import grpc
+import pytest
+from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
+from fapiao_runtime.errors import reason_of
+from fapiao_runtime.ledger_client import LedgerResultWaiter
+from fapiao_runtime.ledger_trust import ReceiptInvalid, validator_keys_from_env, verify_receipt
+from fapiao_stack.harness import StackUnderTest
+
+from tests.ledger.network import BUYER_TAX_ID, LedgerNetwork, T, cancel, issue, partial, reimburse
+
+pytestmark = pytest.mark.integration
+
+S = ledger_pb2.InvoiceLedgerStatus
+
+
+async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> None:
+    net = LedgerNetwork(stack, extra_env={"FAPIAO_LEDGER_CUT_MS": "20"})
+    await net.start()
+    waiter = LedgerResultWaiter(stack.kafka_bootstrap, stack.topic_prefix, client_id="test-waiter")
+    await waiter.start()
+    try:
+        assert net.producer is not None
+        inv = f"inv-{uuid.uuid4().hex[:8]}"
+        tx = issue(net.issuer, inv, "26440000000000000001", 10_000, buyer=BUYER_TAX_ID)
+        result = await waiter.submit_and_wait(net.producer, tx, inv, timeout_s=30)
+        assert result.accepted, result
+        assert result.state.status == S.INVOICE_LEDGER_STATUS_ISSUED
+
+        steps = [
+            (reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, "91440300MAOTHER001"), "ORGANISATION_NOT_ALLOWED"),
+            (reimburse(net.reimburser, T.TRANSACTION_TYPE_CLOSE, inv, BUYER_TAX_ID), "NOT_LOCKED"),
+            (reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, BUYER_TAX_ID), ""),
+            (reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, BUYER_TAX_ID), "ALREADY_LOCKED"),
+            (partial(net.issuer, inv, 3_000), ""),
+            (partial(net.issuer, inv, 8_000), "AMOUNT_EXCEEDED"),
+            (reimburse(net.issuer, T.TRANSACTION_TYPE_CLOSE, inv, BUYER_TAX_ID), "SUBMITTER_NOT_AUTHORIZED"),
+            (reimburse(net.reimburser, T.TRANSACTION_TYPE_CLOSE, inv, BUYER_TAX_ID), ""),
+            (cancel(net.issuer, inv), "ALREADY_CLOSED"),
+        ]
+        for signed, reason in steps:
+            got = await waiter.submit_and_wait(net.producer, signed, inv, timeout_s=30)
+            assert got.rejection_reason == reason, (reason, got)
+            assert got.accepted == (reason == "")
+        # A retried submission gets the original outcome, not a new decision.
+        again = await waiter.submit_and_wait(net.producer, steps[2][0], inv, timeout_s=30)
+        assert again.accepted and again.height > 0
+
+        keys = validator_keys_from_env(net.env)
+        for index in net.processes:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{net.processes[index].port}") as channel:
+                stub = ledger_service_pb2_grpc.LedgerServiceStub(channel)
+                reply = await stub.GetInvoiceState(ledger_service_pb2.GetInvoiceStateRequest(invoice_id=inv))
+                assert reply.state.status == S.INVOICE_LEDGER_STATUS_CLOSED
+                assert reply.state.reimbursable_fen == 7_000
+                assert reply.state.lock_holder_tax_id == BUYER_TAX_ID
+                final = verify_receipt(reply.receipt, keys)
+                assert final.accepted and final.type == T.TRANSACTION_TYPE_CLOSE
+                assert verify_receipt(reply.issue_receipt, keys).type == T.TRANSACTION_TYPE_ISSUE
+                with pytest.raises(grpc.aio.AioRpcError) as missing:
+                    await stub.GetInvoiceState(ledger_service_pb2.GetInvoiceStateRequest(invoice_id="nope"))
+                assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+                assert reason_of(missing.value) == "UNKNOWN_INVOICE"
+                got = await stub.GetTransactionResult(
+                    ledger_service_pb2.GetTransactionResultRequest(transaction_id=result.transaction_id)
+                )
+                assert verify_receipt(got.receipt, keys).transaction_id == result.transaction_id
+                audit = await stub.AuditChain(ledger_service_pb2.AuditChainRequest(chain_id=result.chain_id))
+                assert audit.ok and audit.blocks_checked >= 1, audit
+
+        # Any single changed byte of a receipt fails offline verification.
+        receipt_bytes = reply.receipt.SerializeToString()
+        for position in range(0, len(receipt_bytes), max(1, len(receipt_bytes) // 97)):
+            tampered = bytearray(receipt_bytes)
+            tampered[position] ^= 0x01
+            try:
+                broken = ledger_pb2.Receipt.FromString(bytes(tampered))
+            except Exception:
+                continue  # no longer a receipt at all
+            with pytest.raises(ReceiptInvalid):
+                verify_receipt(broken, keys)
+        # Fewer than quorum signatures is not enough.
+        short = ledger_pb2.Receipt()
+        short.CopyFrom(reply.receipt)
+        del short.signatures[2:]
+        with pytest.raises(ReceiptInvalid) as no_quorum:
+            verify_receipt(short, keys)
+        assert no_quorum.value.reason == "RECEIPT_NO_QUORUM"
+
+        # All validators computed the same blocks.
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            hashes = [
+                await conn.fetch(f"SELECT chain_id, height, header_hash FROM {net.schema(i)}.blocks ORDER BY 1, 2")
+                for i in net.processes
+            ]
+        finally:
+            await conn.close()
+        assert hashes[0] and all(h == hashes[0] for h in hashes)
+    finally:
+        await waiter.stop()
+        await net.stop()
