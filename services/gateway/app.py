@@ -1,0 +1,110 @@
+"""The aiohttp application: routes, metrics middleware and the lifetime of the backend clients."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway import claim, verify_page, webhook
+from gateway.backends import LedgerClient, MintingClient
+from gateway.context import CONTEXT, GatewayContext
+from gateway.layout import message_page
+from gateway.metrics import GatewayMetrics
+from gateway.rate_limit import RateLimiter
+from gateway.settings import GatewaySettings
+from gateway.view_tokens import ViewTokens
+
+log = logging.getLogger(__name__)
+
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Form posts and notifications are small; refuse big bodies before reading them.
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request by its route template, never by its path: paths carry tokens."""
+    metrics: GatewayMetrics = request.app[METRICS]
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as http_error:
+        status = http_error.status
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, route)
+        status = 500
+        return message_page("Something went wrong", "Please try again.", status=500, reason="INTERNAL")
+    finally:
+        metrics.requests.labels(route, str(status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "SERVING"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics: GatewayMetrics = request.app[METRICS]
+    response = web.Response(body=generate_latest(metrics.registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def index(_: web.Request) -> web.Response:
+    raise web.HTTPFound("/verify")
+
+
+def build_app(settings: GatewaySettings) -> web.Application:
+    """The gateway application; backend clients are opened on startup and closed on cleanup."""
+    app = web.Application(middlewares=[observe], client_max_size=MAX_REQUEST_BYTES)
+    metrics = GatewayMetrics()
+    app[METRICS] = metrics
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        minting = MintingClient(settings.minting_endpoint, settings.grpc_timeout_s)
+        ledger = LedgerClient(settings.ledger_endpoints, settings.grpc_timeout_s)
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+        app[CONTEXT] = GatewayContext(
+            settings=settings,
+            minting=minting,
+            ledger=ledger,
+            view_tokens=ViewTokens(settings.secret, settings.view_token_ttl_s),
+            verify_limiter=RateLimiter(settings.verify_burst, settings.verify_per_minute, settings.rate_limit_clients),
+            http=http,
+            metrics=metrics,
+        )
+        try:
+            yield
+        finally:
+            await http.close()
+            await minting.close()
+            await ledger.close()
+
+    app.cleanup_ctx.append(lifetime)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/", index)
+    app.router.add_post("/v1/notify/wechatpay/{merchant_id}", webhook.notify)
+    app.router.add_get("/claim/{claim_token}", claim.claim_get)
+    app.router.add_post("/claim/{claim_token}", claim.claim_post)
+    app.router.add_get("/invoice/{view_token}", claim.invoice_get)
+    app.router.add_get("/invoice/{view_token}/pdf", claim.invoice_pdf)
+    app.router.add_get("/verify", verify_page.verify)
+    app.router.add_post("/verify", verify_page.verify)
+    return app

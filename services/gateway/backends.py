@@ -1,0 +1,141 @@
+"""gRPC clients of the services the gateway fronts: invoice_minting and the ledger validators.
+
+Errors from the services arrive as grpc.aio.AioRpcError carrying "REASON: message"; `call` turns
+them back into the matching FapiaoError so page handlers deal with one error type.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_pb2
+from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as minting_grpc
+from fapiao.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
+from fapiao_runtime.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FapiaoError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    reason_of,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_REASON = re.compile(r"^[A-Z][A-Z0-9_]{2,63}$")
+
+_BY_CODE: dict[grpc.StatusCode, type[FapiaoError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+}
+# Worth asking another validator: the one we asked is down, slow, or has not caught up yet.
+_TRY_NEXT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND}
+
+
+def as_fapiao_error(error: grpc.aio.AioRpcError, service: str) -> FapiaoError:
+    """The FapiaoError a service meant; codes without a mapping become Unavailable(<SERVICE>_FAILED)."""
+    cls = _BY_CODE.get(error.code())
+    if cls is None:
+        log.warning("%s call failed with %s", service, error.code().name)
+        return Unavailable(f"{service.upper()}_FAILED", f"{service} could not answer")
+    details = error.details() or ""
+    reason = reason_of(error)
+    if not _REASON.match(reason):
+        # Not a Fapiao "REASON: message" (e.g. grpc's own "failed to connect ..."): name the service.
+        suffix = "UNAVAILABLE" if cls in (Unavailable, DeadlineExceeded) else "FAILED"
+        return cls(f"{service.upper()}_{suffix}", f"{service} could not answer")
+    return cls(reason, details.split(":", 1)[1].strip() if ":" in details else "")
+
+
+async def call(service: str, rpc: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await rpc()
+    except grpc.aio.AioRpcError as error:
+        raise as_fapiao_error(error, service) from None
+
+
+class MintingClient:
+    """InvoiceMintingService over one channel (the service load-balances behind its endpoint)."""
+
+    def __init__(self, endpoint: str, timeout_s: float) -> None:
+        self._channel = grpc.aio.insecure_channel(endpoint)
+        self._stub = minting_grpc.InvoiceMintingServiceStub(self._channel)
+        self._timeout_s = timeout_s
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def get_claim_offer(self, claim_token: str) -> minting_pb2.GetClaimOfferResponse:
+        request = minting_pb2.GetClaimOfferRequest(claim_token=claim_token)
+        return await call("minting", lambda: self._stub.GetClaimOffer(request, timeout=self._timeout_s))
+
+    async def claim_invoice(self, request: minting_pb2.ClaimInvoiceRequest) -> minting_pb2.ClaimInvoiceResponse:
+        # Claims wait for number allocation and signing; allow them a little longer than reads.
+        return await call("minting", lambda: self._stub.ClaimInvoice(request, timeout=self._timeout_s * 2))
+
+    async def get_invoice(self, invoice_id: str) -> minting_pb2.GetInvoiceResponse:
+        request = minting_pb2.GetInvoiceRequest(invoice_id=invoice_id)
+        return await call("minting", lambda: self._stub.GetInvoice(request, timeout=self._timeout_s))
+
+    async def list_issuer_keys(self, merchant_id: str) -> minting_pb2.ListIssuerKeysResponse:
+        request = minting_pb2.ListIssuerKeysRequest(merchant_id=merchant_id)
+        return await call("minting", lambda: self._stub.ListIssuerKeys(request, timeout=self._timeout_s))
+
+
+class LedgerClient:
+    """LedgerService of several validators: each read goes to the next validator in turn and fails over.
+
+    Nothing a validator answers is trusted blindly: callers verify receipts against the validators'
+    public keys (gateway.verification), so asking any one validator is safe.
+    """
+
+    def __init__(self, endpoints: tuple[str, ...], timeout_s: float) -> None:
+        if not endpoints:
+            raise ValueError("at least one ledger endpoint is required")
+        self._channels = [grpc.aio.insecure_channel(endpoint) for endpoint in endpoints]
+        self._stubs = [ledger_service_pb2_grpc.LedgerServiceStub(channel) for channel in self._channels]
+        self._next = itertools.cycle(range(len(self._stubs)))
+        self._timeout_s = timeout_s
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+    async def get_invoice_state(
+        self, *, invoice_number: str = "", invoice_id: str = ""
+    ) -> ledger_service_pb2.GetInvoiceStateResponse:
+        """State and receipts of one invoice; NotFound only when no validator knows it."""
+        if invoice_number:
+            request = ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number)
+        else:
+            request = ledger_service_pb2.GetInvoiceStateRequest(invoice_id=invoice_id)
+        start = next(self._next)
+        errors: list[grpc.aio.AioRpcError] = []
+        for offset in range(len(self._stubs)):
+            stub = self._stubs[(start + offset) % len(self._stubs)]
+            try:
+                return await stub.GetInvoiceState(request, timeout=self._timeout_s)
+            except grpc.aio.AioRpcError as error:
+                errors.append(error)
+                if error.code() not in _TRY_NEXT:
+                    break
+        # A validator that answered "not found" outranks one that could not be reached.
+        answered = [error for error in errors if error.code() == grpc.StatusCode.NOT_FOUND]
+        raise as_fapiao_error((answered or errors)[-1], "ledger")

@@ -1,0 +1,42 @@
+"""Yuan text <-> integer fen, exactly (no floats anywhere)."""
+
+from __future__ import annotations
+
+import re
+
+from fapiao_runtime.errors import InvalidArgument
+
+# Ten billion fen (一亿元) is far above any single invoice; bigger inputs are typos or probes.
+MAX_ABS_FEN = 10**10
+_YUAN = re.compile(r"^(-?)(\d{1,9})(?:\.(\d{1,2}))?$")
+
+
+def yuan_text(fen: int) -> str:
+    """Amount in yuan with exactly two decimals, sign first: 11200 -> "112.00", -5 -> "-0.05"."""
+    sign = "-" if fen < 0 else ""
+    whole, cents = divmod(abs(fen), 100)
+    return f"{sign}{whole}.{cents:02d}"
+
+
+def yuan_display(fen: int) -> str:
+    """Human display with thousands separators and the yuan sign: 123456 -> "¥1,234.56"."""
+    sign = "-" if fen < 0 else ""
+    whole, cents = divmod(abs(fen), 100)
+    return f"{sign}¥{whole:,}.{cents:02d}"
+
+
+def parse_yuan(text: str) -> int:
+    """Parse "112", "112.5", "112.50", "-3.00" (also with "¥" or thousands commas) into fen.
+
+    Raises InvalidArgument("INVALID_AMOUNT") for anything else: more than two decimals, exponents,
+    empty input, or an absolute value above MAX_ABS_FEN.
+    """
+    cleaned = text.strip().replace(",", "").removeprefix("¥").removeprefix("￥").strip()
+    match = _YUAN.match(cleaned)
+    if match is None:
+        raise InvalidArgument("INVALID_AMOUNT", "amount must be yuan with at most two decimals, e.g. 112.00")
+    sign, whole, decimals = match.groups()
+    fen = int(whole) * 100 + int((decimals or "0").ljust(2, "0"))
+    if fen > MAX_ABS_FEN:
+        raise InvalidArgument("INVALID_AMOUNT", "amount is out of range")
+    return -fen if sign else fen

@@ -1,0 +1,142 @@
+"""Public verification page: GET/POST /verify with number + date + total, or the QR content."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from aiohttp import web
+from fapiao_runtime.errors import FapiaoError, InvalidArgument, NotFound
+
+from gateway.context import CONTEXT
+from gateway.layout import esc, message_page, page
+from gateway.money import yuan_display
+from gateway.qr_content import parse_qr_content, parse_typed_query
+from gateway.verification import Outcome, Verdict, verify_invoice
+
+log = logging.getLogger(__name__)
+
+_FIELD_OF_REASON = {
+    "INVALID_INVOICE_NUMBER": "number",
+    "INVALID_DATE": "date",
+    "INVALID_AMOUNT": "total",
+    "MALFORMED_QR": "qr",
+    "QR_CHECK_MISMATCH": "qr",
+}
+_VERDICT_TEXT = {
+    Outcome.GENUINE: ("ok", "Genuine 真票", "Issued, recorded on the ledger, not reimbursed."),
+    Outcome.LOCKED: ("warn", "Genuine — locked in reimbursement 报销中", "A company has locked it for reimbursement."),
+    Outcome.REIMBURSED: (
+        "warn",
+        "Genuine — already reimbursed 已报销",
+        "It has been reimbursed; it cannot be claimed again.",
+    ),
+    Outcome.CANCELLED: ("bad", "Cancelled 已红冲", "It was cancelled by a red-letter invoice."),
+    Outcome.FORGED: ("bad", "NOT genuine 伪造", "The ledger's proof for this invoice does not verify."),
+    Outcome.NO_MATCH: ("bad", "Not found 查无此票", "No invoice with this number, date and total is on the ledger."),
+    Outcome.PENDING: (
+        "info",
+        "Being recorded 待上链",
+        "The ledger has not finalised this invoice yet; try again shortly.",
+    ),
+}
+_FIELDS = ("qr", "number", "date", "total")
+
+
+def _input(name: str, label: str, value: str, errors: dict[str, tuple[str, str]], hint: str) -> str:
+    reason, text = errors.get(name, ("", ""))
+    invalid = ' aria-invalid="true"' if name in errors else ""
+    return (
+        f'<label for="{name}">{esc(label)}</label>'
+        f'<input type="text" id="{name}" name="{name}" value="{esc(value)}"{invalid} autocomplete="off">'
+        f'<div class="hint">{esc(hint)}</div>'
+        f'<div class="error" id="{name}-error" data-reason="{esc(reason)}">{esc(text)}</div>'
+    )
+
+
+def _verdict_card(verdict: Verdict) -> str:
+    tone, title, text = _VERDICT_TEXT[verdict.outcome]
+    reason = f' <small data-reason="{esc(verdict.reason)}">({esc(verdict.reason)})</small>' if verdict.reason else ""
+    details = ""
+    if verdict.outcome not in (Outcome.FORGED, Outcome.NO_MATCH, Outcome.PENDING):
+        partial = ""
+        if verdict.reimbursable_fen != verdict.total_fen and verdict.outcome is not Outcome.CANCELLED:
+            partial = f'<dt>Reimbursable</dt><dd id="reimbursable">{esc(yuan_display(verdict.reimbursable_fen))}</dd>'
+        details = (
+            '<div class="card"><dl>'
+            f'<dt>Number</dt><dd id="verified-number">{esc(verdict.invoice_number)}</dd>'
+            f"<dt>Issue date</dt><dd>{esc(verdict.issue_date)}</dd>"
+            f'<dt>Total</dt><dd id="verified-total">{esc(yuan_display(verdict.total_fen))}</dd>{partial}'
+            f'<dt>Seller</dt><dd id="seller-name">{esc(verdict.seller_name)}</dd>'
+            f'<dt>Seller tax id</dt><dd id="seller-tax-id">{esc(verdict.seller_tax_id)}</dd>'
+            f"<dt>Ledger</dt><dd>chain {verdict.chain_id}, block {verdict.height}, quorum-signed</dd>"
+            "</dl></div>"
+        )
+    return (
+        f'<div class="banner {tone}" id="verdict" data-outcome="{verdict.outcome.value}">{esc(title)}{reason}'
+        f'<div style="font-weight:400">{esc(text)}</div></div>{details}'
+    )
+
+
+def verify_form(
+    values: dict[str, str], errors: dict[str, tuple[str, str]], result: str = "", status: int = 200
+) -> web.Response:
+    form_error = ""
+    if "form" in errors:
+        reason, text = errors["form"]
+        form_error = f'<div class="banner bad" id="form-error" data-reason="{esc(reason)}">{esc(text)}</div>'
+    body = (
+        f"{result}{form_error}"
+        '<form class="card" id="verify-form" method="post" action="/verify" novalidate>'
+        "<h1>Verify an invoice 发票查验</h1>"
+        + _input("number", "Invoice number 发票号码", values.get("number", ""), errors, "20 digits")
+        + _input("date", "Issue date 开票日期", values.get("date", ""), errors, "yyyymmdd, e.g. 20260215")
+        + _input("total", "Total 价税合计 (yuan)", values.get("total", ""), errors, "e.g. 112.00")
+        + "<p class=hint>— or paste the content of the invoice's QR code —</p>"
+        + _input("qr", "QR content", values.get("qr", ""), errors, "01,32,,<number>,<amount>,<yyyymmdd>,,<check>")
+        + '<button type="submit" id="verify-submit">Verify 查验</button></form>'
+    )
+    return page("Verify an invoice", body, status=status)
+
+
+async def verify(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    source = await request.post() if request.method == "POST" else request.query
+    values = {name: str(source.get(name, ""))[:300] for name in _FIELDS}
+    if not any(values.values()):
+        return verify_form(values, {})
+    # The edge itself is the client's peer: a forwarded-for header would let anyone pick their bucket.
+    allowed, retry_after = ctx.verify_limiter.allow(request.remote or "unknown")
+    if not allowed:
+        ctx.metrics.rate_limited.inc()
+        response = message_page(
+            "Too many checks", "Please wait a little before verifying again.", status=429, reason="RATE_LIMITED"
+        )
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        return response
+    try:
+        if values["qr"].strip():
+            query = parse_qr_content(values["qr"])
+        else:
+            query = parse_typed_query(values["number"], values["date"], values["total"])
+    except InvalidArgument as error:
+        field = _FIELD_OF_REASON.get(error.reason, "form")
+        return verify_form(values, {field: (error.reason, error.message)}, status=400)
+    if not ctx.settings.validator_keys:
+        return message_page(
+            "Verification unavailable", "No validator keys are configured.", status=503, reason="NO_VALIDATOR_KEYS"
+        )
+    try:
+        try:
+            answer = await ctx.ledger.get_invoice_state(invoice_number=query.invoice_number)
+        except NotFound:
+            verdict = Verdict(Outcome.NO_MATCH)
+        else:
+            verdict = await verify_invoice(
+                query, answer, ctx.settings.validator_keys, ctx.settings.quorum, ctx.issuer_key
+            )
+    except FapiaoError as error:
+        log.warning("verification could not reach a service: %s", error.reason)
+        return message_page("Service busy", "Please try again in a moment.", status=503, reason=error.reason)
+    ctx.metrics.verifications.labels(verdict.outcome.value).inc()
+    return verify_form(values, {}, result=_verdict_card(verdict))
