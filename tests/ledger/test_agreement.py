@@ -1,0 +1,172 @@
+"""Acceptance: agreement of 4 validator processes under load, first-LOCK-wins, crash and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import asyncpg
+import pytest
+
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.kafka import new_producer
+from fapiao_runtime.ledger_client import LedgerResultWaiter
+from fapiao_stack.harness import StackUnderTest
+from tests.ledger.network import LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def mixed_transactions(net: LedgerNetwork, total: int, seed: int) -> list[ledger_pb2.SignedTransaction]:
+    """ISSUEs followed, per invoice, by a random mix of valid and invalid operations."""
+    rng = random.Random(seed)
+    out: list[ledger_pb2.SignedTransaction] = []
+    invoices = [f"inv-{seed}-{i}" for i in range(total // 4)]
+    for n, inv in enumerate(invoices):
+        out.append(issue(net.issuer, inv, f"2644{n:016d}", rng.randint(100, 100_000)))
+    orgs = [f"9144030000000{i:05d}" for i in range(20)]
+    while len(out) < total:
+        inv = rng.choice(invoices)
+        pick = rng.random()
+        if pick < 0.35:
+            out.append(reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, rng.choice(orgs)))
+        elif pick < 0.55:
+            out.append(reimburse(net.reimburser, T.TRANSACTION_TYPE_UNLOCK, inv, rng.choice(orgs)))
+        elif pick < 0.75:
+            out.append(reimburse(net.reimburser, T.TRANSACTION_TYPE_CLOSE, inv, rng.choice(orgs)))
+        elif pick < 0.85:
+            out.append(partial(net.issuer, inv, rng.randint(1, 50_000)))
+        elif pick < 0.9:
+            out.append(cancel(net.issuer, inv))
+        elif pick < 0.95:
+            out.append(issue(net.issuer, inv, "26440000000000000000"))  # ALREADY_ISSUED
+        else:
+            out.append(reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, f"missing-{rng.randint(0, 99)}", orgs[0]))
+    return out
+
+
+async def chain_snapshot(database_url: str, schema: str) -> tuple[list[tuple[int, int, bytes]], dict[str, bytes]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        blocks = [
+            (r["chain_id"], r["height"], bytes(r["header_hash"]))
+            for r in await conn.fetch(f"SELECT chain_id, height, header_hash FROM {schema}.blocks ORDER BY 1, 2")
+        ]
+        states = {
+            r["invoice_id"]: bytes(r["state"])
+            for r in await conn.fetch(f"SELECT invoice_id, state FROM {schema}.invoice_states")
+        }
+        return blocks, states
+    finally:
+        await conn.close()
+
+
+async def wait_all_final(net: LedgerNetwork, indexes: list[int], total: int, timeout_s: float) -> None:
+    async def done() -> bool:
+        counts = [await count_final(net.stack.database_url, net.schema(i)) for i in indexes]
+        return all(c >= total for c in counts) or False
+
+    await wait_for(done, timeout_s, interval_s=0.5, what=f"{total} final transactions on validators {indexes}")
+
+
+async def test_ten_thousand_mixed_transactions_give_identical_chains(stack: StackUnderTest) -> None:
+    net = LedgerNetwork(stack)
+    await net.start()
+    try:
+        txs = mixed_transactions(net, 10_000, seed=7)
+        await net.submit(txs)
+        await wait_all_final(net, [1, 2, 3, 4], len(txs), timeout_s=90)
+        snapshots = [await chain_snapshot(stack.database_url, net.schema(i)) for i in range(1, 5)]
+        blocks, states = snapshots[0]
+        assert {c for c, _, _ in blocks} == {0, 1}, "both partitions are chains"
+        assert len(states) == 2_500
+        for other_blocks, other_states in snapshots[1:]:
+            assert other_blocks == blocks
+            assert other_states == states
+        # The mix exercised both outcomes (and rejections are recorded in blocks, not dropped).
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            accepted = await conn.fetchval("SELECT count(*) FROM ledger_1.transactions WHERE accepted")
+        finally:
+            await conn.close()
+        assert 2_500 <= accepted < 10_000
+    finally:
+        await net.stop()
+
+
+async def test_two_hundred_concurrent_locks_exactly_one_wins_everywhere(stack: StackUnderTest) -> None:
+    net = LedgerNetwork(stack, extra_env={"FAPIAO_LEDGER_CUT_MS": "20"})
+    await net.start()
+    waiter = LedgerResultWaiter(stack.kafka_bootstrap, stack.topic_prefix, client_id="locks-waiter")
+    await waiter.start()
+    producers = [new_producer(stack.kafka_bootstrap, client_id=f"org-{i}") for i in range(4)]
+    for producer in producers:
+        await producer.start()
+    try:
+        inv = f"inv-{uuid.uuid4().hex[:8]}"
+        issued = await waiter.submit_and_wait(producers[0], issue(net.issuer, inv, "26440000000000000077"), inv, 30)
+        assert issued.accepted
+        locks = [
+            reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, f"91440300ORG{i:07d}") for i in range(200)
+        ]
+        results = await asyncio.gather(
+            *(waiter.submit_and_wait(producers[i % 4], tx, inv, 60) for i, tx in enumerate(locks))
+        )
+        winners = [r for r in results if r.accepted]
+        assert len(winners) == 1
+        assert {r.rejection_reason for r in results if not r.accepted} == {"ALREADY_LOCKED"}
+        winner_org = winners[0].state.lock_holder_tax_id
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            for i in range(1, 5):
+                rows = await conn.fetch(
+                    f"SELECT transaction_id, accepted FROM {net.schema(i)}.transactions WHERE invoice_id = $1"
+                    " AND transaction_id <> $2",
+                    inv,
+                    issued.transaction_id,
+                )
+                assert len(rows) == 200
+                assert [r["transaction_id"] for r in rows if r["accepted"]] == [winners[0].transaction_id]
+                state = ledger_pb2.InvoiceState.FromString(
+                    await conn.fetchval(f"SELECT state FROM {net.schema(i)}.invoice_states WHERE invoice_id = $1", inv)
+                )
+                assert state.lock_holder_tax_id == winner_org
+        finally:
+            await conn.close()
+    finally:
+        for producer in producers:
+            await producer.stop()
+        await waiter.stop()
+        await net.stop()
+
+
+async def test_killed_validator_recovers_and_blocks_stay_final_with_three(stack: StackUnderTest) -> None:
+    net = LedgerNetwork(stack, extra_env={"FAPIAO_LEDGER_MAX_TXS": "100", "FAPIAO_LEDGER_CUT_MS": "20"})
+    await net.start()
+    try:
+        txs = mixed_transactions(net, 4_000, seed=11)
+        first, second = txs[:1_000], txs[1_000:]
+        await net.submit(first)
+        # Kill validator 2 while it is busy with the stream.
+        await wait_for(
+            lambda: count_final(stack.database_url, net.schema(2)), 30, interval_s=0.05, what="validator 2 progress"
+        )
+        net.processes[2].kill()
+        await net.submit(second)
+        # The other three still reach quorum on every block.
+        await wait_all_final(net, [1, 3, 4], len(txs), timeout_s=60)
+        await net.start_validator(2)
+        await wait_all_final(net, [2], len(txs), timeout_s=60)
+        reference, reference_states = await chain_snapshot(stack.database_url, net.schema(1))
+        recovered, recovered_states = await chain_snapshot(stack.database_url, net.schema(2))
+        assert recovered == reference
+        assert recovered_states == reference_states
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM ledger_2.divergences") == 0
+            assert await conn.fetchval("SELECT count(*) FROM ledger_1.divergences") == 0
+        finally:
+            await conn.close()
+    finally:
+        await net.stop()
