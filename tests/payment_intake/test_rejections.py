@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -301,7 +302,7 @@ async def test_platform_key_rotation_and_notify_url_without_merchant(stack: Stac
         finally:
             await pool.close()
         # After the cache TTL the retired serial is refused.
-        time.sleep(1.1)
+        await asyncio.sleep(1.1)
         third = intake.notification(payment_resource(intake.merchant_id, new_transaction_id()))
         assert (await intake.post(session, PLATFORM.deliver(third)))[1]["code"] == "UNKNOWN_SERIAL"
         # Without the merchant segment the serial identifies the (single) merchant trusting it.

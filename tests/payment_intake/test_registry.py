@@ -1,0 +1,97 @@
+"""The merchant registry CLI: registers a merchant, prints what the payment system needs, emits MerchantRegistered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+
+import aiohttp
+import pytest
+from fapiao.payments.v1 import payments_pb2
+from fapiao_runtime.envelope import unpack
+from fapiao_runtime.topics import MERCHANTS
+from fapiao_stack.harness import StackUnderTest, read_envelopes
+from fapiao_stack.procs import free_port
+
+from tests.payment_intake.support import PLATFORM, TAX_ID, new_transaction_id, payment_resource
+
+pytestmark = pytest.mark.integration
+
+
+async def _cli(stack: StackUnderTest, env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "payment_intake.cli",
+        *args,
+        env=stack.env(**env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return int(proc.returncode or 0), out.decode(), err.decode()
+
+
+async def test_cli_registers_a_merchant_that_can_then_be_paid(stack: StackUnderTest) -> None:
+    keys = {"FAPIAO_SECRETS_KEY": secrets.token_hex(32), "FAPIAO_PAYER_HASH_KEY": secrets.token_hex(32)}
+    pem = stack.tmp_path / "platform.pem"
+    pem.write_text(PLATFORM.public_key_pem())
+    code, _, err = await _cli(
+        stack,
+        keys,
+        "merchant",
+        "add",
+        "--merchant-id",
+        "1230000109",
+        "--legal-name",
+        "深圳市测试餐饮有限公司",
+        "--tax-id",
+        TAX_ID[:-1] + ("0" if TAX_ID[-1] != "0" else "1"),
+        "--region-code",
+        "44",
+    )
+    assert code == 2 and json.loads(err)["error"] == "INVALID_TAX_ID"
+    code, out, err = await _cli(
+        stack,
+        keys,
+        "merchant",
+        "add",
+        "--merchant-id",
+        "1230000109",
+        "--legal-name",
+        "深圳市测试餐饮有限公司",
+        "--tax-id",
+        TAX_ID.lower(),
+        "--region-code",
+        "44",
+        "--platform-key",
+        f"{PLATFORM.serial}={pem}",
+    )
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["merchant_id"] == "1230000109" and printed["tax_id"] == TAX_ID
+    assert printed["trusted_platform_serials"] == [PLATFORM.serial]
+    assert printed["notify_path"] == "/v1/notify/wechatpay/1230000109"
+    apiv3_key = printed["apiv3_key"].encode()
+    assert len(apiv3_key) == 32
+    code, out, _ = await _cli(stack, keys, "merchant", "show", "--merchant-id", "1230000109")
+    assert code == 0 and printed["apiv3_key"] not in out and json.loads(out)["region_code"] == "44"
+
+    webhook_port = free_port()
+    service = await stack.start_service("payment_intake", FAPIAO_WEBHOOK_PORT=str(webhook_port), **keys)
+    try:
+        events = await read_envelopes(stack.kafka_bootstrap, stack.topic(MERCHANTS.name), expected=1, timeout_s=15)
+        assert len(events) == 1 and events[0].aggregate_id == "1230000109"
+        registered = unpack(events[0], payments_pb2.MerchantRegistered)
+        assert (registered.tax_id, registered.region_code, registered.default_tax_rate_bp) == (TAX_ID, "44", 600)
+        # The printed APIv3 key is the one the service decrypts with.
+        body = PLATFORM.notification_body(apiv3_key, payment_resource("1230000109", new_transaction_id()))
+        delivery = PLATFORM.deliver(body)
+        url = f"http://127.0.0.1:{webhook_port}{printed['notify_path']}"
+        async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=delivery.headers) as reply:
+            assert reply.status == 200, await reply.text()
+    finally:
+        service.kill()
+    assert printed["apiv3_key"] not in service.log_text()
