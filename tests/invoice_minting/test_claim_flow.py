@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as api
@@ -12,7 +13,7 @@ from fapiao_runtime.envelope import unpack
 from fapiao_runtime.topics import INVOICES
 from fapiao_stack.harness import StackUnderTest, read_envelopes
 
-from tests.invoice_minting.support import company, ledger_stand_in, minting_service, uscc, wait_until
+from tests.invoice_minting.support import company, ledger_stand_in, minting_service, person, uscc, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +108,39 @@ async def test_payment_to_signed_issued_invoice_end_to_end(stack: StackUnderTest
         assert [i.body.invoice_number for i in listed.invoices] == [body.invoice_number]
         by_number = await minting.stub.GetInvoice(api.GetInvoiceRequest(invoice_number=body.invoice_number))
         assert by_number.invoice.status == invoice_pb2.INVOICE_STATUS_ISSUED
+
+
+async def test_key_rotation_keeps_old_invoices_verifiable(stack: StackUnderTest) -> None:
+    async with minting_service(stack) as minting, ledger_stand_in(minting) as ledger:
+        await minting.register_merchant("m-rot", uscc(2))
+        await minting.pay("m-rot", "before", 100)
+        await minting.pay("m-rot", "after", 200)
+        [old_key] = await minting.wait_merchant_key("m-rot")
+
+        def claim(token: str):  # type: ignore[no-untyped-def]
+            return minting.stub.ClaimInvoice(
+                api.ClaimInvoiceRequest(claim_token=token, buyer=person(), idempotency_key="k")
+            )
+
+        first = (await claim(await minting.token("m-rot", "before"))).invoice
+        rotated = (await minting.stub.RotateIssuerKey(api.RotateIssuerKeyRequest(merchant_id="m-rot"))).key
+        second = (await claim(await minting.token("m-rot", "after"))).invoice
+        assert first.signed.signature.key_id == old_key.key_id
+        assert second.signed.signature.key_id == rotated.key_id != old_key.key_id
+
+        keys = {
+            k.key_id: k
+            for k in (await minting.stub.ListIssuerKeys(api.ListIssuerKeysRequest(merchant_id="m-rot"))).keys
+        }
+        assert not keys[old_key.key_id].active and keys[old_key.key_id].HasField("retired_at")
+        assert keys[rotated.key_id].active
+        for invoice in (first, second):
+            public = keys[invoice.signed.signature.key_id].public_key
+            Ed25519PublicKey.from_public_bytes(public).verify(invoice.signed.signature.signature, invoice.signed.body)
+        # Both keys reached the ledger before the invoices they signed; both ISSUEs were accepted.
+        await minting.wait_status(second.body.invoice_id, invoice_pb2.INVOICE_STATUS_ISSUED)
+        await minting.wait_status(first.body.invoice_id, invoice_pb2.INVOICE_STATUS_ISSUED)
+        assert {old_key.key_id, rotated.key_id} <= set(ledger.keys) and not ledger.problems
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await minting.stub.RotateIssuerKey(api.RotateIssuerKeyRequest(merchant_id="nobody"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
