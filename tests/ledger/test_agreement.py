@@ -8,11 +8,11 @@ import uuid
 
 import asyncpg
 import pytest
-
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.kafka import new_producer
 from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_stack.harness import StackUnderTest
+
 from tests.ledger.network import LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 
 pytestmark = pytest.mark.integration
@@ -107,9 +107,7 @@ async def test_two_hundred_concurrent_locks_exactly_one_wins_everywhere(stack: S
         inv = f"inv-{uuid.uuid4().hex[:8]}"
         issued = await waiter.submit_and_wait(producers[0], issue(net.issuer, inv, "26440000000000000077"), inv, 30)
         assert issued.accepted
-        locks = [
-            reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, f"91440300ORG{i:07d}") for i in range(200)
-        ]
+        locks = [reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, f"91440300ORG{i:07d}") for i in range(200)]
         results = await asyncio.gather(
             *(waiter.submit_and_wait(producers[i % 4], tx, inv, 60) for i, tx in enumerate(locks))
         )

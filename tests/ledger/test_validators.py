@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 
 import asyncpg
@@ -12,6 +14,7 @@ from fapiao_runtime.errors import reason_of
 from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_runtime.ledger_trust import ReceiptInvalid, validator_keys_from_env, verify_receipt
 from fapiao_stack.harness import StackUnderTest
+from google.protobuf.message import DecodeError
 
 from tests.ledger.network import BUYER_TAX_ID, LedgerNetwork, T, cancel, issue, partial, reimburse
 
@@ -81,8 +84,8 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
             tampered[position] ^= 0x01
             try:
                 broken = ledger_pb2.Receipt.FromString(bytes(tampered))
-            except Exception:
-                continue  # no longer a receipt at all
+            except DecodeError:
+                continue  # no longer a receipt at all: nothing to verify
             with pytest.raises(ReceiptInvalid):
                 verify_receipt(broken, keys)
         # Fewer than quorum signatures is not enough.
@@ -103,6 +106,61 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
         finally:
             await conn.close()
         assert hashes[0] and all(h == hashes[0] for h in hashes)
+
+        # The offline CLI verifies the receipt with only the validators' public keys.
+        receipt_file = stack.tmp_path / "receipt.bin"
+        receipt_file.write_bytes(receipt_bytes)
+        env = {"PATH": "/usr/bin:/bin", "FAPIAO_LEDGER_VALIDATOR_KEYS": net.env["FAPIAO_LEDGER_VALIDATOR_KEYS"]}
+        ok = subprocess.run([sys.executable, "-m", "ledger.verify", str(receipt_file)], env=env, capture_output=True)
+        assert ok.returncode == 0, ok.stderr
+        assert b'"verified": true' in ok.stdout
+        receipt_file.write_bytes(receipt_bytes[:-1] + bytes([receipt_bytes[-1] ^ 0x01]))
+        bad = subprocess.run([sys.executable, "-m", "ledger.verify", str(receipt_file)], env=env, capture_output=True)
+        assert bad.returncode == 1 and b'"verified": false' in bad.stdout
+
+        # Editing a stored transaction or header in one validator's database is named by AuditChain.
+        chain = result.chain_id
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            heights = [
+                r["height"]
+                for r in await conn.fetch(
+                    "SELECT height FROM ledger_4.blocks WHERE chain_id = $1 ORDER BY height", chain
+                )
+            ]
+            assert len(heights) >= 2
+            edited_tx, edited_header = heights[0], heights[-1]
+            await conn.execute(
+                "UPDATE ledger_4.transactions SET tx_bytes = tx_bytes || '\\x00'::bytea"
+                " WHERE chain_id = $1 AND height = $2 AND idx = 0",
+                chain,
+                edited_tx,
+            )
+            header = ledger_pb2.BlockHeader.FromString(
+                await conn.fetchval(
+                    "SELECT header FROM ledger_4.blocks WHERE chain_id = $1 AND height = $2", chain, edited_header
+                )
+            )
+            header.cut_time.seconds += 1
+            await conn.execute(
+                "UPDATE ledger_4.blocks SET header = $3 WHERE chain_id = $1 AND height = $2",
+                chain,
+                edited_header,
+                header.SerializeToString(),
+            )
+        finally:
+            await conn.close()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{net.processes[4].port}") as channel:
+            audit = await ledger_service_pb2_grpc.LedgerServiceStub(channel).AuditChain(
+                ledger_service_pb2.AuditChainRequest(chain_id=chain)
+            )
+        assert not audit.ok
+        assert {f.height for f in audit.findings} == {edited_tx, edited_header}, audit.findings
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{net.processes[1].port}") as channel:
+            untouched = await ledger_service_pb2_grpc.LedgerServiceStub(channel).AuditChain(
+                ledger_service_pb2.AuditChainRequest(chain_id=chain)
+            )
+        assert untouched.ok
     finally:
         await waiter.stop()
         await net.stop()

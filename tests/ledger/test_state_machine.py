@@ -1,0 +1,212 @@
+"""Unit tests: the invoice state machine, the key registry and deterministic block cutting."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.ledger_client import SigningKey, sign_key_registration, sign_transaction
+from google.protobuf.timestamp_pb2 import Timestamp
+from ledger.chain import ChainExecutor
+from ledger.state_machine import parse_transaction
+
+from tests.ledger.network import BUYER_TAX_ID, SELLER_TAX_ID, T, cancel, issue, partial, registration, reimburse
+
+pytestmark = pytest.mark.unit
+
+S = ledger_pb2.InvoiceLedgerStatus
+AUTHORITY = SigningKey.generate("authority-1")
+ISSUER = SigningKey.generate("issuer-1")
+REIMBURSER = SigningKey.generate("reimb-1")
+STRANGER = SigningKey.generate("stranger")
+
+
+def new_chain(max_txs: int = 1000) -> ChainExecutor:
+    chain = ChainExecutor(
+        chain_id=0,
+        height=1,
+        previous_hash=b"\x00" * 32,
+        max_txs=max_txs,
+        authorities={"authority-1": AUTHORITY.public_key},
+    )
+    chain.on_registration(
+        0, sign_key_registration(AUTHORITY, registration(ISSUER, ledger_pb2.SUBMITTER_ROLE_ISSUER, SELLER_TAX_ID))
+    )
+    chain.on_registration(
+        1, sign_key_registration(AUTHORITY, registration(REIMBURSER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r"))
+    )
+    return chain
+
+
+class Feeder:
+    """Feeds transactions to a chain the way the validator does (preload, then execute)."""
+
+    def __init__(self, chain: ChainExecutor) -> None:
+        self.chain = chain
+        self.offset = 10
+        self.blocks: list = []
+
+    def __call__(self, signed: ledger_pb2.SignedTransaction, key: str | None = None) -> ledger_pb2.TransactionResult:
+        parsed = parse_transaction(signed)
+        invoice_id = key if key is not None else (parsed.body.invoice_id if parsed.body else "")
+        ids = {invoice_id} | ({parsed.body.invoice_id} if parsed.body else set())
+        self.chain.preload(
+            {i: None for i in self.chain.missing_invoices(ids)},
+            self.chain.missing_transactions({parsed.body.transaction_id} if parsed.body else set()),
+            set(),
+        )
+        block = self.chain.on_transaction(self.offset, invoice_id, parsed)
+        self.offset += 1
+        outcome = self.chain.pending_outcomes[-1] if block is None else block.outcomes[-1]
+        if block is not None:
+            self.blocks.append(block)
+        return outcome.result
+
+    def cut(self, height: int, seconds: int = 1):  # type: ignore[no-untyped-def]
+        block = self.chain.on_time_to_cut(
+            self.offset, ledger_pb2.TimeToCut(height=height, cut_time=Timestamp(seconds=seconds))
+        )
+        self.offset += 1
+        if block is not None:
+            self.blocks.append(block)
+        return block
+
+
+def test_lifecycle_and_rejection_reasons() -> None:
+    feed = Feeder(new_chain())
+    inv = "inv-1"
+    assert feed(issue(ISSUER, inv, "26440000000000000001", 10_000, buyer=BUYER_TAX_ID)).accepted
+    assert feed(issue(ISSUER, inv, "26440000000000000001")).rejection_reason == "ALREADY_ISSUED"
+    assert (
+        feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, "inv-x", BUYER_TAX_ID)).rejection_reason
+        == "UNKNOWN_INVOICE"
+    )
+    assert (
+        feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, inv, "OTHER")).rejection_reason
+        == "ORGANISATION_NOT_ALLOWED"
+    )
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, inv, BUYER_TAX_ID)).rejection_reason == "NOT_LOCKED"
+    locked = feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, inv, BUYER_TAX_ID))
+    assert locked.accepted and locked.state.status == S.INVOICE_LEDGER_STATUS_LOCKED
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, inv, BUYER_TAX_ID)).rejection_reason == "ALREADY_LOCKED"
+    unlocked = feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, inv, BUYER_TAX_ID))
+    assert unlocked.accepted and unlocked.state.status == S.INVOICE_LEDGER_STATUS_ISSUED
+    assert not unlocked.state.lock_holder_tax_id
+    assert feed(partial(ISSUER, inv, 10_001)).rejection_reason == "AMOUNT_EXCEEDED"
+    assert feed(partial(ISSUER, inv, 0)).rejection_reason == "MALFORMED"
+    reduced = feed(partial(ISSUER, inv, 4_000))
+    assert reduced.accepted and reduced.state.reimbursable_fen == 6_000 and reduced.state.total_fen == 10_000
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, inv, BUYER_TAX_ID)).accepted
+    closed = feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_CLOSE, inv, BUYER_TAX_ID))
+    assert closed.accepted and closed.state.status == S.INVOICE_LEDGER_STATUS_CLOSED
+    for tx in (
+        reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, inv, BUYER_TAX_ID),
+        reimburse(REIMBURSER, T.TRANSACTION_TYPE_CLOSE, inv, BUYER_TAX_ID),
+        cancel(ISSUER, inv),
+    ):
+        assert feed(tx).rejection_reason == "ALREADY_CLOSED"
+
+
+def test_lock_holder_rules_and_cancel() -> None:
+    feed = Feeder(new_chain())
+    assert feed(issue(ISSUER, "inv-2", "26440000000000000002")).accepted  # a person's invoice: any organisation
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, "inv-2", "ORG-A")).accepted
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, "inv-2", "ORG-B")).rejection_reason == "ALREADY_LOCKED"
+    assert (
+        feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, "inv-2", "ORG-B")).rejection_reason == "NOT_LOCK_HOLDER"
+    )
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_CLOSE, "inv-2", "ORG-B")).rejection_reason == "NOT_LOCK_HOLDER"
+    cancelled = feed(cancel(ISSUER, "inv-2"))
+    assert cancelled.accepted and cancelled.state.status == S.INVOICE_LEDGER_STATUS_CANCELLED
+    assert cancelled.state.reimbursable_fen == 0
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, "inv-2", "ORG-A")).rejection_reason == "CANCELLED"
+    assert feed(partial(ISSUER, "inv-2", 1)).rejection_reason == "CANCELLED"
+    # Partial red letter of the whole remaining amount cancels.
+    assert feed(issue(ISSUER, "inv-3", "26440000000000000003", 500)).accepted
+    assert feed(partial(ISSUER, "inv-3", 500)).state.status == S.INVOICE_LEDGER_STATUS_CANCELLED
+
+
+def test_signatures_keys_roles_and_duplicates() -> None:
+    chain = new_chain()
+    feed = Feeder(chain)
+    assert feed(issue(STRANGER, "inv-4", "26440000000000000004")).rejection_reason == "UNKNOWN_SUBMITTER_KEY"
+    forged = issue(ISSUER, "inv-4", "26440000000000000004")
+    forged.signature.signature = bytes(64)
+    assert feed(forged).rejection_reason == "BAD_SIGNATURE"
+    # The forged record did not claim its transaction id: the genuine one with that id still counts.
+    body = ledger_pb2.TransactionBody.FromString(forged.body)
+    genuine = sign_transaction(ledger_pb2.TransactionBody.FromString(forged.body), ISSUER)
+    assert feed(genuine).accepted
+    assert feed(genuine).rejection_reason == "DUPLICATE_TRANSACTION"
+    assert body.transaction_id == ledger_pb2.TransactionBody.FromString(genuine.body).transaction_id
+    # Roles: a reimburser cannot issue or cancel, an issuer cannot lock; issuers only for their seller id.
+    assert feed(issue(REIMBURSER, "inv-5", "26440000000000000005")).rejection_reason == "SUBMITTER_NOT_AUTHORIZED"
+    assert (
+        feed(reimburse(ISSUER, T.TRANSACTION_TYPE_LOCK, "inv-4", "ORG")).rejection_reason == "SUBMITTER_NOT_AUTHORIZED"
+    )
+    other_seller = SigningKey.generate("issuer-2")
+    chain.on_registration(
+        50, sign_key_registration(AUTHORITY, registration(other_seller, ledger_pb2.SUBMITTER_ROLE_ISSUER, "OTHER"))
+    )
+    assert feed(cancel(other_seller, "inv-4")).rejection_reason == "SUBMITTER_NOT_AUTHORIZED"
+    # Wrong chain key (record key differs from the body's invoice) and wrong action are malformed.
+    assert feed(cancel(ISSUER, "inv-4"), key="inv-elsewhere").rejection_reason == "MALFORMED"
+    mismatched = ledger_pb2.TransactionBody(
+        transaction_id=str(uuid.uuid4()), type=T.TRANSACTION_TYPE_LOCK, invoice_id="inv-4"
+    )
+    mismatched.close.organisation_tax_id = "ORG"
+    assert feed(sign_transaction(mismatched, REIMBURSER)).rejection_reason == "MALFORMED"
+    assert feed(ledger_pb2.SignedTransaction(body=b"\xff\xff")).rejection_reason == "MALFORMED"
+    # Revocation (only by the authority) takes effect at its position in the log.
+    fake_authority = SigningKey.generate("authority-1")
+    chain.on_registration(
+        60,
+        sign_key_registration(
+            fake_authority, registration(REIMBURSER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r", revoked=True)
+        ),
+    )
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, "inv-4", "ORG")).accepted
+    chain.on_registration(
+        61,
+        sign_key_registration(
+            AUTHORITY, registration(REIMBURSER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r", revoked=True)
+        ),
+    )
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, "inv-4", "ORG")).rejection_reason == "KEY_REVOKED"
+    # A revoked key id cannot be registered again.
+    assert not chain.on_registration(
+        62, sign_key_registration(AUTHORITY, registration(REIMBURSER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r"))
+    )
+
+
+def test_blocks_cut_by_size_and_first_marker_for_current_height_only() -> None:
+    feed = Feeder(new_chain(max_txs=3))
+    for i in range(3):
+        feed(issue(ISSUER, f"inv-{i}", f"264400000000000001{i:02d}"))
+    assert len(feed.blocks) == 1 and feed.blocks[0].height == 1 and len(feed.blocks[0].transactions) == 3
+    assert not feed.blocks[0].header.HasField("cut_time")
+    assert feed.cut(2) is None  # nothing pending: ignored
+    feed(issue(ISSUER, "inv-10", "26440000000000000210"))
+    assert feed.cut(1) is None  # marker for a past height: ignored
+    assert feed.cut(3) is None  # marker for a future height: ignored
+    block = feed.cut(2, seconds=42)
+    assert block is not None and block.height == 2 and block.header.cut_time.seconds == 42
+    assert block.header.previous_header_hash == feed.blocks[0].header_hash
+    feed(issue(ISSUER, "inv-11", "26440000000000000211"))
+    assert feed.cut(2) is None  # a later marker for height 2 does not cut height 3
+    assert feed.chain.height == 3 and feed.chain.has_pending
+
+
+def test_same_log_gives_same_headers_on_independent_executors() -> None:
+    txs = [issue(ISSUER, f"inv-{i}", f"2644{i:016d}") for i in range(7)]
+    txs += [reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, f"inv-{i % 7}", f"ORG-{i}") for i in range(10)]
+    runs = []
+    for _ in range(2):
+        feed = Feeder(new_chain(max_txs=4))
+        for n, tx in enumerate(txs):
+            feed(tx)
+            if n == 9:
+                feed.cut(feed.chain.height, seconds=5)
+        runs.append([(b.height, b.header_hash, b.results) for b in feed.blocks])
+    assert runs[0] == runs[1] and len(runs[0]) >= 4
