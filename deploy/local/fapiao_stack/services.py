@@ -13,6 +13,8 @@ KAFKA_PORT = 19092
 KAFKA_CONTROLLER_PORT = 19093
 POSTGRES_PORT = 15432
 LEDGER_VALIDATORS = 4
+INTAKE_WEBHOOK_PORT = 8081
+REIMBURSEMENT_TLS_PORT = 50054
 
 
 @dataclass(frozen=True)
@@ -32,17 +34,17 @@ class ServiceSpec:
 
 def local_services() -> list[ServiceSpec]:
     """Every process `make up` starts, in start order (validators before their clients)."""
-    specs = [ServiceSpec("payment_intake", "payment_intake", 50051, metrics_port=9101)]
-    for index in range(1, LEDGER_VALIDATORS + 1):
-        specs.append(
-            ServiceSpec(
-                f"ledger-{index}",
-                "ledger",
-                50060 + index,
-                env={"FAPIAO_VALIDATOR_ID": f"validator-{index}", "FAPIAO_DB_SCHEMA": f"ledger_{index}"},
-                metrics_port=9110 + index,
-            )
+    specs = [
+        ServiceSpec(
+            "payment_intake",
+            "payment_intake",
+            50051,
+            env={"FAPIAO_WEBHOOK_PORT": str(INTAKE_WEBHOOK_PORT)},
+            metrics_port=9101,
         )
+    ]
+    for index in range(1, LEDGER_VALIDATORS + 1):
+        specs.append(ServiceSpec(f"ledger-{index}", "ledger", 50060 + index, metrics_port=9110 + index))
     specs += [
         ServiceSpec("invoice_minting", "invoice_minting", 50052, metrics_port=9102),
         ServiceSpec("reimbursement", "reimbursement", 50053, metrics_port=9103),

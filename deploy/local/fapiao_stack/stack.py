@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fapiao_runtime.kafka import ensure_topics
 
+from fapiao_stack.config import process_environment, stack_environment
 from fapiao_stack.kafka import KafkaBroker
 from fapiao_stack.paths import LOG_DIR, RUN_DIR
 from fapiao_stack.postgres import LocalPostgres
@@ -41,18 +42,6 @@ def _postgres() -> LocalPostgres:
     return LocalPostgres(RUN_DIR / "postgres", POSTGRES_PORT, LOG_DIR / "postgres.log")
 
 
-def service_env(kafka_bootstrap: str, database_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "FAPIAO_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "DATABASE_URL": database_url,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
-
-
 def up(timeout_s: float = 120.0) -> StackEndpoints:
     """Start everything not running yet and wait until every service reports SERVING."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -74,18 +63,19 @@ def up(timeout_s: float = 120.0) -> StackEndpoints:
             pg.start()
         database_url = pg.create_database("fapiao")
     asyncio.run(ensure_topics(kafka_bootstrap))
-    env = service_env(kafka_bootstrap, database_url)
+    env = stack_environment(RUN_DIR, kafka_bootstrap, database_url)
     endpoints: dict[str, str] = {}
     for spec in local_services():
         pid_file = PID_DIR / f"{spec.name}.pid"
         endpoints[spec.name] = f"127.0.0.1:{spec.port}"
         if pid_file.exists() and pid_alive(int(pid_file.read_text())):
             continue
-        spec_env = dict(env)
-        spec_env.update(spec.env)
-        spec_env["FAPIAO_GRPC_PORT" if spec.health == "grpc" else "FAPIAO_HTTP_PORT"] = str(spec.port)
-        spec_env["FAPIAO_METRICS_PORT"] = str(spec.metrics_port)
-        spawn(spec.argv(), log_file=LOG_DIR / f"{spec.name}.log", env=spec_env, pid_file=pid_file)
+        spawn(
+            spec.argv(),
+            log_file=LOG_DIR / f"{spec.name}.log",
+            env=process_environment(spec, RUN_DIR, env),
+            pid_file=pid_file,
+        )
     asyncio.run(_wait_serving(timeout_s))
     STATE_FILE.write_text(
         json.dumps({"kafka_bootstrap": kafka_bootstrap, "database_url": database_url, "services": endpoints})
