@@ -1,4 +1,4 @@
-"""Helpers for ledger tests and the bench: keys, transaction builders, a network of validator processes."""
+"""A local validator network and transaction builders, shared by the ledger tests and the benchmark."""
 
 from __future__ import annotations
 

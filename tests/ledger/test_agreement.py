@@ -12,8 +12,7 @@ from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.kafka import new_producer
 from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_stack.harness import StackUnderTest
-
-from tests.ledger.network import LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
+from ledger.devnet import LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 
 pytestmark = pytest.mark.integration
 

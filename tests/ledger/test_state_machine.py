@@ -9,9 +9,8 @@ from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.ledger_client import SigningKey, sign_key_registration, sign_transaction
 from google.protobuf.timestamp_pb2 import Timestamp
 from ledger.chain import ChainExecutor
+from ledger.devnet import BUYER_TAX_ID, SELLER_TAX_ID, T, cancel, issue, partial, registration, reimburse
 from ledger.state_machine import parse_transaction
-
-from tests.ledger.network import BUYER_TAX_ID, SELLER_TAX_ID, T, cancel, issue, partial, registration, reimburse
 
 pytestmark = pytest.mark.unit
 

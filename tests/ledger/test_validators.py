@@ -15,8 +15,7 @@ from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_runtime.ledger_trust import ReceiptInvalid, validator_keys_from_env, verify_receipt
 from fapiao_stack.harness import StackUnderTest
 from google.protobuf.message import DecodeError
-
-from tests.ledger.network import BUYER_TAX_ID, LedgerNetwork, T, cancel, issue, partial, reimburse
+from ledger.devnet import BUYER_TAX_ID, LedgerNetwork, T, cancel, issue, partial, reimburse
 
 pytestmark = pytest.mark.integration
 

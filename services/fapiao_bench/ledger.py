@@ -1,0 +1,138 @@
+"""Ledger benchmark: 4 validator processes (quorum 3) over 2 partitions on the real broker and database.
+
+ledger_committed_tx_per_s: pre-signed transactions (half ISSUE, half LOCK) produced as fast as
+possible; committed = its result was published, which validators do only once the block is final by
+quorum. Measured from the first send to the last distinct result read.
+ledger_commit_p99_ms (and p50): transactions sent at a paced 1,000 tx/s; latency from just before the
+send to the first copy of its final result on ledger.results.v1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.envelope import parse_envelope, unpack
+from fapiao_runtime.ledger_client import topic_partitions, transaction_event
+from fapiao_runtime.topics import LEDGER_RESULTS
+from fapiao_stack.harness import StackUnderTest
+from ledger.devnet import LedgerNetwork, T, issue, reimburse
+
+THROUGHPUT_INVOICES = 10_000
+PACED_RATE_PER_S = 1_000
+PACED_SECONDS = 10
+
+
+class ResultClock:
+    """Records when the first final result of each transaction id arrives."""
+
+    def __init__(self, env: StackUnderTest) -> None:
+        self.env = env
+        self.arrived: dict[str, float] = {}
+        self.accepted = 0
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        topic = self.env.topic(LEDGER_RESULTS.name)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.env.kafka_bootstrap, group_id=None, enable_auto_commit=False, max_poll_records=5000
+        )
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.ensure_future(self._run(consumer))
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+            now = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    result = unpack(parse_envelope(record.value), ledger_pb2.TransactionResult)
+                    if result.transaction_id not in self.arrived:
+                        self.arrived[result.transaction_id] = now
+                        self.accepted += int(result.accepted)
+
+    async def wait_for(self, ids: list[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while any(i not in self.arrived for i in ids):
+            if time.monotonic() > deadline:
+                missing = sum(1 for i in ids if i not in self.arrived)
+                raise TimeoutError(f"{missing} of {len(ids)} results missing after {timeout_s}s")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+def _events(net: LedgerNetwork, txs: list[ledger_pb2.SignedTransaction]) -> list[tuple[str, bytes, bytes]]:
+    out = []
+    for tx in txs:
+        body = ledger_pb2.TransactionBody.FromString(tx.body)
+        event = transaction_event(tx, body.invoice_id, "bench")
+        out.append((body.transaction_id, event.key, event.envelope_bytes))
+    return out
+
+
+async def run(env: StackUnderTest) -> dict[str, float]:
+    net = LedgerNetwork(env, extra_env={"FAPIAO_LEDGER_MAX_TXS": "500", "FAPIAO_LEDGER_CUT_MS": "20"})
+    await net.start()
+    clock = ResultClock(env)
+    await clock.start()
+    try:
+        assert net.producer is not None
+        topic = env.topic("ledger.tx.v1")
+        # Throughput: issue then lock each invoice (pre-signed, so only the ledger is measured).
+        invoices = [f"bench-{i}" for i in range(THROUGHPUT_INVOICES)]
+        txs = [issue(net.issuer, inv, f"2644{i:016d}") for i, inv in enumerate(invoices)]
+        txs += [reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, "91440300ORG0000001") for inv in invoices]
+        events = _events(net, txs)
+        started = time.perf_counter()
+        futures = [await net.producer.send(topic, value=value, key=key) for _, key, value in events]
+        await asyncio.gather(*futures)
+        ids = [tx_id for tx_id, _, _ in events]
+        await clock.wait_for(ids, timeout_s=120)
+        elapsed = max(clock.arrived[i] for i in ids) - started
+        throughput = len(ids) / elapsed
+
+        # Latency at a paced 1,000 tx/s.
+        paced = [issue(net.issuer, f"paced-{i}", f"2645{i:016d}") for i in range(PACED_RATE_PER_S * PACED_SECONDS)]
+        paced_events = _events(net, paced)
+        sent_at: dict[str, float] = {}
+        tick_s = 0.01
+        per_tick = int(PACED_RATE_PER_S * tick_s)
+        begin = time.perf_counter()
+        pending = []
+        for n in range(0, len(paced_events), per_tick):
+            target = begin + (n // per_tick) * tick_s
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for tx_id, key, value in paced_events[n : n + per_tick]:
+                sent_at[tx_id] = time.perf_counter()
+                pending.append(await net.producer.send(topic, value=value, key=key))
+        await asyncio.gather(*pending)
+        await clock.wait_for(list(sent_at), timeout_s=60)
+        latencies = sorted((clock.arrived[i] - t) * 1000 for i, t in sent_at.items())
+        return {
+            "ledger_committed_tx_per_s": throughput,
+            "ledger_commit_p50_ms": latencies[len(latencies) // 2],
+            "ledger_commit_p99_ms": latencies[int(len(latencies) * 0.99) - 1],
+            "ledger_paced_offered_tx_per_s": len(paced_events) / (time.perf_counter() - begin),
+        }
+    finally:
+        await clock.stop()
+        await net.stop()
