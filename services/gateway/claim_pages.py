@@ -146,7 +146,7 @@ def invoice_page(invoice: invoice_pb2.Invoice, view_token: str, ledger_status: s
     if invoice.ledger_height:
         ledger = f"<dt>Ledger</dt><dd>chain {invoice.ledger_chain_id}, block {invoice.ledger_height}</dd>"
     if ledger_status:
-        ledger += f'<dt>Reimbursement</dt><dd id="ledger-status">{esc(ledger_status)}</dd>'
+        ledger += f'<dt>Status</dt><dd id="ledger-status">{esc(ledger_status)}</dd>'
     lines = "".join(
         f"<tr><td>{esc(line.name)}</td><td class=num>{line.quantity}</td><td class=num>{line.tax_rate_bp / 100:g}%</td>"
         f"<td class=num>{esc(yuan_display(line.total_fen))}</td></tr>"

@@ -15,7 +15,7 @@ header{background:#07c160;color:#fff;padding:12px 16px;font-weight:600}
 main{max-width:560px;margin:0 auto;padding:12px}
 .card{background:#fff;border-radius:10px;padding:14px 16px;margin:12px 0;box-shadow:0 1px 2px rgba(0,0,0,.06)}
 h1{font-size:1.25rem;margin:.2em 0 .6em} h2{font-size:1.05rem;margin:.2em 0 .5em}
-dl{display:grid;grid-template-columns:auto 1fr;gap:4px 12px;margin:0}
+dl{display:grid;grid-template-columns:auto minmax(0,1fr);gap:4px 12px;margin:0}
 dt{color:#6b7280} dd{margin:0;word-break:break-all}
 .amount{font-size:1.6rem;font-weight:700}
 label{display:block;margin:12px 0 4px;font-weight:600}
@@ -23,7 +23,7 @@ input[type=text]{width:100%;padding:10px;font-size:1rem;border:1px solid #c9cdd4
 input[aria-invalid=true]{border-color:#d93026;background:#fff6f6}
 fieldset{border:0;padding:0;margin:0} .choice{display:inline-block;margin-right:18px;font-weight:400}
 .error{color:#d93026;font-size:.9rem;margin-top:4px}
-.hint{color:#6b7280;font-size:.85rem}
+.hint{color:#6b7280;font-size:.85rem;overflow-wrap:anywhere}
 button,.button{display:block;width:100%;margin-top:18px;padding:12px;font-size:1.05rem;border:0;border-radius:8px;
 background:#07c160;color:#fff;text-align:center;text-decoration:none;font-weight:600}
 .banner{padding:12px 16px;border-radius:10px;margin:12px 0;font-weight:600}
