@@ -53,7 +53,10 @@ _REJECTIONS: dict[str, type[FapiaoError] | tuple[type[FapiaoError], str]] = {
     "NOT_LOCKED": FailedPrecondition,
     "NOT_LOCK_HOLDER": PermissionDenied,
     "UNKNOWN_INVOICE": (NotFound, "INVOICE_NOT_FOUND"),
+    "ORGANISATION_NOT_ALLOWED": (PermissionDenied, "NOT_INVOICE_BUYER"),
 }
+# A result saying "duplicate" describes a re-delivery, not the outcome: the first result is the outcome.
+NOT_AN_OUTCOME = {"DUPLICATE_TRANSACTION"}
 _MESSAGES = {
     "ALREADY_LOCKED": "the invoice is locked for reimbursement",
     "ALREADY_REIMBURSED": "the invoice has already been reimbursed",
@@ -61,6 +64,7 @@ _MESSAGES = {
     "NOT_LOCKED": "the invoice is not locked",
     "NOT_LOCK_HOLDER": "only the organisation holding the lock may do this",
     "INVOICE_NOT_FOUND": "no such invoice on the ledger",
+    "NOT_INVOICE_BUYER": "a company invoice can only be reimbursed by its buyer",
 }
 
 
@@ -91,6 +95,7 @@ class ReimbursementHandlers:
         self._ledger = ledger
         self._settings = settings or HandlerSettings()
         self._facts_cache = FactsCache()
+        self._facts_inflight: dict[str, asyncio.Future[InvoiceFacts]] = {}
 
     # -- public use cases -------------------------------------------------------------------------
 
@@ -168,6 +173,15 @@ class ReimbursementHandlers:
         cached = self._facts_cache.get(invoice_number)
         if cached is not None:
             return cached
+        # Single flight: concurrent requests for the same uncached invoice share one ledger read.
+        inflight = self._facts_inflight.get(invoice_number)
+        if inflight is None:
+            inflight = asyncio.ensure_future(self._read_facts(invoice_number))
+            self._facts_inflight[invoice_number] = inflight
+            inflight.add_done_callback(lambda _: self._facts_inflight.pop(invoice_number, None))
+        return await asyncio.shield(inflight)
+
+    async def _read_facts(self, invoice_number: str) -> InvoiceFacts:
         response = await self._ledger.invoice_state(invoice_number)
         if response is None:
             raise NotFound("INVOICE_NOT_FOUND", f"no such invoice on the ledger: {invoice_number}")
@@ -193,8 +207,26 @@ class ReimbursementHandlers:
                     TxRow(str(uuid.uuid4()), position, "REQUESTED", action, fact.invoice_number, fact.invoice_id)
                 )
             return rows
-        # UNLOCK and CLOSE: only the lock holder. The state read here is a pre-check that answers early and
-        # keeps batches all-or-nothing; the ledger checks the holder again in log order (NOT_LOCK_HOLDER).
+        # UNLOCK and CLOSE: only the lock holder. Every LOCK goes through this service, so an organisation
+        # with no accepted (or still pending) LOCK on record cannot hold the lock: deny without a ledger
+        # round trip. Otherwise the ledger decides in log order (NOT_LOCK_HOLDER, NOT_LOCKED, ...).
+        held = await store.locked_invoice_ids(self._pool, organisation.tax_id, numbers)
+        for number in numbers:
+            if number not in held:
+                raise rejection_error("NOT_LOCK_HOLDER", number)
+        if operation == "BATCH_CLOSE":
+            await self._precheck_batch_close(organisation, numbers)
+        return [
+            TxRow(str(uuid.uuid4()), position, "REQUESTED", action, number, held[number])
+            for position, number in enumerate(numbers)
+        ]
+
+    async def _precheck_batch_close(self, organisation: Organisation, numbers: list[str]) -> None:
+        """A CLOSE cannot be undone, so a batch is only submitted when every invoice is LOCKED by the caller now.
+
+        Only the holder can unlock or close, so nothing but a concurrent cancellation by the issuer can change
+        that between this check and the ledger's decision (reported, see docs/reimbursement.md).
+        """
         states = await asyncio.gather(*(self._ledger.invoice_state(n) for n in numbers))
         for number, response in zip(numbers, states, strict=True):
             if response is None:
@@ -202,19 +234,12 @@ class ReimbursementHandlers:
             status = response.state.status
             if status == ledger_pb2.INVOICE_LEDGER_STATUS_CANCELLED:
                 raise rejection_error("CANCELLED", number)
-            if status == ledger_pb2.INVOICE_LEDGER_STATUS_LOCKED or status == ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED:
-                if response.state.lock_holder_tax_id != organisation.tax_id:
-                    raise rejection_error("NOT_LOCK_HOLDER", number)
-            if status == ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED and operation == "BATCH_CLOSE":
-                raise rejection_error("ALREADY_CLOSED", number)
-            if status == ledger_pb2.INVOICE_LEDGER_STATUS_ISSUED and operation == "BATCH_CLOSE":
+            if status == ledger_pb2.INVOICE_LEDGER_STATUS_ISSUED:
                 raise rejection_error("NOT_LOCKED", number)
-        for position, response in enumerate(states):
-            assert response is not None
-            rows.append(
-                TxRow(str(uuid.uuid4()), position, "REQUESTED", action, numbers[position], response.state.invoice_id)
-            )
-        return rows
+            if response.state.lock_holder_tax_id != organisation.tax_id:
+                raise rejection_error("NOT_LOCK_HOLDER", number)
+            if status == ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED:
+                raise rejection_error("ALREADY_CLOSED", number)
 
     async def _persist_and_submit(
         self, tax_id: str, key: str, operation: str, digest: bytes, rows: list[TxRow]
@@ -254,6 +279,7 @@ class ReimbursementHandlers:
             store.apply_result(pending.pop(result.transaction_id), result, now)
         if pending:
             arrived = await self._ledger.wait_results(list(pending), max(0.0, timeout_s))
+            arrived = {t: r for t, r in arrived.items() if r.rejection_reason not in NOT_AN_OUTCOME}
             for tx_id in list(pending):
                 if tx_id in arrived:
                     store.apply_result(pending.pop(tx_id), arrived[tx_id], now)
@@ -269,7 +295,7 @@ class ReimbursementHandlers:
 
     async def _ask_ledger(self, transaction_ids: list[str]) -> list[ledger_pb2.TransactionResult]:
         found = await asyncio.gather(*(self._ledger.transaction_result(t) for t in transaction_ids))
-        return [r for r in found if r is not None]
+        return [r for r in found if r is not None and r.rejection_reason not in NOT_AN_OUTCOME]
 
     async def _finish(
         self,

@@ -64,7 +64,7 @@ class ValidatorLedger:
             await channel.close()
 
     async def _call(self, method: str, request: object) -> object | None:
-        """Call `method` on validators in turn until one answers; None for NOT_FOUND."""
+        """Call `method` on validators in turn until one answers; None for NOT_FOUND / not final yet."""
         start = next(self._next)
         last: grpc.aio.AioRpcError | None = None
         for i in range(len(self._stubs)):
@@ -72,7 +72,7 @@ class ValidatorLedger:
             try:
                 return await getattr(stub, method)(request, timeout=self._timeout_s)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                     return None
                 if exc.code() not in _RETRYABLE:
                     raise

@@ -14,6 +14,7 @@ import logging
 import asyncpg
 
 from reimbursement import requests_store as store
+from reimbursement.handlers import NOT_AN_OUTCOME
 from reimbursement.ledger_port import LedgerPort
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ async def resolve_pending_once(pool: asyncpg.Pool, ledger: LedgerPort, older_tha
     pending = await store.stale_pending(pool, older_than_s, batch)
     if not pending:
         return 0
-    results = [r for r in await asyncio.gather(*(ledger.transaction_result(t) for t in pending)) if r is not None]
+    found = await asyncio.gather(*(ledger.transaction_result(t) for t in pending))
+    results = [r for r in found if r is not None and r.rejection_reason not in NOT_AN_OUTCOME]
     await store.record_outcomes(pool, results)
     return len(results)
 

@@ -203,3 +203,20 @@ async def stale_pending(conn: asyncpg.Connection | asyncpg.Pool, older_than_s: f
         limit,
     )
     return [str(r["transaction_id"]) for r in records]
+
+
+async def locked_invoice_ids(
+    conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, invoice_numbers: Sequence[str]
+) -> dict[str, str]:
+    """invoice number -> invoice id for the invoices `tax_id` ever LOCKed (accepted or still pending).
+
+    Only these can be held by the organisation; whether it holds the lock NOW is the ledger's call.
+    """
+    records = await conn.fetch(
+        "SELECT DISTINCT invoice_number, invoice_id FROM reimbursement_transactions"
+        " WHERE organisation_tax_id = $1 AND invoice_number = ANY($2::text[]) AND action = 'LOCK'"
+        " AND state <> 'REJECTED'",
+        tax_id,
+        list(invoice_numbers),
+    )
+    return {r["invoice_number"]: r["invoice_id"] for r in records}
