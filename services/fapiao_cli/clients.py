@@ -1,0 +1,69 @@
+"""gRPC channels to the local stack's services (reimbursement over mutual TLS with an org certificate)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_api
+from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as minting_grpc
+from fapiao.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
+from fapiao.payments.v1 import payment_intake_service_pb2 as intake_api
+from fapiao.payments.v1 import payment_intake_service_pb2_grpc as intake_grpc
+from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as reimbursement_grpc
+
+from fapiao_cli.local import PKI_DIR, grpc_address, ledger_addresses, reimbursement_address
+
+
+def minting() -> minting_grpc.InvoiceMintingServiceStub:
+    return minting_grpc.InvoiceMintingServiceStub(grpc.aio.insecure_channel(grpc_address("invoice_minting")))
+
+
+def intake() -> intake_grpc.PaymentIntakeServiceStub:
+    return intake_grpc.PaymentIntakeServiceStub(grpc.aio.insecure_channel(grpc_address("payment_intake")))
+
+
+def ledgers() -> list[ledger_grpc.LedgerServiceStub]:
+    return [ledger_grpc.LedgerServiceStub(grpc.aio.insecure_channel(a)) for a in ledger_addresses()]
+
+
+def reimbursement_for(org_tax_id: str) -> reimbursement_grpc.ReimbursementServiceStub:
+    """Stub authenticated as the organisation whose certificate `fapiao ca issue --org-tax-id` wrote."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(PKI_DIR / "ca.crt").read_bytes(),
+        private_key=(PKI_DIR / f"org-{org_tax_id}.key").read_bytes(),
+        certificate_chain=(PKI_DIR / f"org-{org_tax_id}.crt").read_bytes(),
+    )
+    channel = grpc.aio.secure_channel(reimbursement_address(), credentials)
+    return reimbursement_grpc.ReimbursementServiceStub(channel)
+
+
+async def payment_of(merchant_id: str, transaction_id: str) -> intake_api.GetPaymentResponse:
+    reply: intake_api.GetPaymentResponse = await intake().GetPayment(
+        intake_api.GetPaymentRequest(merchant_id=merchant_id, transaction_id=transaction_id), timeout=5
+    )
+    return reply
+
+
+async def wait_for_claim_offer(
+    merchant_id: str, payment_id: str, timeout_s: float = 30.0
+) -> minting_api.GetClaimOfferByPaymentResponse:
+    """The claim offer minted from a payment (it appears once the PaymentSucceeded event is consumed)."""
+    stub = minting()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            reply: minting_api.GetClaimOfferByPaymentResponse = await stub.GetClaimOfferByPayment(
+                minting_api.GetClaimOfferByPaymentRequest(merchant_id=merchant_id, payment_id=payment_id), timeout=5
+            )
+            return reply
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)
+
+
+def claim_token_of(url_or_token: str) -> str:
+    """Accept a claim URL (…/claim/<token>) or the bare token."""
+    return url_or_token.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,135 @@
+"""fapiao verify: check an invoice's ledger receipt offline, with only the validators' public keys.
+
+    fapiao verify receipt.json                       # offline: nothing is contacted
+    fapiao verify --invoice-number N [--save F]      # fetch the receipts from a validator, then verify offline
+
+The receipt proves (RFC 6962 inclusion + quorum of validator signatures over the block header) that the
+transaction and its result are in a final block. For an invoice, the ISSUE receipt also carries the
+issuer-signed invoice bytes; the latest receipt gives its current state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+from fapiao.invoicing.v1 import invoice_pb2
+from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
+from fapiao_runtime.ledger_trust import ReceiptInvalid, parse_key_list, validator_keys_from_env, verify_receipt
+from google.protobuf import json_format
+
+from fapiao_cli import clients
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    verify = subparsers.add_parser("verify", help="verify a receipt file, or an invoice number, offline")
+    verify.add_argument("receipt", nargs="?", type=Path, help="receipt file (JSON or binary protobuf)")
+    verify.add_argument("--invoice-number", default="", help="fetch this invoice's receipts from a validator")
+    verify.add_argument("--save", type=Path, help="with --invoice-number: write the latest receipt here")
+    verify.add_argument("--validator-keys", default="", help="id:<b64 raw Ed25519 key>,... (default: the stack's)")
+    verify.set_defaults(handler=_verify)
+
+
+def _keys(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    if args.validator_keys:
+        return parse_key_list(args.validator_keys)
+    keys = validator_keys_from_env()
+    if not keys:
+        from fapiao_cli.local import load_stack_environment
+
+        load_stack_environment()
+        keys = validator_keys_from_env()
+    return keys
+
+
+def verify_invoice_receipts(
+    state: ledger_service_pb2.GetInvoiceStateResponse, keys
+) -> tuple[invoice_pb2.InvoiceBody, ledger_pb2.TransactionResult]:  # type: ignore[no-untyped-def]
+    """Verify the ISSUE and latest receipts offline; return the issued invoice body and the latest result.
+
+    Raises ReceiptInvalid when a receipt does not verify or the ISSUE was not accepted.
+    """
+    issued = verify_receipt(state.issue_receipt, keys)
+    if not issued.accepted or issued.type != ledger_pb2.TRANSACTION_TYPE_ISSUE:
+        raise ReceiptInvalid("NOT_ISSUED", "the ISSUE transaction was not accepted")
+    transaction = ledger_pb2.TransactionBody.FromString(
+        ledger_pb2.SignedTransaction.FromString(state.issue_receipt.transaction).body
+    )
+    body = invoice_pb2.InvoiceBody.FromString(transaction.issue.invoice.body)
+    latest = verify_receipt(state.receipt, keys) if state.receipt.header else issued
+    if latest.invoice_id != issued.invoice_id:
+        raise ReceiptInvalid("RECEIPT_RESULT_MISMATCH", "the receipts are about different invoices")
+    return body, latest
+
+
+def _verify(args: argparse.Namespace) -> int:
+    if bool(args.receipt) == bool(args.invoice_number):
+        print("fapiao: give a receipt file or --invoice-number (not both)")
+        return EXIT_USAGE
+    keys = _keys(args)
+    if not keys:
+        print("fapiao: no validator keys (use --validator-keys or FAPIAO_LEDGER_VALIDATOR_KEYS)")
+        return EXIT_USAGE
+    if args.receipt:
+        from ledger.verify import load_receipt
+
+        try:
+            receipt = load_receipt(args.receipt.read_bytes())
+            result = verify_receipt(receipt, keys)
+        except (OSError, ValueError) as exc:
+            print(f"fapiao: {exc}")
+            return EXIT_USAGE if not isinstance(exc, ReceiptInvalid) else EXIT_FAILED
+        print(json.dumps({"verified": True, "result": json_format.MessageToDict(result)}, ensure_ascii=False))
+        return EXIT_OK
+    try:
+        state = asyncio.run(_fetch(args.invoice_number))
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            print(json.dumps({"verified": False, "reason": "NOT_ON_LEDGER"}))
+            return EXIT_FAILED
+        print(f"fapiao: validator unreachable: {exc.code().name}")
+        return EXIT_UNREACHABLE
+    if args.save:
+        args.save.write_text(json_format.MessageToJson(state.receipt if state.receipt.header else state.issue_receipt))
+    try:
+        body, latest = verify_invoice_receipts(state, keys)
+    except ReceiptInvalid as exc:
+        print(json.dumps({"verified": False, "reason": exc.reason, "message": exc.message}))
+        return EXIT_FAILED
+    print(
+        json.dumps(
+            {
+                "verified": True,
+                "invoice_number": body.invoice_number,
+                "seller": body.seller.name,
+                "total_fen": body.total_fen,
+                "issue_date": body.issue_date,
+                "status": ledger_pb2.InvoiceLedgerStatus.Name(latest.state.status),
+                "chain": latest.chain_id,
+                "height": latest.height,
+            },
+            ensure_ascii=False,
+        )
+    )
+    return EXIT_OK
+
+
+async def _fetch(invoice_number: str) -> ledger_service_pb2.GetInvoiceStateResponse:
+    """Ask the validators in turn; the answer is verified offline, so any one will do."""
+    last_error: grpc.aio.AioRpcError | None = None
+    for stub in clients.ledgers():
+        try:
+            reply: ledger_service_pb2.GetInvoiceStateResponse = await stub.GetInvoiceState(
+                ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number), timeout=5
+            )
+            return reply
+        except grpc.aio.AioRpcError as exc:
+            last_error = exc
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise
+    assert last_error is not None
+    raise last_error
