@@ -15,9 +15,9 @@ from fapiao_runtime.ledger_client import LedgerResultWaiter, sign_transaction
 from fapiao_runtime.pki import write_pem_pair
 from fapiao_stack.harness import ServiceProcess, StackUnderTest
 from fapiao_stack.procs import free_port
+from ledger.devnet import SELLER_TAX_ID, LedgerNetwork, cancel
 from reimbursement.organisations import add_organisation
 
-from tests.ledger.network import SELLER_TAX_ID, LedgerNetwork, cancel
 from tests.reimbursement.conftest import MIGRATIONS
 from tests.reimbursement.support import Pki, new_invoice_number
 
