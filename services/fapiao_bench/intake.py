@@ -1,0 +1,180 @@
+"""payment_intake benchmarks against a real service process, Kafka and PostgreSQL.
+
+intake_grpc_payments_per_s: distinct RecordPayment calls committed per second (each with its outbox
+event), PAYMENTS calls with CONCURRENCY in flight over several channels, client in this process.
+intake_outbox_drain_s: time from the last commit until the relay has published every event.
+intake_webhook_p50_ms / _p99_ms: latency of signed, encrypted notifications sent at a steady
+WEBHOOK_RATE_PER_S for WEBHOOK_SECONDS (requests pre-signed so the client does not distort timing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from datetime import UTC, datetime
+
+import aiohttp
+import asyncpg
+import grpc
+from fapiao.payments.v1 import payment_intake_service_pb2 as service_pb2
+from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
+from fapiao_runtime.db import create_pool
+from fapiao_runtime.tax_id import uscc_check_char
+from fapiao_stack.harness import StackUnderTest
+from fapiao_stack.procs import free_port
+from google.protobuf.timestamp_pb2 import Timestamp
+from payment_intake import merchants
+from payment_intake.wechatpay import PlatformSigner, generate_apiv3_key, transaction_resource
+
+PAYMENTS = 20_000
+WARMUP = 1_000
+CONCURRENCY = 256
+CHANNELS = 4
+WEBHOOK_RATE_PER_S = 200
+WEBHOOK_SECONDS = 10
+MERCHANT_ID = "1230000109"
+
+
+def _request(transaction_id: str, success: Timestamp) -> service_pb2.RecordPaymentRequest:
+    return service_pb2.RecordPaymentRequest(
+        merchant_id=MERCHANT_ID,
+        transaction_id=transaction_id,
+        out_trade_no=f"o{transaction_id}",
+        amount_fen=2_599,
+        payer_total_fen=2_599,
+        currency="CNY",
+        success_time=success,
+        payer_openid=f"openid-{transaction_id[-6:]}",
+        trade_type="JSAPI",
+    )
+
+
+async def _grpc_throughput(port: int, run_id: str) -> float:
+    success = Timestamp()
+    success.FromDatetime(datetime.now(UTC))
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(CHANNELS)]
+    stubs = [service_grpc.PaymentIntakeServiceStub(c) for c in channels]
+    try:
+
+        async def drive(prefix: str, count: int) -> None:
+            next_index = 0
+
+            async def worker(slot: int) -> None:
+                nonlocal next_index
+                stub = stubs[slot % CHANNELS]
+                while next_index < count:
+                    index = next_index
+                    next_index += 1
+                    reply = await stub.RecordPayment(_request(f"{prefix}{index:08d}", success), timeout=30)
+                    assert not reply.duplicate
+
+            await asyncio.gather(*(worker(slot) for slot in range(CONCURRENCY)))
+
+        await drive(f"w{run_id}", WARMUP)
+        started = time.perf_counter()
+        await drive(f"b{run_id}", PAYMENTS)
+        return PAYMENTS / (time.perf_counter() - started)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def _outbox_drain_s(database_url: str, timeout_s: float = 60.0) -> float:
+    conn = await asyncpg.connect(database_url)
+    try:
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout_s:
+            if await conn.fetchval("SELECT count(*) FROM payment_intake.outbox WHERE sent_at IS NULL") == 0:
+                return time.perf_counter() - started
+            await asyncio.sleep(0.05)
+        raise TimeoutError("outbox not drained")
+    finally:
+        await conn.close()
+
+
+async def _webhook_latency(url: str, signer: PlatformSigner, apiv3_key: bytes) -> tuple[float, float, float]:
+    total = WEBHOOK_RATE_PER_S * WEBHOOK_SECONDS
+    bodies = [
+        signer.notification_body(
+            apiv3_key,
+            transaction_resource(
+                mchid=MERCHANT_ID, transaction_id=f"wh{i:08d}", out_trade_no=f"wh-o{i}", total_fen=1_000 + i, openid="o"
+            ),
+        )
+        for i in range(total)
+    ]
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def send(body: bytes) -> None:
+            delivery = signer.deliver(body)  # signed just before sending: the timestamp must be fresh
+            started = time.perf_counter()
+            async with session.post(url, data=delivery.body, headers=delivery.headers) as response:
+                answer = await response.json()
+                if response.status != 200:
+                    code = str(answer.get("code", response.status))
+                    failures[code] = failures.get(code, 0) + 1
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        origin = time.perf_counter()
+        tasks = []
+        for i, body in enumerate(bodies):
+            delay = origin + i / WEBHOOK_RATE_PER_S - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(send(body)))
+        await asyncio.gather(*tasks)
+    if failures:
+        raise RuntimeError(f"{failures} webhook deliveries failed")
+    latencies.sort()
+    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1], float(len(latencies))
+
+
+async def run(env: StackUnderTest) -> dict[str, float]:
+    secrets_key, webhook_port = secrets.token_bytes(32), free_port()
+    service = await env.start_service(
+        "payment_intake",
+        FAPIAO_WEBHOOK_PORT=str(webhook_port),
+        FAPIAO_SECRETS_KEY=secrets_key.hex(),
+        FAPIAO_PAYER_HASH_KEY=secrets.token_hex(32),
+        FAPIAO_LOG_LEVEL="WARNING",
+    )
+    try:
+        signer, apiv3_key = PlatformSigner.generate(), generate_apiv3_key()
+        pool = await create_pool(env.database_url, "payment_intake", min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                await merchants.register_merchant(
+                    conn,
+                    secrets_key,
+                    merchants.MerchantProfile(
+                        MERCHANT_ID,
+                        "深圳市基准测试有限公司",
+                        "9144030071526726X" + uscc_check_char("9144030071526726X"),
+                        "44",
+                        "3070401000000000000",
+                        "餐饮服务",
+                        600,
+                    ),
+                    apiv3_key=apiv3_key,
+                    platform_keys={signer.serial: signer.public_key_pem()},
+                )
+        finally:
+            await pool.close()
+        per_s = await _grpc_throughput(service.port, uuid.uuid4().hex[:6])
+        drain_s = await _outbox_drain_s(env.database_url)
+        url = f"http://127.0.0.1:{webhook_port}/v1/notify/wechatpay/{MERCHANT_ID}"
+        p50, p99, count = await _webhook_latency(url, signer, apiv3_key)
+    finally:
+        service.terminate()
+    return {
+        "intake_grpc_payments_per_s": per_s,
+        "intake_outbox_drain_s": drain_s,
+        "intake_webhook_p50_ms": p50,
+        "intake_webhook_p99_ms": p99,
+        "intake_webhook_requests": count,
+    }
