@@ -6,18 +6,23 @@ from aiohttp import web
 from fapiao_runtime.config import env_str
 from fapiao_runtime.logs import configure_logging
 from fapiao_runtime.metrics import serve_metrics
+from prometheus_client import REGISTRY
 
 from gateway.app import build_app
+from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 
 
 def main() -> None:
     configure_logging("gateway", env_str("FAPIAO_LOG_LEVEL", "INFO"))
     settings = GatewaySettings.from_env()
-    # The gateway's own metrics are on GET /metrics; the shared port carries the process-wide registry.
+    # GET /metrics and FAPIAO_METRICS_PORT (scraped by `fapiao status`) serve the same registry.
+    metrics = GatewayMetrics(REGISTRY)
     serve_metrics(settings.metrics_port)
     # No access log: claim and view URLs carry bearer tokens. The middleware records route templates instead.
-    web.run_app(build_app(settings), host=settings.http_host, port=settings.http_port, access_log=None, print=None)
+    web.run_app(
+        build_app(settings, metrics), host=settings.http_host, port=settings.http_port, access_log=None, print=None
+    )
 
 
 if __name__ == "__main__":

@@ -66,10 +66,14 @@ async def index(_: web.Request) -> web.Response:
     raise web.HTTPFound("/verify")
 
 
-def build_app(settings: GatewaySettings) -> web.Application:
-    """The gateway application; backend clients are opened on startup and closed on cleanup."""
+def build_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> web.Application:
+    """The gateway application; backend clients are opened on startup and closed on cleanup.
+
+    `metrics` defaults to a private registry (tests run several apps in one process); the process
+    entry point passes the default registry so FAPIAO_METRICS_PORT shows the same figures.
+    """
     app = web.Application(middlewares=[observe], client_max_size=MAX_REQUEST_BYTES)
-    metrics = GatewayMetrics()
+    metrics = metrics or GatewayMetrics()
     app[METRICS] = metrics
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:

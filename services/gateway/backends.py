@@ -131,7 +131,10 @@ class LedgerClient:
         for offset in range(len(self._stubs)):
             stub = self._stubs[(start + offset) % len(self._stubs)]
             try:
-                return await stub.GetInvoiceState(request, timeout=self._timeout_s)
+                answer: ledger_service_pb2.GetInvoiceStateResponse = await stub.GetInvoiceState(
+                    request, timeout=self._timeout_s
+                )
+                return answer
             except grpc.aio.AioRpcError as error:
                 errors.append(error)
                 if error.code() not in _TRY_NEXT:

@@ -15,12 +15,12 @@ import functools
 import hashlib
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import segno
 from fapiao.invoicing.v1 import invoice_pb2
-from fontTools.ttLib import TTFont
+from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
 from fpdf import FPDF
 
 from gateway.money import yuan_text
@@ -50,7 +50,7 @@ class PdfFont:
     """A font file (or None for the core font) and the code points it can draw."""
 
     path: str | None
-    codepoints: frozenset[int]
+    codepoints: frozenset[int] = field(repr=False)
 
     @property
     def has_cjk(self) -> bool:
@@ -118,7 +118,11 @@ class _Writer:
     def row(self, cells: list[tuple[str, float, str]], size: float = 9) -> None:
         self.pdf.set_font(self.family, size=size)
         for value, width, align in cells:
-            self.pdf.cell(width, 6, self.text(value), border=1, align=align)
+            text = self.text(value)
+            # Cut what does not fit the column rather than overprint the next one.
+            while len(text) > 1 and self.pdf.get_string_width(text) > width - 2:
+                text = text[:-2] + "…" if self.font.path is not None else text[:-2] + "."
+            self.pdf.cell(width, 6, text, border=1, align=align)
         self.pdf.ln(6)
 
 
@@ -145,7 +149,7 @@ def render_invoice_pdf(invoice: invoice_pb2.Invoice, preferred_font: str = "") -
     writer.row([(name, w, "C") for name, w in zip(header, widths, strict=True)])
     for item in body.lines:
         values = (
-            item.name[:40],
+            item.name,
             str(item.quantity),
             yuan_text(item.unit_price_fen),
             yuan_text(item.amount_fen),

@@ -182,3 +182,36 @@ def test_pdf_text_replaces_undrawable_characters_losslessly() -> None:
 )
 def test_minting_reasons_land_next_to_their_field(reason: str, message: str, field: str | None) -> None:
     assert field_for(InvalidArgument(reason, message)) == field
+
+
+def test_pdf_renders_chinese_names_with_or_without_a_cjk_font(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fapiao.invoicing.v1 import invoice_pb2
+    from gateway import pdf as pdf_module
+
+    from tests.gateway.fake_backends import SELLER
+    from tests.gateway.ledger_world import LedgerWorld
+
+    line = invoice_pb2.InvoiceLine(
+        name="餐饮服务 and a very long item name that cannot fit its column",
+        quantity=1,
+        unit_price_fen=11200,
+        amount_fen=10566,
+        tax_rate_bp=600,
+        tax_fen=634,
+        total_fen=11200,
+    )
+    invoice = LedgerWorld().build_invoice(
+        merchant_id="m1", seller=SELLER, buyer=invoice_pb2.Party(name="张三"), lines=[line], issue_date="20261124"
+    )
+    invoice.status = invoice_pb2.INVOICE_STATUS_ISSUED
+    rendered = pdf_module.render_invoice_pdf(invoice)
+    assert rendered.startswith(b"%PDF-") and b"/Subtype /Image" in rendered
+    # No font files at all: the core font and code points, never an exception.
+    monkeypatch.setattr(pdf_module, "CJK_FONT_CANDIDATES", ())
+    monkeypatch.setattr(pdf_module, "LATIN_FONT_CANDIDATES", ())
+    pdf_module.choose_font.cache_clear()
+    try:
+        assert pdf_module.choose_font().path is None
+        assert pdf_module.render_invoice_pdf(invoice).startswith(b"%PDF-")
+    finally:
+        pdf_module.choose_font.cache_clear()
