@@ -57,6 +57,19 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
         async def result_handler(conn, envelope):  # type: ignore[no-untyped-def]
             await on_result(conn, envelope, deps.producer)
 
+        # Several members of one consumer group: each takes some payment partitions, so offers are
+        # created in parallel transactions while each partition (one merchant's order) stays ordered.
+        payment_consumers = [
+            EventConsumer(
+                bootstrap=cfg.kafka_bootstrap,
+                topics=[cfg.topic(PAYMENTS.name)],
+                group_id=f"{cfg.service_name}.payments",
+                pool=ctx.pool,
+                handler=payment_handler,
+                consumer_name=f"{cfg.service_name}.payments",
+            )
+            for _ in range(settings.payment_consumers)
+        ]
         consumers = [
             EventConsumer(
                 bootstrap=cfg.kafka_bootstrap,
@@ -65,13 +78,7 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
                 pool=ctx.pool,
                 handler=merchant_handler,
             ),
-            EventConsumer(
-                bootstrap=cfg.kafka_bootstrap,
-                topics=[cfg.topic(PAYMENTS.name)],
-                group_id=f"{cfg.service_name}.payments",
-                pool=ctx.pool,
-                handler=payment_handler,
-            ),
+            *payment_consumers,
             EventConsumer(
                 bootstrap=cfg.kafka_bootstrap,
                 topics=[cfg.topic(LEDGER_RESULTS.name)],

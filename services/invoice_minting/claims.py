@@ -132,6 +132,7 @@ async def mint_claims(
     for item in to_mint:
         by_region[item[1]["region_code"]].append(item)
     new_invoices: list[NewInvoice] = []
+    refunded: set[uuid.UUID] = set()
     events = []
     for region in sorted(by_region):  # counters locked in a fixed order: no deadlocks between batches
         group = by_region[region]
@@ -177,6 +178,7 @@ async def mint_claims(
         # part is reversed at once by a red letter (ordered after the ISSUE on the same ledger key).
         for _, row, inv in to_mint:
             if row["refunded_fen"] > 0:
+                refunded.add(inv)
                 await red_letter.reverse(
                     conn,
                     deps,
@@ -188,8 +190,16 @@ async def mint_claims(
                     request_hash=hashlib.sha256(str(row["refunded_fen"]).encode()).digest(),
                     now=now,
                 )
-    wanted = [o for o in outcomes if isinstance(o, uuid.UUID)]
-    found = await invoices_by_id(conn, wanted) if wanted else {}
+    # Fresh invoices are PENDING with nothing reversed yet: answer from memory, not from another query.
+    found = {
+        n.invoice_id: invoice_pb2.Invoice(
+            signed=n.signed, body=n.body, status=invoice_pb2.INVOICE_STATUS_PENDING, reimbursable_fen=n.body.total_fen
+        )
+        for n in new_invoices
+    }
+    reread = [o for o in outcomes if isinstance(o, uuid.UUID) and (o not in found or o in refunded)]
+    if reread:
+        found.update(await invoices_by_id(conn, reread))
     return [found[o] if isinstance(o, uuid.UUID) else o for o in outcomes]  # type: ignore[misc]
 
 

@@ -176,9 +176,11 @@ class InvoiceMintingServicer:
             raise NotFound("OFFER_NOT_FOUND", "no claim offer for this payment")
         token = self._deps.box.open(row["token_sealed"], row["offer_id"].bytes).decode()
         url = claim_url(self._deps.settings.claim_base_url, token)
-        return api.GetClaimOfferByPaymentResponse(
-            offer=_offer_proto(row), claim_url=url, claim_qr_png=qr_png(url), claim_qr_svg=qr_svg(url)
-        )
+        response = api.GetClaimOfferByPaymentResponse(offer=_offer_proto(row), claim_url=url)
+        if not request.omit_qr_code:
+            response.claim_qr_png = qr_png(url)
+            response.claim_qr_svg = qr_svg(url)
+        return response
 
     async def RotateIssuerKey(
         self, request: api.RotateIssuerKeyRequest, context: object

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fapiao_runtime.config import env_bool, env_int, env_str
-from fapiao_runtime.topics import LEDGER_TRANSACTIONS
+from fapiao_runtime.topics import LEDGER_TRANSACTIONS, PAYMENTS
 
 from invoice_minting.invoice_format import CHANNEL_CODE
 
@@ -18,6 +18,7 @@ class MintingSettings:
     channel: 5th digit of invoice numbers (issuing channel).
     ledger_partitions: partitions of ledger.tx.v1; key registrations go to each.
     claim_workers / claim_batch_max / claim_queue_max: the group-commit claim pipeline's bounds.
+    payment_consumers: members of the payments consumer group in this process (parallel offer creation).
     """
 
     secrets_key_text: str
@@ -32,6 +33,7 @@ class MintingSettings:
     claim_workers: int
     claim_batch_max: int
     claim_queue_max: int
+    payment_consumers: int = PAYMENTS.partitions
 
     @classmethod
     def from_env(cls) -> MintingSettings:
@@ -48,6 +50,7 @@ class MintingSettings:
             claim_workers=env_int("FAPIAO_CLAIM_WORKERS", 2),
             claim_batch_max=env_int("FAPIAO_CLAIM_BATCH_MAX", 200),
             claim_queue_max=env_int("FAPIAO_CLAIM_QUEUE_MAX", 20_000),
+            payment_consumers=env_int("FAPIAO_PAYMENT_CONSUMERS", PAYMENTS.partitions),
         )
         settings.check()
         return settings
@@ -62,6 +65,8 @@ class MintingSettings:
             raise ValueError("FAPIAO_LEDGER_PARTITIONS must be 1..1024")
         if not 1 <= self.claim_workers <= 64 or not 1 <= self.claim_batch_max <= 1000:
             raise ValueError("FAPIAO_CLAIM_WORKERS must be 1..64 and FAPIAO_CLAIM_BATCH_MAX 1..1000")
+        if not 1 <= self.payment_consumers <= 64:
+            raise ValueError("FAPIAO_PAYMENT_CONSUMERS must be 1..64")
         if not 1 <= self.claim_queue_max <= 1_000_000:
             raise ValueError("FAPIAO_CLAIM_QUEUE_MAX must be 1..1000000")
         if not self.claim_base_url.startswith(("http://", "https://")):

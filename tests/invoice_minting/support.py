@@ -100,14 +100,16 @@ class MintingUnderTest:
         await self.send(PAYMENTS.name, envelope)
 
     async def claim_url(
-        self, merchant_id: str, payment_id: str, timeout_s: float = 20
+        self, merchant_id: str, payment_id: str, timeout_s: float = 20, omit_qr_code: bool = False
     ) -> api.GetClaimOfferByPaymentResponse:
         """Wait until the payment's offer exists; return it with its claim URL."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 return await self.stub.GetClaimOfferByPayment(
-                    api.GetClaimOfferByPaymentRequest(merchant_id=merchant_id, payment_id=payment_id)
+                    api.GetClaimOfferByPaymentRequest(
+                        merchant_id=merchant_id, payment_id=payment_id, omit_qr_code=omit_qr_code
+                    )
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
@@ -115,7 +117,7 @@ class MintingUnderTest:
             await asyncio.sleep(0.1)
 
     async def token(self, merchant_id: str, payment_id: str) -> str:
-        return (await self.claim_url(merchant_id, payment_id)).claim_url.rsplit("/", 1)[1]
+        return (await self.claim_url(merchant_id, payment_id, omit_qr_code=True)).claim_url.rsplit("/", 1)[1]
 
     async def wait_merchant_key(self, merchant_id: str, timeout_s: float = 20) -> list[api.IssuerKey]:
         deadline = time.monotonic() + timeout_s
