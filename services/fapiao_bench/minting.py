@@ -121,7 +121,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
                 response = await stubs[i % CHANNELS].GetClaimOfferByPayment(
                     api.GetClaimOfferByPaymentRequest(merchant_id=merchant_id, payment_id=payment_id, omit_qr_code=True)
                 )
-            return response.claim_url.rsplit("/", 1)[1]
+            return str(response.claim_url).rsplit("/", 1)[1]
 
         tokens = await asyncio.gather(*(token_of(i, m, p) for i, (m, p) in enumerate(payments)))
         latencies: list[float] = []
