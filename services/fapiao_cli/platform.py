@@ -28,6 +28,8 @@ class NotificationOutcome:
     answer: dict[str, object]
     transaction_id: str
     out_trade_no: str
+    # The exact notification body, for a redelivery (which the platform sends with a fresh nonce).
+    body: bytes = b""
 
     @property
     def accepted(self) -> bool:
@@ -80,7 +82,12 @@ class PaymentPlatform:
         )
         body = self.signer.notification_body(self.credentials.apiv3_key.encode(), resource)
         status, answer = await self._post(session, body)
-        return NotificationOutcome(status, answer, transaction_id, out_trade_no)
+        return NotificationOutcome(status, answer, transaction_id, out_trade_no, body)
+
+    async def redeliver(self, session: aiohttp.ClientSession, earlier: NotificationOutcome) -> NotificationOutcome:
+        """Send the same notification again, as the platform does until it gets a 2xx (new nonce, new time)."""
+        status, answer = await self._post(session, earlier.body)
+        return NotificationOutcome(status, answer, earlier.transaction_id, earlier.out_trade_no, earlier.body)
 
     async def refund(
         self,

@@ -18,6 +18,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     status = subparsers.add_parser("status", help="health and consumer lag of every process")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
+    demo = subparsers.add_parser("demo", help="start the stack, walk the end-to-end story, stop the stack")
+    demo.add_argument("--keep-running", action="store_true", help="leave the stack running afterwards")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fapiao_cli.demo import run_demo
+
+    return run_demo(keep_running=args.keep_running)
 
 
 def _up(args: argparse.Namespace) -> int:
