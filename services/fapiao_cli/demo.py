@@ -19,21 +19,21 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import grpc
-
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as reimb
+from fapiao_runtime.errors import reason_of
+from fapiao_runtime.ledger_trust import ReceiptInvalid, quorum_for, validator_keys_from_env
+from fapiao_runtime.pki import issue_organisation_certificate, read_pem_pair, write_pem_pair
+from fapiao_runtime.tax_id import uscc_check_char
+from fapiao_stack.paths import REPO_ROOT
+
 from fapiao_cli import clients
 from fapiao_cli.commands.claim import claim_invoice, wait_until_committed
 from fapiao_cli.commands.merchant import register_merchant
 from fapiao_cli.commands.verify import verify_invoice_receipts
 from fapiao_cli.local import PKI_DIR, gateway_url, load_stack_environment
 from fapiao_cli.platform import PaymentPlatform
-from fapiao_runtime.errors import reason_of
-from fapiao_runtime.ledger_trust import ReceiptInvalid, quorum_for, validator_keys_from_env
-from fapiao_runtime.pki import issue_organisation_certificate, read_pem_pair, write_pem_pair
-from fapiao_runtime.tax_id import uscc_check_char
-from fapiao_stack.paths import REPO_ROOT
 
 DEMO_DIR = REPO_ROOT / "build" / "demo"
 
@@ -97,6 +97,19 @@ async def _status_everywhere(invoice_number: str, status: int) -> bool:
         return False
 
 
+def _lock(stub, number: str):  # type: ignore[no-untyped-def]
+    """LockInvoice with a fresh idempotency key (a new request, not a retry)."""
+    return stub.LockInvoice(
+        reimb.LockInvoiceRequest(invoice_number=number, idempotency_key=str(uuid.uuid4())), timeout=15
+    )
+
+
+def _close(stub, number: str):  # type: ignore[no-untyped-def]
+    return stub.CloseInvoice(
+        reimb.CloseInvoiceRequest(invoice_number=number, idempotency_key=str(uuid.uuid4())), timeout=15
+    )
+
+
 async def _rpc(call: Awaitable[object]) -> tuple[grpc.StatusCode, str, object]:
     try:
         reply = await call
@@ -134,7 +147,7 @@ async def walk(story: Story) -> None:
         companies[label] = (name, tax_id)
         story.say(f"company {label}: {name} ({tax_id}), certificate {PKI_DIR / f'org-{tax_id}.crt'}")
     name_a, tax_a = companies["A"]
-    name_b, tax_b = companies["B"]
+    tax_b = companies["B"][1]
 
     platform = PaymentPlatform.for_merchant(merchant_id, gateway_url())
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -176,11 +189,11 @@ async def walk(story: Story) -> None:
         receipt = states[0].issue_receipt
         header = ledger_pb2.BlockHeader.FromString(receipt.header)
         keys = validator_keys_from_env()
-        story.say(f"chain {header.chain_id}, block height {header.height}, {header.transaction_count} transaction(s);"
-                  f" signed by {len(receipt.signatures)} of {len(keys)} validators (quorum {quorum_for(len(keys))})")  # fmt: skip
+        signers = f"signed by {len(receipt.signatures)} of {len(keys)} validators (quorum {quorum_for(len(keys))})"
+        story.say(f"chain {header.chain_id}, block height {header.height}, {header.transaction_count} tx; {signers}")
 
         story.title("The receipt is verified offline with only the validators' public keys")
-        body, latest = verify_invoice_receipts(states[0], keys)
+        body, _ = verify_invoice_receipts(states[0], keys)
         story.check(body.invoice_number == number, "the receipt carries the issuer-signed invoice and verifies")
         tampered = ledger_pb2.Receipt()
         tampered.CopyFrom(receipt)
@@ -206,22 +219,22 @@ async def walk(story: Story) -> None:
                     f"reimbursable {_yuan(verified.reimbursable_fen)}")  # fmt: skip
 
         story.title("Company B tries to lock A's invoice")
-        code, reason, _ = await _rpc(b.LockInvoice(reimb.LockInvoiceRequest(invoice_number=number, idempotency_key=str(uuid.uuid4())), timeout=15))  # fmt: skip
+        code, reason, _ = await _rpc(_lock(b, number))
         story.check(code == grpc.StatusCode.PERMISSION_DENIED, f"refused: {code.name} {reason}")
 
         story.title("Company A locks it, then closes it (reimbursed)")
-        code, reason, reply = await _rpc(a.LockInvoice(reimb.LockInvoiceRequest(invoice_number=number, idempotency_key=str(uuid.uuid4())), timeout=15))  # fmt: skip
+        code, reason, reply = await _rpc(_lock(a, number))
         story.check(code == grpc.StatusCode.OK, f"locked ({code.name} {reason})")
         story.say(f"LOCK committed at chain {reply.outcome.ledger_chain_id} height {reply.outcome.ledger_height}")  # type: ignore[attr-defined]
-        code, reason, reply = await _rpc(a.CloseInvoice(reimb.CloseInvoiceRequest(invoice_number=number, idempotency_key=str(uuid.uuid4())), timeout=15))  # fmt: skip
+        code, reason, reply = await _rpc(_close(a, number))
         story.check(code == grpc.StatusCode.OK, f"closed ({code.name} {reason})")
         ok = await _eventually(lambda: _status_everywhere(number, ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED), 15)
         story.check(ok, "every validator holds the invoice as CLOSED (reimbursed)")
 
         story.title("Nobody can reimburse it again")
-        code, reason, _ = await _rpc(a.CloseInvoice(reimb.CloseInvoiceRequest(invoice_number=number, idempotency_key=str(uuid.uuid4())), timeout=15))  # fmt: skip
+        code, reason, _ = await _rpc(_close(a, number))
         story.check(code == grpc.StatusCode.FAILED_PRECONDITION, f"a second close is refused: {code.name} {reason}")
-        code, reason, _ = await _rpc(a.LockInvoice(reimb.LockInvoiceRequest(invoice_number=number, idempotency_key=str(uuid.uuid4())), timeout=15))  # fmt: skip
+        code, reason, _ = await _rpc(_lock(a, number))
         story.check(code == grpc.StatusCode.FAILED_PRECONDITION, f"a second lock is refused: {code.name} {reason}")
 
         story.title("A second payment is claimed by a person, then refunded: it becomes a red-letter invoice")

@@ -15,7 +15,14 @@ from pathlib import Path
 from fapiao_runtime.pki import create_ca, issue_server_certificate, read_pem_pair, write_pem_pair
 
 from fapiao_stack.keys import ensure_local_keys, validator_env
-from fapiao_stack.services import LEDGER_VALIDATORS, REIMBURSEMENT_TLS_PORT, ServiceSpec, local_services
+from fapiao_stack.services import (
+    GATEWAY_PORT,
+    INTAKE_WEBHOOK_PORT,
+    LEDGER_VALIDATORS,
+    REIMBURSEMENT_TLS_PORT,
+    ServiceSpec,
+    local_services,
+)
 
 SECRET_VARIABLES = ("FAPIAO_SECRETS_KEY", "FAPIAO_PAYER_HASH_KEY", "FAPIAO_GATEWAY_SECRET")
 
@@ -67,6 +74,11 @@ def stack_environment(run_dir: Path, kafka_bootstrap: str, database_url: str) ->
             "FAPIAO_KAFKA_BOOTSTRAP": kafka_bootstrap,
             "DATABASE_URL": database_url,
             "FAPIAO_LEDGER_ENDPOINTS": ledger_endpoints(),
+            "FAPIAO_CLAIM_BASE_URL": f"http://127.0.0.1:{GATEWAY_PORT}/claim",
+            "FAPIAO_INTAKE_WEBHOOK_URL": f"http://127.0.0.1:{INTAKE_WEBHOOK_PORT}",
+            "FAPIAO_MINTING_ENDPOINT": next(
+                f"127.0.0.1:{s.port}" for s in local_services() if s.module == "invoice_minting"
+            ),
             "FAPIAO_RUN_DIR": str(run_dir),
             "PYTHONUNBUFFERED": "1",
         }

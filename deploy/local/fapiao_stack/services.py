@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-KAFKA_PORT = 19092
-KAFKA_CONTROLLER_PORT = 19093
-POSTGRES_PORT = 15432
+# FAPIAO_PORT_OFFSET shifts every port of the local stack, so a second stack (a test run of the CLI,
+# say) can run beside `make up` on the same machine.
+PORT_OFFSET = int(os.environ.get("FAPIAO_PORT_OFFSET", "0") or 0)
+KAFKA_PORT = 19092 + PORT_OFFSET
+KAFKA_CONTROLLER_PORT = 19093 + PORT_OFFSET
+POSTGRES_PORT = 15432 + PORT_OFFSET
 LEDGER_VALIDATORS = 4
-INTAKE_WEBHOOK_PORT = 8081
-REIMBURSEMENT_TLS_PORT = 50054
+INTAKE_WEBHOOK_PORT = 8081 + PORT_OFFSET
+REIMBURSEMENT_TLS_PORT = 50054 + PORT_OFFSET
+GATEWAY_PORT = 8080 + PORT_OFFSET
 
 
 @dataclass(frozen=True)
@@ -38,17 +43,21 @@ def local_services() -> list[ServiceSpec]:
         ServiceSpec(
             "payment_intake",
             "payment_intake",
-            50051,
+            50051 + PORT_OFFSET,
             env={"FAPIAO_WEBHOOK_PORT": str(INTAKE_WEBHOOK_PORT)},
-            metrics_port=9101,
+            metrics_port=9101 + PORT_OFFSET,
         )
     ]
     for index in range(1, LEDGER_VALIDATORS + 1):
-        specs.append(ServiceSpec(f"ledger-{index}", "ledger", 50060 + index, metrics_port=9110 + index))
+        specs.append(
+            ServiceSpec(
+                f"ledger-{index}", "ledger", 50060 + index + PORT_OFFSET, metrics_port=9110 + index + PORT_OFFSET
+            )
+        )
     specs += [
-        ServiceSpec("invoice_minting", "invoice_minting", 50052, metrics_port=9102),
-        ServiceSpec("reimbursement", "reimbursement", 50053, metrics_port=9103),
-        ServiceSpec("gateway", "gateway", 8080, health="http", metrics_port=9104),
+        ServiceSpec("invoice_minting", "invoice_minting", 50052 + PORT_OFFSET, metrics_port=9102 + PORT_OFFSET),
+        ServiceSpec("reimbursement", "reimbursement", 50053 + PORT_OFFSET, metrics_port=9103 + PORT_OFFSET),
+        ServiceSpec("gateway", "gateway", GATEWAY_PORT, health="http", metrics_port=9104 + PORT_OFFSET),
     ]
     return specs
 
