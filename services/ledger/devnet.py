@@ -61,14 +61,18 @@ def issue(
     )
 
 
-def reimburse(key: SigningKey, kind: int, invoice_id: str, organisation: str) -> ledger_pb2.SignedTransaction:
+def reimburse(
+    key: SigningKey, kind: ledger_pb2.TransactionType.ValueType, invoice_id: str, organisation: str
+) -> ledger_pb2.SignedTransaction:
     body = ledger_pb2.TransactionBody(transaction_id=str(uuid.uuid4()), type=kind, invoice_id=invoice_id)
-    action = {
-        T.TRANSACTION_TYPE_LOCK: body.lock,
-        T.TRANSACTION_TYPE_UNLOCK: body.unlock,
-        T.TRANSACTION_TYPE_CLOSE: body.close,
-    }[kind]
-    action.organisation_tax_id = organisation
+    if kind == T.TRANSACTION_TYPE_LOCK:
+        body.lock.organisation_tax_id = organisation
+    elif kind == T.TRANSACTION_TYPE_UNLOCK:
+        body.unlock.organisation_tax_id = organisation
+    elif kind == T.TRANSACTION_TYPE_CLOSE:
+        body.close.organisation_tax_id = organisation
+    else:
+        raise ValueError("not a reimbursement transaction type")
     return sign_transaction(body, key)
 
 
@@ -96,7 +100,9 @@ def partial(key: SigningKey, invoice_id: str, amount_fen: int) -> ledger_pb2.Sig
     )
 
 
-def registration(key: SigningKey, role: int, subject: str, revoked: bool = False) -> ledger_pb2.KeyRegistration:
+def registration(
+    key: SigningKey, role: ledger_pb2.SubmitterRole.ValueType, subject: str, revoked: bool = False
+) -> ledger_pb2.KeyRegistration:
     return ledger_pb2.KeyRegistration(
         key_id=key.key_id,
         public_key=key.public_raw,
@@ -145,7 +151,7 @@ class LedgerNetwork:
 
     async def start_validator(self, index: int) -> ServiceProcess:
         env = {**self.env, **validator_env(self.run_dir, self.validators, index), **self.extra_env}
-        process = await self.stack.start_service("ledger", **env)
+        process = await self.stack.start_service("ledger", **env)  # type: ignore[arg-type]
         self.processes[index] = process
         return process
 

@@ -76,7 +76,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         while True:
             async with self._pool.acquire() as conn:
                 tip = await reads.final_tip(conn, request.chain_id)
-                blocks = []
+                blocks: list[ledger_pb2.Block] = []
                 while height <= tip and len(blocks) < 50:
                     block = await reads.load_block(conn, request.chain_id, height)
                     if block is None or not block.final:

@@ -75,121 +75,128 @@ async def fetch_claimed_ids(conn: asyncpg.Connection, transaction_ids: list[str]
     return {r["transaction_id"] for r in rows}
 
 
-async def commit_block(
-    pool: asyncpg.Pool, block: CutBlock, validator_id: str, own_signature: ledger_pb2.BlockSignature
-) -> bool:
-    """Store the block, its transactions, results, new states, registrations, own signature and the
-    chain position in one transaction. False if the identical block was already stored; raises
-    HeaderConflict if a different header is stored for that height (never sign two headers)."""
+async def commit_blocks(
+    pool: asyncpg.Pool, blocks: list[tuple[CutBlock, ledger_pb2.BlockSignature]], validator_id: str
+) -> None:
+    """Store blocks (in chain order) in ONE transaction: all of them or none.
+
+    Each block brings its transactions, results, new states, registrations, own signature and the
+    chain position, so a crash never leaves half a block. Raises HeaderConflict if a different header
+    is already stored for a height (a validator never signs two headers for one height).
+    """
     async with pool.acquire() as conn, conn.transaction():
-        inserted = await conn.fetchval(
-            "INSERT INTO blocks (chain_id, height, header, header_hash, transaction_count, next_offset)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
-            block.chain_id,
-            block.height,
-            block.header_bytes,
-            block.header_hash,
-            len(block.transactions),
-            block.next_offset,
+        for block, signature in blocks:
+            await _insert_block(conn, block, validator_id, signature)
+
+
+async def _insert_block(
+    conn: asyncpg.Connection, block: CutBlock, validator_id: str, own_signature: ledger_pb2.BlockSignature
+) -> bool:
+    inserted = await conn.fetchval(
+        "INSERT INTO blocks (chain_id, height, header, header_hash, transaction_count, next_offset)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
+        block.chain_id,
+        block.height,
+        block.header_bytes,
+        block.header_hash,
+        len(block.transactions),
+        block.next_offset,
+    )
+    if not inserted:
+        stored = await conn.fetchval(
+            "SELECT header_hash FROM blocks WHERE chain_id = $1 AND height = $2", block.chain_id, block.height
         )
-        if not inserted:
-            stored = await conn.fetchval(
-                "SELECT header_hash FROM blocks WHERE chain_id = $1 AND height = $2", block.chain_id, block.height
+        if bytes(stored) != block.header_hash:
+            raise HeaderConflict(f"chain {block.chain_id} height {block.height} already has another header")
+        return False
+    await conn.copy_records_to_table(
+        "transactions",
+        records=[
+            (
+                block.chain_id,
+                block.height,
+                i,
+                o.transaction_id,
+                o.invoice_id,
+                block.offsets[i],
+                o.result.accepted,
+                claims_id(o),
+                o.result.rejection_reason == DUPLICATE_TRANSACTION,
+                block.transactions[i],
+                block.results[i],
             )
-            if bytes(stored) != block.header_hash:
-                raise HeaderConflict(f"chain {block.chain_id} height {block.height} already has another header")
-            return False
-        await conn.copy_records_to_table(
-            "transactions",
-            records=[
+            for i, o in enumerate(block.outcomes)
+        ],
+        columns=[
+            "chain_id",
+            "height",
+            "idx",
+            "transaction_id",
+            "invoice_id",
+            "kafka_offset",
+            "accepted",
+            "claims_id",
+            "duplicate",
+            "tx_bytes",
+            "result_bytes",
+        ],
+    )
+    issue_ids = {
+        o.invoice_id: o.transaction_id
+        for o in block.outcomes
+        if o.result.accepted and o.result.type == T.TRANSACTION_TYPE_ISSUE
+    }
+    if block.states:
+        await conn.executemany(
+            "INSERT INTO invoice_states (invoice_id, chain_id, invoice_number, issue_transaction_id,"
+            " last_transaction_id, state, height) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            " ON CONFLICT (invoice_id) DO UPDATE SET last_transaction_id = EXCLUDED.last_transaction_id,"
+            " state = EXCLUDED.state, height = EXCLUDED.height",
+            [
+                (
+                    invoice_id,
+                    block.chain_id,
+                    state.invoice_number,
+                    issue_ids.get(invoice_id, ""),
+                    state.last_transaction_id,
+                    state.SerializeToString(deterministic=True),
+                    block.height,
+                )
+                for invoice_id, state in block.states.items()
+            ],
+        )
+    if block.registrations:
+        await conn.executemany(
+            "INSERT INTO submitter_keys (chain_id, key_id, public_key, role, subject, revoked, registration_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain_id, key_id) DO UPDATE SET"
+            " revoked = EXCLUDED.revoked, registration_id = EXCLUDED.registration_id",
+            [
                 (
                     block.chain_id,
-                    block.height,
-                    i,
-                    o.transaction_id,
-                    o.invoice_id,
-                    block.offsets[i],
-                    o.result.accepted,
-                    claims_id(o),
-                    o.result.rejection_reason == DUPLICATE_TRANSACTION,
-                    block.transactions[i],
-                    block.results[i],
+                    r.key.key_id,
+                    r.key.public_raw,
+                    r.key.role,
+                    r.key.subject,
+                    r.key.revoked,
+                    r.registration_id,
                 )
-                for i, o in enumerate(block.outcomes)
-            ],
-            columns=[
-                "chain_id",
-                "height",
-                "idx",
-                "transaction_id",
-                "invoice_id",
-                "kafka_offset",
-                "accepted",
-                "claims_id",
-                "duplicate",
-                "tx_bytes",
-                "result_bytes",
+                for r in block.registrations
             ],
         )
-        issue_ids = {
-            o.invoice_id: o.transaction_id
-            for o in block.outcomes
-            if o.result.accepted and o.result.type == T.TRANSACTION_TYPE_ISSUE
-        }
-        if block.states:
-            await conn.executemany(
-                "INSERT INTO invoice_states (invoice_id, chain_id, invoice_number, issue_transaction_id,"
-                " last_transaction_id, state, height) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                " ON CONFLICT (invoice_id) DO UPDATE SET last_transaction_id = EXCLUDED.last_transaction_id,"
-                " state = EXCLUDED.state, height = EXCLUDED.height",
-                [
-                    (
-                        invoice_id,
-                        block.chain_id,
-                        state.invoice_number,
-                        issue_ids.get(invoice_id, ""),
-                        state.last_transaction_id,
-                        state.SerializeToString(deterministic=True),
-                        block.height,
-                    )
-                    for invoice_id, state in block.states.items()
-                ],
-            )
-        if block.registrations:
-            await conn.executemany(
-                "INSERT INTO submitter_keys (chain_id, key_id, public_key, role, subject, revoked, registration_id)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain_id, key_id) DO UPDATE SET"
-                " revoked = EXCLUDED.revoked, registration_id = EXCLUDED.registration_id",
-                [
-                    (
-                        block.chain_id,
-                        r.key.key_id,
-                        r.key.public_raw,
-                        r.key.role,
-                        r.key.subject,
-                        r.key.revoked,
-                        r.registration_id,
-                    )
-                    for r in block.registrations
-                ],
-            )
-            await conn.executemany(
-                "INSERT INTO key_registrations (chain_id, registration_id, kafka_offset, height, signed_bytes)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                [
-                    (block.chain_id, r.registration_id, r.offset, block.height, r.signed_bytes)
-                    for r in block.registrations
-                ],
-            )
-        await conn.execute(
-            "INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            block.chain_id,
-            block.height,
-            validator_id,
-            block.header_hash,
-            own_signature.signature.signature,
+        await conn.executemany(
+            "INSERT INTO key_registrations (chain_id, registration_id, kafka_offset, height, signed_bytes)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            [(block.chain_id, r.registration_id, r.offset, block.height, r.signed_bytes) for r in block.registrations],
         )
+    await conn.execute(
+        "INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        block.chain_id,
+        block.height,
+        validator_id,
+        block.header_hash,
+        own_signature.signature.signature,
+    )
     return True
 
 

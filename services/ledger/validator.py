@@ -37,7 +37,7 @@ from prometheus_client import Counter, Gauge
 from ledger import store
 from ledger.chain import ChainExecutor, CutBlock
 from ledger.config import LedgerConfig
-from ledger.state_machine import ParsedTransaction, parse_transaction
+from ledger.state_machine import DUPLICATE_TRANSACTION, ParsedTransaction, parse_transaction
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +186,21 @@ class Validator:
     ) -> None:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=100, max_records=FETCH_MAX_RECORDS)
+            blocks: list[CutBlock] = []
             for tp, records in batch.items():
-                await self._apply_batch(self.chains[tp.partition], [_decode(r.offset, r.value) for r in records])
+                blocks += await self._apply_batch(
+                    self.chains[tp.partition], [_decode(r.offset, r.value) for r in records]
+                )
+            if blocks:
+                await self._commit(blocks)
             if not batch and not self.caught_up.is_set():
                 ends = await consumer.end_offsets(list(tps.values()))
                 positions = [await consumer.position(tp) for tp in tps.values()]
                 if all(pos >= ends[tp] for pos, tp in zip(positions, tps.values(), strict=True)):
                     self.caught_up.set()
 
-    async def _apply_batch(self, chain: ChainExecutor, records: list[_Record]) -> None:
+    async def _apply_batch(self, chain: ChainExecutor, records: list[_Record]) -> list[CutBlock]:
+        """Execute a fetched batch of one chain; return the blocks it completed (not yet stored)."""
         invoice_ids = {r.aggregate_id for r in records if r.kind == "tx" and r.aggregate_id}
         tx_ids = {r.tx.body.transaction_id for r in records if r.tx is not None and r.tx.body is not None}
         missing_invoices = chain.missing_invoices(invoice_ids)
@@ -208,6 +214,7 @@ class Validator:
                 states = await store.fetch_states(conn, missing_invoices)
                 claimed = await store.fetch_claimed_ids(conn, missing_txs)
             chain.preload(states, missing_txs, claimed)
+        blocks = []
         for record in records:
             block = None
             if record.kind == "tx":
@@ -222,39 +229,51 @@ class Validator:
                 assert record.registration is not None
                 chain.on_registration(record.offset, record.registration)
             if block is not None:
-                await self._commit(block)
+                blocks.append(block)
                 if chain.has_pending:
                     self.pending_since[chain.chain_id] = time.monotonic()
+        return blocks
 
-    async def _commit(self, block: CutBlock) -> None:
-        signature = self.config.signing_key.sign(block.header_bytes)
-        own = ledger_pb2.BlockSignature(
-            chain_id=block.chain_id,
-            height=block.height,
-            header_hash=block.header_hash,
-            validator_id=self.config.validator_id,
-            signature=signature,
-        )
-        await store.commit_block(self.pool, block, self.config.validator_id, own)
-        key = (block.chain_id, block.height)
-        self.own_hashes[key] = block.header_hash
-        self.pending_results[key] = [
-            (o.result.rejection_reason == "DUPLICATE_TRANSACTION", r)
-            for o, r in zip(block.outcomes, block.results, strict=True)
-        ]
-        accepted = sum(1 for o in block.outcomes if o.result.accepted)
-        TRANSACTIONS.labels(accepted="true").inc(accepted)
-        TRANSACTIONS.labels(accepted="false").inc(len(block.outcomes) - accepted)
-        BLOCKS_COMMITTED.labels(chain=str(block.chain_id)).inc()
-        HEIGHT.labels(chain=str(block.chain_id)).set(block.height)
-        await self._send_signature(block.chain_id, block.height, block.header_bytes, signature.signature)
-        votes = self.votes.setdefault(key, {})
-        votes.setdefault(self.config.validator_id, block.header_hash)
+    async def _commit(self, blocks: list[CutBlock]) -> None:
+        """Sign, store (one DB transaction for the batch's blocks), then publish signatures."""
+        signed = []
+        for block in blocks:
+            signature = self.config.signing_key.sign(block.header_bytes)
+            signed.append(
+                (
+                    block,
+                    ledger_pb2.BlockSignature(
+                        chain_id=block.chain_id,
+                        height=block.height,
+                        header_hash=block.header_hash,
+                        validator_id=self.config.validator_id,
+                        signature=signature,
+                    ),
+                )
+            )
+        await store.commit_blocks(self.pool, signed, self.config.validator_id)
+        keys = []
+        for block, own in signed:
+            key = (block.chain_id, block.height)
+            keys.append(key)
+            self.own_hashes[key] = block.header_hash
+            self.pending_results[key] = [
+                (o.result.rejection_reason == DUPLICATE_TRANSACTION, r)
+                for o, r in zip(block.outcomes, block.results, strict=True)
+            ]
+            accepted = sum(1 for o in block.outcomes if o.result.accepted)
+            TRANSACTIONS.labels(accepted="true").inc(accepted)
+            TRANSACTIONS.labels(accepted="false").inc(len(block.outcomes) - accepted)
+            BLOCKS_COMMITTED.labels(chain=str(block.chain_id)).inc()
+            HEIGHT.labels(chain=str(block.chain_id)).set(block.height)
+            await self._send_signature(block.chain_id, block.height, block.header_bytes, own.signature.signature)
+            self.votes.setdefault(key, {}).setdefault(self.config.validator_id, block.header_hash)
         async with self.pool.acquire() as conn:
-            for validator_id, digest in votes.items():
-                if digest != block.header_hash:
-                    await self._report_divergence(conn, key, validator_id, digest)
-            await self._check_final(conn, [key])
+            for key in keys:
+                for validator_id, digest in self.votes[key].items():
+                    if digest != self.own_hashes[key]:
+                        await self._report_divergence(conn, key, validator_id, digest)
+            await self._check_final(conn, keys)
         self.block_event.set()
 
     async def _send_signature(self, chain_id: int, height: int, header: bytes, signature: bytes) -> None:
