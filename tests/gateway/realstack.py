@@ -48,16 +48,17 @@ class RealStack:
         run_dir = self.stack.tmp_path / "stack-run"
         self.ledger_env = ensure_local_keys(run_dir, VALIDATORS)
         secrets_key = secrets.token_bytes(32)
-        gateway_port = free_port()
-        validators = await asyncio.gather(
-            *(
-                self.stack.start_service("ledger", **self.ledger_env, **validator_env(run_dir, VALIDATORS, index))
-                for index in range(1, VALIDATORS + 1)
-            )
-        )
-        self.processes += validators
+        gateway_port, minting_port = free_port(), free_port()
         webhook_port = free_port()
-        intake, minting = await asyncio.gather(
+        validator_ports = [free_port() for _ in range(VALIDATORS)]
+        # Everything starts at once: no process needs another to be up before it reports SERVING.
+        started = await asyncio.gather(
+            *(
+                self.stack.start_service(
+                    "ledger", port=port, **self.ledger_env, **validator_env(run_dir, VALIDATORS, index)
+                )
+                for index, port in enumerate(validator_ports, start=1)
+            ),
             self.stack.start_service(
                 "payment_intake",
                 FAPIAO_WEBHOOK_PORT=str(webhook_port),
@@ -66,25 +67,29 @@ class RealStack:
             ),
             self.stack.start_service(
                 "invoice_minting",
+                port=minting_port,
                 FAPIAO_SECRETS_KEY=secrets.token_bytes(32).hex(),
                 FAPIAO_LEDGER_AUTHORITY_KEY_FILE=self.ledger_env["FAPIAO_LEDGER_AUTHORITY_KEY_FILE"],
                 FAPIAO_LEDGER_AUTHORITY_KEY_ID="authority-1",
                 FAPIAO_CLAIM_BASE_URL=f"http://127.0.0.1:{gateway_port}/claim",
             ),
+            self.stack.start_service(
+                "gateway",
+                health="http",
+                port=gateway_port,
+                FAPIAO_INTAKE_WEBHOOK_URL=f"http://127.0.0.1:{webhook_port}",
+                FAPIAO_MINTING_ENDPOINT=f"127.0.0.1:{minting_port}",
+                FAPIAO_LEDGER_ENDPOINTS=",".join(f"127.0.0.1:{port}" for port in validator_ports),
+                FAPIAO_LEDGER_VALIDATOR_KEYS=self.ledger_env["FAPIAO_LEDGER_VALIDATOR_KEYS"],
+                FAPIAO_GATEWAY_SECRET=secrets.token_hex(32),
+            ),
+            return_exceptions=True,
         )
-        self.processes += [intake, minting]
-        self.minting_endpoint = f"127.0.0.1:{minting.port}"
-        gateway = await self.stack.start_service(
-            "gateway",
-            health="http",
-            port=gateway_port,
-            FAPIAO_INTAKE_WEBHOOK_URL=f"http://127.0.0.1:{webhook_port}",
-            FAPIAO_MINTING_ENDPOINT=self.minting_endpoint,
-            FAPIAO_LEDGER_ENDPOINTS=",".join(f"127.0.0.1:{p.port}" for p in validators),
-            FAPIAO_LEDGER_VALIDATOR_KEYS=self.ledger_env["FAPIAO_LEDGER_VALIDATOR_KEYS"],
-            FAPIAO_GATEWAY_SECRET=secrets.token_hex(32),
-        )
-        self.processes.append(gateway)
+        self.processes += [p for p in started if isinstance(p, ServiceProcess)]
+        failures = [p for p in started if not isinstance(p, ServiceProcess)]
+        if failures:
+            raise failures[0]
+        self.minting_endpoint = f"127.0.0.1:{minting_port}"
         self.gateway_url = f"http://127.0.0.1:{gateway_port}"
         pool = await create_pool(self.stack.database_url, "payment_intake", min_size=1, max_size=1)
         try:
