@@ -45,7 +45,11 @@ def wiring(settings: IntakeSettings):  # type: ignore[no-untyped-def]
     async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None]]:
         directory = MerchantDirectory(ctx.pool, settings.secrets_key, ttl_s=settings.merchant_cache_ttl_s)
         batcher = PaymentBatcher(
-            ctx.pool, max_batch=settings.batch_max, workers=settings.batch_workers, max_pending=settings.max_pending
+            ctx.pool,
+            max_batch=settings.batch_max,
+            workers=settings.batch_workers,
+            max_pending=settings.max_pending,
+            linger_ms=settings.batch_linger_ms,
         )
         handlers = IntakeHandlers(ctx.pool, directory, batcher)
         service_grpc.add_PaymentIntakeServiceServicer_to_server(

@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import asyncpg
 from fapiao.payments.v1 import payments_pb2
-from fapiao_runtime.errors import FapiaoError, NotFound
+from fapiao_runtime.errors import AlreadyExists, NotFound
 
 from payment_intake import store
 from payment_intake.batcher import PaymentBatcher
 from payment_intake.domain import RecordPayment, RecordRefund, validate_payment, validate_refund
 from payment_intake.merchants import MerchantDirectory
-
-
-class ReplayedNonce(FapiaoError):
-    """A webhook nonce seen before within the window: HTTP 409, nothing stored."""
-
-    http_status = 409
 
 
 class IntakeHandlers:
@@ -48,14 +42,9 @@ class IntakeHandlers:
             return await store.get_payment(conn, merchant_id, transaction_id)
 
     async def record_notified_payment(self, cmd: RecordPayment, nonce: str) -> store.PaymentOutcome:
-        """Webhook path: the nonce and the payment commit together, or neither does."""
+        """Webhook path: the nonce and the payment commit together, or neither does (batched too)."""
         validate_payment(cmd)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await _claim(conn, cmd.merchant_id, nonce)
-            outcome = (await store.record_payments(conn, [cmd]))[0]
-            if isinstance(outcome, FapiaoError):
-                raise outcome  # rolls the nonce back too: a rejected request stores nothing
-            return outcome
+        return await self.batcher.submit(cmd, nonce)
 
     async def record_notified_refund(self, cmd: RecordRefund, nonce: str) -> store.RefundOutcome:
         validate_refund(cmd)
@@ -66,4 +55,4 @@ class IntakeHandlers:
 
 async def _claim(conn: asyncpg.Connection, merchant_id: str, nonce: str) -> None:
     if not await store.claim_nonce(conn, merchant_id, nonce):
-        raise ReplayedNonce("REPLAYED_NONCE", "this nonce was already used within the replay window")
+        raise AlreadyExists("REPLAYED_NONCE", "this nonce was already used within the replay window")

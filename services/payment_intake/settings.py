@@ -65,6 +65,7 @@ class IntakeSettings:
     webhook_deadline_ms: int
     batch_max: int
     batch_workers: int
+    batch_linger_ms: int
     max_pending: int
 
     @classmethod
@@ -79,7 +80,8 @@ class IntakeSettings:
             merchant_cache_ttl_s=env_int("FAPIAO_MERCHANT_CACHE_TTL_S", 30),
             webhook_deadline_ms=env_int("FAPIAO_WEBHOOK_DEADLINE_MS", 3000),
             batch_max=env_int("FAPIAO_INTAKE_BATCH_MAX", 200),
-            batch_workers=env_int("FAPIAO_INTAKE_BATCH_WORKERS", 4),
+            batch_workers=env_int("FAPIAO_INTAKE_BATCH_WORKERS", 2),
+            batch_linger_ms=env_int("FAPIAO_INTAKE_BATCH_LINGER_MS", 1),
             max_pending=env_int("FAPIAO_INTAKE_MAX_PENDING", 10_000),
         )
 

@@ -105,15 +105,74 @@ def _payment_from_command(cmd: RecordPayment, payment_id: uuid.UUID) -> payments
 
 
 async def record_payments(
+    conn: asyncpg.Connection,
+    commands: Sequence[RecordPayment],
+    nonces: Sequence[str | None] | None = None,
+) -> list[PaymentOutcome | FapiaoError]:
+    """Record validated payments; one outcome per command, in order. Call inside a transaction.
+
+    `nonces` (webhook deliveries, None for gRPC) are claimed first: a nonce already stored fails its
+    command REPLAYED_NONCE; the nonce of a command that fails later is removed again, so a rejected
+    delivery stores nothing. New payments get their PaymentSucceeded outbox row in this transaction.
+    """
+    outcomes: list[PaymentOutcome | FapiaoError | None] = [None] * len(commands)
+    claimed: list[tuple[int, str, str]] = []
+    if nonces is not None and any(nonces):
+        outcomes, claimed = await _claim_nonces(conn, commands, nonces)
+    live = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    recorded = await _insert_payments(conn, [commands[i] for i in live]) if live else []
+    for index, outcome in zip(live, recorded, strict=True):
+        outcomes[index] = outcome
+    failed = [(merchant, nonce) for index, merchant, nonce in claimed if isinstance(outcomes[index], FapiaoError)]
+    if failed:
+        await conn.execute(
+            "DELETE FROM webhook_nonces WHERE (merchant_id, nonce) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [m for m, _ in failed],
+            [n for _, n in failed],
+        )
+    assert all(outcome is not None for outcome in outcomes)
+    return outcomes  # type: ignore[return-value]
+
+
+async def _claim_nonces(
+    conn: asyncpg.Connection, commands: Sequence[RecordPayment], nonces: Sequence[str | None]
+) -> tuple[list[PaymentOutcome | FapiaoError | None], list[tuple[int, str, str]]]:
+    outcomes: list[PaymentOutcome | FapiaoError | None] = [None] * len(commands)
+    wanted: dict[tuple[str, str], int] = {}
+    for index, (cmd, nonce) in enumerate(zip(commands, nonces, strict=True)):
+        if nonce is None:
+            continue
+        if (cmd.merchant_id, nonce) in wanted:
+            outcomes[index] = _replayed()  # the same request twice in one batch
+        else:
+            wanted[(cmd.merchant_id, nonce)] = index
+    keys = sorted(wanted)
+    rows = await conn.fetch(
+        """INSERT INTO webhook_nonces (merchant_id, nonce) SELECT * FROM unnest($1::text[], $2::text[])
+           ON CONFLICT DO NOTHING RETURNING merchant_id, nonce""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    fresh = {(r["merchant_id"], r["nonce"]) for r in rows}
+    claimed = []
+    for key, index in wanted.items():
+        if key in fresh:
+            claimed.append((index, key[0], key[1]))
+        else:
+            outcomes[index] = _replayed()
+    return outcomes, claimed
+
+
+def _replayed() -> FapiaoError:
+    return AlreadyExists("REPLAYED_NONCE", "this nonce was already used within the replay window")
+
+
+async def _insert_payments(
     conn: asyncpg.Connection, commands: Sequence[RecordPayment]
 ) -> list[PaymentOutcome | FapiaoError]:
-    """Record validated payments in one statement; one outcome per command, in order.
-
-    New payments get their PaymentSucceeded outbox row in this transaction. A command whose
-    (merchant, transaction id) exists with the same fingerprint is a duplicate; with different content
-    it fails TRANSACTION_CONFLICT; a new transaction id for an already-paid out_trade_no fails
-    OUT_TRADE_NO_CONFLICT. Rows are inserted in key order so concurrent batches cannot deadlock.
-    """
+    """Insert in one statement. A (merchant, transaction id) already recorded with the same fingerprint
+    is a duplicate; with other content TRANSACTION_CONFLICT; a new transaction id for an already-paid
+    out_trade_no OUT_TRADE_NO_CONFLICT. Rows go in key order so concurrent batches cannot deadlock."""
     first: dict[tuple[str, str], RecordPayment] = {}
     for cmd in commands:
         first.setdefault(cmd.key, cmd)

@@ -310,3 +310,20 @@ async def test_platform_key_rotation_and_notify_url_without_merchant(stack: Stac
         status, answer = await intake.post(session, new.deliver(third), bare)
         assert (status, answer["code"]) == (200, "SUCCESS")
     assert await intake.count("SELECT count(*) FROM payment_intake.payments") == 3
+
+
+async def test_the_same_signed_request_sent_concurrently_is_recorded_once_and_replays_refused(
+    stack: StackUnderTest,
+) -> None:
+    async with running_intake(stack) as intake, aiohttp.ClientSession() as session:
+        body = intake.notification(payment_resource(intake.merchant_id, new_transaction_id()))
+        delivery = _signed(intake, body)
+        results = await asyncio.gather(*(intake.post(session, delivery) for _ in range(10)))
+        assert (
+            sorted((status, answer["code"]) for status, answer in results)
+            == [(200, "SUCCESS")] + [(409, "REPLAYED_NONCE")] * 9
+        )
+        # A genuine redelivery (new nonce and timestamp) of the same notification is answered 200.
+        assert (await intake.post(session, _signed(intake, body)))[0] == 200
+    assert await intake.count("SELECT count(*) FROM payment_intake.payments") == 1
+    assert await intake.count("SELECT count(*) FROM payment_intake.webhook_nonces") == 2
