@@ -230,6 +230,9 @@ class LedgerResultWaiter:
                 continue
             for records in batch.values():
                 for record in records:
+                    # Every validator publishes a copy keyed by transaction id: decode only the first.
+                    if record.key is not None and record.key.decode(errors="replace") in self._recent:
+                        continue
                     self._on_record(record.value)
 
     def _on_record(self, raw: bytes | None) -> None:

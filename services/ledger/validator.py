@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from fapiao.common.v1 import envelope_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.envelope import make_envelope, parse_envelope, unpack
@@ -48,6 +49,7 @@ DIVERGENCES = Counter("fapiao_ledger_divergences_total", "Validators whose heade
 HEIGHT = Gauge("fapiao_ledger_height", "Last stored block height", ["chain"])
 
 FETCH_MAX_RECORDS = 5000
+RESULT_TYPE = ledger_pb2.TransactionResult.DESCRIPTOR.full_name
 
 
 @dataclass
@@ -93,7 +95,7 @@ class Validator:
         self.own_hashes: dict[tuple[int, int], bytes] = {}
         self.votes: dict[tuple[int, int], dict[str, bytes]] = {}
         self.final: set[tuple[int, int]] = set()
-        self.pending_results: dict[tuple[int, int], list[tuple[bool, bytes]]] = {}
+        self.pending_results: dict[tuple[int, int], list[tuple[bool, str, bytes]]] = {}
         self.publish_queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self.pending_since: dict[int, float] = {}
         self.last_marker: dict[int, tuple[int, float]] = {}
@@ -258,7 +260,7 @@ class Validator:
             keys.append(key)
             self.own_hashes[key] = block.header_hash
             self.pending_results[key] = [
-                (o.result.rejection_reason == DUPLICATE_TRANSACTION, r)
+                (o.result.rejection_reason == DUPLICATE_TRANSACTION, o.transaction_id, r)
                 for o, r in zip(block.outcomes, block.results, strict=True)
             ]
             accepted = sum(1 for o in block.outcomes if o.result.accepted)
@@ -404,40 +406,42 @@ class Validator:
             while not self.publish_queue.empty() and len(keys) < 100:
                 keys.append(self.publish_queue.get_nowait())
             futures = []
+            occurred_at = Timestamp()
+            occurred_at.GetCurrentTime()
             async with self.pool.acquire() as conn:
                 for key in keys:
                     results = self.pending_results.pop(key, None)
                     if results is None:
                         results = await store.block_results(conn, *key)
-                    for duplicate, raw in results:
-                        futures.append(await self._send_result(conn, duplicate, raw))
-                await asyncio.gather(*[f for f in futures if f is not None])
+                    for duplicate, transaction_id, raw in results:
+                        if not transaction_id:
+                            continue  # undecodable record: nobody awaits it
+                        if duplicate:
+                            # A retried submission learns the original outcome (same event id).
+                            original = await store.original_final_result(conn, transaction_id)
+                            if original is None:
+                                continue
+                            raw = original
+                        futures.append(await self._send_result(transaction_id, raw, occurred_at))
+                await asyncio.gather(*futures)
                 await store.mark_published(conn, keys)
             # Votes of final, published blocks are no longer needed for finality.
             for key in keys:
                 if len(self.votes.get(key, {})) >= self._validators:
                     del self.votes[key]
 
-    async def _send_result(
-        self, conn: asyncpg.Connection, duplicate: bool, raw: bytes
-    ) -> asyncio.Future[object] | None:
-        result = ledger_pb2.TransactionResult.FromString(raw)
-        if not result.transaction_id:
-            return None
-        if duplicate:
-            # A retried submission learns the original outcome (published under the same event id).
-            original = await store.original_final_result(conn, result.transaction_id)
-            if original is None:
-                return None
-            result = ledger_pb2.TransactionResult.FromString(original)
-        envelope = make_envelope(
-            result,
-            aggregate_id=result.transaction_id,
+    async def _send_result(self, transaction_id: str, raw: bytes, occurred_at: Timestamp) -> asyncio.Future[object]:
+        # The stored result bytes are the payload as they are (no re-serialization).
+        envelope = envelope_pb2.EventEnvelope(
+            event_id=str(result_event_id(transaction_id)),
+            event_type=RESULT_TYPE,
+            aggregate_id=transaction_id,
+            occurred_at=occurred_at,
             producer=self.config.validator_id,
-            event_id=result_event_id(result.transaction_id),
+            payload=raw,
         )
         future: asyncio.Future[object] = await self.producer.send(
-            self._results_topic, value=envelope.SerializeToString(), key=result.transaction_id.encode()
+            self._results_topic, value=envelope.SerializeToString(), key=transaction_id.encode()
         )
         return future
 

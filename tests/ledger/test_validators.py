@@ -75,6 +75,17 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
                 assert verify_receipt(got.receipt, keys).transaction_id == result.transaction_id
                 audit = await stub.AuditChain(ledger_service_pb2.AuditChainRequest(chain_id=result.chain_id))
                 assert audit.ok and audit.blocks_checked >= 1, audit
+                block = (
+                    await stub.GetBlock(ledger_service_pb2.GetBlockRequest(chain_id=result.chain_id, height=1))
+                ).block
+                assert block.final and len(block.signatures) >= 3
+                stream = stub.StreamBlocks(
+                    ledger_service_pb2.StreamBlocksRequest(chain_id=result.chain_id, from_height=1)
+                )
+                streamed = [(await stream.read()).block for _ in range(2)]
+                stream.cancel()
+                assert [ledger_pb2.BlockHeader.FromString(b.header).height for b in streamed] == [1, 2]
+                assert streamed[0].header == block.header and streamed[0].transactions == block.transactions
 
         # Any single changed byte of a receipt fails offline verification.
         receipt_bytes = reply.receipt.SerializeToString()
