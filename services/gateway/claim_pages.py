@@ -57,10 +57,13 @@ def offer_card(offer: minting_pb2.ClaimOffer) -> str:
         if rows
         else ""
     )
+    expires = _date_of(offer.expires_at)
+    claim_by = f'<dt>Claim by</dt><dd id="claim-by">{esc(expires)}</dd>' if expires else ""
     return (
         '<div class="card"><h1>Claim your invoice 领取发票</h1>'
         f'<dl><dt>Merchant</dt><dd id="merchant-name">{esc(offer.merchant_name)}</dd>'
-        f'<dt>Paid</dt><dd id="paid-at">{esc(_date_of(offer.paid_at))}</dd></dl>'
+        f'<dt>Paid</dt><dd id="paid-at">{esc(_date_of(offer.paid_at))}</dd>'
+        f"{claim_by}</dl>"
         f'<p class="amount" id="offer-amount">{esc(yuan_display(offer.amount_fen))}</p>{items}</div>'
     )
 

@@ -16,7 +16,7 @@ main{max-width:560px;margin:0 auto;padding:12px}
 .card{background:#fff;border-radius:10px;padding:14px 16px;margin:12px 0;box-shadow:0 1px 2px rgba(0,0,0,.06)}
 h1{font-size:1.25rem;margin:.2em 0 .6em} h2{font-size:1.05rem;margin:.2em 0 .5em}
 dl{display:grid;grid-template-columns:auto minmax(0,1fr);gap:4px 12px;margin:0}
-dt{color:#6b7280} dd{margin:0;word-break:break-all}
+dt{color:#6b7280} dd{margin:0;overflow-wrap:anywhere}
 .amount{font-size:1.6rem;font-weight:700}
 label{display:block;margin:12px 0 4px;font-weight:600}
 input[type=text]{width:100%;padding:10px;font-size:1rem;border:1px solid #c9cdd4;border-radius:6px}

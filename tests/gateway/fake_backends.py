@@ -101,6 +101,7 @@ class FakeMinting(minting_grpc.InvoiceMintingServiceServicer):
             payment_id=f"pay-{offer.token}",
         )
         message.paid_at.FromDatetime(paid_at)
+        message.expires_at.FromDatetime(paid_at + dt.timedelta(days=30))
         return minting_pb2.GetClaimOfferResponse(offer=message)
 
     async def ClaimInvoice(self, request, context):

@@ -123,6 +123,7 @@ async def test_claim_page_shows_the_offer_with_a_fresh_key_per_render(
     async with http.get(f"{gateway.url}/claim/{token}") as response:
         second = await response.text()
     assert SELLER.name in first and "¥112.00" in first and "Oolong tea" in first
+    assert 'id="claim-by">2026-12-24 17:30<' in first, "expiry shown in Beijing time"
     assert _hidden_key(first) != _hidden_key(second)
     assert "http://" not in first.split("</head>")[1] and "https://" not in first, "no external assets"
 
