@@ -17,7 +17,7 @@ from aiohttp import web
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_pb2
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
-from fapiao_runtime.errors import FapiaoError, InvalidArgument
+from fapiao_runtime.errors import FailedPrecondition, FapiaoError, InvalidArgument
 from fapiao_runtime.ledger_trust import ReceiptInvalid, verify_receipt
 
 from gateway.claim_pages import claim_form_page, invoice_page
@@ -94,7 +94,7 @@ def _claim_token(request: web.Request) -> str:
 async def _offer(ctx: GatewayContext, token: str) -> minting_pb2.ClaimOffer:
     offer = (await ctx.minting.get_claim_offer(token)).offer
     if offer.claimed:
-        raise InvalidArgument("ALREADY_CLAIMED", "already claimed")
+        raise FailedPrecondition("ALREADY_CLAIMED", "already claimed")
     return offer
 
 
@@ -124,6 +124,7 @@ async def claim_post(request: web.Request) -> web.Response:
     values = _form_values(form)
     idempotency_key = form.get("idempotency_key", "")[:MAX_FIELD_CHARS]
     errors: dict[str, tuple[str, str]] = {}
+    status = 400
     if values["buyer_kind"] not in BUYER_KINDS:
         errors["buyer_kind"] = ("INVALID_BUYER_KIND", _FRIENDLY["INVALID_BUYER_KIND"])
     if not idempotency_key:
@@ -144,6 +145,7 @@ async def claim_post(request: web.Request) -> web.Response:
                 return error_page(error)
             label = _FRIENDLY.get(error.reason, "Not accepted")
             errors[field or "form"] = (error.reason, f"{label}: {error.message}")
+            status = error.http_status
         else:
             view_token = ctx.view_tokens.issue(claimed.invoice.body.invoice_id)
             ctx.metrics.claims.labels("claimed").inc()
@@ -153,7 +155,6 @@ async def claim_post(request: web.Request) -> web.Response:
         offer = await _offer(ctx, token)
     except FapiaoError as error:
         return error_page(error)
-    status = 400 if "form" not in errors else 409
     return claim_form_page(token, offer, uuid.uuid4().hex, values=values, errors=errors, status=status)
 
 
