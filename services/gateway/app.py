@@ -25,6 +25,7 @@ METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Form posts and notifications are small; refuse big bodies before reading them.
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_TRACKED_INVOICES = 100_000
 
 
 @web.middleware
@@ -90,6 +91,9 @@ def build_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) 
             ledger=ledger,
             view_tokens=ViewTokens(settings.secret, settings.view_token_ttl_s),
             verify_limiter=RateLimiter(settings.verify_burst, settings.verify_per_minute, settings.rate_limit_clients),
+            invoice_failures=RateLimiter(
+                settings.invoice_failure_burst, settings.invoice_failures_per_day / 1440, MAX_TRACKED_INVOICES
+            ),
             http=http,
             metrics=metrics,
         )

@@ -27,6 +27,7 @@ class GatewayContext:
     ledger: LedgerClient
     view_tokens: ViewTokens
     verify_limiter: RateLimiter
+    invoice_failures: RateLimiter
     http: aiohttp.ClientSession
     metrics: GatewayMetrics
     _issuer_keys: OrderedDict[tuple[str, str], Ed25519PublicKey] = field(default_factory=OrderedDict)

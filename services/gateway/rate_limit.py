@@ -25,6 +25,12 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def available(self, client: str, now: float | None = None) -> bool:
+        """Whether `client` has a token now, without taking it."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(client, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - last) * self.rate_per_s) >= 1.0
+
     def allow(self, client: str, now: float | None = None) -> tuple[bool, float]:
         """Take one token for `client`. Returns (allowed, seconds until the next token if refused)."""
         now = time.monotonic() if now is None else now

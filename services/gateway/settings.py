@@ -31,6 +31,9 @@ class GatewaySettings:
     verify_burst: int = 10
     verify_per_minute: float = 30.0
     rate_limit_clients: int = 10_000
+    # Failed (no match) checks allowed per invoice number: stops guessing date and total of a known number.
+    invoice_failure_burst: int = 10
+    invoice_failures_per_day: int = 20
     validator_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict, repr=False)
     quorum: int = 0
     pdf_font: str = ""
@@ -62,6 +65,8 @@ class GatewaySettings:
             verify_burst=env_int("FAPIAO_VERIFY_BURST", 10),
             verify_per_minute=float(env_int("FAPIAO_VERIFY_PER_MINUTE", 30)),
             rate_limit_clients=env_int("FAPIAO_RATE_LIMIT_CLIENTS", 10_000),
+            invoice_failure_burst=env_int("FAPIAO_VERIFY_INVOICE_FAILURE_BURST", 10),
+            invoice_failures_per_day=env_int("FAPIAO_VERIFY_INVOICE_FAILURES_PER_DAY", 20),
             validator_keys=validator_keys,
             quorum=quorum,
             pdf_font=env_str("FAPIAO_PDF_FONT", ""),

@@ -122,6 +122,14 @@ async def verify(request: web.Request) -> web.Response:
     except InvalidArgument as error:
         field = _FIELD_OF_REASON.get(error.reason, "form")
         return verify_form(values, {field: (error.reason, error.message)}, status=400)
+    if not ctx.invoice_failures.available(query.invoice_number):
+        ctx.metrics.rate_limited.inc()
+        return message_page(
+            "Too many failed checks",
+            "This invoice number has had too many checks with a wrong date or total; try again later.",
+            status=429,
+            reason="TOO_MANY_FAILED_CHECKS",
+        )
     if not ctx.settings.validator_keys:
         return message_page(
             "Verification unavailable", "No validator keys are configured.", status=503, reason="NO_VALIDATOR_KEYS"
@@ -139,4 +147,6 @@ async def verify(request: web.Request) -> web.Response:
         log.warning("verification could not reach a service: %s", error.reason)
         return message_page("Service busy", "Please try again in a moment.", status=503, reason=error.reason)
     ctx.metrics.verifications.labels(verdict.outcome.value).inc()
+    if verdict.outcome is Outcome.NO_MATCH:
+        ctx.invoice_failures.allow(query.invoice_number)
     return verify_form(values, {}, result=_verdict_card(verdict))

@@ -215,3 +215,11 @@ def test_pdf_renders_chinese_names_with_or_without_a_cjk_font(monkeypatch: pytes
         assert pdf_module.render_invoice_pdf(invoice).startswith(b"%PDF-")
     finally:
         pdf_module.choose_font.cache_clear()
+
+
+def test_rate_limiter_available_does_not_consume() -> None:
+    limiter = RateLimiter(burst=1, per_minute=1)
+    assert limiter.available("n", now=0) and limiter.available("n", now=0)
+    assert limiter.allow("n", now=0)[0]
+    assert not limiter.available("n", now=1)
+    assert limiter.available("n", now=61)

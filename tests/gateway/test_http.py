@@ -320,3 +320,26 @@ async def test_backend_down_is_a_503_page_not_a_crash(backends: FakeBackends, ht
             assert r.status == 503
     finally:
         await down.runner.cleanup()
+
+
+async def test_guessing_date_and_total_of_a_known_number_is_stopped(
+    gateway: RunningGateway, backends: FakeBackends, http: aiohttp.ClientSession
+) -> None:
+    invoice = await _issued_invoice(gateway, backends, http)
+    guarded = await start_gateway(settings_for(backends, invoice_failure_burst=3, verify_burst=100))
+    number, date = invoice.body.invoice_number, invoice.body.issue_date
+    try:
+        outcomes = []
+        for total in ("1.00", "2.00", "3.00", "112.00"):
+            async with http.post(f"{guarded.url}/verify", data={"number": number, "date": date, "total": total}) as r:
+                html = await r.text()
+                outcomes.append((r.status, re.search(r'data-(?:outcome|reason)="([A-Z_]+)"', html).group(1)))  # type: ignore[union-attr]
+        assert outcomes == [(200, "NO_MATCH")] * 3 + [(429, "TOO_MANY_FAILED_CHECKS")]
+        # Other invoice numbers are unaffected; genuine checks never use up the budget.
+        other = await _issued_invoice(gateway, backends, http)
+        for _ in range(5):
+            fields = {"number": other.body.invoice_number, "date": other.body.issue_date, "total": "112.00"}
+            async with http.post(f"{guarded.url}/verify", data=fields) as r:
+                assert 'data-outcome="GENUINE"' in await r.text()
+    finally:
+        await guarded.runner.cleanup()
