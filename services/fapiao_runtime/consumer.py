@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError
 from fapiao.common.v1 import envelope_pb2
 
 from fapiao_runtime.envelope import parse_envelope
@@ -23,6 +24,9 @@ from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.logs import event_id_var
 
 log = logging.getLogger(__name__)
+
+# Commit failures that only mean "the group rebalanced": the records are replayed, never lost.
+_REBALANCED = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError)
 
 EventHandler = Callable[[asyncpg.Connection, envelope_pb2.EventEnvelope], Awaitable[None]]
 
@@ -92,7 +96,13 @@ class EventConsumer:
                     for record in records:
                         await self._apply(record)
                         offsets[tp] = record.offset + 1
-                await consumer.commit(offsets)
+                try:
+                    await consumer.commit(offsets)
+                except _REBALANCED as exc:
+                    # The group rebalanced while this batch was applied (another member joined or left). The
+                    # partitions' new owner re-reads from the last committed offset; the effects are already in
+                    # processed_events, so the replay is skipped as duplicates. Not a reason to stop the service.
+                    log.warning("offset commit lost to a rebalance; records will be replayed", extra={"err": repr(exc)})
         finally:
             self._consumer = None
             with contextlib.suppress(Exception):
