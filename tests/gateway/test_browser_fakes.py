@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from fapiao.ledger.v1 import ledger_pb2
 
 from tests.gateway.conftest import SCREENSHOTS, RunningGateway
 from tests.gateway.fake_backends import SELLER, FakeBackends, uscc
@@ -85,6 +86,23 @@ async def test_claim_verify_journey_in_the_browser(browser, gateway: RunningGate
         await page.fill("#qr", qr_content)
         await page.click("#verify-submit")
         await page.wait_for_selector("#verdict[data-outcome=GENUINE]")
+
+        # The company reimburses it: the ledger's next receipt says CLOSED.
+        invoice_id = backends.minting.offers[token].invoice_id
+        backends.world.transition(
+            invoice_id, ledger_pb2.TRANSACTION_TYPE_CLOSE, ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED, GOOD_TAX_ID
+        )
+        await page.click("#verify-submit")
+        await page.wait_for_selector("#verdict[data-outcome=REIMBURSED]")
+        await page.screenshot(path=str(SCREENSHOTS / "fake-verify-reimbursed.png"), full_page=True)
+
+        # A validator that serves a receipt signed by too few validators is not believed.
+        record = backends.world.invoices[invoice_id]
+        del record.receipt.signatures[2:]
+        await page.click("#verify-submit")
+        await page.wait_for_selector("#verdict[data-outcome=FORGED]")
+        assert "RECEIPT_NO_QUORUM" in ((await page.text_content("#verdict")) or "")
+        await page.screenshot(path=str(SCREENSHOTS / "fake-verify-forged.png"), full_page=True)
     finally:
         await context.close()
 
