@@ -31,6 +31,7 @@ from fapiao_runtime.errors import (
     Unavailable,
 )
 from fapiao_runtime.outbox import enqueue
+from prometheus_client import Counter, Histogram
 
 from invoice_minting import red_letter
 from invoice_minting.deps import MintingDeps
@@ -40,6 +41,13 @@ from invoice_minting.signing import build_body, issue_submission, sign_invoice
 from invoice_minting.tax import lines_for_payment
 
 log = logging.getLogger(__name__)
+
+CLAIMS = Counter("fapiao_minting_claims_total", "Claims decided, by outcome (OK or the rejection reason)", ["outcome"])
+CLAIM_BATCH_SIZE = Histogram(
+    "fapiao_minting_claim_batch_size",
+    "Claims per group-commit transaction",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500),
+)
 
 ClaimOutcome = invoice_pb2.Invoice | FapiaoError
 
@@ -243,8 +251,16 @@ class ClaimPipeline:
             while len(batch) < limit and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             batch = [c for c in batch if c.future is not None and not c.future.done()]
-            if batch:
+            if not batch:
+                continue
+            CLAIM_BATCH_SIZE.observe(len(batch))
+            try:
                 await self._process(batch)
+            except Exception as exc:  # a worker must survive anything, or queued claims would hang
+                log.exception("claim worker error")
+                for cmd in batch:
+                    if cmd.future is not None and not cmd.future.done():
+                        cmd.future.set_exception(exc)
 
     async def _process(self, batch: list[ClaimCommand]) -> None:
         outcomes: list[ClaimOutcome | BaseException]
@@ -265,8 +281,10 @@ class ClaimPipeline:
             if cmd.future is None or cmd.future.done():
                 continue
             if isinstance(outcome, BaseException):
+                CLAIMS.labels(outcome=getattr(outcome, "reason", "ERROR")).inc()
                 cmd.future.set_exception(outcome)
             else:
+                CLAIMS.labels(outcome="OK").inc()
                 cmd.future.set_result(outcome)
 
     async def _transact(self, batch: list[ClaimCommand]) -> list[ClaimOutcome]:

@@ -49,7 +49,11 @@ class MintingUnderTest:
             self.stack.topic(logical_topic), value=envelope.SerializeToString(), key=envelope.aggregate_id.encode()
         )
 
-    async def register_merchant(self, merchant_id: str, tax_id: str, region: str = "44", rate_bp: int = 600) -> None:
+    async def register_merchant(
+        self, merchant_id: str, tax_id: str, region: str = "44", rate_bp: int = 600, wait: bool = True
+    ) -> None:
+        """Publish MerchantRegistered; with `wait`, return once the service holds the merchant's issuer key
+        (merchants.v1 and payments.v1 are separate topics, so nothing else orders them)."""
         event = payments_pb2.MerchantRegistered(
             merchant_id=merchant_id,
             legal_name=f"{merchant_id} 有限公司",
@@ -60,6 +64,8 @@ class MintingUnderTest:
             default_tax_rate_bp=rate_bp,
         )
         await self.send(MERCHANTS.name, make_envelope(event, aggregate_id=merchant_id, producer="test"))
+        if wait:
+            await self.wait_merchant_key(merchant_id)
 
     async def pay(
         self, merchant_id: str, payment_id: str, amount_fen: int, items: list[payments_pb2.PaymentItem] | None = None
@@ -100,7 +106,7 @@ class MintingUnderTest:
         await self.send(PAYMENTS.name, envelope)
 
     async def claim_url(
-        self, merchant_id: str, payment_id: str, timeout_s: float = 20, omit_qr_code: bool = False
+        self, merchant_id: str, payment_id: str, timeout_s: float = 60, omit_qr_code: bool = False
     ) -> api.GetClaimOfferByPaymentResponse:
         """Wait until the payment's offer exists; return it with its claim URL."""
         deadline = time.monotonic() + timeout_s
@@ -119,7 +125,7 @@ class MintingUnderTest:
     async def token(self, merchant_id: str, payment_id: str) -> str:
         return (await self.claim_url(merchant_id, payment_id, omit_qr_code=True)).claim_url.rsplit("/", 1)[1]
 
-    async def wait_merchant_key(self, merchant_id: str, timeout_s: float = 20) -> list[api.IssuerKey]:
+    async def wait_merchant_key(self, merchant_id: str, timeout_s: float = 60) -> list[api.IssuerKey]:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -129,7 +135,7 @@ class MintingUnderTest:
                     raise
             await asyncio.sleep(0.1)
 
-    async def wait_status(self, invoice_id: str, status: int, timeout_s: float = 20) -> invoice_pb2.Invoice:
+    async def wait_status(self, invoice_id: str, status: int, timeout_s: float = 60) -> invoice_pb2.Invoice:
         deadline = time.monotonic() + timeout_s
         while True:
             invoice = (await self.stub.GetInvoice(api.GetInvoiceRequest(invoice_id=invoice_id))).invoice

@@ -62,7 +62,7 @@ async def test_thousand_concurrent_claims_across_hundred_merchants_are_gapless_p
     regions = ["44", "11", "31"]
     async with minting_service(stack) as minting:
         for m in range(100):
-            await minting.register_merchant(f"m{m}", uscc(m + 1), region=regions[m % 3])
+            await minting.register_merchant(f"m{m}", uscc(m + 1), region=regions[m % 3], wait=False)
         sends = [minting.pay(f"m{m}", f"m{m}-p{p}", 100 + m * 10 + p) for m in range(100) for p in range(10)]
         await asyncio.gather(*sends)
         conn = await asyncpg.connect(stack.database_url)
@@ -99,3 +99,27 @@ async def test_thousand_concurrent_claims_across_hundred_merchants_are_gapless_p
             )
         finally:
             await conn.close()
+
+
+async def test_two_replicas_share_one_token_and_one_sequence(stack: StackUnderTest) -> None:
+    """Two service processes on one database: claims racing across them still give one invoice per token
+    and gapless numbers (the database locks decide, not any in-process state)."""
+    async with minting_service(stack) as first:
+        second = await stack.start_service(
+            "invoice_minting",
+            **{k: v for k, v in first.service.env.items() if k.startswith("FAPIAO_") and k != "FAPIAO_GRPC_PORT"},
+        )
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{second.port}")
+        try:
+            stubs = [first.stub, api_grpc.InvoiceMintingServiceStub(channel)]
+            await first.register_merchant("m1", uscc(1))
+            await asyncio.gather(*(first.pay("m1", f"p{p}", 100 + p) for p in range(100)))
+            tokens = await asyncio.gather(*(first.token("m1", f"p{p}") for p in range(100)))
+            racing = await asyncio.gather(*(_claim(stubs[i % 2], tokens[0], f"key-{i}") for i in range(20)))
+            assert sum(o.isdigit() for o in racing) == 1, racing
+            rest = await asyncio.gather(*(_claim(stubs[i % 2], t, f"k{i}") for i, t in enumerate(tokens[1:])))
+            numbers = [o for o in [*racing, *rest] if o.isdigit()]
+            assert sorted(int(n[5:]) for n in numbers) == list(range(1, 101))
+        finally:
+            await channel.close()
+            second.terminate()
