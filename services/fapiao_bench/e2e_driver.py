@@ -1,0 +1,216 @@
+"""Child process of the e2e benchmark: start a private stack, drive invoices through it, stop it.
+
+Prints progress on stderr and one JSON line of figures on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import grpc
+from aiokafka import AIOKafkaConsumer
+
+from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_api
+from fapiao.invoicing.v1 import invoice_pb2
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao.payments.v1 import payment_intake_service_pb2 as intake_api
+from fapiao_cli import clients
+from fapiao_cli.commands.merchant import register_merchant
+from fapiao_cli.local import gateway_url
+from fapiao_cli.platform import PaymentPlatform
+from fapiao_cli.progress import ProgressBar
+from fapiao_runtime.envelope import parse_envelope, unpack
+from fapiao_runtime.tax_id import uscc_check_char
+from fapiao_runtime.topics import LEDGER_RESULTS
+
+CONCURRENCY = 64
+MERCHANTS = 8
+
+
+@dataclass
+class Tracker:
+    """Commit times of ISSUE results by invoice id, read from ledger.results.v1."""
+
+    committed: dict[str, float] = field(default_factory=dict)
+    waiters: dict[str, asyncio.Future[float]] = field(default_factory=dict)
+
+    def wait(self, invoice_id: str) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if invoice_id in self.committed:
+            future.set_result(self.committed[invoice_id])
+        else:
+            self.waiters[invoice_id] = future
+        return future
+
+    async def follow(self, bootstrap: str, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            LEDGER_RESULTS.name, bootstrap_servers=bootstrap, auto_offset_reset="latest", enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+                now = time.monotonic()
+                for records in batch.values():
+                    for record in records:
+                        result = unpack(parse_envelope(record.value), ledger_pb2.TransactionResult)
+                        if result.type != ledger_pb2.TRANSACTION_TYPE_ISSUE or result.invoice_id in self.committed:
+                            continue
+                        self.committed[result.invoice_id] = now
+                        waiter = self.waiters.pop(result.invoice_id, None)
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(now)
+        finally:
+            await consumer.stop()
+
+
+async def one_invoice(
+    platform: PaymentPlatform, session: aiohttp.ClientSession, tracker: Tracker, buyer: invoice_pb2.Party
+) -> float:
+    """Latency in seconds from the webhook POST to the final ISSUE result."""
+    started = time.monotonic()
+    paid = await platform.pay(session, 100 + secrets.randbelow(100_000))
+    if not paid.accepted:
+        raise RuntimeError(f"payment refused: {paid.status} {paid.answer}")
+    merchant_id = platform.credentials.merchant_id
+    payment = (
+        await clients.intake().GetPayment(
+            intake_api.GetPaymentRequest(merchant_id=merchant_id, transaction_id=paid.transaction_id), timeout=10
+        )
+    ).payment
+    while True:
+        try:
+            offer = await clients.minting().GetClaimOfferByPayment(
+                minting_api.GetClaimOfferByPaymentRequest(
+                    merchant_id=merchant_id, payment_id=payment.payment_id, omit_qr_code=True
+                ),
+                timeout=10,
+            )
+            break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() - started > 60:
+                raise
+            await asyncio.sleep(0.02)
+    claim = await clients.minting().ClaimInvoice(
+        minting_api.ClaimInvoiceRequest(
+            claim_token=clients.claim_token_of(offer.claim_url), buyer=buyer, idempotency_key=secrets.token_hex(16)
+        ),
+        timeout=10,
+    )
+    committed_at = await asyncio.wait_for(tracker.wait(claim.invoice.body.invoice_id), timeout=60)
+    return committed_at - started
+
+
+async def drive(platforms: list[PaymentPlatform], tracker: Tracker, seconds: int, rate: float | None) -> list[float]:
+    """Closed loop with CONCURRENCY workers (rate None) or open loop at `rate` per second."""
+    latencies: list[float] = []
+    failures = 0
+    buyer = invoice_pb2.Party(kind=invoice_pb2.PARTY_KIND_PERSON, name="压测用户")
+    deadline = time.monotonic() + seconds
+    label = "e2e closed loop" if rate is None else f"e2e at {rate:.0f}/s"
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15), connector=connector) as session:
+        with ProgressBar(seconds, label) as bar:
+            ticker_stop = asyncio.Event()
+
+            async def ticker() -> None:
+                while not ticker_stop.is_set():
+                    await asyncio.sleep(1)
+                    bar.advance()
+
+            tick = asyncio.ensure_future(ticker())
+
+            async def guarded(i: int) -> None:
+                nonlocal failures
+                try:
+                    latencies.append(await one_invoice(platforms[i % len(platforms)], session, tracker, buyer))
+                except Exception as exc:
+                    failures += 1
+                    if failures <= 3:
+                        print(f"invoice failed: {exc!r}", file=sys.stderr)
+
+            if rate is None:
+
+                async def worker(w: int) -> None:
+                    i = w
+                    while time.monotonic() < deadline:
+                        await guarded(i)
+                        i += CONCURRENCY
+
+                await asyncio.gather(*(worker(w) for w in range(CONCURRENCY)))
+            else:
+                tasks = []
+                started = time.monotonic()
+                i = 0
+                while time.monotonic() < deadline:
+                    delay = started + i / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tasks.append(asyncio.ensure_future(guarded(i)))
+                    i += 1
+                await asyncio.gather(*tasks)
+            ticker_stop.set()
+            await tick
+    print(f"{label}: {len(latencies)} committed, {failures} failed", file=sys.stderr)
+    return latencies
+
+
+def percentile_ms(latencies: list[float], fraction: float) -> float:
+    """The `fraction` percentile (nearest rank) in milliseconds; NaN when nothing was measured."""
+    ordered = sorted(latencies)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, int(round(len(ordered) * fraction)) - 1))] * 1000
+
+
+async def main_async(seconds: int, bootstrap: str) -> dict[str, float]:
+    platforms = []
+    for m in range(MERCHANTS):
+        merchant_id = f"17{secrets.randbelow(10**8):08d}"
+        body = f"91440300MA5E{m:05d}"
+        await asyncio.to_thread(register_merchant, merchant_id, f"压测商户{m}", body + uscc_check_char(body), "44")
+        platforms.append(PaymentPlatform.for_merchant(merchant_id, gateway_url()))
+    tracker = Tracker()
+    stop = asyncio.Event()
+    follower = asyncio.ensure_future(tracker.follow(bootstrap, stop))
+    await asyncio.sleep(1.0)
+    await drive(platforms, tracker, 10, None)  # warm-up: issuer keys registered, caches filled
+    closed = await drive(platforms, tracker, seconds, None)
+    throughput = len(closed) / seconds
+    half = max(1.0, throughput / 2)
+    open_loop = await drive(platforms, tracker, max(30, seconds // 2), half)
+    stop.set()
+    await follower
+    return {
+        "e2e_invoices_per_s": throughput,
+        "e2e_p99_ms": percentile_ms(open_loop, 0.99),
+        "e2e_p50_ms": percentile_ms(open_loop, 0.50),
+        "e2e_rate_for_p99_per_s": half,
+    }
+
+
+def main() -> int:
+    import os
+
+    from fapiao_cli.local import load_stack_environment
+    from fapiao_stack import stack
+
+    seconds = int(os.environ.get("FAPIAO_BENCH_E2E_SECONDS", "60"))
+    try:
+        endpoints = stack.up()
+        load_stack_environment()
+        figures = asyncio.run(main_async(seconds, endpoints.kafka_bootstrap))
+    finally:
+        stack.down()
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
