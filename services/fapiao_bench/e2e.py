@@ -11,6 +11,7 @@ figures include every hop: the gateway, payment_intake, Kafka, invoice_minting, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -33,7 +34,9 @@ async def run(env: StackUnderTest) -> dict[str, float]:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    done = subprocess.run(
+    # The driver runs its own event loop and stack; wait for it from a worker thread.
+    done = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "fapiao_bench.e2e_driver"],
         env=child_env,
         stdout=subprocess.PIPE,

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import aiohttp
 import grpc
 from aiokafka import AIOKafkaConsumer
-
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_api
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
@@ -166,7 +165,7 @@ def percentile_ms(latencies: list[float], fraction: float) -> float:
     ordered = sorted(latencies)
     if not ordered:
         return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, int(round(len(ordered) * fraction)) - 1))] * 1000
+    return ordered[min(len(ordered) - 1, max(0, round(len(ordered) * fraction) - 1))] * 1000
 
 
 async def main_async(seconds: int, bootstrap: str) -> dict[str, float]:

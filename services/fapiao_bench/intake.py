@@ -4,16 +4,21 @@ intake_grpc_payments_per_s: distinct RecordPayment calls committed per second (e
 event), PAYMENTS calls with CONCURRENCY in flight over several channels, client in this process.
 intake_outbox_drain_s: time from the last commit until the relay has published every event.
 intake_webhook_p50_ms / _p99_ms: latency of signed, encrypted notifications sent at a steady
-WEBHOOK_RATE_PER_S for WEBHOOK_SECONDS (requests pre-signed so the client does not distort timing).
+WEBHOOK_RATE_PER_S for WEBHOOK_SECONDS (each signed just before it is sent).
+intake_grpc_server_cpu_ms_per_payment / intake_webhook_server_cpu_ms_per_request: CPU time (user + system)
+the service process spent per request, from /proc; unlike the rates it barely depends on what else
+runs on the machine, so it tells the capacity of one core (1000 / figure requests per second).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -35,6 +40,12 @@ CHANNELS = 4
 WEBHOOK_RATE_PER_S = 200
 WEBHOOK_SECONDS = 10
 MERCHANT_ID = "1230000109"
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _request(transaction_id: str, success: Timestamp) -> service_pb2.RecordPaymentRequest:
@@ -165,10 +176,16 @@ async def run(env: StackUnderTest) -> dict[str, float]:
                 )
         finally:
             await pool.close()
+        pid = service.proc.pid  # type: ignore[attr-defined]
+        cpu_before = _cpu_s(pid)
         per_s = await _grpc_throughput(service.port, uuid.uuid4().hex[:6])
         drain_s = await _outbox_drain_s(env.database_url)
+        grpc_cpu_ms = (_cpu_s(pid) - cpu_before) * 1000 / (PAYMENTS + WARMUP)
         url = f"http://127.0.0.1:{webhook_port}/v1/notify/wechatpay/{MERCHANT_ID}"
+        cpu_before = _cpu_s(pid)
         p50, p99, count = await _webhook_latency(url, signer, apiv3_key)
+        await _outbox_drain_s(env.database_url)
+        webhook_cpu_ms = (_cpu_s(pid) - cpu_before) * 1000 / count
     finally:
         service.terminate()
     return {
@@ -177,4 +194,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         "intake_webhook_p50_ms": p50,
         "intake_webhook_p99_ms": p99,
         "intake_webhook_requests": count,
+        "intake_grpc_server_cpu_ms_per_payment": grpc_cpu_ms,
+        "intake_webhook_server_cpu_ms_per_request": webhook_cpu_ms,
+        "intake_load_average_1m": os.getloadavg()[0],
     }

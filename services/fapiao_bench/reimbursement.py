@@ -1,0 +1,106 @@
+"""Reimbursement benchmark: LockInvoice over mutual TLS against the real service, 4 validators, Kafka, PostgreSQL.
+
+Every lock is on a distinct, freshly issued personal invoice (no contention), from 8 organisations over
+8 connections. The RPC returns only once the ledger's block holding the LOCK is final by quorum, so
+these figures include the whole path: authorization, the idempotency row and outbox in PostgreSQL, the
+relay to Kafka, 4 validators executing and signing, and the result coming back.
+
+reimburse_locks_per_s: closed loop, LOCKS_THROUGHPUT locks with IN_FLIGHT concurrent RPCs.
+reimburse_lock_p99_ms (and p50): open loop, locks started at a steady PACED_RATE_PER_S for PACED_SECONDS;
+latency from the call to its answer. reimburse_paced_offered_per_s is the rate actually offered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import grpc
+from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
+from fapiao_stack.harness import StackUnderTest
+from reimbursement.devstack import Pki, RealStack, new_tax_id
+
+ORGANISATIONS = 8
+LOCKS_THROUGHPUT = 1_500
+IN_FLIGHT = 256
+PACED_RATE_PER_S = 500
+PACED_SECONDS = 4
+ISSUE_CHUNK = 500
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(env: StackUnderTest) -> dict[str, float]:
+    pki = Pki()
+    real = RealStack(env, pki)
+    await real.start()
+    channels: list[grpc.aio.Channel] = []
+    try:
+        orgs = [new_tax_id() for _ in range(ORGANISATIONS)]
+        for org in orgs:
+            await real.add_org(org)
+        needed = LOCKS_THROUGHPUT + PACED_RATE_PER_S * PACED_SECONDS + 50
+        numbers: list[str] = []
+        while len(numbers) < needed:
+            numbers += await real.issue([None] * min(ISSUE_CHUNK, needed - len(numbers)))
+        channels = [real.channel(org) for org in orgs]
+        stubs = [pki.stub(c) for c in channels]
+        sequence = iter(range(len(numbers)))
+
+        async def lock() -> float:
+            i = next(sequence)
+            started = time.perf_counter()
+            try:
+                reply = await stubs[i % ORGANISATIONS].LockInvoice(
+                    rpb.LockInvoiceRequest(invoice_number=numbers[i], idempotency_key=f"bench-{i}"), timeout=60
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise RuntimeError(f"lock {i} failed after {time.perf_counter() - started:.3f}s: {exc.code()}") from exc
+            assert reply.outcome.status == rpb.REIMBURSEMENT_STATUS_LOCKED
+            return time.perf_counter() - started
+
+        print(f"[reimbursement] {len(numbers)} invoices issued", flush=True)
+        for _ in range(50):  # warm up connections, caches and the validators' first blocks
+            await lock()
+
+        print("[reimbursement] warmed up", flush=True)
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def gated() -> float:
+            async with gate:
+                return await lock()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(gated() for _ in range(LOCKS_THROUGHPUT)))
+        locks_per_s = LOCKS_THROUGHPUT / (time.perf_counter() - started)
+        print(f"[reimbursement] throughput {locks_per_s:.0f} locks/s", flush=True)
+
+        # Open loop: start a lock every 1/rate seconds whatever the answers do (no coordinated omission).
+        tasks: list[asyncio.Task[float]] = []
+        interval = 1.0 / PACED_RATE_PER_S
+        paced_started = time.perf_counter()
+        for n in range(PACED_RATE_PER_S * PACED_SECONDS):
+            delay = paced_started + n * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(lock()))
+        offered = len(tasks) / (time.perf_counter() - paced_started)
+        latencies_ms = [s * 1000 for s in await asyncio.gather(*tasks)]
+        return {
+            "reimburse_locks_per_s": locks_per_s,
+            "reimburse_lock_p50_ms": statistics.median(latencies_ms),
+            "reimburse_lock_p99_ms": _percentile(latencies_ms, 0.99),
+            "reimburse_paced_offered_per_s": offered,
+        }
+    except Exception:
+        if real.service is not None:
+            print(real.service.log_text()[-4000:], flush=True)
+        raise
+    finally:
+        for channel in channels:
+            await channel.close()
+        await real.stop()
