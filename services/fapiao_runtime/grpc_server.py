@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.logs import request_id_var
-from fapiao_runtime.metrics import GRPC_LATENCY, GRPC_REQUESTS
+from fapiao_runtime.metrics import GRPC_LATENCY, GRPC_REQUESTS, REJECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
                     return await inner_unary(request, context)
                 except FapiaoError as exc:
                     code = exc.status_code.name
+                    REJECTIONS.labels(method=method, reason=exc.reason).inc()
                     await context.abort(
                         exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),)
                     )

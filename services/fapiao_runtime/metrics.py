@@ -11,6 +11,7 @@ GRPC_LATENCY = Histogram(
     ["method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+REJECTIONS = Counter("fapiao_rejections_total", "Requests rejected with a domain reason", ["method", "reason"])
 OUTBOX_BACKLOG = Gauge("fapiao_outbox_backlog", "Outbox rows not yet published")
 OUTBOX_PUBLISHED = Counter("fapiao_outbox_published_total", "Outbox rows published to Kafka")
 CONSUMER_LAG = Gauge("fapiao_consumer_lag", "Records not yet consumed", ["consumer"])
