@@ -28,7 +28,7 @@ from fapiao_stack.paths import REPO_ROOT
 from fapiao_stack.postgres import LocalPostgres
 from fapiao_stack.procs import free_port
 
-AREAS = ("baselines", "intake", "minting", "ledger", "reimbursement", "e2e")
+AREAS = ("baselines", "intake", "minting", "ledger", "reimbursement", "gateway", "e2e")
 
 
 async def _fresh_env(kafka_bootstrap: str, admin_url: str, work: Path, area: str) -> StackUnderTest:
