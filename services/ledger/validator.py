@@ -19,6 +19,7 @@ import hashlib
 import logging
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 
 import asyncpg
@@ -107,6 +108,7 @@ class Validator:
         ordered = sorted(config.validator_keys)
         self._rank = ordered.index(config.validator_id)
         self._validators = len(ordered)
+        self._results_partitions = 1
 
     # --- start-up ------------------------------------------------------------------------------
     async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
@@ -160,6 +162,7 @@ class Validator:
         await consumer.start()
         try:
             partitions = await self._partitions(consumer, self._tx_topic)
+            self._results_partitions = len(await self._partitions(consumer, self._results_topic))
             positions = await self._load(partitions)
             tps = {p: TopicPartition(self._tx_topic, p) for p in partitions}
             consumer.assign(list(tps.values()))
@@ -440,8 +443,11 @@ class Validator:
             producer=self.config.validator_id,
             payload=raw,
         )
+        key = transaction_id.encode()
+        # Explicit partition (C crc32): aiokafka's pure-Python murmur2 costs more than the rest of the send.
+        partition = zlib.crc32(key) % self._results_partitions
         future: asyncio.Future[object] = await self.producer.send(
-            self._results_topic, value=envelope.SerializeToString(), key=transaction_id.encode()
+            self._results_topic, value=envelope.SerializeToString(), key=key, partition=partition
         )
         return future
 

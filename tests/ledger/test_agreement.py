@@ -163,7 +163,13 @@ async def test_killed_validator_recovers_and_blocks_stay_final_with_three(stack:
         try:
             assert await conn.fetchval("SELECT count(*) FROM ledger_2.divergences") == 0
             assert await conn.fetchval("SELECT count(*) FROM ledger_1.divergences") == 0
+            # A validator that lost its database (or a new one) replays the log from offset 0.
+            net.processes[3].kill()
+            await conn.execute("DROP SCHEMA ledger_3 CASCADE")
         finally:
             await conn.close()
+        await net.start_validator(3)
+        await wait_all_final(net, [3], len(txs), timeout_s=60)
+        assert await chain_snapshot(stack.database_url, net.schema(3)) == (reference, reference_states)
     finally:
         await net.stop()

@@ -10,7 +10,7 @@ import asyncpg
 import grpc
 import pytest
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
-from fapiao_runtime.errors import reason_of
+from fapiao_runtime.errors import DeadlineExceeded, reason_of
 from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_runtime.ledger_trust import ReceiptInvalid, validator_keys_from_env, verify_receipt
 from fapiao_stack.harness import StackUnderTest
@@ -50,6 +50,9 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
             got = await waiter.submit_and_wait(net.producer, signed, inv, timeout_s=30)
             assert got.rejection_reason == reason, (reason, got)
             assert got.accepted == (reason == "")
+        with pytest.raises(DeadlineExceeded) as late:
+            await waiter.wait(str(uuid.uuid4()), timeout_s=0.2)
+        assert late.value.reason == "LEDGER_RESULT_TIMEOUT"
         # A retried submission gets the original outcome, not a new decision.
         again = await waiter.submit_and_wait(net.producer, steps[2][0], inv, timeout_s=30)
         assert again.accepted and again.height > 0

@@ -1,0 +1,75 @@
+"""Unit tests: local key files, key lists from the environment, quorum sizes, signing keys."""
+
+from __future__ import annotations
+
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.errors import InvalidArgument
+from fapiao_runtime.ledger_client import SigningKey, key_registration_events, sign_transaction, transaction_event
+from fapiao_runtime.ledger_trust import parse_key_list, quorum_for, validator_keys_from_env
+from fapiao_stack.keys import ensure_local_keys, load_authority_key, validator_env, validator_key_files
+
+pytestmark = pytest.mark.unit
+
+
+def test_local_keys_are_private_stable_and_listed(tmp_path: Path) -> None:
+    env = ensure_local_keys(tmp_path, 4)
+    assert ensure_local_keys(tmp_path, 4) == env  # created once, reused
+    files = validator_key_files(tmp_path, 4)
+    assert sorted(files) == [f"validator-{i}" for i in range(1, 5)]
+    for path in [*files.values(), Path(env["FAPIAO_LEDGER_AUTHORITY_KEY_FILE"])]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    keys = validator_keys_from_env(env)
+    for vid, path in files.items():
+        key = SigningKey.from_pem(vid, path.read_bytes())
+        assert keys[vid].public_bytes_raw() == key.public_raw
+    authority = load_authority_key(Path(env["FAPIAO_LEDGER_AUTHORITY_KEY_FILE"]))
+    assert parse_key_list(env["FAPIAO_LEDGER_AUTHORITY_KEYS"])["authority-1"].public_bytes_raw() == authority.public_raw
+    assert validator_env(tmp_path, 4, 3)["FAPIAO_DB_SCHEMA"] == "ledger_3"
+
+
+def test_key_list_errors_name_the_entry() -> None:
+    with pytest.raises(ValueError, match="v1"):
+        parse_key_list("v1:not-base64!")
+    with pytest.raises(ValueError, match="32 bytes"):
+        parse_key_list("v1:AAAA")
+    key = SigningKey.generate("x")
+    import base64
+
+    raw = base64.b64encode(key.public_raw).decode()
+    with pytest.raises(ValueError, match="twice"):
+        parse_key_list(f"v1:{raw},v1:{raw}")
+    assert list(parse_key_list(f" v1:{raw} , v2:{raw} ,")) == ["v1", "v2"]
+
+
+def test_quorum_sizes() -> None:
+    assert [quorum_for(n) for n in (1, 2, 3, 4, 5, 7, 10)] == [1, 2, 2, 3, 3, 5, 7]
+
+
+def test_signing_keys_and_wire_helpers() -> None:
+    key = SigningKey.generate("issuer-1")
+    assert "PRIVATE" not in repr(key)
+    encrypted = key.to_pem(b"secret")
+    assert b"ENCRYPTED" in encrypted
+    assert SigningKey.from_pem("issuer-1", encrypted, b"secret").public_raw == key.public_raw
+    with pytest.raises(ValueError):
+        SigningKey.from_pem("issuer-1", encrypted, b"wrong")
+    with pytest.raises(InvalidArgument):
+        sign_transaction(ledger_pb2.TransactionBody(transaction_id="not-a-uuid"), key)
+    tx_id = str(uuid.uuid4())
+    signed = sign_transaction(ledger_pb2.TransactionBody(transaction_id=tx_id, invoice_id="inv-1"), key)
+    event = transaction_event(signed, "inv-1", "test")
+    assert str(event.event_id) == tx_id and event.key == b"inv-1" and event.topic == "ledger.tx.v1"
+    with pytest.raises(InvalidArgument):
+        transaction_event(signed, "inv-2", "test")
+    registration = ledger_pb2.KeyRegistration(
+        key_id="issuer-1", public_key=key.public_raw, role=ledger_pb2.SUBMITTER_ROLE_ISSUER, registration_id="r-1"
+    )
+    events = key_registration_events(key, registration, 3, "test")
+    assert [e.partition for e in events] == [0, 1, 2]
+    assert len({e.event_id for e in events}) == 3
