@@ -120,6 +120,8 @@ class LedgerNetwork:
     stack: StackUnderTest
     validators: int = 4
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Per-validator overrides, by 1-based index (e.g. a deliberately misconfigured validator).
+    validator_overrides: dict[int, dict[str, str]] = field(default_factory=dict)
     processes: dict[int, ServiceProcess] = field(default_factory=dict)
     issuer: SigningKey = field(default_factory=lambda: SigningKey.generate(f"issuer-{uuid.uuid4().hex[:8]}"))
     reimburser: SigningKey = field(default_factory=lambda: SigningKey.generate(f"reimb-{uuid.uuid4().hex[:8]}"))
@@ -150,7 +152,12 @@ class LedgerNetwork:
             )
 
     async def start_validator(self, index: int) -> ServiceProcess:
-        env = {**self.env, **validator_env(self.run_dir, self.validators, index), **self.extra_env}
+        env = {
+            **self.env,
+            **validator_env(self.run_dir, self.validators, index),
+            **self.extra_env,
+            **self.validator_overrides.get(index, {}),
+        }
         process = await self.stack.start_service("ledger", **env)  # type: ignore[arg-type]
         self.processes[index] = process
         return process

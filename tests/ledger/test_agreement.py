@@ -173,3 +173,33 @@ async def test_killed_validator_recovers_and_blocks_stay_final_with_three(stack:
         assert await chain_snapshot(stack.database_url, net.schema(3)) == (reference, reference_states)
     finally:
         await net.stop()
+
+
+async def test_divergent_validator_is_reported_and_quorum_still_finalizes(stack: StackUnderTest) -> None:
+    # Validator 4 cuts blocks at another size, so its headers differ from everyone else's.
+    net = LedgerNetwork(
+        stack,
+        extra_env={"FAPIAO_LEDGER_MAX_TXS": "10", "FAPIAO_LEDGER_CUT_MS": "20"},
+        validator_overrides={4: {"FAPIAO_LEDGER_MAX_TXS": "7"}},
+    )
+    await net.start()
+    try:
+        txs = [issue(net.issuer, f"inv-d-{i}", f"2646{i:016d}") for i in range(60)]
+        await net.submit(txs)
+        await wait_all_final(net, [1, 2, 3], len(txs), timeout_s=60)
+
+        async def reported() -> int:
+            conn = await asyncpg.connect(stack.database_url)
+            try:
+                return int(
+                    await conn.fetchval("SELECT count(*) FROM ledger_1.divergences WHERE validator_id = 'validator-4'")
+                )
+            finally:
+                await conn.close()
+
+        assert await wait_for(reported, 20, what="divergence of validator-4 recorded") >= 1
+        assert await count_final(stack.database_url, net.schema(4)) == 0  # nobody agrees with its headers
+        log = net.processes[1].log_text()
+        assert "validator header diverges from ours" in log
+    finally:
+        await net.stop()
