@@ -194,7 +194,8 @@ async def trusted_serials(conn: asyncpg.Connection, merchant_id: str) -> list[st
 class MerchantDirectory:
     """Read-through cache of merchant keys for the request path (bounded staleness: ttl_s).
 
-    An unknown serial forces one refresh, so a newly added platform key works immediately.
+    An unknown serial forces a refresh, so a newly added platform key works immediately; forced
+    refreshes of one merchant happen at most once per second, so forged serials cannot flood the database.
     """
 
     def __init__(self, pool: asyncpg.Pool, secrets_key: bytes, *, ttl_s: float = 30.0, max_entries: int = 10_000):
@@ -203,13 +204,20 @@ class MerchantDirectory:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._entries: dict[str, tuple[float, MerchantKeys | None]] = {}
+        self._forced_at: dict[str, float] = {}
 
     async def get(self, merchant_id: str, *, refresh: bool = False) -> MerchantKeys | None:
         """The merchant's keys, or None if there is no such merchant."""
         now = time.monotonic()
         cached = self._entries.get(merchant_id)
+        if refresh and now - self._forced_at.get(merchant_id, -1e9) < 1.0:
+            refresh = False
         if cached is not None and not refresh and cached[0] > now:
             return cached[1]
+        if refresh:
+            if len(self._forced_at) >= self._max_entries:
+                self._forced_at.clear()
+            self._forced_at[merchant_id] = now
         keys = await self._load(merchant_id)
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
