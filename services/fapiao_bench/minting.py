@@ -7,6 +7,8 @@ channels. Figures:
                         twice, written with its ISSUE transaction to the outbox), CLAIMS_IN_FLIGHT at a time
   mint_claim_p50_ms / mint_claim_p99_ms   client-observed claim latency under that load
   mint_outbox_drain_s   time after the last claim until every ISSUE reached Kafka
+  mint_server_cpu_ms_per_claim   CPU time (user + system) of the service process per measured claim,
+                        including its outbox relay: a figure that does not depend on what else the machine runs
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ PAYMENTS_PER_MERCHANT = 40
 WARMUP_CLAIMS = 300
 CLAIMS_IN_FLIGHT = 256
 CHANNELS = 8
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _uscc(n: int) -> str:
@@ -143,6 +152,8 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         await asyncio.gather(*(claim(i, t) for i, t in enumerate(tokens[:WARMUP_CLAIMS])))
         latencies.clear()
         measured = tokens[WARMUP_CLAIMS:]
+        pid = service.proc.pid  # type: ignore[attr-defined]
+        cpu_before = _cpu_s(pid)
         started = time.perf_counter()
         await asyncio.gather(*(claim(i + WARMUP_CLAIMS, t) for i, t in enumerate(measured)))
         claims_s = time.perf_counter() - started
@@ -153,6 +164,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
                 raise TimeoutError("outbox did not drain")
             await asyncio.sleep(0.05)
         drain_s = time.perf_counter() - drain_started
+        cpu_per_claim_ms = (_cpu_s(pid) - cpu_before) / len(measured) * 1000
         numbers = await conn.fetchval("SELECT count(DISTINCT invoice_number) FROM invoice_minting.invoices")
         assert numbers == len(tokens), "every claim must have its own number"
         quantiles = statistics.quantiles(latencies, n=100)
@@ -162,6 +174,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
             "mint_claim_p50_ms": quantiles[49] * 1000,
             "mint_claim_p99_ms": quantiles[98] * 1000,
             "mint_outbox_drain_s": drain_s,
+            "mint_server_cpu_ms_per_claim": cpu_per_claim_ms,
         }
     finally:
         await conn.close()
