@@ -17,6 +17,7 @@ import time
 import asyncpg
 from fapiao_runtime.errors import FapiaoError, ResourceExhausted
 
+from payment_intake import metrics
 from payment_intake.domain import RecordPayment
 from payment_intake.store import PaymentOutcome, record_payments
 
@@ -103,6 +104,11 @@ class PaymentBatcher:
             if not future.done():
                 future.set_exception(exc)
             return
+        metrics.BATCH_SIZE.observe(len(batch))
         for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, FapiaoError):
+                metrics.PAYMENTS.labels(outcome=outcome.reason).inc()
+            else:
+                metrics.PAYMENTS.labels(outcome="duplicate" if outcome.duplicate else "recorded").inc()
             if not future.done():
                 future.set_result(outcome)

@@ -26,7 +26,9 @@ from fapiao_runtime.errors import (
     Unauthenticated,
     Unavailable,
 )
+from fapiao_runtime.metrics import REJECTIONS
 
+from payment_intake import metrics
 from payment_intake import wechatpay as wx
 from payment_intake.domain import RecordPayment, RecordRefund
 from payment_intake.handlers import IntakeHandlers
@@ -132,15 +134,19 @@ class NotificationReceiver:
                 duplicate = await self._process(request, body, merchant_hint)
         except FapiaoError as exc:
             log.info("notification rejected", extra={"reason": exc.reason, "merchant_id": merchant_hint[:32]})
+            REJECTIONS.labels(method="webhook", reason=exc.reason).inc()
+            metrics.WEBHOOK_LATENCY.labels(status=str(exc.http_status)).observe(time.perf_counter() - started)
             return web.json_response({"code": exc.reason, "message": exc.message}, status=exc.http_status)
         except TimeoutError:
             error = Unavailable("DEADLINE_EXCEEDED", "could not record the notification in time; retry")
+            REJECTIONS.labels(method="webhook", reason=error.reason).inc()
             return web.json_response({"code": error.reason, "message": error.message}, status=503)
         except web.HTTPRequestEntityTooLarge:
             return web.json_response({"code": "MALFORMED_BODY", "message": "body too large"}, status=413)
         except Exception:
             log.exception("notification failed")
             return web.json_response({"code": "INTERNAL", "message": "internal error"}, status=500)
+        metrics.WEBHOOK_LATENCY.labels(status="200").observe(time.perf_counter() - started)
         log.info(
             "notification recorded",
             extra={
