@@ -243,15 +243,15 @@ async def mark_published(conn: asyncpg.Connection, blocks: list[tuple[int, int]]
         )
 
 
-async def block_results(conn: asyncpg.Connection, chain_id: int, height: int) -> list[tuple[bool, str, bytes]]:
-    """(duplicate, transaction_id, result bytes) of a block, in block order."""
+async def block_results(conn: asyncpg.Connection, chain_id: int, height: int) -> list[tuple[bool, bool, str, bytes]]:
+    """(duplicate, claims_id, transaction_id, result bytes) of a block, in block order."""
     rows = await conn.fetch(
-        "SELECT duplicate, transaction_id, result_bytes FROM transactions WHERE chain_id = $1 AND height = $2"
-        " ORDER BY idx",
+        "SELECT duplicate, claims_id, transaction_id, result_bytes FROM transactions"
+        " WHERE chain_id = $1 AND height = $2 ORDER BY idx",
         chain_id,
         height,
     )
-    return [(r["duplicate"], r["transaction_id"], bytes(r["result_bytes"])) for r in rows]
+    return [(r["duplicate"], r["claims_id"], r["transaction_id"], bytes(r["result_bytes"])) for r in rows]
 
 
 async def original_final_result(conn: asyncpg.Connection, transaction_id: str) -> bytes | None:

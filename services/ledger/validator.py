@@ -37,7 +37,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge
 
 from ledger import store
-from ledger.chain import ChainExecutor, CutBlock
+from ledger.chain import ChainExecutor, CutBlock, claims_id
 from ledger.config import LedgerConfig
 from ledger.state_machine import DUPLICATE_TRANSACTION, ParsedTransaction, parse_transaction
 
@@ -96,7 +96,7 @@ class Validator:
         self.own_hashes: dict[tuple[int, int], bytes] = {}
         self.votes: dict[tuple[int, int], dict[str, bytes]] = {}
         self.final: set[tuple[int, int]] = set()
-        self.pending_results: dict[tuple[int, int], list[tuple[bool, str, bytes]]] = {}
+        self.pending_results: dict[tuple[int, int], list[tuple[bool, bool, str, bytes]]] = {}
         self.publish_queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self.pending_since: dict[int, float] = {}
         self.last_marker: dict[int, tuple[int, float]] = {}
@@ -263,7 +263,7 @@ class Validator:
             keys.append(key)
             self.own_hashes[key] = block.header_hash
             self.pending_results[key] = [
-                (o.result.rejection_reason == DUPLICATE_TRANSACTION, o.transaction_id, r)
+                (o.result.rejection_reason == DUPLICATE_TRANSACTION, claims_id(o), o.transaction_id, r)
                 for o, r in zip(block.outcomes, block.results, strict=True)
             ]
             accepted = sum(1 for o in block.outcomes if o.result.accepted)
@@ -416,16 +416,21 @@ class Validator:
                     results = self.pending_results.pop(key, None)
                     if results is None:
                         results = await store.block_results(conn, *key)
-                    for duplicate, transaction_id, raw in results:
+                    for index, (duplicate, claims, transaction_id, raw) in enumerate(results):
                         if not transaction_id:
                             continue  # undecodable record: nobody awaits it
-                        if duplicate:
+                        event_id = result_event_id(transaction_id)
+                        if not claims:
+                            # Rejected before its signature was verified (possibly forged): published under
+                            # its own event id, so it can never shadow the genuine transaction's result.
+                            event_id = uuid.uuid5(event_id, f"unverified:{key[0]}:{key[1]}:{index}")
+                        elif duplicate:
                             # A retried submission learns the original outcome (same event id).
                             original = await store.original_final_result(conn, transaction_id)
                             if original is None:
                                 continue
                             raw = original
-                        futures.append(await self._send_result(transaction_id, raw, occurred_at))
+                        futures.append(await self._send_result(transaction_id, event_id, raw, occurred_at))
                 await asyncio.gather(*futures)
                 await store.mark_published(conn, keys)
             # Votes of final, published blocks are no longer needed for finality.
@@ -433,10 +438,12 @@ class Validator:
                 if len(self.votes.get(key, {})) >= self._validators:
                     del self.votes[key]
 
-    async def _send_result(self, transaction_id: str, raw: bytes, occurred_at: Timestamp) -> asyncio.Future[object]:
+    async def _send_result(
+        self, transaction_id: str, event_id: uuid.UUID, raw: bytes, occurred_at: Timestamp
+    ) -> asyncio.Future[object]:
         # The stored result bytes are the payload as they are (no re-serialization).
         envelope = envelope_pb2.EventEnvelope(
-            event_id=str(result_event_id(transaction_id)),
+            event_id=str(event_id),
             event_type=RESULT_TYPE,
             aggregate_id=transaction_id,
             occurred_at=occurred_at,
