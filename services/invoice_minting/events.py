@@ -94,6 +94,9 @@ async def create_offer(conn: asyncpg.Connection, payment: payments_pb2.Payment, 
     check_payment_items(payment.amount_fen, payment.items)
     for item in payment.items:
         check_text(item.name, "item name")
+        check_text(item.tax_classification_code, "tax classification code")
+        if len(item.name) > MAX_TEXT_CHARS or len(item.tax_classification_code) > MAX_TEXT_CHARS:
+            raise InvalidArgument("INVALID_PAYMENT", f"item texts are limited to {MAX_TEXT_CHARS} characters")
     paid_at = (
         payment.success_time.ToDatetime(tzinfo=dt.UTC) if payment.HasField("success_time") else dt.datetime.now(dt.UTC)
     )
