@@ -80,12 +80,14 @@ class OutboxRelay:
             try:
                 rounds = 0
                 while not stop.is_set():
+                    # Clear before reading, not after: a NOTIFY for a row committed while relay_once runs
+                    # must wake the next round at once instead of waiting for the poll interval.
+                    self._wakeup.clear()
                     sent = await self.relay_once()
                     rounds += 1
                     if rounds % 200 == 0:
                         await self._purge()
                     if sent < self._batch_size:
-                        self._wakeup.clear()
                         waiter = asyncio.ensure_future(self._wakeup.wait())
                         stopper = asyncio.ensure_future(stop.wait())
                         await asyncio.wait(
