@@ -274,7 +274,8 @@ class ClaimPipeline:
                     await self._process([cmd])
                 return
             outcomes = [exc]
-            log.exception("claim failed")
+            if not isinstance(exc, FapiaoError):
+                log.exception("claim failed")
         self.batches += 1
         self.claims += len(batch)
         for cmd, outcome in zip(batch, outcomes, strict=True):
