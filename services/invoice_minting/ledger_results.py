@@ -89,8 +89,11 @@ async def _red_letter_outcome(
             if tx["type"] == ledger_pb2.TRANSACTION_TYPE_CANCEL
             else invoice_pb2.INVOICE_STATUS_PARTIALLY_RED_LETTERED
         )
+        # A CANCEL leaves nothing reimbursable, whatever other red-letter results did before it arrived.
         await conn.execute(
-            "UPDATE invoices SET status = $2 WHERE invoice_id = $1 AND status <> $3",
+            "UPDATE invoices SET status = $2,"
+            " reimbursable_fen = CASE WHEN $2 = $3 THEN 0 ELSE reimbursable_fen END"
+            " WHERE invoice_id = $1 AND status <> $3",
             tx["invoice_id"],
             new_status,
             invoice_pb2.INVOICE_STATUS_CANCELLED,
@@ -102,10 +105,12 @@ async def _red_letter_outcome(
             invoice_pb2.INVOICE_STATUS_REJECTED,
             result.rejection_reason or "REJECTED",
         )
-        # The reversal did not happen: give the amount back to the original (unless it was rejected itself).
+        # The reversal did not happen: give the amount back to the original, unless the original was
+        # itself rejected or has been cancelled since (results of one invoice may arrive in any order).
         await conn.execute(
-            "UPDATE invoices SET reimbursable_fen = reimbursable_fen + $2 WHERE invoice_id = $1 AND status <> $3",
+            "UPDATE invoices SET reimbursable_fen = reimbursable_fen + $2"
+            " WHERE invoice_id = $1 AND status <> ALL($3::smallint[])",
             tx["invoice_id"],
             tx["amount_fen"],
-            invoice_pb2.INVOICE_STATUS_REJECTED,
+            [invoice_pb2.INVOICE_STATUS_REJECTED, invoice_pb2.INVOICE_STATUS_CANCELLED],
         )

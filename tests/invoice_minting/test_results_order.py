@@ -1,0 +1,121 @@
+"""Ledger results arrive on several partitions (keyed by transaction id), so a red letter's result can
+overtake its invoice's ISSUE result. The final state must not depend on that order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from fapiao.invoicing.v1 import invoice_pb2
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao.payments.v1 import payments_pb2
+from fapiao_runtime.db import apply_migrations, create_pool
+from fapiao_runtime.envelope import make_envelope
+from fapiao_stack.harness import StackUnderTest
+from invoice_minting import red_letter
+from invoice_minting.claims import ClaimCommand, mint_claims, token_hash
+from invoice_minting.events import create_offer, on_merchant_event
+from invoice_minting.invoice_store import get_invoice
+from invoice_minting.ledger_results import on_result
+
+from tests.invoice_minting.support import uscc
+from tests.invoice_minting.test_numbering import MIGRATIONS, _deps
+
+pytestmark = pytest.mark.integration
+
+
+def _result(transaction_id: uuid.UUID, tx_type: int, accepted: bool, height: int):  # type: ignore[no-untyped-def]
+    result = ledger_pb2.TransactionResult(
+        transaction_id=str(transaction_id),
+        type=tx_type,
+        accepted=accepted,
+        height=height,
+        chain_id=1,
+        rejection_reason="" if accepted else "AMOUNT_EXCEEDED",
+    )
+    return make_envelope(result, aggregate_id=str(transaction_id), producer="ledger")
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (1, 0, 2, 3), (2, 1, 0, 3), (1, 2, 3, 0)])
+async def test_result_order_does_not_change_the_final_state(stack: StackUnderTest, order: tuple[int, ...]) -> None:
+    deps = _deps()
+    pool = await create_pool(stack.database_url, "invoice_minting")
+    try:
+        await apply_migrations(pool, "invoice_minting", MIGRATIONS)
+        merchant = payments_pb2.MerchantRegistered(
+            merchant_id="m1",
+            legal_name="卖方",
+            tax_id=uscc(1),
+            region_code="44",
+            default_tax_classification_code="1",
+            default_item_name="服务",
+            default_tax_rate_bp=600,
+        )
+        now = dt.datetime.now(dt.UTC)
+        buyer = invoice_pb2.Party(kind=invoice_pb2.PARTY_KIND_PERSON, name="张三")
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                await on_merchant_event(conn, make_envelope(merchant, aggregate_id="m1", producer="t"), deps)
+                token = await create_offer(
+                    conn, payments_pb2.Payment(payment_id="p", merchant_id="m1", amount_fen=900), deps
+                )
+                [invoice] = await mint_claims(conn, deps, [ClaimCommand(token_hash(token or ""), buyer, "k")], now)
+                assert isinstance(invoice, invoice_pb2.Invoice)
+                partial, _ = await red_letter.reverse(
+                    conn,
+                    deps,
+                    merchant_id="m1",
+                    invoice_id=uuid.UUID(invoice.body.invoice_id),
+                    amount_fen=300,
+                    reason="SALES_DISCOUNT",
+                    idempotency_key="r1",
+                    request_hash=b"1",
+                    now=now,
+                )
+                cancel, _ = await red_letter.reverse(
+                    conn,
+                    deps,
+                    merchant_id="m1",
+                    invoice_id=uuid.UUID(invoice.body.invoice_id),
+                    amount_fen=0,
+                    reason="SALES_RETURN",
+                    idempotency_key="r2",
+                    request_hash=b"2",
+                    now=now,
+                )
+            txs = {
+                r["type"]: r["transaction_id"]
+                for r in await conn.fetch("SELECT type, transaction_id FROM ledger_transactions")
+            }
+            # The partial red letter is rejected, the cancel accepted; results arrive in the given order.
+            results = [
+                _result(
+                    txs[ledger_pb2.TRANSACTION_TYPE_PARTIAL_RED_LETTER],
+                    ledger_pb2.TRANSACTION_TYPE_PARTIAL_RED_LETTER,
+                    False,
+                    2,
+                ),
+                _result(txs[ledger_pb2.TRANSACTION_TYPE_CANCEL], ledger_pb2.TRANSACTION_TYPE_CANCEL, True, 3),
+                _result(txs[ledger_pb2.TRANSACTION_TYPE_ISSUE], ledger_pb2.TRANSACTION_TYPE_ISSUE, True, 1),
+                _result(
+                    txs[ledger_pb2.TRANSACTION_TYPE_ISSUE], ledger_pb2.TRANSACTION_TYPE_ISSUE, False, 1
+                ),  # late copy
+            ]
+            for envelope in (results[k] for k in order):
+                async with conn.transaction():
+                    await on_result(conn, envelope, "test")
+            original = await get_invoice(conn, invoice_id=invoice.body.invoice_id)
+            assert original.status == invoice_pb2.INVOICE_STATUS_CANCELLED
+            assert original.ledger_height == 1 and original.reimbursable_fen == 0
+            rejected = await get_invoice(conn, invoice_id=partial.body.invoice_id)
+            assert (rejected.status, rejected.rejection_reason) == (
+                invoice_pb2.INVOICE_STATUS_REJECTED,
+                "AMOUNT_EXCEEDED",
+            )
+            accepted = await get_invoice(conn, invoice_id=cancel.body.invoice_id)
+            assert accepted.status == invoice_pb2.INVOICE_STATUS_ISSUED
+            # Only the accepted ISSUE announces the invoice.
+            assert await conn.fetchval("SELECT count(*) FROM outbox WHERE topic = 'invoices.v1'") == 1
+    finally:
+        await pool.close()
