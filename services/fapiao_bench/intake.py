@@ -6,6 +6,8 @@ intake_outbox_drain_s: time from the last commit until the relay has published e
 intake_webhook_p50_ms / _p99_ms: latency of signed, encrypted notifications sent at a steady
 WEBHOOK_RATE_PER_S for WEBHOOK_SECONDS (pre-signed: RSA signing would otherwise load the client;
 the run is far shorter than the 300 s timestamp window).
+intake_grpc_noop_baseline_per_s: the same client against a no-op PaymentIntakeService on the runtime's
+GrpcServer (same interceptor) in its own process: the ceiling the gRPC stack alone allows here.
 intake_grpc_server_cpu_ms_per_payment / intake_webhook_server_cpu_ms_per_request: CPU time (user + system)
 the service process spent per request, from /proc; unlike the rates it barely depends on what else
 runs on the machine, so it tells the capacity of one core (1000 / figure requests per second).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -27,9 +30,11 @@ import grpc
 from fapiao.payments.v1 import payment_intake_service_pb2 as service_pb2
 from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
 from fapiao_runtime.db import create_pool
+from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_stack.harness import StackUnderTest
-from fapiao_stack.procs import free_port
+from fapiao_stack.procs import free_port, spawn, stop_pid
+from fapiao_stack.services import grpc_health
 from google.protobuf.timestamp_pb2 import Timestamp
 from payment_intake import merchants
 from payment_intake.wechatpay import Delivery, PlatformSigner, generate_apiv3_key, transaction_resource
@@ -63,7 +68,7 @@ def _request(transaction_id: str, success: Timestamp) -> service_pb2.RecordPayme
     )
 
 
-async def _grpc_throughput(port: int, run_id: str) -> float:
+async def _grpc_throughput(port: int, run_id: str, payments: int = PAYMENTS, warmup: int = WARMUP) -> float:
     success = Timestamp()
     success.FromDatetime(datetime.now(UTC))
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(CHANNELS)]
@@ -84,10 +89,10 @@ async def _grpc_throughput(port: int, run_id: str) -> float:
 
             await asyncio.gather(*(worker(slot) for slot in range(CONCURRENCY)))
 
-        await drive(f"w{run_id}", WARMUP)
+        await drive(f"w{run_id}", warmup)
         started = time.perf_counter()
-        await drive(f"b{run_id}", PAYMENTS)
-        return PAYMENTS / (time.perf_counter() - started)
+        await drive(f"b{run_id}", payments)
+        return payments / (time.perf_counter() - started)
     finally:
         for channel in channels:
             await channel.close()
@@ -151,6 +156,34 @@ async def _webhook_latency(url: str, signer: PlatformSigner, apiv3_key: bytes) -
     return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1], float(len(latencies))
 
 
+class _NoopIntake(service_grpc.PaymentIntakeServiceServicer):
+    async def RecordPayment(
+        self, request: service_pb2.RecordPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RecordPaymentResponse:
+        return service_pb2.RecordPaymentResponse()
+
+
+async def _serve_noop(port: int) -> None:
+    server = GrpcServer(["fapiao.payments.v1.PaymentIntakeService"])
+    service_grpc.add_PaymentIntakeServiceServicer_to_server(_NoopIntake(), server.server)  # type: ignore[abstract]
+    await server.start("127.0.0.1", port)
+    await asyncio.sleep(600)  # killed by the benchmark long before
+
+
+async def _noop_baseline(env: StackUnderTest) -> float:
+    port = free_port()
+    proc = spawn([sys.executable, "-m", "fapiao_bench.intake", str(port)], log_file=env.tmp_path / "noop.log")
+    try:
+        deadline = time.monotonic() + 30
+        while await grpc_health(port) != "SERVING":
+            if time.monotonic() > deadline:
+                raise TimeoutError("no-op gRPC server did not start")
+            await asyncio.sleep(0.1)
+        return await _grpc_throughput(port, "noop", payments=PAYMENTS // 2)
+    finally:
+        stop_pid(proc.pid, timeout_s=5)
+
+
 async def run(env: StackUnderTest) -> dict[str, float]:
     secrets_key, webhook_port = secrets.token_bytes(32), free_port()
     service = await env.start_service(
@@ -194,7 +227,9 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         webhook_cpu_ms = (_cpu_s(pid) - cpu_before) * 1000 / count
     finally:
         service.terminate()
+    baseline = await _noop_baseline(env)
     return {
+        "intake_grpc_noop_baseline_per_s": baseline,
         "intake_grpc_payments_per_s": per_s,
         "intake_outbox_drain_s": drain_s,
         "intake_webhook_p50_ms": p50,
@@ -204,3 +239,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         "intake_webhook_server_cpu_ms_per_request": webhook_cpu_ms,
         "intake_load_average_1m": os.getloadavg()[0],
     }
+
+
+if __name__ == "__main__":  # the no-op baseline server: python -m fapiao_bench.intake PORT
+    asyncio.run(_serve_noop(int(sys.argv[1])))
