@@ -106,7 +106,7 @@ class RealStack:
             "FAPIAO_REIMBURSEMENT_CLIENT_CA_FILE": str(ca_cert),
             **extra_env,
         }
-        self.service = await self.stack.start_service("reimbursement", **env)
+        self.service = await self.stack.start_service("reimbursement", **env)  # type: ignore[arg-type]
 
     async def stop(self) -> None:
         for channel in self._validator_channels:

@@ -70,7 +70,8 @@ class ValidatorLedger:
         for i in range(len(self._stubs)):
             stub = self._stubs[(start + i) % len(self._stubs)]
             try:
-                return await getattr(stub, method)(request, timeout=self._timeout_s)
+                reply: object = await getattr(stub, method)(request, timeout=self._timeout_s)
+                return reply
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                     return None
