@@ -193,8 +193,10 @@ async def walk(story: Story) -> None:
         story.say(f"chain {header.chain_id}, block height {header.height}, {header.transaction_count} tx; {signers}")
 
         story.title("The receipt is verified offline with only the validators' public keys")
-        body, _ = verify_invoice_receipts(states[0], keys)
-        story.check(body.invoice_number == number, "the receipt carries the issuer-signed invoice and verifies")
+        verified_body, _ = verify_invoice_receipts(states[0], keys)
+        story.check(
+            verified_body.invoice_number == number, "the receipt carries the issuer-signed invoice and verifies"
+        )
         tampered = ledger_pb2.Receipt()
         tampered.CopyFrom(receipt)
         tampered.result = tampered.result[:-1] + bytes([tampered.result[-1] ^ 1])
@@ -212,7 +214,9 @@ async def walk(story: Story) -> None:
         b = clients.reimbursement_for(tax_b)
         story.title("Company A verifies the invoice through the reimbursement API (mutual TLS)")
         verified = await a.VerifyInvoice(
-            reimb.VerifyInvoiceRequest(invoice_number=number, issue_date=body.issue_date, total_fen=body.total_fen),
+            reimb.VerifyInvoiceRequest(
+                invoice_number=number, issue_date=verified_body.issue_date, total_fen=verified_body.total_fen
+            ),
             timeout=10,
         )
         story.check(verified.genuine, f"genuine, status {reimb.ReimbursementStatus.Name(verified.status)}, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from dataclasses import dataclass
@@ -113,13 +112,3 @@ class PaymentPlatform:
         )
         status, answer = await self._post(session, body)
         return NotificationOutcome(status, answer, transaction_id, out_trade_no)
-
-
-async def with_session(coro_factory):  # type: ignore[no-untyped-def]
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        return await coro_factory(session)
-
-
-def run(coro_factory):  # type: ignore[no-untyped-def]
-    return asyncio.run(with_session(coro_factory))

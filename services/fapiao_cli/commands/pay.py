@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+from fapiao_stack.paths import RUN_DIR
 
 from fapiao_cli import clients
-from fapiao_cli.local import RUN_DIR, gateway_url, load_stack_environment
+from fapiao_cli.local import gateway_url, load_stack_environment
 from fapiao_cli.main import EXIT_FAILED, EXIT_OK
 from fapiao_cli.platform import PaymentPlatform
 from fapiao_cli.progress import ProgressBar

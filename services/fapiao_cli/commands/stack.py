@@ -59,9 +59,9 @@ def _status(args: argparse.Namespace) -> int:
             lag = entry.get("consumer_lag")
             backlog = entry.get("outbox_backlog")
             extra = ""
-            if lag is not None:
+            if isinstance(lag, float):
                 extra += f"  lag {int(lag)}"
-            if backlog is not None:
+            if isinstance(backlog, float):
                 extra += f"  outbox {int(backlog)}"
             print(f"{name:<16} {entry['health']:<12}{extra}")
     return EXIT_OK if all(e["health"] == "SERVING" for e in report.values()) else EXIT_FAILED

@@ -18,7 +18,13 @@ from pathlib import Path
 import grpc
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
-from fapiao_runtime.ledger_trust import ReceiptInvalid, parse_key_list, validator_keys_from_env, verify_receipt
+from fapiao_runtime.ledger_trust import (
+    PublicKeys,
+    ReceiptInvalid,
+    parse_key_list,
+    validator_keys_from_env,
+    verify_receipt,
+)
 from google.protobuf import json_format
 
 from fapiao_cli import clients
@@ -34,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     verify.set_defaults(handler=_verify)
 
 
-def _keys(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _keys(args: argparse.Namespace) -> PublicKeys:
     if args.validator_keys:
         return parse_key_list(args.validator_keys)
     keys = validator_keys_from_env()
@@ -47,8 +53,8 @@ def _keys(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def verify_invoice_receipts(
-    state: ledger_service_pb2.GetInvoiceStateResponse, keys
-) -> tuple[invoice_pb2.InvoiceBody, ledger_pb2.TransactionResult]:  # type: ignore[no-untyped-def]
+    state: ledger_service_pb2.GetInvoiceStateResponse, keys: PublicKeys
+) -> tuple[invoice_pb2.InvoiceBody, ledger_pb2.TransactionResult]:
     """Verify the ISSUE and latest receipts offline; return the issued invoice body and the latest result.
 
     Raises ReceiptInvalid when a receipt does not verify or the ISSUE was not accepted.
