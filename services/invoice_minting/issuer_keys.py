@@ -95,8 +95,16 @@ class IssuerKeyStore:
         )
         return [IssuerKeyRow(**dict(r)) for r in rows]
 
-    async def active_signing_key(self, conn: asyncpg.Connection, merchant_id: str) -> SigningKey | None:
+    async def signing_key_for_seller(
+        self, conn: asyncpg.Connection, merchant_id: str, seller_tax_id: str
+    ) -> SigningKey | None:
+        """The key to sign for an invoice whose seller had `seller_tax_id`: the active key if it was registered
+        for that tax id, else the newest retired one that was (the ledger accepts a red letter only from a key
+        registered for the original invoice's seller, even after the merchant's tax id changed)."""
         row = await conn.fetchrow(
-            "SELECT key_id, private_key_sealed FROM issuer_keys WHERE merchant_id = $1 AND active", merchant_id
+            "SELECT key_id, private_key_sealed FROM issuer_keys WHERE merchant_id = $1 AND subject_tax_id = $2"
+            " ORDER BY active DESC, created_at DESC LIMIT 1",
+            merchant_id,
+            seller_tax_id,
         )
         return None if row is None else self.signing_key(row["key_id"], row["private_key_sealed"])

@@ -102,12 +102,11 @@ async def reverse(
     amount = amount_fen or remaining
     if amount > remaining:
         raise InvalidArgument("AMOUNT_EXCEEDS_REMAINING", f"at most {remaining} fen can still be reversed")
-    key = await deps.keys.active_signing_key(conn, merchant_id)
-    if key is None:
-        raise FailedPrecondition("ISSUER_KEY_MISSING", "the merchant has no active issuer key")
-
     original = invoice_pb2.SignedInvoice.FromString(row["signed"])
     original_body = invoice_pb2.InvoiceBody.FromString(original.body)
+    key = await deps.keys.signing_key_for_seller(conn, merchant_id, original_body.seller.tax_id)
+    if key is None:
+        raise FailedPrecondition("ISSUER_KEY_MISSING", "no issuer key registered for the invoice's seller")
     day = beijing_date(now)
     sequence = await allocate_sequences(conn, original_body.region_code, day.year, 1)
     red_id = uuid.uuid4()

@@ -144,3 +144,38 @@ async def test_key_rotation_keeps_old_invoices_verifiable(stack: StackUnderTest)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await minting.stub.RotateIssuerKey(api.RotateIssuerKeyRequest(merchant_id="nobody"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_tax_id_change_gets_a_new_key_and_old_invoices_are_red_lettered_with_the_old_one(
+    stack: StackUnderTest,
+) -> None:
+    async with minting_service(stack) as minting, ledger_stand_in(minting) as ledger:
+        await minting.register_merchant("m-move", uscc(3))
+        await minting.pay("m-move", "old", 800)
+        await minting.pay("m-move", "new", 900)
+        old = (
+            await minting.stub.ClaimInvoice(
+                api.ClaimInvoiceRequest(
+                    claim_token=await minting.token("m-move", "old"), buyer=person(), idempotency_key="k"
+                )
+            )
+        ).invoice
+        await minting.wait_status(old.body.invoice_id, invoice_pb2.INVOICE_STATUS_ISSUED)
+        await minting.register_merchant("m-move", uscc(4), wait=False)
+        await wait_until(lambda: len(ledger.keys) == 2)
+        new = (
+            await minting.stub.ClaimInvoice(
+                api.ClaimInvoiceRequest(
+                    claim_token=await minting.token("m-move", "new"), buyer=person(), idempotency_key="k"
+                )
+            )
+        ).invoice
+        assert new.body.seller.tax_id == uscc(4) and new.signed.signature.key_id != old.signed.signature.key_id
+        await minting.refund("m-move", "old", 800, 800)
+        await minting.wait_status(old.body.invoice_id, invoice_pb2.INVOICE_STATUS_CANCELLED)
+        cancel = next(t for t in ledger.transactions if t.type == ledger_pb2.TRANSACTION_TYPE_CANCEL)
+        red = invoice_pb2.InvoiceBody.FromString(cancel.cancel.red_letter_invoice.body)
+        assert red.seller.tax_id == uscc(3)
+        assert cancel.cancel.red_letter_invoice.signature.key_id == old.signed.signature.key_id
+        await minting.wait_status(new.body.invoice_id, invoice_pb2.INVOICE_STATUS_ISSUED)
+        assert not ledger.problems
