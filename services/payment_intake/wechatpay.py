@@ -224,3 +224,38 @@ class PlatformSigner:
             "Content-Type": "application/json",
         }
         return Delivery(headers, body)
+
+
+async def send_notification(
+    url: str,
+    signer: PlatformSigner,
+    apiv3_key: bytes,
+    resource: dict[str, Any],
+    *,
+    event_type: str = EVENT_TRANSACTION_SUCCESS,
+    notification_id: str | None = None,
+    timeout_s: float = 5.0,
+) -> tuple[int, dict[str, Any]]:
+    """Deliver one notification as the payment platform would (for the demo and `fapiao pay`).
+
+    `url` is the merchant's notify URL (e.g. http://127.0.0.1:8081/v1/notify/wechatpay/1230000109).
+    Returns the HTTP status and the JSON answer ({"code": "SUCCESS", ...} or a rejection reason).
+    """
+    import aiohttp  # only the sending side needs an HTTP client
+
+    body = signer.notification_body(apiv3_key, resource, event_type=event_type, notification_id=notification_id)
+    delivery = signer.deliver(body)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url, data=delivery.body, headers=delivery.headers) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+def load_private_key(pem: bytes, serial: str) -> PlatformSigner:
+    """A PlatformSigner from a PKCS#8 PEM private key (as written by `cli platform-key generate`)."""
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("platform key must be an RSA private key")
+    return PlatformSigner(serial, key)

@@ -6,14 +6,15 @@ import asyncio
 import json
 import secrets
 import sys
+from pathlib import Path
 
-import aiohttp
 import pytest
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.envelope import unpack
 from fapiao_runtime.topics import MERCHANTS
 from fapiao_stack.harness import StackUnderTest, read_envelopes
 from fapiao_stack.procs import free_port
+from payment_intake.wechatpay import load_private_key, send_notification
 
 from tests.payment_intake.support import PLATFORM, TAX_ID, new_transaction_id, payment_resource
 
@@ -36,8 +37,12 @@ async def _cli(stack: StackUnderTest, env: dict[str, str], *args: str) -> tuple[
 
 async def test_cli_registers_a_merchant_that_can_then_be_paid(stack: StackUnderTest) -> None:
     keys = {"FAPIAO_SECRETS_KEY": secrets.token_hex(32), "FAPIAO_PAYER_HASH_KEY": secrets.token_hex(32)}
-    pem = stack.tmp_path / "platform.pem"
-    pem.write_text(PLATFORM.public_key_pem())
+    code, out, err = await _cli(stack, keys, "platform-key", "generate", "--out", str(stack.tmp_path / "platform"))
+    assert code == 0, err
+    generated = json.loads(out)
+    serial, pem = generated["serial"], generated["public_key"]
+    platform = load_private_key(Path(generated["private_key"]).read_bytes(), serial)
+    assert Path(generated["private_key"]).stat().st_mode & 0o077 == 0
     code, _, err = await _cli(
         stack,
         keys,
@@ -67,12 +72,12 @@ async def test_cli_registers_a_merchant_that_can_then_be_paid(stack: StackUnderT
         "--region-code",
         "44",
         "--platform-key",
-        f"{PLATFORM.serial}={pem}",
+        f"{serial}={pem}",
     )
     assert code == 0, err
     printed = json.loads(out)
     assert printed["merchant_id"] == "1230000109" and printed["tax_id"] == TAX_ID
-    assert printed["trusted_platform_serials"] == [PLATFORM.serial]
+    assert printed["trusted_platform_serials"] == [serial]
     assert printed["notify_path"] == "/v1/notify/wechatpay/1230000109"
     apiv3_key = printed["apiv3_key"].encode()
     assert len(apiv3_key) == 32
@@ -86,12 +91,15 @@ async def test_cli_registers_a_merchant_that_can_then_be_paid(stack: StackUnderT
         assert len(events) == 1 and events[0].aggregate_id == "1230000109"
         registered = unpack(events[0], payments_pb2.MerchantRegistered)
         assert (registered.tax_id, registered.region_code, registered.default_tax_rate_bp) == (TAX_ID, "44", 600)
-        # The printed APIv3 key is the one the service decrypts with.
-        body = PLATFORM.notification_body(apiv3_key, payment_resource("1230000109", new_transaction_id()))
-        delivery = PLATFORM.deliver(body)
+        # The printed APIv3 key is the one the service decrypts with; the generated key pair signs.
         url = f"http://127.0.0.1:{webhook_port}{printed['notify_path']}"
-        async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=delivery.headers) as reply:
-            assert reply.status == 200, await reply.text()
+        resource = payment_resource("1230000109", new_transaction_id())
+        assert await send_notification(url, platform, apiv3_key, resource) == (
+            200,
+            {"code": "SUCCESS", "message": "OK"},
+        )
+        status, answer = await send_notification(url, PLATFORM, apiv3_key, resource)
+        assert (status, answer["code"]) == (401, "UNKNOWN_SERIAL")
     finally:
         service.kill()
     assert printed["apiv3_key"] not in service.log_text()
