@@ -44,10 +44,19 @@ def load_key(name: str) -> bytes:
     path = Path(env_str(f"{name}_FILE", str(_DEV_KEY_DIR / f"{name.lower()}.key")))
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written to a private temporary name and linked into place, so a process starting at the same
+        # moment either sees no file or the complete key (link fails if another process won the race).
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32) + "\n")
-        log.warning("created a development key file", extra={"variable": name, "path": str(path)})
+        try:
+            os.link(temporary, path)
+            log.warning("created a development key file", extra={"variable": name, "path": str(path)})
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
     return decode_key(path.read_text(), name=f"{name}_FILE")
 
 

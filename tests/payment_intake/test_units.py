@@ -261,3 +261,20 @@ def test_resource_parsing_maps_fields_and_hides_the_openid() -> None:
     with pytest.raises(InvalidArgument) as refund_error:
         refund_from_resource({**refund, "refund_status": "PROCESSING"})
     assert refund_error.value.reason == "TRADE_NOT_SUCCESS"
+
+
+def test_development_key_file_is_created_once_private_and_reused(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    from payment_intake.settings import load_key
+
+    path = Path(str(tmp_path)) / "secrets" / "key"
+    monkeypatch.delenv("FAPIAO_UNIT_KEY", raising=False)
+    monkeypatch.setenv("FAPIAO_UNIT_KEY_FILE", str(path))
+    first = load_key("FAPIAO_UNIT_KEY")
+    assert len(first) == 32 and load_key("FAPIAO_UNIT_KEY") == first
+    assert path.stat().st_mode & 0o777 == 0o600 and [p.name for p in path.parent.iterdir()] == ["key"]
+    monkeypatch.setenv("FAPIAO_UNIT_KEY", "ab" * 32)
+    assert load_key("FAPIAO_UNIT_KEY") == bytes.fromhex("ab" * 32)
