@@ -7,6 +7,7 @@ import json
 import secrets
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from fapiao.payments.v1 import payments_pb2
@@ -14,7 +15,7 @@ from fapiao_runtime.errors import InvalidArgument
 from fapiao_runtime.tax_id import is_valid_uscc, uscc_check_char, validate_uscc
 from payment_intake import domain
 from payment_intake.sealing import SealedKeyError, payer_ref, seal, unseal
-from payment_intake.settings import decode_key
+from payment_intake.settings import decode_key, load_key
 from payment_intake.webhook import payment_from_resource, refund_from_resource
 from payment_intake.wechatpay import (
     ResourceDecryptError,
@@ -264,13 +265,9 @@ def test_resource_parsing_maps_fields_and_hides_the_openid() -> None:
 
 
 def test_development_key_file_is_created_once_private_and_reused(
-    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pathlib import Path
-
-    from payment_intake.settings import load_key
-
-    path = Path(str(tmp_path)) / "secrets" / "key"
+    path = tmp_path / "secrets" / "key"
     monkeypatch.delenv("FAPIAO_UNIT_KEY", raising=False)
     monkeypatch.setenv("FAPIAO_UNIT_KEY_FILE", str(path))
     first = load_key("FAPIAO_UNIT_KEY")
