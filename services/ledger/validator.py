@@ -15,31 +15,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
 import zlib
-from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from fapiao.common.v1 import envelope_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.config import RuntimeConfig
-from fapiao_runtime.envelope import make_envelope, parse_envelope, unpack
-from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.ledger_client import result_event_id, topic_partitions
-from fapiao_runtime.ledger_trust import verify_signature
 from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_SIGNATURES, LEDGER_TRANSACTIONS
-from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge
 
 from ledger import store
 from ledger.chain import ChainExecutor, CutBlock, claims_id
 from ledger.config import LedgerConfig
-from ledger.state_machine import DUPLICATE_TRANSACTION, ParsedTransaction, parse_transaction
+from ledger.records import (
+    OWN_SIGNATURE,
+    LogRecord,
+    decode_record,
+    marker_envelope,
+    result_envelope,
+    signature_envelope,
+    verified_signature,
+)
+from ledger.state_machine import DUPLICATE_TRANSACTION
 
 log = logging.getLogger(__name__)
 
@@ -50,38 +52,6 @@ DIVERGENCES = Counter("fapiao_ledger_divergences_total", "Validators whose heade
 HEIGHT = Gauge("fapiao_ledger_height", "Last stored block height", ["chain"])
 
 FETCH_MAX_RECORDS = 5000
-RESULT_TYPE = ledger_pb2.TransactionResult.DESCRIPTOR.full_name
-
-
-@dataclass
-class _Record:
-    offset: int
-    aggregate_id: str
-    kind: str  # "tx" | "cut" | "key" | "skip"
-    tx: ParsedTransaction | None = None
-    marker: ledger_pb2.TimeToCut | None = None
-    registration: ledger_pb2.SignedKeyRegistration | None = None
-
-
-def _decode(offset: int, raw: bytes | None) -> _Record:
-    """Records that are not ledger records are skipped by every validator alike (deterministic)."""
-    try:
-        envelope = parse_envelope(raw or b"")
-        record = unpack(envelope, ledger_pb2.LedgerRecord)
-    except (FapiaoError, DecodeError):
-        return _Record(offset, "", "skip")
-    which = record.WhichOneof("record")
-    if which == "transaction":
-        return _Record(offset, envelope.aggregate_id, "tx", tx=parse_transaction(record.transaction))
-    if which == "time_to_cut":
-        return _Record(offset, envelope.aggregate_id, "cut", marker=record.time_to_cut)
-    if which == "key_registration":
-        return _Record(offset, envelope.aggregate_id, "key", registration=record.key_registration)
-    return _Record(offset, envelope.aggregate_id, "skip")
-
-
-def signature_event_id(validator_id: str, chain_id: int, height: int) -> uuid.UUID:
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"fapiao:block-signature:{validator_id}:{chain_id}:{height}")
 
 
 class Validator:
@@ -138,6 +108,9 @@ class Validator:
                     self.final.add(key)
                     if not r["results_published"]:
                         self.publish_queue.put_nowait(key)
+                else:
+                    # Our own vote comes from the database; our records on the topic are skipped.
+                    self.votes.setdefault(key, {})[self.config.validator_id] = self.own_hashes[key]
             # Re-publish our signatures of blocks not final yet: we may have crashed before sending them.
             unfinal = await conn.fetch(
                 "SELECT b.chain_id, b.height, b.header, s.signature FROM blocks b JOIN block_signatures s"
@@ -194,7 +167,7 @@ class Validator:
             blocks: list[CutBlock] = []
             for tp, records in batch.items():
                 blocks += await self._apply_batch(
-                    self.chains[tp.partition], [_decode(r.offset, r.value) for r in records]
+                    self.chains[tp.partition], [decode_record(r.offset, r.value) for r in records]
                 )
             if blocks:
                 await self._commit(blocks)
@@ -204,7 +177,7 @@ class Validator:
                 if all(pos >= ends[tp] for pos, tp in zip(positions, tps.values(), strict=True)):
                     self.caught_up.set()
 
-    async def _apply_batch(self, chain: ChainExecutor, records: list[_Record]) -> list[CutBlock]:
+    async def _apply_batch(self, chain: ChainExecutor, records: list[LogRecord]) -> list[CutBlock]:
         """Execute a fetched batch of one chain; return the blocks it completed (not yet stored)."""
         invoice_ids = {r.aggregate_id for r in records if r.kind == "tx" and r.aggregate_id}
         tx_ids = {r.tx.body.transaction_id for r in records if r.tx is not None and r.tx.body is not None}
@@ -282,45 +255,13 @@ class Validator:
         self.block_event.set()
 
     async def _send_signature(self, chain_id: int, height: int, header: bytes, signature: bytes) -> None:
-        message = ledger_pb2.BlockSignature(
-            chain_id=chain_id,
-            height=height,
-            header_hash=hashlib.sha256(header).digest(),
-            validator_id=self.config.validator_id,
-            header=header,
-        )
-        message.signature.algorithm = "Ed25519"
-        message.signature.key_id = self.config.validator_id
-        message.signature.signature = signature
-        envelope = make_envelope(
-            message,
-            aggregate_id=f"chain-{chain_id}",
-            producer=self.config.validator_id,
-            event_id=signature_event_id(self.config.validator_id, chain_id, height),
-        )
+        envelope = signature_envelope(self.config.validator_id, chain_id, height, header, signature)
         # Not awaited: the producer is idempotent and ordered; a lost signature is re-sent on restart.
         await self.producer.send(
             self._sig_topic, value=envelope.SerializeToString(), key=envelope.aggregate_id.encode()
         )
 
     # --- signatures and finality -----------------------------------------------------------------
-    def _verified(self, raw: bytes | None) -> ledger_pb2.BlockSignature | None:
-        try:
-            sig = unpack(parse_envelope(raw or b""), ledger_pb2.BlockSignature)
-        except (FapiaoError, DecodeError):
-            return None
-        if sig.signature.key_id != sig.validator_id or hashlib.sha256(sig.header).digest() != sig.header_hash:
-            return None
-        try:
-            header = ledger_pb2.BlockHeader.FromString(sig.header)
-        except DecodeError:
-            return None
-        if header.chain_id != sig.chain_id or header.height != sig.height:
-            return None
-        if not verify_signature(self.config.validator_keys, sig.signature, sig.header):
-            return None
-        return sig
-
     async def _signatures_loop(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.runtime.kafka_bootstrap,
@@ -341,7 +282,9 @@ class Validator:
                 accepted = []
                 for records in batch.values():
                     for record in records:
-                        sig = self._verified(record.value)
+                        sig = verified_signature(record.value, self.config.validator_keys, self.config.validator_id)
+                        if sig is OWN_SIGNATURE:
+                            continue  # our own vote is recorded when the block is stored
                         if sig is None:
                             log.warning("ignoring invalid block signature", extra={"offset": record.offset})
                             continue
@@ -441,15 +384,7 @@ class Validator:
     async def _send_result(
         self, transaction_id: str, event_id: uuid.UUID, raw: bytes, occurred_at: Timestamp
     ) -> asyncio.Future[object]:
-        # The stored result bytes are the payload as they are (no re-serialization).
-        envelope = envelope_pb2.EventEnvelope(
-            event_id=str(event_id),
-            event_type=RESULT_TYPE,
-            aggregate_id=transaction_id,
-            occurred_at=occurred_at,
-            producer=self.config.validator_id,
-            payload=raw,
-        )
+        envelope = result_envelope(self.config.validator_id, transaction_id, event_id, raw, occurred_at)
         key = transaction_id.encode()
         # Explicit partition (C crc32): aiokafka's pure-Python murmur2 costs more than the rest of the send.
         partition = zlib.crc32(key) % self._results_partitions
@@ -480,10 +415,7 @@ class Validator:
                 await self._send_marker(chain_id, chain.height)
 
     async def _send_marker(self, chain_id: int, height: int) -> None:
-        cut_time = Timestamp()
-        cut_time.GetCurrentTime()
-        record = ledger_pb2.LedgerRecord(time_to_cut=ledger_pb2.TimeToCut(height=height, cut_time=cut_time))
-        envelope = make_envelope(record, aggregate_id=f"chain-{chain_id}", producer=self.config.validator_id)
+        envelope = marker_envelope(self.config.validator_id, chain_id, height)
         await self.producer.send(
             self._tx_topic, value=envelope.SerializeToString(), key=envelope.aggregate_id.encode(), partition=chain_id
         )

@@ -114,6 +114,8 @@ async def test_two_hundred_concurrent_locks_exactly_one_wins_everywhere(stack: S
         assert len(winners) == 1
         assert {r.rejection_reason for r in results if not r.accepted} == {"ALREADY_LOCKED"}
         winner_org = winners[0].state.lock_holder_tax_id
+        # Results come from the first validators to finalize; let the slowest one catch up too.
+        await wait_all_final(net, [1, 2, 3, 4], 201, timeout_s=30)
         conn = await asyncpg.connect(stack.database_url)
         try:
             for i in range(1, 5):

@@ -15,7 +15,7 @@ from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_runtime.ledger_trust import ReceiptInvalid, validator_keys_from_env, verify_receipt
 from fapiao_stack.harness import StackUnderTest
 from google.protobuf.message import DecodeError
-from ledger.devnet import BUYER_TAX_ID, LedgerNetwork, T, cancel, issue, partial, reimburse
+from ledger.devnet import BUYER_TAX_ID, LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +58,12 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
         assert again.accepted and again.height > 0
 
         keys = validator_keys_from_env(net.env)
+
+        # Results come from the first validators to finalize; let every validator catch up.
+        async def all_final() -> bool:
+            return all([await count_final(stack.database_url, net.schema(i)) >= 11 for i in net.processes])
+
+        await wait_for(all_final, 30, what="11 final transactions on every validator")
         for index in net.processes:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{net.processes[index].port}") as channel:
                 stub = ledger_service_pb2_grpc.LedgerServiceStub(channel)
