@@ -15,6 +15,7 @@ from fapiao_runtime.envelope import unpack
 from fapiao_runtime.errors import reason_of
 from fapiao_runtime.topics import PAYMENTS
 from fapiao_stack.harness import StackUnderTest, read_envelopes
+from fapiao_stack.procs import free_port
 from payment_intake.domain import payment_event_id, payment_id_for
 from payment_intake.wechatpay import EVENT_REFUND_SUCCESS, refund_resource
 
@@ -171,3 +172,36 @@ async def test_killing_the_service_between_commit_and_publish_loses_no_event(sta
             status, _ = await intake.post(session, intake.signer.deliver(body))
         assert status == 200
         assert await intake.count("SELECT count(*) FROM payment_intake.outbox WHERE topic = 'payments.v1'") == 1
+
+
+async def test_two_replicas_share_idempotency_and_replay_protection(stack: StackUnderTest) -> None:
+    async with running_intake(stack) as first:
+        second_port = free_port()
+        second = await stack.start_service("payment_intake", **{**first.env(), "FAPIAO_WEBHOOK_PORT": str(second_port)})
+        try:
+            txn = new_transaction_id()
+            body = first.notification(payment_resource(first.merchant_id, txn))
+            urls = [first.notify_url, first.notify_url.replace(str(first.webhook_port), str(second_port))]
+            replayed = first.signer.deliver(body)
+            async with (
+                aiohttp.ClientSession() as session,
+                first.channel() as channel_a,
+                grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel_b,
+            ):
+                stubs = [stub(channel_a), stub(channel_b)]
+                calls = [first.post(session, first.signer.deliver(body), urls[i % 2]) for i in range(20)]
+                calls += [stubs[i % 2].RecordPayment(payment_request(first.merchant_id, txn)) for i in range(20)]
+                # The very same signed request sent to both replicas at once: one of them records it.
+                calls += [first.post(session, replayed, url) for url in urls]
+                results = await asyncio.gather(*calls)
+            webhook = list(results[:20]) + list(results[40:])
+            assert all(status == 200 for status, _ in webhook[:20])
+            assert sorted(answer["code"] for _, answer in webhook[20:]) == ["REPLAYED_NONCE", "SUCCESS"]
+            assert len({r.payment.payment_id for r in results[20:40]}) == 1
+        finally:
+            second.kill()
+        assert await first.count("SELECT count(*) FROM payment_intake.payments") == 1
+        assert await first.count("SELECT count(*) FROM payment_intake.outbox WHERE topic = 'payments.v1'") == 1
+        assert await first.count("SELECT count(*) FROM payment_intake.webhook_nonces") == 21
+        events = await read_envelopes(stack.kafka_bootstrap, stack.topic(PAYMENTS.name), expected=1, timeout_s=15)
+        assert len(events) == 1
