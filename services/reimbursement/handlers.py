@@ -245,10 +245,9 @@ class ReimbursementHandlers:
         self, tax_id: str, key: str, operation: str, digest: bytes, rows: list[TxRow]
     ) -> int | None:
         async with self._pool.acquire() as conn, conn.transaction():
-            request_id = await store.insert_request(conn, tax_id, key, operation, digest)
+            request_id = await store.insert_request_with_transactions(conn, tax_id, key, operation, digest, rows)
             if request_id is None:
                 return None
-            await store.insert_transactions(conn, request_id, tax_id, rows)
             await self._ledger.submit(conn, [self._body(tax_id, row) for row in rows])
         return request_id
 

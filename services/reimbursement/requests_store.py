@@ -102,6 +102,36 @@ async def insert_request(conn: asyncpg.Connection, tax_id: str, key: str, operat
     return None if value is None else int(value)
 
 
+async def insert_request_with_transactions(
+    conn: asyncpg.Connection, tax_id: str, key: str, operation: str, digest: bytes, rows: Sequence[TxRow]
+) -> int | None:
+    """Insert the request and its REQUESTED transactions in one statement (one round trip).
+
+    None if the key is already taken (then nothing is inserted).
+    """
+    value = await conn.fetchval(
+        "WITH req AS (INSERT INTO reimbursement_requests"
+        " (organisation_tax_id, idempotency_key, operation, request_digest) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (organisation_tax_id, idempotency_key) DO NOTHING RETURNING id),"
+        " txs AS (INSERT INTO reimbursement_transactions (transaction_id, request_id, position, purpose, action,"
+        " organisation_tax_id, invoice_number, invoice_id)"
+        " SELECT t.transaction_id, req.id, t.position, 'REQUESTED', t.action, $1, t.invoice_number, t.invoice_id"
+        " FROM req, unnest($5::uuid[], $6::int[], $7::text[], $8::text[], $9::text[])"
+        " AS t (transaction_id, position, action, invoice_number, invoice_id))"
+        " SELECT id FROM req",
+        tax_id,
+        key,
+        operation,
+        digest,
+        [uuid.UUID(r.transaction_id) for r in rows],
+        [r.position for r in rows],
+        [r.action for r in rows],
+        [r.invoice_number for r in rows],
+        [r.invoice_id for r in rows],
+    )
+    return None if value is None else int(value)
+
+
 async def insert_transactions(
     conn: asyncpg.Connection, request_id: int, tax_id: str, rows: Sequence[TxRow]
 ) -> list[TxRow]:

@@ -55,3 +55,21 @@ def test_pem_files_keys_are_0600(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(cert_path.stat().st_mode) == 0o644
     assert read_pem_pair(tmp_path / "pki", "ca") == ca
+
+
+def test_cli_creates_ca_server_and_organisation_certificates(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from reimbursement.cli import main
+
+    directory = str(tmp_path / "pki")
+    tax_id = new_tax_id()
+    assert main(["ca", "init", "--dir", directory]) == 0
+    assert main(["ca", "init", "--dir", directory]) == 1, "an existing CA is never replaced silently"
+    assert main(["ca", "issue-server", "--dir", directory]) == 0
+    assert main(["ca", "issue-org", "--dir", directory, "--tax-id", tax_id, "--name", "Acme"]) == 0
+    assert main(["ca", "issue-org", "--dir", directory, "--tax-id", "not-a-code", "--name", "Acme"]) == 2
+    org = read_pem_pair(tmp_path / "pki", f"org-{tax_id}")
+    assert organisation_tax_id(org.cert_pem) == tax_id
+    ca = x509.load_pem_x509_certificate((tmp_path / "pki" / "ca.crt").read_bytes())
+    x509.load_pem_x509_certificate(org.cert_pem).verify_directly_issued_by(ca)
+    assert stat.S_IMODE((tmp_path / "pki" / f"org-{tax_id}.key").stat().st_mode) == 0o600
+    assert "PRIVATE KEY" not in capsys.readouterr().out
