@@ -43,6 +43,7 @@ class PaymentBatcher:
         self._workers = workers
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_pending)
         self._busy = 0
+        self._last_batch = 1
 
     async def submit(self, cmd: RecordPayment, nonce: str | None = None) -> PaymentOutcome:
         """Record one validated payment (claiming the webhook `nonce` with it); returns once its
@@ -75,12 +76,14 @@ class PaymentBatcher:
     async def _work(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            if self._linger_s and self._queue.qsize() < self._max_batch - 1:
+            if self._linger_s and self._last_batch > 1 and self._queue.qsize() < self._max_batch - 1:
                 # Under load a millisecond gathers many more commands per transaction (fewer round
-                # trips per payment); at low load it is a small price on latency.
+                # trips per payment). Only lingers while batching pays off: when the previous batch
+                # was a single command, load is low and latency matters more.
                 await asyncio.sleep(self._linger_s)
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._last_batch = len(batch)
             self._busy += 1
             try:
                 await self._flush(batch)
