@@ -89,19 +89,6 @@ async def find_request(conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, key
     return None if row is None else StoredRequest(row["id"], row["operation"], bytes(row["request_digest"]))
 
 
-async def insert_request(conn: asyncpg.Connection, tax_id: str, key: str, operation: str, digest: bytes) -> int | None:
-    """Insert the request; None if the key is already taken (a concurrent or earlier request)."""
-    value = await conn.fetchval(
-        "INSERT INTO reimbursement_requests (organisation_tax_id, idempotency_key, operation, request_digest)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (organisation_tax_id, idempotency_key) DO NOTHING RETURNING id",
-        tax_id,
-        key,
-        operation,
-        digest,
-    )
-    return None if value is None else int(value)
-
-
 async def insert_request_with_transactions(
     conn: asyncpg.Connection, tax_id: str, key: str, operation: str, digest: bytes, rows: Sequence[TxRow]
 ) -> int | None:
