@@ -110,6 +110,8 @@ class InvoiceMintingServicer:
             row = await conn.fetchrow(_OFFER_SELECT + " WHERE o.token_hash = $1", hashed)
         if row is None:
             raise NotFound("UNKNOWN_TOKEN", "no claim offer for this token")
+        if row["invoice_id"] is None and row["refunded_fen"] >= row["amount_fen"]:
+            raise FailedPrecondition("PAYMENT_REFUNDED", "the payment was refunded in full")
         if row["invoice_id"] is None and row["expires_at"] <= dt.datetime.now(dt.UTC):
             raise FailedPrecondition("TOKEN_EXPIRED", "the claim offer has expired")
         return api.GetClaimOfferResponse(offer=_offer_proto(row))

@@ -125,6 +125,9 @@ async def test_refunds_and_merchant_requests_red_letter_through_the_ledger(stack
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _claim(minting, "D")
         assert (info.value.code(), reason_of(info.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_REFUNDED")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await minting.stub.GetClaimOffer(api.GetClaimOfferRequest(claim_token=await minting.token("m1", "D")))
+        assert reason_of(info.value) == "PAYMENT_REFUNDED"
 
         # Every number of region 44 this year is used exactly once, red letters included.
         listed = await minting.stub.ListInvoices(api.ListInvoicesRequest(merchant_id="m1", page_size=2))
