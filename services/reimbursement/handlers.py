@@ -28,6 +28,7 @@ from fapiao_runtime.errors import (
 )
 
 from reimbursement import requests_store as store
+from reimbursement.identity import require_active
 from reimbursement.invoice_facts import FactsCache, InvoiceFacts, facts_of
 from reimbursement.ledger_port import LedgerPort
 from reimbursement.organisations import Organisation
@@ -101,7 +102,7 @@ class ReimbursementHandlers:
 
     async def execute(
         self,
-        organisation: Organisation,
+        tax_id: str,
         operation: str,
         invoice_numbers: Sequence[str],
         idempotency_key: str,
@@ -109,16 +110,17 @@ class ReimbursementHandlers:
     ) -> list[TxRow]:
         """Run LOCK / UNLOCK / CLOSE / BATCH_LOCK / BATCH_CLOSE; return the committed rows (one per invoice).
 
-        Errors: INVALID_ARGUMENT (input), ALREADY_EXISTS IDEMPOTENCY_CONFLICT, NOT_FOUND INVOICE_NOT_FOUND,
-        PERMISSION_DENIED (authorization), FAILED_PRECONDITION (ledger rejection), DEADLINE_EXCEEDED
-        OUTCOME_PENDING (retry with the same key to learn the outcome).
+        `tax_id` comes from the verified client certificate; the organisation must be registered and active.
+        Errors: INVALID_ARGUMENT (input), UNAUTHENTICATED, ALREADY_EXISTS IDEMPOTENCY_CONFLICT,
+        NOT_FOUND INVOICE_NOT_FOUND, PERMISSION_DENIED (authorization), FAILED_PRECONDITION (ledger rejection),
+        DEADLINE_EXCEEDED OUTCOME_PENDING (retry with the same key to learn the outcome).
         """
         started = time.monotonic()
         budget_s = self._budget(time_remaining_s)
         numbers = self._validate(operation, invoice_numbers, idempotency_key)
         digest = store.request_digest(operation, numbers)
-        tax_id = organisation.tax_id
-        existing = await store.find_request(self._pool, tax_id, idempotency_key)
+        caller, existing = await store.find_caller_and_request(self._pool, tax_id, idempotency_key)
+        organisation = require_active(caller)
         if existing is None:
             rows = await self._authorize(organisation, operation, numbers)
             for row in rows:

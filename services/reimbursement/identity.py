@@ -37,8 +37,11 @@ def peer_tax_id(context: grpc.aio.ServicerContext) -> str:
 
 async def authenticate(context: grpc.aio.ServicerContext, pool: asyncpg.Pool) -> Organisation:
     """The calling organisation; UNAUTHENTICATED if unknown or revoked (checked on every call)."""
-    tax_id = peer_tax_id(context)
-    organisation = await find_organisation(pool, tax_id)
+    return require_active(await find_organisation(pool, peer_tax_id(context)))
+
+
+def require_active(organisation: Organisation | None) -> Organisation:
+    """`organisation` if registered and active; else UNAUTHENTICATED UNKNOWN_ORGANISATION / ORGANISATION_REVOKED."""
     if organisation is None:
         raise Unauthenticated("UNKNOWN_ORGANISATION", "the organisation is not registered")
     if not organisation.active:

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 import asyncpg
 from fapiao.ledger.v1 import ledger_pb2
 
+from reimbursement.organisations import Organisation
+
 
 @dataclass(frozen=True)
 class StoredRequest:
@@ -77,6 +79,25 @@ def _row(record: asyncpg.Record) -> TxRow:
         decided_at=record["decided_at"],
         idempotency_key=record["idempotency_key"],
     )
+
+
+async def find_caller_and_request(
+    conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, key: str
+) -> tuple[Organisation | None, StoredRequest | None]:
+    """The organisation and its request under `key`, in one round trip (the hot path of every mutation)."""
+    row = await conn.fetchrow(
+        "SELECT o.tax_id, o.name, o.status, r.id, r.operation, r.request_digest FROM organisations o"
+        " LEFT JOIN reimbursement_requests r ON r.organisation_tax_id = o.tax_id AND r.idempotency_key = $2"
+        " WHERE o.tax_id = $1",
+        tax_id,
+        key,
+    )
+    if row is None:
+        return None, None
+    organisation = Organisation(row["tax_id"], row["name"], row["status"] == "ACTIVE")
+    if row["id"] is None:
+        return organisation, None
+    return organisation, StoredRequest(row["id"], row["operation"], bytes(row["request_digest"]))
 
 
 async def find_request(conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, key: str) -> StoredRequest | None:

@@ -14,7 +14,7 @@ from fapiao_runtime.errors import InvalidArgument
 
 from reimbursement import requests_store as store
 from reimbursement.handlers import ReimbursementHandlers
-from reimbursement.identity import authenticate
+from reimbursement.identity import authenticate, peer_tax_id
 from reimbursement.requests_store import TxRow
 from reimbursement.verification import STATUS_FROM_LEDGER, InvoiceVerifier
 
@@ -70,8 +70,8 @@ class ReimbursementServicer(rpb_grpc.ReimbursementServiceServicer):
     async def _run(
         self, context: grpc.aio.ServicerContext, operation: str, numbers: Sequence[str], key: str
     ) -> list[TxRow]:
-        organisation = await authenticate(context, self._pool)
-        return await self._handlers.execute(organisation, operation, numbers, key, context.time_remaining())
+        # Authentication (registered, not revoked) happens inside, in the same query as the idempotency lookup.
+        return await self._handlers.execute(peer_tax_id(context), operation, numbers, key, context.time_remaining())
 
     async def VerifyInvoice(
         self, request: rpb.VerifyInvoiceRequest, context: grpc.aio.ServicerContext
