@@ -119,12 +119,12 @@ class ChainExecutor:
         seen_ids: set[str],
     ) -> None:
         """Record what the database knows: `states` (None = absent) and which checked ids it has seen."""
-        self._bound_caches()
         self.states.update(states)
         for tx_id in checked_ids:
             (self.seen_ids if tx_id in seen_ids else self.checked_ids).add(tx_id)
 
-    def _bound_caches(self) -> None:
+    def bound_caches(self) -> None:
+        """Drop cached committed state past CACHE_LIMIT. Call before computing what a batch is missing."""
         # Committed state can be re-read from the database; the pending block's cannot.
         if len(self.states) > CACHE_LIMIT:
             self.states = {k: v for k, v in self.pending_states.items()}

@@ -179,6 +179,7 @@ class Validator:
 
     async def _apply_batch(self, chain: ChainExecutor, records: list[LogRecord]) -> list[CutBlock]:
         """Execute a fetched batch of one chain; return the blocks it completed (not yet stored)."""
+        chain.bound_caches()
         invoice_ids = {r.aggregate_id for r in records if r.kind == "tx" and r.aggregate_id}
         tx_ids = {r.tx.body.transaction_id for r in records if r.tx is not None and r.tx.body is not None}
         missing_invoices = chain.missing_invoices(invoice_ids)
@@ -248,7 +249,7 @@ class Validator:
             self.votes.setdefault(key, {}).setdefault(self.config.validator_id, block.header_hash)
         async with self.pool.acquire() as conn:
             for key in keys:
-                for validator_id, digest in self.votes[key].items():
+                for validator_id, digest in list(self.votes[key].items()):  # may grow while we await
                     if digest != self.own_hashes[key]:
                         await self._report_divergence(conn, key, validator_id, digest)
             await self._check_final(conn, keys)

@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.kafka import new_producer
-from fapiao_runtime.ledger_client import LedgerResultWaiter
+from fapiao_runtime.ledger_client import LedgerResultWaiter, SigningKey
+from fapiao_runtime.ledger_trust import format_key_list
 from fapiao_stack.harness import StackUnderTest
 from ledger.devnet import LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 
@@ -178,11 +179,15 @@ async def test_killed_validator_recovers_and_blocks_stay_final_with_three(stack:
 
 
 async def test_divergent_validator_is_reported_and_quorum_still_finalizes(stack: StackUnderTest) -> None:
-    # Validator 4 cuts blocks at another size, so its headers differ from everyone else's.
+    # Validator 4 trusts another registry authority, so it rejects every transaction (unknown key):
+    # its results, and so its headers, differ from everyone else's for every block.
+    other_authority = SigningKey.generate("authority-1")
     net = LedgerNetwork(
         stack,
         extra_env={"FAPIAO_LEDGER_MAX_TXS": "10", "FAPIAO_LEDGER_CUT_MS": "20"},
-        validator_overrides={4: {"FAPIAO_LEDGER_MAX_TXS": "7"}},
+        validator_overrides={
+            4: {"FAPIAO_LEDGER_AUTHORITY_KEYS": format_key_list({"authority-1": other_authority.public_raw})}
+        },
     )
     await net.start()
     try:

@@ -8,7 +8,7 @@ import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.ledger_client import SigningKey, sign_key_registration, sign_transaction
 from google.protobuf.timestamp_pb2 import Timestamp
-from ledger.chain import ChainExecutor
+from ledger.chain import ChainExecutor, claims_id
 from ledger.devnet import BUYER_TAX_ID, SELLER_TAX_ID, T, cancel, issue, partial, registration, reimburse
 from ledger.state_machine import parse_transaction
 
@@ -39,27 +39,37 @@ def new_chain(max_txs: int = 1000) -> ChainExecutor:
 
 
 class Feeder:
-    """Feeds transactions to a chain the way the validator does (preload, then execute)."""
+    """Feeds transactions to a chain the way the validator does (bound caches, preload, execute),
+    with dicts standing in for the committed tables."""
 
     def __init__(self, chain: ChainExecutor) -> None:
         self.chain = chain
         self.offset = 10
         self.blocks: list = []
+        self.db_states: dict[str, ledger_pb2.InvoiceState] = {}
+        self.db_claimed: set[str] = set()
+
+    def _stored(self, block) -> None:  # type: ignore[no-untyped-def]
+        self.blocks.append(block)
+        self.db_states.update(block.states)
+        self.db_claimed.update(o.transaction_id for o in block.outcomes if claims_id(o))
 
     def __call__(self, signed: ledger_pb2.SignedTransaction, key: str | None = None) -> ledger_pb2.TransactionResult:
         parsed = parse_transaction(signed)
         invoice_id = key if key is not None else (parsed.body.invoice_id if parsed.body else "")
         ids = {invoice_id} | ({parsed.body.invoice_id} if parsed.body else set())
+        self.chain.bound_caches()
+        missing_txs = self.chain.missing_transactions({parsed.body.transaction_id} if parsed.body else set())
         self.chain.preload(
-            {i: None for i in self.chain.missing_invoices(ids)},
-            self.chain.missing_transactions({parsed.body.transaction_id} if parsed.body else set()),
-            set(),
+            {i: self.db_states.get(i) for i in self.chain.missing_invoices(ids)},
+            missing_txs,
+            {t for t in missing_txs if t in self.db_claimed},
         )
         block = self.chain.on_transaction(self.offset, invoice_id, parsed)
         self.offset += 1
         outcome = self.chain.pending_outcomes[-1] if block is None else block.outcomes[-1]
         if block is not None:
-            self.blocks.append(block)
+            self._stored(block)
         return outcome.result
 
     def cut(self, height: int, seconds: int = 1):  # type: ignore[no-untyped-def]
@@ -68,7 +78,7 @@ class Feeder:
         )
         self.offset += 1
         if block is not None:
-            self.blocks.append(block)
+            self._stored(block)
         return block
 
 
@@ -209,3 +219,18 @@ def test_same_log_gives_same_headers_on_independent_executors() -> None:
                 feed.cut(feed.chain.height, seconds=5)
         runs.append([(b.height, b.header_hash, b.results) for b in feed.blocks])
     assert runs[0] == runs[1] and len(runs[0]) >= 4
+
+
+def test_bounded_caches_refill_from_the_database_without_changing_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ledger.chain
+
+    monkeypatch.setattr(ledger.chain, "CACHE_LIMIT", 4)
+    feed = Feeder(new_chain(max_txs=3))
+    issued = [issue(ISSUER, f"inv-{i}", f"2644{i:016d}") for i in range(12)]
+    for tx in issued:
+        assert feed(tx).accepted
+    assert len(feed.chain.states) <= 4 + 3  # evicted down to the pending block, then refilled per batch
+    # Evicted invoices and transaction ids are found again in the (fake) tables.
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, "inv-0", "ORG")).accepted
+    assert feed(issue(ISSUER, "inv-1", "26440000000000000001")).rejection_reason == "ALREADY_ISSUED"
+    assert feed(issued[2]).rejection_reason == "DUPLICATE_TRANSACTION"
