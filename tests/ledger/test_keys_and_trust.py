@@ -73,3 +73,17 @@ def test_signing_keys_and_wire_helpers() -> None:
     events = key_registration_events(key, registration, 3, "test")
     assert [e.partition for e in events] == [0, 1, 2]
     assert len({e.event_id for e in events}) == 3
+
+
+def test_receipt_files_load_as_binary_or_json() -> None:
+    from google.protobuf import json_format
+    from ledger.verify import load_receipt
+
+    receipt = ledger_pb2.Receipt(transaction=b"tx", result=b"r", index=1, tree_size=2, header=b"h")
+    receipt.transaction_audit_path.append(b"\x01" * 32)
+    assert load_receipt(receipt.SerializeToString()) == receipt
+    assert load_receipt(json_format.MessageToJson(receipt).encode()) == receipt
+    with pytest.raises(ValueError):
+        load_receipt(b"{not json")
+    with pytest.raises(ValueError):
+        load_receipt(b"\xff\xff\xff")
