@@ -122,7 +122,7 @@ def test_make_demo_tells_the_story_and_exits_zero(fapiao: FapiaoCommand) -> None
     assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
     promises = (
         "a second claim of the same QR code is refused",
-        "every validator holds the invoice as ISSUED",
+        "every validator serves a quorum receipt: ISSUED",
         "a receipt with one byte changed fails verification",
         "refused: PERMISSION_DENIED",
         "a second close is refused",
