@@ -239,15 +239,19 @@ class LedgerResultWaiter:
         if raw is None:
             return
         try:
-            result = unpack(parse_envelope(raw), ledger_pb2.TransactionResult)
+            envelope = parse_envelope(raw)
+            result = unpack(envelope, ledger_pb2.TransactionResult)
         except (FapiaoError, DecodeError):
             log.warning("ignoring undecodable ledger result")
             return
-        self._deliver(result)
+        # A rejection of a record whose signature was never verified carries another event id: it is
+        # passed to current waiters but not remembered, so it cannot stand for the transaction later.
+        verified = envelope.event_id == str(result_event_id(result.transaction_id))
+        self._deliver(result, remember=verified)
 
-    def _deliver(self, result: ledger_pb2.TransactionResult) -> None:
+    def _deliver(self, result: ledger_pb2.TransactionResult, remember: bool = True) -> None:
         tx_id = result.transaction_id
-        if tx_id not in self._recent:
+        if remember and tx_id not in self._recent:
             self._recent[tx_id] = result
             if len(self._recent) > self._cache_size:
                 self._recent.popitem(last=False)
