@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable
 from pathlib import Path
 
+import asyncpg
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
@@ -30,6 +31,28 @@ from reimbursement.verification import InvoiceVerifier, VerificationSettings
 
 SERVICE_NAME = "fapiao.reimbursement.v1.ReimbursementService"
 log = logging.getLogger("reimbursement")
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (one round trip per release on the hot path).
+
+    Request connections never LISTEN, take advisory locks, open cursors or change settings, and asyncpg
+    still rolls back a transaction left open before this runs.
+    """
+
+
+async def _request_pool(ctx: ServiceContext) -> asyncpg.Pool:
+    schema = ctx.config.db_schema
+    pool = await asyncpg.create_pool(
+        ctx.config.database_url,
+        min_size=2,
+        max_size=ctx.config.db_pool_max_size,
+        server_settings={"search_path": f"{schema},public", "application_name": f"{schema}-requests"},
+        command_timeout=30,
+        reset=_keep_session,
+    )
+    assert pool is not None
+    return pool
 
 
 def _signing_key(settings: ReimbursementSettings) -> SigningKey:
@@ -62,9 +85,10 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
         settings.quorum,
         call_timeout_s=settings.ledger_call_timeout_ms / 1000,
     )
-    handlers = ReimbursementHandlers(ctx.pool, ledger, HandlerSettings(max_wait_s=settings.max_wait_ms / 1000))
+    requests_pool = await _request_pool(ctx)
+    handlers = ReimbursementHandlers(requests_pool, ledger, HandlerSettings(max_wait_s=settings.max_wait_ms / 1000))
     verifier = InvoiceVerifier(
-        ctx.pool,
+        requests_pool,
         ledger,
         validator_keys,
         settings.quorum,
@@ -79,7 +103,9 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
     )
 
     api = GrpcServer([SERVICE_NAME])
-    rpb_grpc.add_ReimbursementServiceServicer_to_server(ReimbursementServicer(ctx.pool, handlers, verifier), api.server)
+    rpb_grpc.add_ReimbursementServiceServicer_to_server(
+        ReimbursementServicer(requests_pool, handlers, verifier), api.server
+    )
     tls = TlsConfig(
         cert_chain_pem=settings.tls_cert_file.read_bytes(),
         private_key_pem=settings.tls_key_file.read_bytes(),
@@ -96,6 +122,7 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
             await waiter.stop()
             with contextlib.suppress(Exception):
                 await ledger.close()
+            await requests_pool.close()
 
     return [
         serve_until_stopped(),
