@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime import merkle
 from fapiao_runtime.ledger_trust import PublicKeys
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.state_machine import (
@@ -164,7 +165,7 @@ class ChainExecutor:
         """Apply a key registration; True when it changed the registry."""
         try:
             registration = ledger_pb2.KeyRegistration.FromString(signed.body)
-        except Exception:
+        except DecodeError:
             return False
         entry = apply_registration(
             signed,

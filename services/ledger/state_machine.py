@@ -14,7 +14,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
@@ -324,6 +323,3 @@ def apply_registration(
         False,
         registration.registration_id,
     )
-
-
-__all__ = ["InvalidSignature", "Outcome", "ParsedTransaction", "SubmitterKey", "apply_registration", "execute"]
