@@ -97,7 +97,7 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
     recorder = IssuerKeyRecorder(
         ctx.config.kafka_bootstrap,
         ctx.config.topic("ledger.tx.v1"),
-        f"{ctx.config.service_name}-issuer-keys",
+        f"{ctx.config.topic_prefix}{ctx.config.service_name}-issuer-keys",
         ctx.pool,
         authority_keys_from_env(),
     )
