@@ -100,11 +100,13 @@ class LocalPostgres:
         wait_for_port(self.port, timeout_s, None, "PostgreSQL")
 
     def stop(self) -> None:
+        """Fast shutdown (as the server's user, with its group: pg_ctl cannot read the data dir otherwise)."""
         if not (self.data_dir / "postmaster.pid").exists():
             return
+        user = _run_as()
         subprocess.run(
             [_bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
-            check=False, capture_output=True, user=_run_as(),
+            check=False, capture_output=True, user=user, group=user, extra_groups=[] if user else None,
         )  # fmt: skip
 
     def create_database(self, name: str) -> str:
