@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.errors import InvalidArgument
+from fapiao_runtime.tax_rates import NATIONAL_VAT_RATES_BP
 
-# VAT rates in basis points that a 数电票 line may carry (0%, 1%, 3%, 5%, 6%, 9%, 13%).
-ALLOWED_TAX_RATES_BP = frozenset({0, 100, 300, 500, 600, 900, 1300})
+# VAT rates in basis points that a 数电票 line may carry, shared with payment_intake's validation.
+ALLOWED_TAX_RATES_BP = NATIONAL_VAT_RATES_BP
 MAX_LINES = 200
 # Bound on any single amount (1e12 fen = 10 billion yuan): keeps products far inside int64.
 MAX_AMOUNT_FEN = 10**12

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.errors import InvalidArgument
+from fapiao_runtime.tax_rates import NATIONAL_VAT_RATES_BP
 
 MAX_AMOUNT_FEN = 10**10  # 100 million yuan: far above any single retail payment
 MAX_ITEMS = 100
@@ -135,8 +136,8 @@ def _check_items(items: tuple[payments_pb2.PaymentItem, ...], amount_fen: int) -
             raise InvalidArgument("INVALID_ITEMS", f"item {index}: name must be 1-100 characters")
         if item.quantity <= 0 or item.unit_price_fen <= 0 or item.quantity * item.unit_price_fen != item.amount_fen:
             raise InvalidArgument("INVALID_ITEMS", f"item {index}: amount_fen must equal quantity * unit_price_fen > 0")
-        if not 0 <= item.tax_rate_bp <= 10_000:
-            raise InvalidArgument("INVALID_ITEMS", f"item {index}: tax_rate_bp must be within 0..10000")
+        if item.tax_rate_bp not in NATIONAL_VAT_RATES_BP:
+            raise InvalidArgument("INVALID_ITEMS", f"item {index}: tax_rate_bp must be a national VAT rate")
         total += item.amount_fen
     if items and total != amount_fen:
         raise InvalidArgument("INVALID_ITEMS", "item amounts must add up to amount_fen")

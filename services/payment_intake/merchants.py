@@ -21,6 +21,7 @@ from fapiao_runtime.envelope import make_envelope, outgoing
 from fapiao_runtime.errors import InvalidArgument, NotFound, Unavailable
 from fapiao_runtime.outbox import enqueue
 from fapiao_runtime.tax_id import validate_uscc
+from fapiao_runtime.tax_rates import NATIONAL_VAT_RATES_BP
 from fapiao_runtime.topics import MERCHANTS
 
 from payment_intake.domain import ID_NAMESPACE
@@ -66,8 +67,10 @@ def validate_profile(profile: MerchantProfile) -> MerchantProfile:
         raise InvalidArgument("INVALID_TAX_CLASSIFICATION", "default tax classification code must be 19 digits")
     if not 0 < len(profile.default_item_name) <= 100:
         raise InvalidArgument("INVALID_ITEM_NAME", "default item name must be 1-100 characters")
-    if not 0 <= profile.default_tax_rate_bp <= 10_000:
-        raise InvalidArgument("INVALID_TAX_RATE", "default tax rate must be within 0..10000 basis points")
+    if profile.default_tax_rate_bp not in NATIONAL_VAT_RATES_BP:
+        raise InvalidArgument(
+            "INVALID_TAX_RATE", "default tax rate must be a national VAT rate (0, 1, 3, 5, 6, 9, 13%)"
+        )
     return MerchantProfile(
         profile.merchant_id,
         profile.legal_name.strip(),

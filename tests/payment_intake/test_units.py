@@ -128,7 +128,11 @@ def test_items_must_be_consistent_and_add_up() -> None:
     bad_product = payments_pb2.PaymentItem()
     bad_product.CopyFrom(item)
     bad_product.amount_fen = 9_999
-    for items in [(bad_product,), (item, item)]:
+    # A rate invoice_minting could not put on an invoice is refused at the door, not dead-lettered later.
+    bad_rate = payments_pb2.PaymentItem()
+    bad_rate.CopyFrom(item)
+    bad_rate.tax_rate_bp = 700
+    for items in [(bad_product,), (item, item), (bad_rate,)]:
         with pytest.raises(InvalidArgument) as error:
             domain.validate_payment(_payment(items=items), now=NOW)
         assert error.value.reason == "INVALID_ITEMS"
