@@ -68,10 +68,11 @@ def _request(transaction_id: str, success: Timestamp) -> service_pb2.RecordPayme
     )
 
 
-async def _grpc_throughput(port: int, run_id: str, payments: int = PAYMENTS, warmup: int = WARMUP) -> float:
+async def _grpc_throughput(ports: list[int], run_id: str, payments: int = PAYMENTS, warmup: int = WARMUP) -> float:
+    """Payments per second with the channels spread over the replicas listening on `ports`."""
     success = Timestamp()
     success.FromDatetime(datetime.now(UTC))
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(CHANNELS)]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{ports[i % len(ports)]}") for i in range(CHANNELS)]
     stubs = [service_grpc.PaymentIntakeServiceStub(c) for c in channels]
     try:
 
@@ -179,7 +180,7 @@ async def _noop_baseline(env: StackUnderTest) -> float:
             if time.monotonic() > deadline:
                 raise TimeoutError("no-op gRPC server did not start")
             await asyncio.sleep(0.1)
-        return await _grpc_throughput(port, "noop", payments=PAYMENTS // 2)
+        return await _grpc_throughput([port], "noop", payments=PAYMENTS // 2)
     finally:
         stop_pid(proc.pid, timeout_s=5)
 
@@ -217,7 +218,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
             await pool.close()
         pid = service.proc.pid  # type: ignore[attr-defined]
         cpu_before = _cpu_s(pid)
-        per_s = await _grpc_throughput(service.port, uuid.uuid4().hex[:6])
+        per_s = await _grpc_throughput([service.port], uuid.uuid4().hex[:6])
         drain_s = await _outbox_drain_s(env.database_url)
         grpc_cpu_ms = (_cpu_s(pid) - cpu_before) * 1000 / (PAYMENTS + WARMUP)
         url = f"http://127.0.0.1:{webhook_port}/v1/notify/wechatpay/{MERCHANT_ID}"
@@ -225,12 +226,26 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         p50, p99, count = await _webhook_latency(url, signer, apiv3_key)
         await _outbox_drain_s(env.database_url)
         webhook_cpu_ms = (_cpu_s(pid) - cpu_before) * 1000 / count
+        # Scale-out: a second replica on the same database (idempotency is decided by PostgreSQL
+        # constraints, so replicas need no coordination); the client spreads its channels over both.
+        replica = await env.start_service(
+            "payment_intake",
+            FAPIAO_WEBHOOK_PORT=str(free_port()),
+            FAPIAO_SECRETS_KEY=secrets_key.hex(),
+            FAPIAO_PAYER_HASH_KEY=secrets.token_hex(32),
+            FAPIAO_LOG_LEVEL="WARNING",
+        )
+        try:
+            two_replicas_per_s = await _grpc_throughput([service.port, replica.port], uuid.uuid4().hex[:6])
+        finally:
+            replica.terminate()
     finally:
         service.terminate()
     baseline = await _noop_baseline(env)
     return {
         "intake_grpc_noop_baseline_per_s": baseline,
         "intake_grpc_payments_per_s": per_s,
+        "intake_grpc_payments_per_s_2_replicas": two_replicas_per_s,
         "intake_outbox_drain_s": drain_s,
         "intake_webhook_p50_ms": p50,
         "intake_webhook_p99_ms": p99,
