@@ -75,6 +75,7 @@ test-unit: setup ## unit tests only (no broker, no database)
 lint: setup $(BUF) ## buf lint, ruff check, ruff format --check, mypy
 	$(BUF) lint protos
 	$(PY) -m ruff check services deploy/local tests
+	$(PY) -m ruff format --check services deploy/local tests
 	$(PY) -m mypy services deploy/local
 
 fmt: setup ## format the code
