@@ -11,10 +11,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from fapiao_runtime.kafka import ensure_topics
-from fapiao_stack.harness import StackUnderTest
+from fapiao_stack.harness import StackUnderTest, create_database, drop_database
 from fapiao_stack.kafka import KafkaBroker
 from fapiao_stack.postgres import LocalPostgres
 from fapiao_stack.procs import free_port
@@ -53,19 +52,9 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 @pytest.fixture
 async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(postgres_admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base, _, _ = postgres_admin_url.rpartition("/")
-    yield f"{base}/{name}"
-    admin = await asyncpg.connect(postgres_admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    url = await create_database(postgres_admin_url, "t_")
+    yield url
+    await drop_database(postgres_admin_url, url)
 
 
 @pytest.fixture

@@ -20,9 +20,8 @@ import traceback
 import uuid
 from pathlib import Path
 
-import asyncpg
 from fapiao_runtime.kafka import ensure_topics
-from fapiao_stack.harness import StackUnderTest
+from fapiao_stack.harness import StackUnderTest, create_database
 from fapiao_stack.kafka import KafkaBroker
 from fapiao_stack.paths import REPO_ROOT
 from fapiao_stack.postgres import LocalPostgres
@@ -32,17 +31,12 @@ AREAS = ("baselines", "intake", "minting", "ledger", "reimbursement", "gateway",
 
 
 async def _fresh_env(kafka_bootstrap: str, admin_url: str, work: Path, area: str) -> StackUnderTest:
-    name = f"bench_{area}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    database_url = await create_database(admin_url, f"bench_{area}_")
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     await ensure_topics(kafka_bootstrap, prefix)
     area_dir = work / area
     area_dir.mkdir(parents=True, exist_ok=True)
-    return StackUnderTest(kafka_bootstrap, admin_url.rsplit("/", 1)[0] + f"/{name}", prefix, area_dir)
+    return StackUnderTest(kafka_bootstrap, database_url, prefix, area_dir)
 
 
 async def run_areas(

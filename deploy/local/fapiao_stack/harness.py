@@ -20,6 +20,30 @@ from fapiao_stack.procs import free_port, spawn, stop_pid
 from fapiao_stack.services import grpc_health, http_health
 
 
+async def create_database(admin_url: str, prefix: str) -> str:
+    """Create an empty database named `prefix` + a random suffix on the server of `admin_url`; return its URL."""
+    import asyncpg
+
+    name = f"{prefix}{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return f"{admin_url.rpartition('/')[0]}/{name}"
+
+
+async def drop_database(admin_url: str, database_url: str) -> None:
+    import asyncpg
+
+    name = database_url.rpartition("/")[2]
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @dataclass
 class ServiceProcess:
     """A service started with `python -m module`; `port` is its gRPC (or HTTP) port."""
