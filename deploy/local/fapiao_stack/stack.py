@@ -94,7 +94,9 @@ async def _wait_serving(timeout_s: float) -> None:
                 continue
             pid_file = PID_DIR / f"{name}.pid"
             if not pid_file.exists() or not pid_alive(int(pid_file.read_text())):
-                raise RuntimeError(f"{name} exited during start-up; see {LOG_DIR / (name + '.log')}")
+                log_file = LOG_DIR / f"{name}.log"
+                tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:]) if log_file.exists() else ""
+                raise RuntimeError(f"{name} exited during start-up; last lines of {log_file}:\n{tail}")
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"not SERVING after {timeout_s}s: {', '.join(sorted(pending))}; logs in {LOG_DIR}")
         await asyncio.sleep(0.3)
