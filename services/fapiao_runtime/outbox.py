@@ -1,8 +1,11 @@
 """Transactional outbox: enqueue an event in the caller's transaction; a relay publishes it.
 
-Guarantees: an event whose transaction committed is published at least once, in commit order of
-the outbox ids (a single active relay per schema, elected with an advisory lock); duplicates after a
-crash between publish and mark are removed by consumers' processed_events table.
+Guarantees: an event whose transaction committed is published at least once; duplicates after a
+crash between publish and mark are removed by consumers' processed_events table. A single active
+relay per schema (elected with an advisory lock) publishes committed rows in id order, so an event
+written by a transaction that started after another one committed is published after that one's
+events (causal order, e.g. a key registration before the ISSUE signed with it). Rows of transactions
+that were running concurrently may be published in either order: they were not ordered to begin with.
 """
 
 from __future__ import annotations
