@@ -1,65 +1,24 @@
-"""Encryption at rest for private keys and claim tokens: AES-256-GCM under a key from the environment.
+"""The master key that seals issuer private keys and claim tokens at rest (fapiao_runtime.sealing).
 
-Every ciphertext is bound to what it protects through the associated data (for example the key id), so a
-ciphertext copied onto another row does not decrypt. Layout: 12-byte random nonce || ciphertext+tag.
+Associated data binds each sealed value to its row: the key id for private keys, the offer id for tokens.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from fapiao_runtime.sealing import SecretsBox, decode_secret_key
 
 log = logging.getLogger(__name__)
 
-NONCE_BYTES = 12
-
-
-class SecretsBox:
-    """AES-256-GCM with one master key. Never logs or exposes the key."""
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ValueError("the secrets key must be 32 bytes")
-        self._aead = AESGCM(key)
-
-    def __repr__(self) -> str:
-        return "SecretsBox(<redacted>)"
-
-    def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, plaintext, associated_data)
-
-    def open(self, sealed: bytes, associated_data: bytes) -> bytes:
-        """Raises ValueError when the ciphertext was altered, moved, or sealed under another key."""
-        try:
-            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated_data)
-        except InvalidTag:
-            raise ValueError("ciphertext does not authenticate under the configured secrets key") from None
+__all__ = ["SecretsBox", "load_secrets_key", "parse_key"]
 
 
 def parse_key(text: str) -> bytes:
-    """A 32-byte key given as 64 hex digits or base64 / base64url. Raises ValueError otherwise."""
-    text = text.strip()
-    candidates: list[bytes] = []
-    try:
-        candidates.append(bytes.fromhex(text))
-    except ValueError:
-        pass
-    for decode in (base64.b64decode, base64.urlsafe_b64decode):
-        try:
-            candidates.append(decode(text + "=" * (-len(text) % 4)))
-        except (binascii.Error, ValueError):
-            pass
-    for candidate in candidates:
-        if len(candidate) == 32:
-            return candidate
-    raise ValueError("FAPIAO_SECRETS_KEY must be 32 bytes as hex or base64")
+    """FAPIAO_SECRETS_KEY as bytes (hex or base64); ValueError otherwise."""
+    return decode_secret_key(text)
 
 
 def load_secrets_key(env_value: str, dev_mode: bool, dev_state_dir: Path) -> bytes:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import secrets
@@ -11,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fapiao_runtime.config import env_int, env_str
+from fapiao_runtime.sealing import decode_secret_key
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +21,7 @@ _DEV_KEY_DIR = Path(__file__).resolve().parents[2] / ".run" / "secrets"
 
 def decode_key(raw: str, *, name: str) -> bytes:
     """Decode a 32-byte key given as 64 hex digits or base64; raise ValueError naming the variable."""
-    text = raw.strip()
-    try:
-        key = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
-    except (ValueError, binascii.Error):
-        raise ValueError(f"{name} must be 32 bytes as 64 hex digits or base64") from None
-    if len(key) != 32:
-        raise ValueError(f"{name} must be 32 bytes as 64 hex digits or base64")
-    return key
+    return decode_secret_key(raw, name=name)
 
 
 def load_key(name: str) -> bytes:
