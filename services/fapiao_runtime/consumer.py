@@ -108,6 +108,11 @@ class EventConsumer:
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
+    @property
+    def name(self) -> str:
+        """The consumer's name: its processed_events key and its metrics label."""
+        return self._name
+
     async def lag(self) -> int:
         """Records not yet consumed across assigned partitions (for metrics and `fapiao status`)."""
         consumer = self._consumer

@@ -39,7 +39,7 @@ class ServiceContext:
     async def update_gauges(self) -> None:
         metrics.OUTBOX_BACKLOG.set(await self.relay.backlog())
         for consumer in self.consumers:
-            metrics.CONSUMER_LAG.labels(consumer=consumer._name).set(await consumer.lag())
+            metrics.CONSUMER_LAG.labels(consumer=consumer.name).set(await consumer.lag())
 
 
 async def _refresh_gauges(ctx: ServiceContext, interval_s: float = 5.0) -> None:

@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from fapiao_runtime.kafka import ensure_topics
 
@@ -154,12 +153,6 @@ async def detailed_status() -> dict[str, dict[str, object]]:
     return report
 
 
-def read_endpoints() -> StackEndpoints:
-    """Endpoints of the running stack (raises if `up` has not run)."""
-    data = json.loads(Path(STATE_FILE).read_text())
-    return StackEndpoints(data["kafka_bootstrap"], data["database_url"], data["services"])
-
-
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "status"
     if command == "up":
@@ -178,7 +171,7 @@ def main(argv: list[str]) -> int:
             _say(f"{name:<16} {state}")
         return 0 if all(s == "SERVING" for s in states.values()) else 1
     if command == "demo":
-        from fapiao_stack.demo import run_demo
+        from fapiao_cli.demo import run_demo
 
         return run_demo()
     _say(f"unknown command {command!r}; use up, down, status or demo")
