@@ -16,7 +16,13 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    IllegalStateError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from fapiao.common.v1 import envelope_pb2
 
 from fapiao_runtime.envelope import parse_envelope
@@ -26,7 +32,14 @@ from fapiao_runtime.logs import event_id_var
 log = logging.getLogger(__name__)
 
 # Commit failures that only mean "the group rebalanced": the records are replayed, never lost.
-_REBALANCED = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError)
+# IllegalStateError is aiokafka's "partition is not assigned": revoked while its records were applied.
+_REBALANCED = (
+    CommitFailedError,
+    IllegalGenerationError,
+    IllegalStateError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 
 EventHandler = Callable[[asyncpg.Connection, envelope_pb2.EventEnvelope], Awaitable[None]]
 
@@ -39,6 +52,25 @@ async def mark_processed(conn: asyncpg.Connection, consumer: str, event_id: str)
         uuid.UUID(event_id),
     )
     return bool(inserted)
+
+
+async def commit_applied(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+    """Commit the offsets of applied records; False when a rebalance took the partitions away first.
+
+    Partitions revoked while the batch was applied belong to their new owner now: it re-reads them from
+    the last committed offset and skips what processed_events already holds. Losing such a commit only
+    means a replay, so it is never a reason to stop the service.
+    """
+    assigned = consumer.assignment()
+    owned = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+    if not owned:
+        return not offsets
+    try:
+        await consumer.commit(owned)
+    except _REBALANCED as exc:
+        log.warning("offset commit lost to a rebalance; records will be replayed", extra={"err": repr(exc)})
+        return False
+    return len(owned) == len(offsets)
 
 
 class EventConsumer:
@@ -96,13 +128,7 @@ class EventConsumer:
                     for record in records:
                         await self._apply(record)
                         offsets[tp] = record.offset + 1
-                try:
-                    await consumer.commit(offsets)
-                except _REBALANCED as exc:
-                    # The group rebalanced while this batch was applied (another member joined or left). The
-                    # partitions' new owner re-reads from the last committed offset; the effects are already in
-                    # processed_events, so the replay is skipped as duplicates. Not a reason to stop the service.
-                    log.warning("offset commit lost to a rebalance; records will be replayed", extra={"err": repr(exc)})
+                await commit_applied(consumer, offsets)
         finally:
             self._consumer = None
             with contextlib.suppress(Exception):

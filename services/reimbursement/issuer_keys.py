@@ -15,11 +15,12 @@ import logging
 from dataclasses import dataclass
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.consumer import commit_applied
 from fapiao_runtime.envelope import parse_envelope
 from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.ledger_trust import PublicKeys, verify_signature
@@ -136,14 +137,16 @@ class IssuerKeyRecorder:
                 batch = await consumer.getmany(timeout_ms=300, max_records=1000)
                 if not batch:
                     continue
-                for records in batch.values():
+                offsets: dict[TopicPartition, int] = {}
+                for tp, records in batch.items():
+                    offsets[tp] = records[-1].offset + 1
                     for record in records:
                         registration = registration_from_record(record.value, self._authority_keys)
                         if registration is not None:
                             await store_registration(self._pool, registration)
                             self.stored += 1
                 # Offsets only after the upserts are durable: a crash replays (upserts are idempotent).
-                await consumer.commit()
+                await commit_applied(consumer, offsets)
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
