@@ -9,12 +9,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import OutgoingEvent
 from fapiao_runtime.ledger_client import ED25519, SigningKey, sign_transaction, transaction_event
+from fapiao_runtime.ledger_trust import ed25519_verify
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_minting.invoice_format import verification_qr
@@ -71,10 +71,8 @@ def verify_invoice(signed: invoice_pb2.SignedInvoice, public_key_raw: bytes) -> 
     """
     if signed.signature.algorithm != ED25519:
         raise ValueError("unsupported signature algorithm")
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key_raw).verify(signed.signature.signature, signed.body)
-    except InvalidSignature:
-        raise ValueError("invoice signature does not verify") from None
+    if not ed25519_verify(Ed25519PublicKey.from_public_bytes(public_key_raw), signed.signature.signature, signed.body):
+        raise ValueError("invoice signature does not verify")
     return invoice_pb2.InvoiceBody.FromString(signed.body)
 
 

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.consumer import commit_applied
 from fapiao_runtime.envelope import parse_envelope
 from fapiao_runtime.errors import FapiaoError
-from fapiao_runtime.ledger_trust import PublicKeys, verify_signature
+from fapiao_runtime.ledger_trust import PublicKeys, ed25519_verify, verify_signature
 from google.protobuf.message import DecodeError
 
 log = logging.getLogger(__name__)
@@ -101,8 +100,10 @@ def issuer_signature_problem(signed: invoice_pb2.SignedInvoice, seller_tax_id: s
     if signed.signature.algorithm != "Ed25519":
         return "BAD_ISSUER_SIGNATURE"
     try:
-        Ed25519PublicKey.from_public_bytes(key.public_key).verify(signed.signature.signature, signed.body)
-    except (InvalidSignature, ValueError):
+        public_key = Ed25519PublicKey.from_public_bytes(key.public_key)
+    except ValueError:
+        return "BAD_ISSUER_SIGNATURE"
+    if not ed25519_verify(public_key, signed.signature.signature, signed.body):
         return "BAD_ISSUER_SIGNATURE"
     return ""
 

@@ -87,3 +87,28 @@ def test_receipt_files_load_as_binary_or_json() -> None:
         load_receipt(b"{not json")
     with pytest.raises(ValueError):
         load_receipt(b"\xff\xff\xff")
+
+
+def test_one_ed25519_rule_for_every_check() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    from fapiao_runtime.ledger_trust import ed25519_verify
+
+    private = Ed25519PrivateKey.generate()
+    key = private.public_key()
+    data = b"header bytes"
+    signature = private.sign(data)
+    assert ed25519_verify(key, signature, data)
+    assert not ed25519_verify(key, signature, data + b"!")
+    assert not ed25519_verify(Ed25519PrivateKey.generate().public_key(), signature, data)
+    for i in (0, 31, 32, 63):
+        flipped = bytearray(signature)
+        flipped[i] ^= 1
+        assert not ed25519_verify(key, bytes(flipped), data)
+    # A short signature must not borrow bytes of the message.
+    assert not ed25519_verify(key, signature[:63], signature[63:] + data)
+    assert not ed25519_verify(key, signature + b"\0", data)
+    # The identity point as a key (small order): signatures "verify" for any message under a
+    # cofactorless check with R = identity, S = 0; the shared rule refuses it.
+    identity = Ed25519PublicKey.from_public_bytes(b"\x01" + b"\0" * 31)
+    assert not ed25519_verify(identity, b"\x01" + b"\0" * 31 + b"\0" * 32, b"anything")
