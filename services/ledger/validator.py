@@ -6,8 +6,8 @@ Tasks (all bounded, all stop with `stop`):
   transaction, then publishes its BlockSignature.
 - signatures: reads ledger.signatures.v1 from the start, verifies each signature over the header
   bytes it carries, stores it, reports divergent headers, and marks blocks final at quorum.
-- results: publishes the TransactionResults of final blocks (at least once; consumers deduplicate
-  on the shared event id), then marks the block published.
+- results: f + 1 validators per chain publish the TransactionResults of its final blocks (at least
+  once; consumers deduplicate on the shared event id), then mark the block published.
 - markers: writes TimeToCut markers when a chain has had pending transactions for cut_ms.
 """
 
@@ -78,6 +78,9 @@ class Validator:
         ordered = sorted(config.validator_keys)
         self._rank = ordered.index(config.validator_id)
         self._validators = len(ordered)
+        # f + 1 validators per chain publish its results: with at most f faulty, at least one of them
+        # is up, and consumers read a copy fewer per extra publisher (every copy shares one event id).
+        self._publishers = min(self._validators, (self._validators - 1) // 3 + 1)
         self._results_partitions = 1
 
     # --- start-up ------------------------------------------------------------------------------
@@ -347,6 +350,10 @@ class Validator:
         self.block_event.set()
 
     # --- results ------------------------------------------------------------------------------
+    def publishes_results(self, chain_id: int) -> bool:
+        """True for the f + 1 validators that publish the results of `chain_id`: ranks chain_id mod n onwards."""
+        return (self._rank - chain_id) % self._validators < self._publishers
+
     async def _results_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             keys = [await self.publish_queue.get()]
@@ -358,6 +365,8 @@ class Validator:
             async with self.pool.acquire() as conn:
                 for key in keys:
                     results = self.pending_results.pop(key, None)
+                    if not self.publishes_results(key[0]):
+                        continue
                     if results is None:
                         results = await store.block_results(conn, *key)
                     for index, (duplicate, claims, transaction_id, raw) in enumerate(results):
@@ -406,7 +415,8 @@ class Validator:
                     continue
                 # One validator per chain cuts on time; the others step in only if it is slow or down.
                 designated = chain_id % self._validators == self._rank
-                wait_s = cut_s if designated else 3 * cut_s
+                # Stand-ins wait long enough for the designated marker's round trip through a busy broker.
+                wait_s = cut_s if designated else max(3 * cut_s, 0.1)
                 if now - self.pending_since.get(chain_id, now) < wait_s:
                     continue
                 sent_height, sent_at = self.last_marker.get(chain_id, (-1, 0.0))

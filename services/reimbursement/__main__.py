@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.config import RuntimeConfig
+from fapiao_runtime.db import keep_session
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
 from fapiao_runtime.ledger_client import LedgerResultWaiter, SigningKey
 from fapiao_runtime.ledger_trust import authority_keys_from_env, validator_keys_from_env
@@ -33,14 +34,6 @@ SERVICE_NAME = "fapiao.reimbursement.v1.ReimbursementService"
 log = logging.getLogger("reimbursement")
 
 
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """Release without asyncpg's reset query (one round trip per release on the hot path).
-
-    Request connections never LISTEN, take advisory locks, open cursors or change settings, and asyncpg
-    still rolls back a transaction left open before this runs.
-    """
-
-
 async def _request_pool(ctx: ServiceContext) -> asyncpg.Pool:
     schema = ctx.config.db_schema
     pool = await asyncpg.create_pool(
@@ -49,7 +42,7 @@ async def _request_pool(ctx: ServiceContext) -> asyncpg.Pool:
         max_size=ctx.config.db_pool_max_size,
         server_settings={"search_path": f"{schema},public", "application_name": f"{schema}-requests"},
         command_timeout=30,
-        reset=_keep_session,
+        reset=keep_session,
     )
     assert pool is not None
     return pool
