@@ -91,7 +91,6 @@ def test_receipt_files_load_as_binary_or_json() -> None:
 
 def test_one_ed25519_rule_for_every_check() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
     from fapiao_runtime.ledger_trust import ed25519_verify
 
     private = Ed25519PrivateKey.generate()
