@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
-import grpc
 from aiokafka import AIOKafkaConsumer
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_api
 from fapiao.invoicing.v1 import invoice_pb2
@@ -83,19 +82,13 @@ async def one_invoice(
             intake_api.GetPaymentRequest(merchant_id=merchant_id, transaction_id=paid.transaction_id), timeout=10
         )
     ).payment
-    while True:
-        try:
-            offer = await clients.minting().GetClaimOfferByPayment(
-                minting_api.GetClaimOfferByPaymentRequest(
-                    merchant_id=merchant_id, payment_id=payment.payment_id, omit_qr_code=True
-                ),
-                timeout=10,
-            )
-            break
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() - started > 60:
-                raise
-            await asyncio.sleep(0.02)
+    # The service holds the call until the payment's offer commits (no polling).
+    offer = await clients.minting().GetClaimOfferByPayment(
+        minting_api.GetClaimOfferByPaymentRequest(
+            merchant_id=merchant_id, payment_id=payment.payment_id, omit_qr_code=True, wait_ms=10_000
+        ),
+        timeout=15,
+    )
     claim = await clients.minting().ClaimInvoice(
         minting_api.ClaimInvoiceRequest(
             claim_token=clients.claim_token_of(offer.claim_url), buyer=buyer, idempotency_key=secrets.token_hex(16)

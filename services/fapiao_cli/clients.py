@@ -49,13 +49,21 @@ async def payment_of(merchant_id: str, transaction_id: str) -> intake_api.GetPay
 async def wait_for_claim_offer(
     merchant_id: str, payment_id: str, timeout_s: float = 30.0
 ) -> minting_api.GetClaimOfferByPaymentResponse:
-    """The claim offer minted from a payment (it appears once the PaymentSucceeded event is consumed)."""
+    """The claim offer minted from a payment (it appears once the PaymentSucceeded event is consumed).
+
+    The service holds each call until the offer commits (`wait_ms`), so this asks again only when a
+    call's wait ran out before `timeout_s`.
+    """
     stub = minting()
     deadline = time.monotonic() + timeout_s
     while True:
+        wait_s = max(0.0, min(10.0, deadline - time.monotonic()))
         try:
             reply: minting_api.GetClaimOfferByPaymentResponse = await stub.GetClaimOfferByPayment(
-                minting_api.GetClaimOfferByPaymentRequest(merchant_id=merchant_id, payment_id=payment_id), timeout=5
+                minting_api.GetClaimOfferByPaymentRequest(
+                    merchant_id=merchant_id, payment_id=payment_id, wait_ms=int(wait_s * 1000)
+                ),
+                timeout=wait_s + 5,
             )
             return reply
         except grpc.aio.AioRpcError as exc:

@@ -25,6 +25,7 @@ from invoice_minting.events import on_merchant_event, on_payment_event
 from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer, add_servicer
 from invoice_minting.issuer_keys import IssuerKeyStore
 from invoice_minting.ledger_results import on_result
+from invoice_minting.offer_waiter import OfferWaiter
 from invoice_minting.secrets_box import SecretsBox, load_secrets_key
 from invoice_minting.settings import MintingSettings
 
@@ -46,7 +47,8 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
         cfg = ctx.config
         deps = build_deps(settings, cfg.service_name)
         claims = ClaimPipeline(ctx.pool, deps)
-        add_servicer(server.server, InvoiceMintingServicer(ctx.pool, deps, claims))
+        offers = OfferWaiter(cfg.database_url)
+        add_servicer(server.server, InvoiceMintingServicer(ctx.pool, deps, claims, offers))
 
         async def merchant_handler(conn, envelope):  # type: ignore[no-untyped-def]
             await on_merchant_event(conn, envelope, deps)
@@ -88,7 +90,7 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
             ),
         ]
         ctx.consumers.extend(consumers)
-        return [claims.run(ctx.stop), *(c.run(ctx.stop) for c in consumers)]
+        return [claims.run(ctx.stop), offers.run(ctx.stop), *(c.run(ctx.stop) for c in consumers)]
 
     return wire
 

@@ -84,6 +84,9 @@ async def on_payment_event(conn: asyncpg.Connection, envelope: envelope_pb2.Even
         log.info("ignoring payments event", extra={"event_type": envelope.event_type})
 
 
+OFFERS_CHANNEL = "fapiao_claim_offers"
+
+
 async def create_offer(conn: asyncpg.Connection, payment: payments_pb2.Payment, deps: MintingDeps) -> str | None:
     """Create the claim offer of a payment; return its token (None if the payment already has an offer).
 
@@ -116,7 +119,11 @@ async def create_offer(conn: asyncpg.Connection, payment: payments_pb2.Payment, 
         paid_at,
         float(deps.settings.offer_ttl_s),
     )
-    return token if inserted else None
+    if not inserted:
+        return None
+    # Delivered at commit: wakes GetClaimOfferByPayment calls waiting for this payment (any replica).
+    await conn.execute("SELECT pg_notify($1, $2)", OFFERS_CHANNEL, payment.payment_id)
+    return token
 
 
 async def apply_refund(conn: asyncpg.Connection, event: payments_pb2.PaymentRefunded, deps: MintingDeps) -> None:

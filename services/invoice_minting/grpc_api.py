@@ -26,6 +26,7 @@ from invoice_minting.claims import ClaimCommand, ClaimPipeline, token_hash
 from invoice_minting.deps import MintingDeps
 from invoice_minting.invoice_store import get_invoice, list_invoices
 from invoice_minting.issuer_keys import IssuerKeyRow
+from invoice_minting.offer_waiter import OfferWaiter
 from invoice_minting.qr_codes import claim_url, qr_png, qr_svg
 
 SERVICE_NAME = "fapiao.invoicing.v1.InvoiceMintingService"
@@ -98,10 +99,14 @@ def _key_proto(row: IssuerKeyRow) -> api.IssuerKey:
 
 
 class InvoiceMintingServicer:
-    def __init__(self, pool: asyncpg.Pool, deps: MintingDeps, claims: ClaimPipeline) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, deps: MintingDeps, claims: ClaimPipeline, offers: OfferWaiter | None = None
+    ) -> None:
         self._pool = pool
         self._deps = deps
         self._claims = claims
+        # Without a running listener, waiting calls re-read every FALLBACK_POLL_S.
+        self._offers = offers or OfferWaiter("")
 
     async def GetClaimOffer(self, request: api.GetClaimOfferRequest, context: object) -> api.GetClaimOfferResponse:
         _check_decoded(request)
@@ -168,12 +173,22 @@ class InvoiceMintingServicer:
         self, request: api.GetClaimOfferByPaymentRequest, context: object
     ) -> api.GetClaimOfferByPaymentResponse:
         _check_decoded(request)
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                _OFFER_SELECT + " WHERE o.payment_id = $1 AND o.merchant_id = $2",
-                request.payment_id,
-                request.merchant_id,
-            )
+
+        async def fetch() -> asyncpg.Record | None:
+            async with self._pool.acquire() as conn:
+                row: asyncpg.Record | None = await conn.fetchrow(
+                    _OFFER_SELECT + " WHERE o.payment_id = $1 AND o.merchant_id = $2",
+                    request.payment_id,
+                    request.merchant_id,
+                )
+            return row
+
+        if request.wait_ms:
+            remaining = getattr(context, "time_remaining", lambda: None)()
+            wait_s = request.wait_ms / 1000 if remaining is None else min(request.wait_ms / 1000, remaining - 0.05)
+            row = await self._offers.wait_for(request.payment_id, fetch, wait_s)
+        else:
+            row = await fetch()
         if row is None:
             raise NotFound("OFFER_NOT_FOUND", "no claim offer for this payment")
         token = self._deps.box.open(row["token_sealed"], row["offer_id"].bytes).decode()

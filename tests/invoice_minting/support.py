@@ -114,8 +114,9 @@ class MintingUnderTest:
             try:
                 return await self.stub.GetClaimOfferByPayment(
                     api.GetClaimOfferByPaymentRequest(
-                        merchant_id=merchant_id, payment_id=payment_id, omit_qr_code=omit_qr_code
-                    )
+                        merchant_id=merchant_id, payment_id=payment_id, omit_qr_code=omit_qr_code, wait_ms=5_000
+                    ),
+                    timeout=10,
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:

@@ -179,3 +179,33 @@ async def test_tax_id_change_gets_a_new_key_and_old_invoices_are_red_lettered_wi
         assert cancel.cancel.red_letter_invoice.signature.key_id == old.signed.signature.key_id
         await minting.wait_status(new.body.invoice_id, invoice_pb2.INVOICE_STATUS_ISSUED)
         assert not ledger.problems
+
+
+async def test_waiting_for_an_offer_returns_when_the_payment_arrives(stack: StackUnderTest) -> None:
+    import asyncio
+    import time
+
+    async with minting_service(stack) as minting:
+        await minting.register_merchant("m-wait", uscc(31), region="44")
+
+        def wait_call(payment_id: str, wait_ms: int) -> asyncio.Future[api.GetClaimOfferByPaymentResponse]:
+            request = api.GetClaimOfferByPaymentRequest(
+                merchant_id="m-wait", payment_id=payment_id, omit_qr_code=True, wait_ms=wait_ms
+            )
+            return asyncio.ensure_future(minting.stub.GetClaimOfferByPayment(request, timeout=30))
+
+        # Ten concurrent callers wait before the payment event is even published.
+        waiting = [wait_call("pay-w1", 20_000) for _ in range(10)]
+        await asyncio.sleep(0.5)
+        assert not any(call.done() for call in waiting)
+        await minting.pay("m-wait", "pay-w1", 1234)
+        answers = await asyncio.gather(*waiting)
+        assert {a.offer.amount_fen for a in answers} == {1234}
+        assert len({a.claim_url for a in answers}) == 1
+
+        # Nothing arrives: NOT_FOUND once the wait is over, not before.
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await wait_call("pay-never", 700)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert time.monotonic() - started >= 0.6
