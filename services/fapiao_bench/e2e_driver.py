@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sys
 import time
@@ -26,6 +27,8 @@ from fapiao_cli.progress import ProgressBar
 from fapiao_runtime.envelope import parse_envelope, unpack
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_runtime.topics import LEDGER_RESULTS
+
+from fapiao_bench.cpu import CpuMeter, children_of
 
 CONCURRENCY = 64
 MERCHANTS = 8
@@ -161,6 +164,29 @@ def percentile_ms(latencies: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(len(ordered) * fraction) - 1))] * 1000
 
 
+def stack_processes() -> dict[str, list[int]]:
+    """Pids of the running local stack by component (the load generator is this process)."""
+    from fapiao_stack import stack
+    from fapiao_stack.paths import RUN_DIR
+    from fapiao_stack.services import local_services
+
+    def pid_of(name: str) -> list[int]:
+        pid_file = stack.PID_DIR / f"{name}.pid"
+        return [int(pid_file.read_text())] if pid_file.exists() else []
+
+    groups: dict[str, list[int]] = {}
+    for spec in local_services():
+        group = "ledger_validators" if spec.name.startswith("ledger") else spec.name
+        groups.setdefault(group, []).extend(pid_of(spec.name))
+    groups["kafka"] = pid_of("kafka")
+    postmaster_file = RUN_DIR / "postgres" / "postmaster.pid"
+    if postmaster_file.exists():
+        postmaster = int(postmaster_file.read_text().split()[0])
+        groups["postgres"] = [postmaster, *children_of(postmaster)]
+    groups["load_generator"] = [os.getpid()]
+    return groups
+
+
 async def main_async(seconds: int, bootstrap: str) -> dict[str, float]:
     platforms = []
     for m in range(MERCHANTS):
@@ -173,13 +199,19 @@ async def main_async(seconds: int, bootstrap: str) -> dict[str, float]:
     follower = asyncio.ensure_future(tracker.follow(bootstrap, stop))
     await asyncio.sleep(1.0)
     await drive(platforms, tracker, 10, None)  # warm-up: issuer keys registered, caches filled
+    meter = CpuMeter(stack_processes())
+    meter.start()
     closed = await drive(platforms, tracker, seconds, None)
+    cpu = meter.stop()
     throughput = len(closed) / seconds
     half = max(1.0, throughput / 2)
     open_loop = await drive(platforms, tracker, max(30, seconds // 2), half)
     stop.set()
     await follower
+    per_invoice = {f"e2e_cpu_ms_per_invoice_{name}": used * 1000 / max(1, len(closed)) for name, used in cpu.items()}
     return {
+        **per_invoice,
+        "e2e_cpu_ms_per_invoice_total": sum(per_invoice.values()),
         "e2e_invoices_per_s": throughput,
         "e2e_p99_ms": percentile_ms(open_loop, 0.99),
         "e2e_p50_ms": percentile_ms(open_loop, 0.50),
@@ -188,8 +220,6 @@ async def main_async(seconds: int, bootstrap: str) -> dict[str, float]:
 
 
 def main() -> int:
-    import os
-
     from fapiao_cli.local import load_stack_environment
     from fapiao_stack import stack
 

@@ -22,7 +22,6 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -39,6 +38,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from payment_intake import merchants
 from payment_intake.wechatpay import Delivery, PlatformSigner, generate_apiv3_key, transaction_resource
 
+from fapiao_bench.cpu import cpu_seconds
+
 PAYMENTS = 20_000
 WARMUP = 1_000
 CONCURRENCY = 256
@@ -46,12 +47,6 @@ CHANNELS = 4
 WEBHOOK_RATE_PER_S = 200
 WEBHOOK_SECONDS = 10
 MERCHANT_ID = "1230000109"
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _request(transaction_id: str, success: Timestamp) -> service_pb2.RecordPaymentRequest:
@@ -217,15 +212,15 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         finally:
             await pool.close()
         pid = service.proc.pid  # type: ignore[attr-defined]
-        cpu_before = _cpu_s(pid)
+        cpu_before = cpu_seconds(pid)
         per_s = await _grpc_throughput([service.port], uuid.uuid4().hex[:6])
         drain_s = await _outbox_drain_s(env.database_url)
-        grpc_cpu_ms = (_cpu_s(pid) - cpu_before) * 1000 / (PAYMENTS + WARMUP)
+        grpc_cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / (PAYMENTS + WARMUP)
         url = f"http://127.0.0.1:{webhook_port}/v1/notify/wechatpay/{MERCHANT_ID}"
-        cpu_before = _cpu_s(pid)
+        cpu_before = cpu_seconds(pid)
         p50, p99, count = await _webhook_latency(url, signer, apiv3_key)
         await _outbox_drain_s(env.database_url)
-        webhook_cpu_ms = (_cpu_s(pid) - cpu_before) * 1000 / count
+        webhook_cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / count
         # Scale-out: a second replica on the same database (idempotency is decided by PostgreSQL
         # constraints, so replicas need no coordination); the client spreads its channels over both.
         replica = await env.start_service(

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fapiao.ledger.v1 import ledger_pb2
@@ -24,6 +22,8 @@ from fapiao_runtime.ledger_client import topic_partitions, transaction_event
 from fapiao_runtime.topics import LEDGER_RESULTS
 from fapiao_stack.harness import StackUnderTest
 from ledger.devnet import LedgerNetwork, T, issue, reimburse
+
+from fapiao_bench.cpu import cpu_seconds
 
 THROUGHPUT_INVOICES = 8_000
 PACED_RATE_PER_S = 1_000
@@ -86,12 +86,6 @@ class ResultClock:
             await self._consumer.stop()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), so figures can be read apart from contention."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _events(net: LedgerNetwork, txs: list[ledger_pb2.SignedTransaction]) -> list[tuple[str, bytes, bytes]]:
     out = []
     for tx in txs:
@@ -141,7 +135,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         txs += [reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, "91440300ORG0000001") for inv in invoices]
         events = _events(net, txs)
         pids = [p.proc.pid for p in net.processes.values()]  # type: ignore[attr-defined]
-        cpu_before = sum(_cpu_seconds(pid) for pid in pids)
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
         started = time.perf_counter()
         futures = [await net.producer.send(topic, value=value, key=key) for _, key, value in events]
         await asyncio.gather(*futures)
@@ -149,7 +143,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         await clock.wait_for(ids, timeout_s=120)
         elapsed = max(clock.arrived[i] for i in ids) - started
         throughput = len(ids) / elapsed
-        cpu_per_tx_us = (sum(_cpu_seconds(pid) for pid in pids) - cpu_before) / len(pids) / len(ids) * 1e6
+        cpu_per_tx_us = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / len(pids) / len(ids) * 1e6
 
         # Latency at a paced 1,000 tx/s, and at 200 tx/s (below saturation on a shared machine).
         p50, p99, offered = await _paced_latency(net, clock, topic, PACED_RATE_PER_S, PACED_SECONDS, "paced")

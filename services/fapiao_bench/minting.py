@@ -32,19 +32,14 @@ from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_runtime.topics import MERCHANTS, PAYMENTS
 from fapiao_stack.harness import StackUnderTest
 
+from fapiao_bench.cpu import cpu_seconds
+
 MERCHANTS_COUNT = 100
 REGIONS = ("44", "11", "31")
 PAYMENTS_PER_MERCHANT = 40
 WARMUP_CLAIMS = 300
 CLAIMS_IN_FLIGHT = 256
 CHANNELS = 8
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _uscc(n: int) -> str:
@@ -153,7 +148,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         latencies.clear()
         measured = tokens[WARMUP_CLAIMS:]
         pid = service.proc.pid  # type: ignore[attr-defined]
-        cpu_before = _cpu_s(pid)
+        cpu_before = cpu_seconds(pid)
         started = time.perf_counter()
         await asyncio.gather(*(claim(i + WARMUP_CLAIMS, t) for i, t in enumerate(measured)))
         claims_s = time.perf_counter() - started
@@ -164,7 +159,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
                 raise TimeoutError("outbox did not drain")
             await asyncio.sleep(0.05)
         drain_s = time.perf_counter() - drain_started
-        cpu_per_claim_ms = (_cpu_s(pid) - cpu_before) / len(measured) * 1000
+        cpu_per_claim_ms = (cpu_seconds(pid) - cpu_before) / len(measured) * 1000
         numbers = await conn.fetchval("SELECT count(DISTINCT invoice_number) FROM invoice_minting.invoices")
         assert numbers == len(tokens), "every claim must have its own number"
         quantiles = statistics.quantiles(latencies, n=100)

@@ -23,16 +23,12 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from fapiao_bench.cpu import cpu_seconds
 from fapiao_stack.harness import StackUnderTest
 
 DURATION_S = 15.0
 SENDERS = 64
 BODY = json.dumps({"id": "bench", "resource": {"ciphertext": "A" * 600, "nonce": "n" * 12}}).encode()
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _upstream() -> tuple[web.AppRunner, int]:
@@ -64,7 +60,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=SENDERS)) as http:
             pid = int(gateway.proc.pid)  # type: ignore[attr-defined]
-            cpu_before = _cpu_s(pid)
+            cpu_before = cpu_seconds(pid)
             stop_at = time.monotonic() + DURATION_S
             started = time.monotonic()
 
@@ -79,7 +75,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
 
             await asyncio.gather(*(sender() for _ in range(SENDERS)))
             elapsed = time.monotonic() - started
-            cpu_used = _cpu_s(pid) - cpu_before
+            cpu_used = cpu_seconds(pid) - cpu_before
     finally:
         gateway.terminate()
         await runner.cleanup()
