@@ -69,6 +69,7 @@ class Validator:
         self.pending_results: dict[tuple[int, int], list[tuple[bool, bool, str, bytes]]] = {}
         self.publish_queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self.pending_since: dict[int, float] = {}
+        self.pending_started = asyncio.Event()  # a chain went from nothing pending to pending (markers)
         self.last_marker: dict[int, tuple[int, float]] = {}
         self.block_event = asyncio.Event()  # set when a block is stored or becomes final (StreamBlocks)
         self.caught_up = asyncio.Event()
@@ -203,6 +204,7 @@ class Validator:
                 assert record.tx is not None
                 if not chain.has_pending:
                     self.pending_since[chain.chain_id] = time.monotonic()
+                    self.pending_started.set()
                 block = chain.on_transaction(record.offset, record.aggregate_id, record.tx)
             elif record.kind == "cut":
                 assert record.marker is not None
@@ -214,6 +216,7 @@ class Validator:
                 blocks.append(block)
                 if chain.has_pending:
                     self.pending_since[chain.chain_id] = time.monotonic()
+                    self.pending_started.set()
         return blocks
 
     async def _commit(self, blocks: list[CutBlock]) -> None:
@@ -405,25 +408,40 @@ class Validator:
 
     # --- time-to-cut markers -------------------------------------------------------------------
     async def _markers_loop(self, stop: asyncio.Event) -> None:
+        """Send a marker when a chain's oldest pending transaction is due; sleep until the next is due.
+
+        No polling tick: the loop sleeps until the earliest deadline, or until a chain that had nothing
+        pending gets a transaction (`pending_started`), so idle validators do not wake up at all.
+        """
         cut_s = self.config.cut_ms / 1000
-        tick = max(0.002, cut_s / 4)
+        resend_s = max(2 * cut_s, 0.05)
         while not stop.is_set():
-            await asyncio.sleep(tick)
+            # Cleared before the scan: a chain that starts pending during it wakes the next wait.
+            self.pending_started.clear()
             now = time.monotonic()
+            next_due: float | None = None
             for chain_id, chain in self.chains.items():
                 if not chain.has_pending:
                     continue
-                # One validator per chain cuts on time; the others step in only if it is slow or down.
+                # One validator per chain cuts on time; the others step in only if it is slow or down,
+                # after long enough for the designated marker's round trip through a busy broker.
                 designated = chain_id % self._validators == self._rank
-                # Stand-ins wait long enough for the designated marker's round trip through a busy broker.
                 wait_s = cut_s if designated else max(3 * cut_s, 0.1)
-                if now - self.pending_since.get(chain_id, now) < wait_s:
-                    continue
+                due = self.pending_since.get(chain_id, now) + wait_s
                 sent_height, sent_at = self.last_marker.get(chain_id, (-1, 0.0))
-                if sent_height == chain.height and now - sent_at < max(2 * cut_s, 0.05):
-                    continue
-                self.last_marker[chain_id] = (chain.height, now)
-                await self._send_marker(chain_id, chain.height)
+                if sent_height == chain.height:
+                    due = max(due, sent_at + resend_s)
+                if due <= now:
+                    self.last_marker[chain_id] = (chain.height, now)
+                    await self._send_marker(chain_id, chain.height)
+                    due = now + resend_s
+                next_due = due if next_due is None else min(next_due, due)
+            timeout = None if next_due is None else max(0.001, next_due - time.monotonic())
+            waiter = asyncio.ensure_future(self.pending_started.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
 
     async def _send_marker(self, chain_id: int, height: int) -> None:
         envelope = marker_envelope(self.config.validator_id, chain_id, height)
