@@ -54,6 +54,18 @@ HEIGHT = Gauge("fapiao_ledger_height", "Last stored block height", ["chain"])
 FETCH_MAX_RECORDS = 5000
 
 
+def result_publishers(validator_ids: list[str], chain_id: int) -> set[str]:
+    """The f + 1 validators that publish the results of `chain_id`: ranks chain_id mod n onwards.
+
+    With at most f faulty validators at least one of them is up, and every consumer reads f + 1
+    copies of a result instead of n (all copies share one event id).
+    """
+    ordered = sorted(validator_ids)
+    n = len(ordered)
+    publishers = min(n, (n - 1) // 3 + 1)
+    return {ordered[(chain_id + k) % n] for k in range(publishers)}
+
+
 class Validator:
     def __init__(
         self, runtime: RuntimeConfig, config: LedgerConfig, pool: asyncpg.Pool, producer: AIOKafkaProducer
@@ -79,9 +91,6 @@ class Validator:
         ordered = sorted(config.validator_keys)
         self._rank = ordered.index(config.validator_id)
         self._validators = len(ordered)
-        # f + 1 validators per chain publish its results: with at most f faulty, at least one of them
-        # is up, and consumers read a copy fewer per extra publisher (every copy shares one event id).
-        self._publishers = min(self._validators, (self._validators - 1) // 3 + 1)
         self._results_partitions = 1
 
     # --- start-up ------------------------------------------------------------------------------
@@ -354,8 +363,7 @@ class Validator:
 
     # --- results ------------------------------------------------------------------------------
     def publishes_results(self, chain_id: int) -> bool:
-        """True for the f + 1 validators that publish the results of `chain_id`: ranks chain_id mod n onwards."""
-        return (self._rank - chain_id) % self._validators < self._publishers
+        return self.config.validator_id in result_publishers(sorted(self.config.validator_keys), chain_id)
 
     async def _results_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -111,3 +111,17 @@ def test_one_ed25519_rule_for_every_check() -> None:
     # cofactorless check with R = identity, S = 0; the shared rule refuses it.
     identity = Ed25519PublicKey.from_public_bytes(b"\x01" + b"\0" * 31)
     assert not ed25519_verify(identity, b"\x01" + b"\0" * 31 + b"\0" * 32, b"anything")
+
+
+def test_f_plus_one_validators_publish_each_chains_results() -> None:
+    from ledger.validator import result_publishers
+
+    four = ["validator-1", "validator-2", "validator-3", "validator-4"]
+    assert result_publishers(four, 0) == {"validator-1", "validator-2"}
+    assert result_publishers(four, 3) == {"validator-4", "validator-1"}
+    # Over the chains, the work is spread evenly.
+    counts = {v: sum(v in result_publishers(four, c) for c in range(8)) for v in four}
+    assert set(counts.values()) == {4}
+    assert result_publishers(["validator-1"], 5) == {"validator-1"}
+    seven = [f"validator-{i}" for i in range(1, 8)]  # f = 2
+    assert len(result_publishers(seven, 1)) == 3
