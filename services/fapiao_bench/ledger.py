@@ -18,6 +18,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import parse_envelope, unpack
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import topic_partitions, transaction_event
 from fapiao_runtime.topics import LEDGER_RESULTS
 from fapiao_stack.harness import StackUnderTest
@@ -96,11 +97,12 @@ def _events(net: LedgerNetwork, txs: list[ledger_pb2.SignedTransaction]) -> list
 
 
 async def _paced_latency(
-    net: LedgerNetwork, clock: ResultClock, topic: str, rate_per_s: int, seconds: int, tag: str
+    net: LedgerNetwork, clock: ResultClock, topic: str, rate_per_s: int, seconds: int, series: int
 ) -> tuple[float, float, float]:
     """Send ISSUEs at `rate_per_s` for `seconds`; return (p50 ms, p99 ms, offered tx/s)."""
     assert net.producer is not None
-    paced = [issue(net.issuer, f"{tag}-{i}", f"2645{i:016d}") for i in range(rate_per_s * seconds)]
+    numbers = [f"2645{series:02d}{i:014d}" for i in range(rate_per_s * seconds)]
+    paced = [issue(net.issuer, invoice_id_for_number(number), number) for number in numbers]
     paced_events = _events(net, paced)
     sent_at: dict[str, float] = {}
     tick_s = 0.01
@@ -130,7 +132,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         assert net.producer is not None
         topic = env.topic("ledger.tx.v1")
         # Throughput: issue then lock each invoice (pre-signed, so only the ledger is measured).
-        invoices = [f"bench-{i}" for i in range(THROUGHPUT_INVOICES)]
+        invoices = [invoice_id_for_number(f"2644{i:016d}") for i in range(THROUGHPUT_INVOICES)]
         txs = [issue(net.issuer, inv, f"2644{i:016d}") for i, inv in enumerate(invoices)]
         txs += [reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, "91440300ORG0000001") for inv in invoices]
         events = _events(net, txs)
@@ -146,8 +148,8 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         cpu_per_tx_us = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / len(pids) / len(ids) * 1e6
 
         # Latency at a paced 1,000 tx/s, and at 200 tx/s (below saturation on a shared machine).
-        p50, p99, offered = await _paced_latency(net, clock, topic, PACED_RATE_PER_S, PACED_SECONDS, "paced")
-        _, low_p99, _ = await _paced_latency(net, clock, topic, LOW_RATE_PER_S, LOW_RATE_SECONDS, "low")
+        p50, p99, offered = await _paced_latency(net, clock, topic, PACED_RATE_PER_S, PACED_SECONDS, series=1)
+        _, low_p99, _ = await _paced_latency(net, clock, topic, LOW_RATE_PER_S, LOW_RATE_SECONDS, series=2)
         return {
             "ledger_committed_tx_per_s": throughput,
             "ledger_commit_p50_ms": p50,

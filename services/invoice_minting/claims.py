@@ -30,6 +30,7 @@ from fapiao_runtime.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.outbox import enqueue
 from prometheus_client import Counter, Histogram
 
@@ -140,17 +141,22 @@ async def mint_claims(
     for item in to_mint:
         by_region[item[1]["region_code"]].append(item)
     new_invoices: list[NewInvoice] = []
+    derived: dict[uuid.UUID, uuid.UUID] = {}
     refunded: set[uuid.UUID] = set()
     events = []
     for region in sorted(by_region):  # counters locked in a fixed order: no deadlocks between batches
         group = by_region[region]
         first = await allocate_sequences(conn, region, day.year, len(group))
-        for offset, (index, row, invoice_id) in enumerate(group):
+        for offset, (index, row, placeholder) in enumerate(group):
             payment = payments_pb2.Payment.FromString(row["payment"])
             key = deps.keys.signing_key(row["key_id"], row["private_key_sealed"])
+            number = invoice_number(day.year, region, deps.settings.channel, first + offset)
+            # The ledger accepts an ISSUE only under the id derived from its number (one number, one chain).
+            invoice_id = uuid.UUID(invoice_id_for_number(number))
+            derived[placeholder] = invoice_id
             body = build_body(
                 invoice_id=invoice_id,
-                invoice_number=invoice_number(day.year, region, deps.settings.channel, first + offset),
+                invoice_number=number,
                 kind=invoice_pb2.INVOICE_KIND_ORDINARY,
                 seller=invoice_pb2.Party(
                     kind=invoice_pb2.PARTY_KIND_COMPANY, name=row["legal_name"], tax_id=row["tax_id"]
@@ -174,6 +180,9 @@ async def mint_claims(
             new_invoices.append(
                 NewInvoice(invoice_id, body, signed, None, transaction_id, 1, invoice_id, body.total_fen)
             )
+    # Claims answered with a placeholder id (numbers were not allocated yet) get the derived one.
+    to_mint = [(index, row, derived[placeholder]) for index, row, placeholder in to_mint]
+    outcomes = [derived.get(o, o) if isinstance(o, uuid.UUID) else o for o in outcomes]
     if new_invoices:
         await insert_invoices(conn, new_invoices)
         await conn.executemany(

@@ -17,6 +17,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_trust import ED25519, PublicKeys, verify_signature
 from google.protobuf.message import DecodeError
 
@@ -50,6 +51,7 @@ NOT_LOCKED = "NOT_LOCKED"
 NOT_LOCK_HOLDER = "NOT_LOCK_HOLDER"
 ORGANISATION_NOT_ALLOWED = "ORGANISATION_NOT_ALLOWED"
 AMOUNT_EXCEEDED = "AMOUNT_EXCEEDED"
+INVOICE_ID_NOT_FROM_NUMBER = "INVOICE_ID_NOT_FROM_NUMBER"
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,9 @@ def _issue(
         return _reject(base, MALFORMED, state)
     if key.role != ledger_pb2.SUBMITTER_ROLE_ISSUER or key.subject != invoice.seller.tax_id:
         return _reject(base, SUBMITTER_NOT_AUTHORIZED, state)
+    if invoice.invoice_id != invoice_id_for_number(invoice.invoice_number):
+        # One number, one invoice id, one chain: a number cannot be issued twice on two chains.
+        return _reject(base, INVOICE_ID_NOT_FROM_NUMBER, state)
     if state is not None:
         return _reject(base, ALREADY_ISSUED, state)
     new_state = ledger_pb2.InvoiceState(

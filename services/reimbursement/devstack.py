@@ -14,6 +14,7 @@ from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.db import apply_migrations, create_pool
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import LedgerResultWaiter, sign_transaction
 from fapiao_runtime.pki import (
     IssuedCertificate,
@@ -132,7 +133,8 @@ class RealStack:
         assert self.waiter is not None
         numbers, txs = [], []
         for buyer in buyers:
-            invoice_id, number = str(uuid.uuid4()), new_invoice_number()
+            number = new_invoice_number()
+            invoice_id = invoice_id_for_number(number)
             body = invoice_pb2.InvoiceBody(
                 invoice_id=invoice_id,
                 invoice_number=number,

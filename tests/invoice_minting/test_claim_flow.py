@@ -10,6 +10,7 @@ from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.envelope import unpack
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.topics import INVOICES
 from fapiao_stack.harness import StackUnderTest, read_envelopes
 
@@ -66,6 +67,8 @@ async def test_payment_to_signed_issued_invoice_end_to_end(stack: StackUnderTest
         assert body.seller.tax_id == seller_tax_id
         assert len(body.invoice_number) == 20 and body.invoice_number[2:5] == "442"
         assert body.invoice_number.endswith("1".zfill(15))
+        # The only id the ledger accepts for this number: one number, one invoice, one chain.
+        assert body.invoice_id == invoice_id_for_number(body.invoice_number)
         assert [(line.total_fen, line.tax_fen, line.amount_fen) for line in body.lines] == [
             (3700, 209, 3491),  # 3700 * 600 / 10600 = 209.43 -> 209
             (2999, 345, 2654),  # 2999 * 1300 / 11300 = 345.02 -> 345

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 
 import asyncpg
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.kafka import new_producer
 from fapiao_runtime.ledger_client import LedgerResultWaiter, SigningKey
 from fapiao_runtime.ledger_trust import format_key_list
@@ -22,9 +22,10 @@ def mixed_transactions(net: LedgerNetwork, total: int, seed: int) -> list[ledger
     """ISSUEs followed, per invoice, by a random mix of valid and invalid operations."""
     rng = random.Random(seed)
     out: list[ledger_pb2.SignedTransaction] = []
-    invoices = [f"inv-{seed}-{i}" for i in range(total // 4)]
-    for n, inv in enumerate(invoices):
-        out.append(issue(net.issuer, inv, f"2644{n:016d}", rng.randint(100, 100_000)))
+    numbers = [f"2644{seed:04d}{n:012d}" for n in range(total // 4)]
+    invoices = [invoice_id_for_number(number) for number in numbers]
+    for inv, number in zip(invoices, numbers, strict=True):
+        out.append(issue(net.issuer, inv, number, rng.randint(100, 100_000)))
     orgs = [f"9144030000000{i:05d}" for i in range(20)]
     while len(out) < total:
         inv = rng.choice(invoices)
@@ -40,7 +41,7 @@ def mixed_transactions(net: LedgerNetwork, total: int, seed: int) -> list[ledger
         elif pick < 0.9:
             out.append(cancel(net.issuer, inv))
         elif pick < 0.95:
-            out.append(issue(net.issuer, inv, "26440000000000000000"))  # ALREADY_ISSUED
+            out.append(issue(net.issuer, inv, numbers[0]))  # ALREADY_ISSUED, or a number issued elsewhere
         else:
             out.append(reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, f"missing-{rng.randint(0, 99)}", orgs[0]))
     return out
@@ -104,7 +105,7 @@ async def test_two_hundred_concurrent_locks_exactly_one_wins_everywhere(stack: S
     for producer in producers:
         await producer.start()
     try:
-        inv = f"inv-{uuid.uuid4().hex[:8]}"
+        inv = invoice_id_for_number("26440000000000000077")
         issued = await waiter.submit_and_wait(producers[0], issue(net.issuer, inv, "26440000000000000077"), inv, 30)
         assert issued.accepted
         locks = [reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, f"91440300ORG{i:07d}") for i in range(200)]
@@ -191,7 +192,7 @@ async def test_divergent_validator_is_reported_and_quorum_still_finalizes(stack:
     )
     await net.start()
     try:
-        txs = [issue(net.issuer, f"inv-d-{i}", f"2646{i:016d}") for i in range(60)]
+        txs = [issue(net.issuer, invoice_id_for_number(f"2646{i:016d}"), f"2646{i:016d}") for i in range(60)]
         await net.submit(txs)
         await wait_all_final(net, [1, 2, 3], len(txs), timeout_s=60)
 

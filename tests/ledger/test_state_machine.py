@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import SigningKey, sign_key_registration, sign_transaction
 from google.protobuf.timestamp_pb2 import Timestamp
 from ledger.chain import ChainExecutor, claims_id
@@ -17,6 +18,13 @@ pytestmark = pytest.mark.unit
 S = ledger_pb2.InvoiceLedgerStatus
 AUTHORITY = SigningKey.generate("authority-1")
 ISSUER = SigningKey.generate("issuer-1")
+
+
+def iid(n: int) -> str:
+    """The invoice id of test invoice number 2644 + n (16 digits): ISSUE ids derive from numbers."""
+    return invoice_id_for_number(f"2644{n:016d}")
+
+
 REIMBURSER = SigningKey.generate("reimb-1")
 STRANGER = SigningKey.generate("stranger")
 
@@ -84,7 +92,7 @@ class Feeder:
 
 def test_lifecycle_and_rejection_reasons() -> None:
     feed = Feeder(new_chain())
-    inv = "inv-1"
+    inv = iid(1)
     assert feed(issue(ISSUER, inv, "26440000000000000001", 10_000, buyer=BUYER_TAX_ID)).accepted
     assert feed(issue(ISSUER, inv, "26440000000000000001")).rejection_reason == "ALREADY_ISSUED"
     assert (
@@ -119,28 +127,26 @@ def test_lifecycle_and_rejection_reasons() -> None:
 
 def test_lock_holder_rules_and_cancel() -> None:
     feed = Feeder(new_chain())
-    assert feed(issue(ISSUER, "inv-2", "26440000000000000002")).accepted  # a person's invoice: any organisation
-    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, "inv-2", "ORG-A")).accepted
-    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, "inv-2", "ORG-B")).rejection_reason == "ALREADY_LOCKED"
-    assert (
-        feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, "inv-2", "ORG-B")).rejection_reason == "NOT_LOCK_HOLDER"
-    )
-    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_CLOSE, "inv-2", "ORG-B")).rejection_reason == "NOT_LOCK_HOLDER"
-    cancelled = feed(cancel(ISSUER, "inv-2"))
+    assert feed(issue(ISSUER, iid(2), "26440000000000000002")).accepted  # a person's invoice: any organisation
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, iid(2), "ORG-A")).accepted
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, iid(2), "ORG-B")).rejection_reason == "ALREADY_LOCKED"
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, iid(2), "ORG-B")).rejection_reason == "NOT_LOCK_HOLDER"
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_CLOSE, iid(2), "ORG-B")).rejection_reason == "NOT_LOCK_HOLDER"
+    cancelled = feed(cancel(ISSUER, iid(2)))
     assert cancelled.accepted and cancelled.state.status == S.INVOICE_LEDGER_STATUS_CANCELLED
     assert cancelled.state.reimbursable_fen == 0
-    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, "inv-2", "ORG-A")).rejection_reason == "CANCELLED"
-    assert feed(partial(ISSUER, "inv-2", 1)).rejection_reason == "CANCELLED"
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, iid(2), "ORG-A")).rejection_reason == "CANCELLED"
+    assert feed(partial(ISSUER, iid(2), 1)).rejection_reason == "CANCELLED"
     # Partial red letter of the whole remaining amount cancels.
-    assert feed(issue(ISSUER, "inv-3", "26440000000000000003", 500)).accepted
-    assert feed(partial(ISSUER, "inv-3", 500)).state.status == S.INVOICE_LEDGER_STATUS_CANCELLED
+    assert feed(issue(ISSUER, iid(3), "26440000000000000003", 500)).accepted
+    assert feed(partial(ISSUER, iid(3), 500)).state.status == S.INVOICE_LEDGER_STATUS_CANCELLED
 
 
 def test_signatures_keys_roles_and_duplicates() -> None:
     chain = new_chain()
     feed = Feeder(chain)
-    assert feed(issue(STRANGER, "inv-4", "26440000000000000004")).rejection_reason == "UNKNOWN_SUBMITTER_KEY"
-    forged = issue(ISSUER, "inv-4", "26440000000000000004")
+    assert feed(issue(STRANGER, iid(4), "26440000000000000004")).rejection_reason == "UNKNOWN_SUBMITTER_KEY"
+    forged = issue(ISSUER, iid(4), "26440000000000000004")
     forged.signature.signature = bytes(64)
     assert feed(forged).rejection_reason == "BAD_SIGNATURE"
     # The forged record did not claim its transaction id: the genuine one with that id still counts.
@@ -150,19 +156,19 @@ def test_signatures_keys_roles_and_duplicates() -> None:
     assert feed(genuine).rejection_reason == "DUPLICATE_TRANSACTION"
     assert body.transaction_id == ledger_pb2.TransactionBody.FromString(genuine.body).transaction_id
     # Roles: a reimburser cannot issue or cancel, an issuer cannot lock; issuers only for their seller id.
-    assert feed(issue(REIMBURSER, "inv-5", "26440000000000000005")).rejection_reason == "SUBMITTER_NOT_AUTHORIZED"
+    assert feed(issue(REIMBURSER, iid(5), "26440000000000000005")).rejection_reason == "SUBMITTER_NOT_AUTHORIZED"
     assert (
-        feed(reimburse(ISSUER, T.TRANSACTION_TYPE_LOCK, "inv-4", "ORG")).rejection_reason == "SUBMITTER_NOT_AUTHORIZED"
+        feed(reimburse(ISSUER, T.TRANSACTION_TYPE_LOCK, iid(4), "ORG")).rejection_reason == "SUBMITTER_NOT_AUTHORIZED"
     )
     other_seller = SigningKey.generate("issuer-2")
     chain.on_registration(
         50, sign_key_registration(AUTHORITY, registration(other_seller, ledger_pb2.SUBMITTER_ROLE_ISSUER, "OTHER"))
     )
-    assert feed(cancel(other_seller, "inv-4")).rejection_reason == "SUBMITTER_NOT_AUTHORIZED"
+    assert feed(cancel(other_seller, iid(4))).rejection_reason == "SUBMITTER_NOT_AUTHORIZED"
     # Wrong chain key (record key differs from the body's invoice) and wrong action are malformed.
-    assert feed(cancel(ISSUER, "inv-4"), key="inv-elsewhere").rejection_reason == "MALFORMED"
+    assert feed(cancel(ISSUER, iid(4)), key="inv-elsewhere").rejection_reason == "MALFORMED"
     mismatched = ledger_pb2.TransactionBody(
-        transaction_id=str(uuid.uuid4()), type=T.TRANSACTION_TYPE_LOCK, invoice_id="inv-4"
+        transaction_id=str(uuid.uuid4()), type=T.TRANSACTION_TYPE_LOCK, invoice_id=iid(4)
     )
     mismatched.close.organisation_tax_id = "ORG"
     assert feed(sign_transaction(mismatched, REIMBURSER)).rejection_reason == "MALFORMED"
@@ -175,14 +181,14 @@ def test_signatures_keys_roles_and_duplicates() -> None:
             fake_authority, registration(REIMBURSER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r", revoked=True)
         ),
     )
-    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, "inv-4", "ORG")).accepted
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, iid(4), "ORG")).accepted
     chain.on_registration(
         61,
         sign_key_registration(
             AUTHORITY, registration(REIMBURSER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r", revoked=True)
         ),
     )
-    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, "inv-4", "ORG")).rejection_reason == "KEY_REVOKED"
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, iid(4), "ORG")).rejection_reason == "KEY_REVOKED"
     # A revoked key id cannot be registered again.
     assert not chain.on_registration(
         62, sign_key_registration(AUTHORITY, registration(REIMBURSER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r"))
@@ -192,24 +198,24 @@ def test_signatures_keys_roles_and_duplicates() -> None:
 def test_blocks_cut_by_size_and_first_marker_for_current_height_only() -> None:
     feed = Feeder(new_chain(max_txs=3))
     for i in range(3):
-        feed(issue(ISSUER, f"inv-{i}", f"264400000000000001{i:02d}"))
+        feed(issue(ISSUER, iid(100 + i), f"264400000000000001{i:02d}"))
     assert len(feed.blocks) == 1 and feed.blocks[0].height == 1 and len(feed.blocks[0].transactions) == 3
     assert not feed.blocks[0].header.HasField("cut_time")
     assert feed.cut(2) is None  # nothing pending: ignored
-    feed(issue(ISSUER, "inv-10", "26440000000000000210"))
+    feed(issue(ISSUER, iid(210), "26440000000000000210"))
     assert feed.cut(1) is None  # marker for a past height: ignored
     assert feed.cut(3) is None  # marker for a future height: ignored
     block = feed.cut(2, seconds=42)
     assert block is not None and block.height == 2 and block.header.cut_time.seconds == 42
     assert block.header.previous_header_hash == feed.blocks[0].header_hash
-    feed(issue(ISSUER, "inv-11", "26440000000000000211"))
+    feed(issue(ISSUER, iid(211), "26440000000000000211"))
     assert feed.cut(2) is None  # a later marker for height 2 does not cut height 3
     assert feed.chain.height == 3 and feed.chain.has_pending
 
 
 def test_same_log_gives_same_headers_on_independent_executors() -> None:
-    txs = [issue(ISSUER, f"inv-{i}", f"2644{i:016d}") for i in range(7)]
-    txs += [reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, f"inv-{i % 7}", f"ORG-{i}") for i in range(10)]
+    txs = [issue(ISSUER, iid(i), f"2644{i:016d}") for i in range(7)]
+    txs += [reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, iid(i % 7), f"ORG-{i}") for i in range(10)]
     runs = []
     for _ in range(2):
         feed = Feeder(new_chain(max_txs=4))
@@ -226,11 +232,21 @@ def test_bounded_caches_refill_from_the_database_without_changing_decisions(monk
 
     monkeypatch.setattr(ledger.chain, "CACHE_LIMIT", 4)
     feed = Feeder(new_chain(max_txs=3))
-    issued = [issue(ISSUER, f"inv-{i}", f"2644{i:016d}") for i in range(12)]
+    issued = [issue(ISSUER, iid(i), f"2644{i:016d}") for i in range(12)]
     for tx in issued:
         assert feed(tx).accepted
     assert len(feed.chain.states) <= 4 + 3  # evicted down to the pending block, then refilled per batch
     # Evicted invoices and transaction ids are found again in the (fake) tables.
-    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, "inv-0", "ORG")).accepted
-    assert feed(issue(ISSUER, "inv-1", "26440000000000000001")).rejection_reason == "ALREADY_ISSUED"
+    assert feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, iid(0), "ORG")).accepted
+    assert feed(issue(ISSUER, iid(1), "26440000000000000001")).rejection_reason == "ALREADY_ISSUED"
     assert feed(issued[2]).rejection_reason == "DUPLICATE_TRANSACTION"
+
+
+def test_an_issue_must_use_the_invoice_id_derived_from_its_number() -> None:
+    feed = Feeder(new_chain())
+    number = "26440000000000000042"
+    # Another id for a number would put a second copy of the invoice on another chain.
+    assert feed(issue(ISSUER, "inv-elsewhere", number)).rejection_reason == "INVOICE_ID_NOT_FROM_NUMBER"
+    assert feed(issue(ISSUER, iid(1), number)).rejection_reason == "INVOICE_ID_NOT_FROM_NUMBER"
+    assert feed(issue(ISSUER, iid(42), number)).accepted
+    assert feed(issue(ISSUER, iid(42), number)).rejection_reason == "ALREADY_ISSUED"

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
 from fapiao_runtime.errors import DeadlineExceeded, reason_of
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_runtime.ledger_trust import ReceiptInvalid, validator_keys_from_env, verify_receipt
 from fapiao_stack.harness import StackUnderTest
@@ -29,7 +30,7 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
     await waiter.start()
     try:
         assert net.producer is not None
-        inv = f"inv-{uuid.uuid4().hex[:8]}"
+        inv = invoice_id_for_number("26440000000000000001")
         tx = issue(net.issuer, inv, "26440000000000000001", 10_000, buyer=BUYER_TAX_ID)
         result = await waiter.submit_and_wait(net.producer, tx, inv, timeout_s=30)
         assert result.accepted, result
