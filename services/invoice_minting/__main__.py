@@ -26,7 +26,7 @@ from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer, add_s
 from invoice_minting.issuer_keys import IssuerKeyStore
 from invoice_minting.ledger_results import on_result
 from invoice_minting.offer_waiter import OfferWaiter
-from invoice_minting.secrets_box import SecretsBox, load_secrets_key
+from invoice_minting.secrets_box import SecretsBox, load_secrets_key, previous_keys_from_env
 from invoice_minting.settings import MintingSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -34,7 +34,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def build_deps(settings: MintingSettings, producer: str) -> MintingDeps:
     """Load the secrets key and the registry authority key. Raises RuntimeError/ValueError when missing."""
-    box = SecretsBox(load_secrets_key(settings.secrets_key_text, settings.dev_mode, settings.dev_state_dir))
+    key = load_secrets_key(settings.secrets_key_text, settings.dev_mode, settings.dev_state_dir)
+    box = SecretsBox(key, previous_keys_from_env())
     if not settings.authority_key_file:
         raise RuntimeError("FAPIAO_LEDGER_AUTHORITY_KEY_FILE is required (issuer keys must be registered)")
     authority = SigningKey.from_pem(settings.authority_key_id, Path(settings.authority_key_file).read_bytes())

@@ -43,7 +43,7 @@ async def _serve_webhook_until_stop(ctx: ServiceContext, runner: object) -> None
 
 def wiring(settings: IntakeSettings):  # type: ignore[no-untyped-def]
     async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None]]:
-        directory = MerchantDirectory(ctx.pool, settings.secrets_key, ttl_s=settings.merchant_cache_ttl_s)
+        directory = MerchantDirectory(ctx.pool, settings.secrets_box(), ttl_s=settings.merchant_cache_ttl_s)
         batcher = PaymentBatcher(
             ctx.pool,
             max_batch=settings.batch_max,

@@ -25,6 +25,7 @@ from typing import Any
 from fapiao_runtime.config import LOCAL_DATABASE_URL, env_str
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.errors import FapiaoError
+from fapiao_runtime.sealing import SecretsBox, previous_keys_from_env, reseal_column
 
 from payment_intake import merchants
 from payment_intake.settings import DB_SCHEMA, load_key
@@ -120,6 +121,24 @@ async def _show(args: argparse.Namespace) -> dict[str, Any]:
     return dict(await _with_db(action))
 
 
+async def _reseal(args: argparse.Namespace) -> dict[str, Any]:
+    """Re-seal every merchant's APIv3 key under FAPIAO_SECRETS_KEY (rotation; see docs/runbook.md)."""
+    box = SecretsBox(load_key("FAPIAO_SECRETS_KEY"), previous_keys_from_env())
+
+    async def action(conn: Any) -> dict[str, Any]:
+        count = await reseal_column(
+            conn,
+            box,
+            table="merchants",
+            id_column="merchant_id",
+            sealed_column="apiv3_key_sealed",
+            associated_data=lambda merchant_id: str(merchant_id).encode(),
+        )
+        return {"resealed": {"merchants.apiv3_key_sealed": count}}
+
+    return dict(await _with_db(action))
+
+
 def _generate_platform_key(args: argparse.Namespace) -> dict[str, Any]:
     from cryptography.hazmat.primitives import serialization
 
@@ -164,6 +183,11 @@ def parser() -> argparse.ArgumentParser:
     show = merchant.add_parser("show", help="the merchant's profile and trusted serials (no keys)")
     show.add_argument("--merchant-id", required=True)
     show.set_defaults(run=_show)
+    secrets_group = groups.add_parser("secrets").add_subparsers(dest="command", required=True)
+    reseal = secrets_group.add_parser(
+        "reseal", help="re-seal stored APIv3 keys under FAPIAO_SECRETS_KEY (old keys in FAPIAO_SECRETS_KEY_PREVIOUS)"
+    )
+    reseal.set_defaults(run=_reseal)
     platform = groups.add_parser("platform-key").add_subparsers(dest="command", required=True)
     generate = platform.add_parser("generate", help="a platform key pair for tests and demos")
     generate.add_argument("--out", required=True)

@@ -20,6 +20,7 @@ from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.envelope import make_envelope, outgoing
 from fapiao_runtime.errors import InvalidArgument, NotFound, Unavailable
 from fapiao_runtime.outbox import enqueue
+from fapiao_runtime.sealing import SecretsBox
 from fapiao_runtime.tax_id import validate_uscc
 from fapiao_runtime.tax_rates import NATIONAL_VAT_RATES_BP
 from fapiao_runtime.topics import MERCHANTS
@@ -105,7 +106,7 @@ def _registered_event(profile: MerchantProfile) -> payments_pb2.MerchantRegister
 
 async def register_merchant(
     conn: asyncpg.Connection,
-    secrets_key: bytes,
+    secrets_key: bytes | SecretsBox,
     profile: MerchantProfile,
     *,
     apiv3_key: bytes | None,
@@ -201,7 +202,9 @@ class MerchantDirectory:
     refreshes of one merchant happen at most once per second, so forged serials cannot flood the database.
     """
 
-    def __init__(self, pool: asyncpg.Pool, secrets_key: bytes, *, ttl_s: float = 30.0, max_entries: int = 10_000):
+    def __init__(
+        self, pool: asyncpg.Pool, secrets_key: bytes | SecretsBox, *, ttl_s: float = 30.0, max_entries: int = 10_000
+    ):
         self._pool = pool
         self._secrets_key = secrets_key
         self._ttl_s = ttl_s

@@ -11,15 +11,20 @@ from fapiao_runtime.sealing import SealedValueError, SecretsBox
 SealedKeyError = SealedValueError
 
 
-def seal(secrets_key: bytes, plaintext: bytes, *, context: str) -> bytes:
+def _box(secrets: bytes | SecretsBox) -> SecretsBox:
+    """The master key, or a box holding it and its predecessors (during a key rotation)."""
+    return secrets if isinstance(secrets, SecretsBox) else SecretsBox(secrets)
+
+
+def seal(secrets: bytes | SecretsBox, plaintext: bytes, *, context: str) -> bytes:
     """AES-256-GCM encrypt `plaintext`; `context` (e.g. the merchant id) is bound as associated data,
     so a sealed value copied onto another merchant's row does not open. Returns nonce || ciphertext."""
-    return SecretsBox(secrets_key).seal(plaintext, context.encode())
+    return _box(secrets).seal(plaintext, context.encode())
 
 
-def unseal(secrets_key: bytes, sealed: bytes, *, context: str) -> bytes:
+def unseal(secrets: bytes | SecretsBox, sealed: bytes, *, context: str) -> bytes:
     """Inverse of seal; raises SealedKeyError when the key, context or bytes do not match."""
-    return SecretsBox(secrets_key).open(sealed, context.encode())
+    return _box(secrets).open(sealed, context.encode())
 
 
 def payer_ref(payer_hash_key: bytes, openid: str) -> str:

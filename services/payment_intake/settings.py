@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fapiao_runtime.config import env_int, env_str
-from fapiao_runtime.sealing import decode_secret_key
+from fapiao_runtime.sealing import SecretsBox, decode_secret_key, previous_keys_from_env
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,11 @@ class IntakeSettings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    # Former FAPIAO_SECRETS_KEY values (FAPIAO_SECRETS_KEY_PREVIOUS) during a rotation: they still open.
+    previous_secrets_keys: tuple[bytes, ...] = ()
+
+    def secrets_box(self) -> SecretsBox:
+        return SecretsBox(self.secrets_key, self.previous_secrets_keys)
 
     @classmethod
     def from_env(cls) -> IntakeSettings:
@@ -91,6 +96,7 @@ class IntakeSettings:
             tls_cert_file=env_str("FAPIAO_INTAKE_TLS_CERT_FILE", ""),
             tls_key_file=env_str("FAPIAO_INTAKE_TLS_KEY_FILE", ""),
             tls_client_ca_file=env_str("FAPIAO_INTAKE_TLS_CLIENT_CA_FILE", ""),
+            previous_secrets_keys=tuple(previous_keys_from_env()),
         )
 
     def __repr__(self) -> str:  # keep keys out of any accidental log line

@@ -212,3 +212,37 @@ async def test_waiting_for_an_offer_returns_when_the_payment_arrives(stack: Stac
             await wait_call("pay-never", 700)
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         assert time.monotonic() - started >= 0.6
+
+
+async def test_secrets_key_rotation_reseals_issuer_keys_and_claim_tokens(stack: StackUnderTest) -> None:
+    import os
+    import subprocess
+    import sys
+
+    old_key, new_key = os.urandom(32).hex(), os.urandom(32).hex()
+    async with minting_service(stack, FAPIAO_SECRETS_KEY=old_key) as minting:
+        await minting.register_merchant("m-rotate", uscc(41), region="44")
+        await minting.pay("m-rotate", "pay-r1", 2500)
+        before = await minting.claim_url("m-rotate", "pay-r1", omit_qr_code=True)
+
+    env = {
+        **stack.env(),
+        "FAPIAO_SECRETS_KEY": new_key,
+        "FAPIAO_SECRETS_KEY_PREVIOUS": old_key,
+        "FAPIAO_DB_SCHEMA": "invoice_minting",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "invoice_minting.secrets_box", "reseal"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"issuer_keys.private_key_sealed": 1' in done.stdout and '"claim_offers.token_sealed": 1' in done.stdout
+
+    # The old key is gone: the new one alone opens the claim token and the issuer's private key.
+    async with minting_service(stack, FAPIAO_SECRETS_KEY=new_key) as minting:
+        after = await minting.claim_url("m-rotate", "pay-r1", omit_qr_code=True)
+        assert after.claim_url == before.claim_url
+        token = after.claim_url.rsplit("/", 1)[1]
+        claimed = await minting.stub.ClaimInvoice(
+            api.ClaimInvoiceRequest(claim_token=token, buyer=person(), idempotency_key="rotate-1")
+        )
+        assert claimed.invoice.body.total_fen == 2500

@@ -218,3 +218,21 @@ def test_secrets_box_binds_ciphertext_to_its_row(tmp_path: Path) -> None:
     dev = load_secrets_key("", dev_mode=True, dev_state_dir=tmp_path)
     assert load_secrets_key("", dev_mode=True, dev_state_dir=tmp_path) == dev
     assert (tmp_path / "invoice_minting.secrets.key").stat().st_mode & 0o077 == 0
+
+
+def test_secrets_box_opens_under_previous_keys_and_seals_under_the_current_one() -> None:
+    from fapiao_runtime.sealing import decode_previous_keys
+
+    old, new = os.urandom(32), os.urandom(32)
+    sealed_old = SecretsBox(old).seal(b"private", b"key-1")
+    rotating = SecretsBox(new, decode_previous_keys(f" {os.urandom(32).hex()} , {old.hex()} "))
+    assert rotating.open(sealed_old, b"key-1") == b"private"
+    with pytest.raises(ValueError):
+        rotating.open(sealed_old, b"key-2")  # the row binding still holds under an old key
+    sealed_new = rotating.seal(b"private", b"key-1")
+    assert SecretsBox(new).open(sealed_new, b"key-1") == b"private"
+    with pytest.raises(ValueError):
+        SecretsBox(old).open(sealed_new, b"key-1")
+    assert decode_previous_keys("") == []
+    with pytest.raises(ValueError, match="FAPIAO_SECRETS_KEY_PREVIOUS"):
+        decode_previous_keys("not-a-key")

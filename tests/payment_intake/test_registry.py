@@ -103,3 +103,34 @@ async def test_cli_registers_a_merchant_that_can_then_be_paid(stack: StackUnderT
     finally:
         service.kill()
     assert printed["apiv3_key"] not in service.log_text()
+
+
+async def test_secrets_key_rotation_reseals_apiv3_keys(stack: StackUnderTest) -> None:
+    from fapiao_runtime.db import create_pool
+    from payment_intake.merchants import MerchantDirectory
+
+    old_key, new_key = secrets.token_hex(32), secrets.token_hex(32)
+    keys = {"FAPIAO_SECRETS_KEY": old_key, "FAPIAO_PAYER_HASH_KEY": secrets.token_hex(32)}
+    code, out, err = await _cli(
+        stack, keys, "merchant", "add", "--merchant-id", "1900000301", "--legal-name", "轮换测试有限公司",
+        "--tax-id", TAX_ID, "--region-code", "44",
+    )  # fmt: skip
+    assert code == 0, err
+    apiv3_key = json.loads(out)["apiv3_key"].encode()
+
+    rotated = {**keys, "FAPIAO_SECRETS_KEY": new_key}
+    code, out, err = await _cli(stack, rotated, "secrets", "reseal")
+    assert code != 0  # the old key is needed to open what it sealed: nothing is re-sealed without it
+    code, out, err = await _cli(stack, {**rotated, "FAPIAO_SECRETS_KEY_PREVIOUS": old_key}, "secrets", "reseal")
+    assert code == 0, err
+    assert json.loads(out) == {"resealed": {"merchants.apiv3_key_sealed": 1}}
+
+    pool = await create_pool(stack.database_url, "payment_intake", min_size=1, max_size=1)
+    try:
+        found = await MerchantDirectory(pool, bytes.fromhex(new_key)).get("1900000301")
+        assert found is not None and found.apiv3_key == apiv3_key
+        # ...and the old key alone no longer opens it.
+        with pytest.raises(Exception, match="MERCHANT_KEY_UNAVAILABLE"):
+            await MerchantDirectory(pool, bytes.fromhex(old_key)).get("1900000301")
+    finally:
+        await pool.close()
