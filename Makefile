@@ -67,7 +67,7 @@ demo: setup ## start the stack, walk the end-to-end story, stop the stack
 
 test: setup $(BUF) browser ## run the whole test suite against a real Kafka and PostgreSQL (browser tests included)
 	$(BUF) lint protos
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --basetemp=build/pytest $(PYTEST_ARGS)
 
 test-unit: setup ## unit tests only (no broker, no database)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
