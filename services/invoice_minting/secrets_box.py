@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import asyncio
     import json
+    import sys
 
     from fapiao_runtime.config import LOCAL_DATABASE_URL, env_str
+    from fapiao_runtime.sealing import SealedValueError
 
     parser = argparse.ArgumentParser(prog="python -m invoice_minting.secrets_box", description=main.__doc__)
     parser.add_argument("command", choices=["reseal"])
@@ -85,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     database_url = env_str("DATABASE_URL", LOCAL_DATABASE_URL)
-    counts = asyncio.run(reseal_all(database_url, env_str("FAPIAO_DB_SCHEMA", "invoice_minting"), box))
+    try:
+        counts = asyncio.run(reseal_all(database_url, env_str("FAPIAO_DB_SCHEMA", "invoice_minting"), box))
+    except SealedValueError as exc:  # a value no configured key opens: its batch is unchanged
+        print(json.dumps({"error": "SEALED_VALUE_DOES_NOT_OPEN", "message": str(exc)}), file=sys.stderr)
+        return 2
     print(json.dumps({"resealed": counts}, indent=2))
     return 0
 

@@ -25,7 +25,7 @@ from typing import Any
 from fapiao_runtime.config import LOCAL_DATABASE_URL, env_str
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.errors import FapiaoError
-from fapiao_runtime.sealing import SecretsBox, previous_keys_from_env, reseal_column
+from fapiao_runtime.sealing import SealedValueError, SecretsBox, previous_keys_from_env, reseal_column
 
 from payment_intake import merchants
 from payment_intake.settings import DB_SCHEMA, load_key
@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         result = args.sync(args) if hasattr(args, "sync") else asyncio.run(args.run(args))
     except FapiaoError as exc:
         print(json.dumps({"error": exc.reason, "message": exc.message}, ensure_ascii=False), file=sys.stderr)
+        return 2
+    except SealedValueError as exc:  # reseal: a value no configured key opens (its batch is unchanged)
+        print(json.dumps({"error": "SEALED_VALUE_DOES_NOT_OPEN", "message": str(exc)}), file=sys.stderr)
         return 2
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0

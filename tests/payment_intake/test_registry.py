@@ -120,7 +120,8 @@ async def test_secrets_key_rotation_reseals_apiv3_keys(stack: StackUnderTest) ->
 
     rotated = {**keys, "FAPIAO_SECRETS_KEY": new_key}
     code, out, err = await _cli(stack, rotated, "secrets", "reseal")
-    assert code != 0  # the old key is needed to open what it sealed: nothing is re-sealed without it
+    # The old key is needed to open what it sealed: nothing is re-sealed without it.
+    assert code == 2 and "SEALED_VALUE_DOES_NOT_OPEN" in err
     code, out, err = await _cli(stack, {**rotated, "FAPIAO_SECRETS_KEY_PREVIOUS": old_key}, "secrets", "reseal")
     assert code == 0, err
     assert json.loads(out) == {"resealed": {"merchants.apiv3_key_sealed": 1}}
