@@ -1,11 +1,12 @@
 """AuditChain: re-verify every stored block of a chain and name the height of anything edited.
 
 Checks per block: the stored header hash is SHA-256 of the stored header bytes; the header names
-this chain and height and links to the previous header's hash; its transaction count and both
-RFC 6962 roots match the stored transactions and results; each stored result describes the
-transaction at its position; each accepted transaction's submitter signature verifies with the key
-registered on the chain; every stored signature for the block verifies over the header bytes;
-a final block carries a quorum of them.
+this chain and height and links to the previous header's hash; its transaction count and the
+RFC 6962 roots match the stored transactions, results and key registrations; each stored result
+describes the transaction at its position; each accepted transaction's submitter signature verifies
+with a key whose registration came before it in the log (keys are taken from the audited, header-
+covered registrations, not from the submitter_keys table); every stored signature for the block
+verifies over the header bytes; a final block carries a quorum of them.
 """
 
 from __future__ import annotations
@@ -30,10 +31,7 @@ async def audit_chain(
 ) -> ledger_service_pb2.AuditChainResponse:
     response = ledger_service_pb2.AuditChainResponse(chain_id=chain_id)
     async with pool.acquire() as conn:
-        submitters = {
-            r["key_id"]: Ed25519PublicKey.from_public_bytes(bytes(r["public_key"]))
-            for r in await conn.fetch("SELECT key_id, public_key FROM submitter_keys WHERE chain_id = $1", chain_id)
-        }
+        submitters: dict[str, Ed25519PublicKey] = {}  # grows with the registrations, in log order
         previous_hash = GENESIS_HASH
         expected_height = 1
         after = 0
@@ -67,7 +65,7 @@ async def _audit_block(
     row: asyncpg.Record,
     expected_height: int,
     previous_hash: bytes,
-    submitters: Mapping[str, Ed25519PublicKey],
+    submitters: dict[str, Ed25519PublicKey],
     validator_keys: Mapping[str, Ed25519PublicKey],
     quorum: int,
     response: ledger_service_pb2.AuditChainResponse,
@@ -90,11 +88,20 @@ async def _audit_block(
     if header.previous_header_hash != previous_hash:
         problems.append("previous header hash does not link to the block before")
     txs = await conn.fetch(
-        "SELECT idx, transaction_id, accepted, tx_bytes, result_bytes FROM transactions"
+        "SELECT idx, transaction_id, accepted, kafka_offset, tx_bytes, result_bytes FROM transactions"
         " WHERE chain_id = $1 AND height = $2 ORDER BY idx",
         chain_id,
         height,
     )
+    registrations = await conn.fetch(
+        "SELECT kafka_offset, signed_bytes FROM key_registrations WHERE chain_id = $1 AND height = $2"
+        " ORDER BY kafka_offset",
+        chain_id,
+        height,
+    )
+    if merkle.root([bytes(r["signed_bytes"]) for r in registrations]) != header.registrations_root:
+        problems.append("key registrations root does not match the stored registrations")
+    pending_keys = [(r["kafka_offset"], _registered_key(bytes(r["signed_bytes"]))) for r in registrations]
     response.transactions_checked += len(txs)
     tx_bytes = [bytes(t["tx_bytes"]) for t in txs]
     result_bytes = [bytes(t["result_bytes"]) for t in txs]
@@ -105,6 +112,8 @@ async def _audit_block(
     if merkle.root(result_bytes) != header.results_root:
         problems.append("results root does not match the stored results")
     for t, raw_tx, raw_result in zip(txs, tx_bytes, result_bytes, strict=True):
+        while pending_keys and pending_keys[0][0] < t["kafka_offset"]:
+            _learn_key(submitters, pending_keys.pop(0)[1])
         problem = _audit_transaction(t["idx"], raw_tx, raw_result, height, chain_id, submitters)
         if problem:
             problems.append(problem)
@@ -124,7 +133,27 @@ async def _audit_block(
             problems.append(f"signature of {s['validator_id']} does not verify over the header")
     if row["final"] and len(valid) < quorum:
         problems.append(f"final block has {len(valid)} valid signatures, quorum is {quorum}")
+    for _, key in pending_keys:  # registrations after the block's last transaction
+        _learn_key(submitters, key)
     return problems
+
+
+def _registered_key(signed_bytes: bytes) -> ledger_pb2.KeyRegistration | None:
+    try:
+        return ledger_pb2.KeyRegistration.FromString(ledger_pb2.SignedKeyRegistration.FromString(signed_bytes).body)
+    except DecodeError:
+        return None
+
+
+def _learn_key(submitters: dict[str, Ed25519PublicKey], registration: ledger_pb2.KeyRegistration | None) -> None:
+    """Keys are immutable: the first registration of a key id fixes its public key (revocations keep it,
+    since transactions signed before the revocation still verify with it)."""
+    if registration is None or registration.key_id in submitters:
+        return
+    try:
+        submitters[registration.key_id] = Ed25519PublicKey.from_public_bytes(registration.public_key)
+    except ValueError:
+        return
 
 
 def _audit_transaction(

@@ -190,6 +190,7 @@ class ChainExecutor:
             previous_header_hash=self.previous_hash,
             transactions_root=merkle.root(self.pending_txs),
             results_root=merkle.root(results),
+            registrations_root=merkle.root([r.signed_bytes for r in self.pending_registrations]),
             transaction_count=len(self.pending_txs),
             first_offset=self.pending_offsets[0],
             last_offset=self.pending_offsets[-1],

@@ -29,6 +29,14 @@ REIMBURSER = SigningKey.generate("reimb-1")
 STRANGER = SigningKey.generate("stranger")
 
 
+# The registration records at the head of the test log (the same records for every executor, as every
+# validator reads the same log: they are under the block headers' registrations root).
+REGISTRATIONS = [
+    sign_key_registration(AUTHORITY, registration(ISSUER, ledger_pb2.SUBMITTER_ROLE_ISSUER, SELLER_TAX_ID)),
+    sign_key_registration(AUTHORITY, registration(REIMBURSER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r")),
+]
+
+
 def new_chain(max_txs: int = 1000) -> ChainExecutor:
     chain = ChainExecutor(
         chain_id=0,
@@ -37,12 +45,8 @@ def new_chain(max_txs: int = 1000) -> ChainExecutor:
         max_txs=max_txs,
         authorities={"authority-1": AUTHORITY.public_key},
     )
-    chain.on_registration(
-        0, sign_key_registration(AUTHORITY, registration(ISSUER, ledger_pb2.SUBMITTER_ROLE_ISSUER, SELLER_TAX_ID))
-    )
-    chain.on_registration(
-        1, sign_key_registration(AUTHORITY, registration(REIMBURSER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r"))
-    )
+    for offset, signed in enumerate(REGISTRATIONS):
+        chain.on_registration(offset, signed)
     return chain
 
 
@@ -250,3 +254,14 @@ def test_an_issue_must_use_the_invoice_id_derived_from_its_number() -> None:
     assert feed(issue(ISSUER, iid(1), number)).rejection_reason == "INVOICE_ID_NOT_FROM_NUMBER"
     assert feed(issue(ISSUER, iid(42), number)).accepted
     assert feed(issue(ISSUER, iid(42), number)).rejection_reason == "ALREADY_ISSUED"
+
+
+def test_headers_cover_the_key_registrations_of_their_stretch_of_the_log() -> None:
+    from fapiao_runtime import merkle
+
+    feed = Feeder(new_chain(max_txs=1))
+    feed(issue(ISSUER, iid(50), f"2644{50:016d}"))
+    feed(issue(ISSUER, iid(51), f"2644{51:016d}"))
+    first, second = feed.blocks[0].header, feed.blocks[1].header
+    assert first.registrations_root == merkle.root([r.SerializeToString(deterministic=True) for r in REGISTRATIONS])
+    assert second.registrations_root == merkle.root([])

@@ -181,6 +181,30 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
                 ledger_service_pb2.AuditChainRequest(chain_id=chain)
             )
         assert untouched.ok
+
+        # So is a key registration swapped for another in one validator's database: the registrations
+        # the chain relied on are under the quorum-signed headers too.
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            registered_at = await conn.fetchval(
+                "SELECT min(height) FROM ledger_3.key_registrations WHERE chain_id = $1", chain
+            )
+            await conn.execute(
+                "UPDATE ledger_3.key_registrations SET signed_bytes = signed_bytes || '\\x00'::bytea"
+                " WHERE chain_id = $1 AND height = $2",
+                chain,
+                registered_at,
+            )
+        finally:
+            await conn.close()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{net.processes[3].port}") as channel:
+            swapped = await ledger_service_pb2_grpc.LedgerServiceStub(channel).AuditChain(
+                ledger_service_pb2.AuditChainRequest(chain_id=chain)
+            )
+        assert not swapped.ok
+        assert any(f.height == registered_at and "registrations root" in f.problem for f in swapped.findings), (
+            swapped.findings
+        )
     finally:
         await waiter.stop()
         await net.stop()
