@@ -40,11 +40,17 @@ $(KAFKA_LIBS)/.stamp: deploy/local/kafka/pom.xml
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .cache/buf @bufbuild/buf@$(BUF_VERSION)
 
-browser: ## Debian's Chromium for the browser tests (apt-get; needs root when missing)
+browser: ## Debian's Chromium for the browser tests, and a CJK font for PDFs and pages (apt-get; root when missing)
 	@if [ ! -x /usr/bin/chromium ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "chromium is missing: run 'sudo apt-get install -y chromium'" >&2; exit 1; fi; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	fi
+	@if [ ! -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "note: no CJK font; PDFs write Chinese as code points ('sudo apt-get install fonts-wqy-microhei')" >&2; \
+		else DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null \
+			|| (DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null); fi; \
 	fi
 
 setup: $(VENV)/.installed $(GEN)/.stamp $(KAFKA_LIBS)/.stamp ## install everything: virtualenv, packages, generated code, Kafka jars
