@@ -92,15 +92,21 @@ async def commit_blocks(
 async def _insert_block(
     conn: asyncpg.Connection, block: CutBlock, validator_id: str, own_signature: ledger_pb2.BlockSignature
 ) -> bool:
+    # The block and our signature of it in one statement (the signature only if the block is new).
     inserted = await conn.fetchval(
-        "INSERT INTO blocks (chain_id, height, header, header_hash, transaction_count, next_offset)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
+        "WITH b AS (INSERT INTO blocks (chain_id, height, header, header_hash, transaction_count, next_offset)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING chain_id, height, header_hash),"
+        " s AS (INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
+        " SELECT chain_id, height, $7, header_hash, $8 FROM b ON CONFLICT DO NOTHING)"
+        " SELECT EXISTS (SELECT 1 FROM b)",
         block.chain_id,
         block.height,
         block.header_bytes,
         block.header_hash,
         len(block.transactions),
         block.next_offset,
+        validator_id,
+        own_signature.signature.signature,
     )
     if not inserted:
         stored = await conn.fetchval(
@@ -109,37 +115,24 @@ async def _insert_block(
         if bytes(stored) != block.header_hash:
             raise HeaderConflict(f"chain {block.chain_id} height {block.height} already has another header")
         return False
-    await conn.copy_records_to_table(
-        "transactions",
-        records=[
-            (
-                block.chain_id,
-                block.height,
-                i,
-                o.transaction_id,
-                o.invoice_id,
-                block.offsets[i],
-                o.result.accepted,
-                claims_id(o),
-                o.result.rejection_reason == DUPLICATE_TRANSACTION,
-                block.transactions[i],
-                block.results[i],
-            )
-            for i, o in enumerate(block.outcomes)
-        ],
-        columns=[
-            "chain_id",
-            "height",
-            "idx",
-            "transaction_id",
-            "invoice_id",
-            "kafka_offset",
-            "accepted",
-            "claims_id",
-            "duplicate",
-            "tx_bytes",
-            "result_bytes",
-        ],
+    # One INSERT .. SELECT unnest: one round trip (COPY takes two).
+    outcomes = block.outcomes
+    await conn.execute(
+        "INSERT INTO transactions (chain_id, height, idx, transaction_id, invoice_id, kafka_offset, accepted,"
+        " claims_id, duplicate, tx_bytes, result_bytes)"
+        " SELECT $1::int, $2::bigint, * FROM unnest($3::int[], $4::text[], $5::text[], $6::bigint[], $7::boolean[],"
+        " $8::boolean[], $9::boolean[], $10::bytea[], $11::bytea[])",
+        block.chain_id,
+        block.height,
+        list(range(len(outcomes))),
+        [o.transaction_id for o in outcomes],
+        [o.invoice_id for o in outcomes],
+        block.offsets,
+        [o.result.accepted for o in outcomes],
+        [claims_id(o) for o in outcomes],
+        [o.result.rejection_reason == DUPLICATE_TRANSACTION for o in outcomes],
+        block.transactions,
+        block.results,
     )
     issue_ids = {
         o.invoice_id: o.transaction_id
@@ -188,15 +181,6 @@ async def _insert_block(
             " VALUES ($1, $2, $3, $4, $5)",
             [(block.chain_id, r.registration_id, r.offset, block.height, r.signed_bytes) for r in block.registrations],
         )
-    await conn.execute(
-        "INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        block.chain_id,
-        block.height,
-        validator_id,
-        block.header_hash,
-        own_signature.signature.signature,
-    )
     return True
 
 
