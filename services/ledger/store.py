@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -55,24 +56,29 @@ async def load_registry(conn: asyncpg.Connection, chain_id: int) -> tuple[dict[s
     return keys, ids
 
 
-async def fetch_states(conn: asyncpg.Connection, invoice_ids: list[str]) -> dict[str, ledger_pb2.InvoiceState | None]:
-    found: dict[str, ledger_pb2.InvoiceState | None] = dict.fromkeys(invoice_ids)
-    if invoice_ids:
-        for r in await conn.fetch(
-            "SELECT invoice_id, state FROM invoice_states WHERE invoice_id = ANY($1::text[])", invoice_ids
-        ):
-            found[r["invoice_id"]] = ledger_pb2.InvoiceState.FromString(bytes(r["state"]))
-    return found
-
-
-async def fetch_claimed_ids(conn: asyncpg.Connection, transaction_ids: list[str]) -> set[str]:
-    if not transaction_ids:
-        return set()
+async def fetch_preload(
+    conn: asyncpg.Connection, invoice_ids: list[str], transaction_ids: list[str]
+) -> tuple[dict[str, ledger_pb2.InvoiceState | None], set[str]]:
+    """In one round trip: the stored states of `invoice_ids` (None when unknown) and which of
+    `transaction_ids` are already claimed on this validator's chains."""
+    states: dict[str, ledger_pb2.InvoiceState | None] = dict.fromkeys(invoice_ids)
+    claimed: set[str] = set()
+    if not invoice_ids and not transaction_ids:
+        return states, claimed
     rows = await conn.fetch(
-        "SELECT DISTINCT transaction_id FROM transactions WHERE transaction_id = ANY($1::text[]) AND claims_id",
+        "SELECT true AS is_state, invoice_id AS id, state FROM invoice_states WHERE invoice_id = ANY($1::text[])"
+        " UNION ALL"
+        " SELECT false, transaction_id, NULL::bytea FROM (SELECT DISTINCT transaction_id FROM transactions"
+        " WHERE transaction_id = ANY($2::text[]) AND claims_id) AS c",
+        invoice_ids,
         transaction_ids,
     )
-    return {r["transaction_id"] for r in rows}
+    for r in rows:
+        if r["is_state"]:
+            states[r["id"]] = ledger_pb2.InvoiceState.FromString(bytes(r["state"]))
+        else:
+            claimed.add(r["id"])
+    return states, claimed
 
 
 async def commit_blocks(
@@ -184,13 +190,28 @@ async def _insert_block(
     return True
 
 
-async def store_signatures(conn: asyncpg.Connection, signatures: list[ledger_pb2.BlockSignature]) -> None:
-    if signatures:
-        await conn.executemany(
-            "INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            [(s.chain_id, s.height, s.validator_id, s.header_hash, s.signature.signature) for s in signatures],
-        )
+async def store_signatures(
+    conn: asyncpg.Connection,
+    signatures: list[ledger_pb2.BlockSignature],
+    newly_final: Sequence[tuple[int, int]] = (),
+) -> None:
+    """Store signatures and mark `newly_final` blocks final, in one statement (one round trip)."""
+    if not signatures and not newly_final:
+        return
+    await conn.execute(
+        "WITH s AS (INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
+        " SELECT * FROM unnest($1::int[], $2::bigint[], $3::text[], $4::bytea[], $5::bytea[])"
+        " ON CONFLICT DO NOTHING)"
+        " UPDATE blocks SET final = true FROM unnest($6::int[], $7::bigint[]) AS f(c, h)"
+        " WHERE chain_id = f.c AND height = f.h",
+        [s.chain_id for s in signatures],
+        [s.height for s in signatures],
+        [s.validator_id for s in signatures],
+        [s.header_hash for s in signatures],
+        [s.signature.signature for s in signatures],
+        [c for c, _ in newly_final],
+        [h for _, h in newly_final],
+    )
 
 
 async def record_divergence(

@@ -203,8 +203,7 @@ class Validator:
         )
         if missing_invoices or missing_txs:
             async with self.pool.acquire() as conn:
-                states = await store.fetch_states(conn, missing_invoices)
-                claimed = await store.fetch_claimed_ids(conn, missing_txs)
+                states, claimed = await store.fetch_preload(conn, missing_invoices, missing_txs)
             chain.preload(states, missing_txs, claimed)
         blocks = []
         for record in records:
@@ -329,8 +328,11 @@ class Validator:
                 own = self.own_hashes.get(key)
                 if own is not None and own != sig.header_hash:
                     await self._report_divergence(conn, key, sig.validator_id, sig.header_hash)
-            await store.store_signatures(conn, fresh)
-            await self._check_final(conn, touched)
+            # The signatures and the finality they complete, in one statement.
+            newly = self._claim_final(touched)
+            await store.store_signatures(conn, fresh, newly_final=newly)
+            if newly:
+                self._announce_final(newly)
 
     async def _report_divergence(
         self, conn: asyncpg.Connection, key: tuple[int, int], validator_id: str, theirs: bytes
@@ -343,7 +345,9 @@ class Validator:
         DIVERGENCES.labels(validator=validator_id).inc()
         await store.record_divergence(conn, key[0], key[1], validator_id, theirs, ours)
 
-    async def _check_final(self, conn: asyncpg.Connection, keys: list[tuple[int, int]]) -> None:
+    def _claim_final(self, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Blocks among `keys` that just reached a quorum of our header hash; claimed at once (no await),
+        so a concurrent check cannot finalize the same block twice. The caller stores and announces them."""
         newly = []
         for key in dict.fromkeys(keys):
             own = self.own_hashes.get(key)
@@ -351,11 +355,16 @@ class Validator:
                 continue
             if sum(1 for digest in self.votes.get(key, {}).values() if digest == own) >= self.config.quorum:
                 newly.append(key)
-        if not newly:
-            return
-        # Claimed before the await, so a concurrent check cannot finalize the same block twice.
         self.final.update(newly)
-        await store.mark_final(conn, newly)
+        return newly
+
+    async def _check_final(self, conn: asyncpg.Connection, keys: list[tuple[int, int]]) -> None:
+        newly = self._claim_final(keys)
+        if newly:
+            await store.mark_final(conn, newly)
+            self._announce_final(newly)
+
+    def _announce_final(self, newly: list[tuple[int, int]]) -> None:
         for key in newly:
             BLOCKS_FINAL.labels(chain=str(key[0])).inc()
             self.publish_queue.put_nowait(key)
