@@ -46,7 +46,7 @@ class OfferWaiter:
                 await asyncio.wait({stopper, loser}, return_when=asyncio.FIRST_COMPLETED)
                 stopper.cancel()
                 loser.cancel()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("offer listener connection failed; waiters poll meanwhile", extra={"err": repr(exc)})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
