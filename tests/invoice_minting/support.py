@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import grpc
 from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -25,6 +26,11 @@ from fapiao_runtime.ledger_client import SigningKey, result_event_id
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_TRANSACTIONS, MERCHANTS, PAYMENTS
 from fapiao_stack.harness import ServiceProcess, StackUnderTest, topic_reader
+from invoice_minting.deps import MintingDeps
+from invoice_minting.events import on_merchant_event
+from invoice_minting.issuer_keys import IssuerKeyStore
+from invoice_minting.secrets_box import SecretsBox
+from invoice_minting.settings import MintingSettings
 
 AUTHORITY_KEY_ID = "authority-test"
 
@@ -161,6 +167,44 @@ def write_authority_key(directory: Path) -> tuple[SigningKey, Path]:
     with os.fdopen(fd, "wb") as handle:
         handle.write(authority.to_pem())
     return authority, path
+
+
+MIGRATIONS = Path(__file__).parents[2] / "services" / "invoice_minting" / "migrations"
+
+
+def direct_deps() -> MintingDeps:
+    """Minting dependencies for tests that call the minting functions directly on a database."""
+    settings = MintingSettings(
+        secrets_key_text="",
+        dev_mode=False,
+        dev_state_dir=Path("."),
+        authority_key_file="",
+        authority_key_id="authority-test",
+        claim_base_url="https://fapiao.test/claim",
+        offer_ttl_s=3600,
+        channel="2",
+        ledger_partitions=2,
+        claim_workers=1,
+        claim_batch_max=10,
+        claim_queue_max=10,
+    )
+    box = SecretsBox(os.urandom(32))
+    authority = SigningKey("authority-test", Ed25519PrivateKey.generate())
+    return MintingDeps(settings=settings, keys=IssuerKeyStore(box, authority, 2, "test"), box=box)
+
+
+async def register_direct_merchant(conn: asyncpg.Connection, deps: MintingDeps, merchant_id: str) -> None:
+    """Apply a MerchantRegistered event for `merchant_id` (region 44, 6 % default rate) directly."""
+    merchant = payments_pb2.MerchantRegistered(
+        merchant_id=merchant_id,
+        legal_name="卖方",
+        tax_id=uscc(1),
+        region_code="44",
+        default_tax_classification_code="1",
+        default_item_name="服务",
+        default_tax_rate_bp=600,
+    )
+    await on_merchant_event(conn, make_envelope(merchant, aggregate_id=merchant_id, producer="t"), deps)
 
 
 @contextlib.asynccontextmanager

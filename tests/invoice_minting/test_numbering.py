@@ -3,67 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
-from fapiao_runtime.envelope import make_envelope
-from fapiao_runtime.ledger_client import SigningKey
 from fapiao_stack.harness import StackUnderTest
 from invoice_minting.claims import ClaimCommand, mint_claims, token_hash
-from invoice_minting.deps import MintingDeps
-from invoice_minting.events import create_offer, on_merchant_event
-from invoice_minting.issuer_keys import IssuerKeyStore
-from invoice_minting.secrets_box import SecretsBox
-from invoice_minting.settings import MintingSettings
+from invoice_minting.events import create_offer
 
-from tests.invoice_minting.support import uscc
+from tests.invoice_minting.support import MIGRATIONS, direct_deps, register_direct_merchant
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).parents[2] / "services" / "invoice_minting" / "migrations"
-
-
-def _deps() -> MintingDeps:
-    settings = MintingSettings(
-        secrets_key_text="",
-        dev_mode=False,
-        dev_state_dir=Path("."),
-        authority_key_file="",
-        authority_key_id="authority-test",
-        claim_base_url="https://fapiao.test/claim",
-        offer_ttl_s=3600,
-        channel="2",
-        ledger_partitions=2,
-        claim_workers=1,
-        claim_batch_max=10,
-        claim_queue_max=10,
-    )
-    box = SecretsBox(os.urandom(32))
-    authority = SigningKey("authority-test", Ed25519PrivateKey.generate())
-    return MintingDeps(settings=settings, keys=IssuerKeyStore(box, authority, 2, "test"), box=box)
-
 
 async def test_rolled_back_claim_returns_its_number(stack: StackUnderTest) -> None:
-    deps = _deps()
+    deps = direct_deps()
     pool = await create_pool(stack.database_url, "invoice_minting")
     try:
         await apply_migrations(pool, "invoice_minting", MIGRATIONS)
-        merchant = payments_pb2.MerchantRegistered(
-            merchant_id="m1",
-            legal_name="卖方",
-            tax_id=uscc(1),
-            region_code="44",
-            default_tax_classification_code="1",
-            default_item_name="服务",
-            default_tax_rate_bp=600,
-        )
         async with pool.acquire() as conn, conn.transaction():
-            await on_merchant_event(conn, make_envelope(merchant, aggregate_id="m1", producer="t"), deps)
+            await register_direct_merchant(conn, deps, "m1")
             tokens = [
                 await create_offer(conn, payments_pb2.Payment(payment_id=p, merchant_id="m1", amount_fen=100), deps)
                 for p in ("p1", "p2")

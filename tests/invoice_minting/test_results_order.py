@@ -15,12 +15,11 @@ from fapiao_runtime.envelope import make_envelope
 from fapiao_stack.harness import StackUnderTest
 from invoice_minting import red_letter
 from invoice_minting.claims import ClaimCommand, mint_claims, token_hash
-from invoice_minting.events import create_offer, on_merchant_event
+from invoice_minting.events import create_offer
 from invoice_minting.invoice_store import get_invoice
 from invoice_minting.ledger_results import on_result
 
-from tests.invoice_minting.support import uscc
-from tests.invoice_minting.test_numbering import MIGRATIONS, _deps
+from tests.invoice_minting.support import MIGRATIONS, direct_deps, register_direct_merchant
 
 pytestmark = pytest.mark.integration
 
@@ -39,24 +38,15 @@ def _result(transaction_id: uuid.UUID, tx_type: int, accepted: bool, height: int
 
 @pytest.mark.parametrize("order", [(0, 1, 2, 3), (1, 0, 2, 3), (2, 1, 0, 3), (1, 2, 3, 0)])
 async def test_result_order_does_not_change_the_final_state(stack: StackUnderTest, order: tuple[int, ...]) -> None:
-    deps = _deps()
+    deps = direct_deps()
     pool = await create_pool(stack.database_url, "invoice_minting")
     try:
         await apply_migrations(pool, "invoice_minting", MIGRATIONS)
-        merchant = payments_pb2.MerchantRegistered(
-            merchant_id="m1",
-            legal_name="卖方",
-            tax_id=uscc(1),
-            region_code="44",
-            default_tax_classification_code="1",
-            default_item_name="服务",
-            default_tax_rate_bp=600,
-        )
         now = dt.datetime.now(dt.UTC)
         buyer = invoice_pb2.Party(kind=invoice_pb2.PARTY_KIND_PERSON, name="张三")
         async with pool.acquire() as conn:
             async with conn.transaction():
-                await on_merchant_event(conn, make_envelope(merchant, aggregate_id="m1", producer="t"), deps)
+                await register_direct_merchant(conn, deps, "m1")
                 token = await create_offer(
                     conn, payments_pb2.Payment(payment_id="p", merchant_id="m1", amount_fen=900), deps
                 )
