@@ -46,10 +46,21 @@ def invoice_body(invoice_id: str, number: str, total_fen: int = 10_000, buyer_ta
 
 
 def issue(
-    key: SigningKey, invoice_id: str, number: str, total_fen: int = 10_000, buyer: str = ""
+    key: SigningKey,
+    invoice_id: str,
+    number: str,
+    total_fen: int = 10_000,
+    buyer: str = "",
+    *,
+    forge_invoice_signature: bool = False,
 ) -> ledger_pb2.SignedTransaction:
+    """A signed ISSUE; with forge_invoice_signature the invoice inside carries a zero signature (the
+    transaction itself stays validly signed: the ledger checks submitters, verifiers check the invoice)."""
     raw = invoice_body(invoice_id, number, total_fen, buyer)
-    signed_invoice = invoice_pb2.SignedInvoice(body=raw, signature=key.sign(raw))
+    signature = key.sign(raw)
+    if forge_invoice_signature:
+        signature.signature = bytes(64)
+    signed_invoice = invoice_pb2.SignedInvoice(body=raw, signature=signature)
     return sign_transaction(
         ledger_pb2.TransactionBody(
             transaction_id=str(uuid.uuid4()),

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import asyncpg
 import grpc
-from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.invoice_ids import invoice_id_for_number
-from fapiao_runtime.ledger_client import LedgerResultWaiter, sign_transaction
+from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_runtime.pki import (
     IssuedCertificate,
     create_ca,
@@ -26,7 +25,7 @@ from fapiao_runtime.pki import (
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_stack.harness import ServiceProcess, StackUnderTest
 from fapiao_stack.procs import free_port
-from ledger.devnet import SELLER_TAX_ID, LedgerNetwork, cancel
+from ledger.devnet import LedgerNetwork, cancel, issue
 
 from reimbursement.organisations import add_organisation
 
@@ -135,32 +134,8 @@ class RealStack:
         for buyer in buyers:
             number = new_invoice_number()
             invoice_id = invoice_id_for_number(number)
-            body = invoice_pb2.InvoiceBody(
-                invoice_id=invoice_id,
-                invoice_number=number,
-                kind=invoice_pb2.INVOICE_KIND_ORDINARY,
-                seller=invoice_pb2.Party(kind=invoice_pb2.PARTY_KIND_COMPANY, name="Shop", tax_id=SELLER_TAX_ID),
-                buyer=invoice_pb2.Party(
-                    kind=invoice_pb2.PARTY_KIND_COMPANY if buyer else invoice_pb2.PARTY_KIND_PERSON,
-                    name="Buyer",
-                    tax_id=buyer or "",
-                ),
-                total_fen=total_fen,
-                issue_date="20261124",
-            ).SerializeToString(deterministic=True)
-            signature = self.net.issuer.sign(body)
-            if forge:
-                signature.signature = bytes(64)
             txs.append(
-                sign_transaction(
-                    ledger_pb2.TransactionBody(
-                        transaction_id=str(uuid.uuid4()),
-                        type=ledger_pb2.TRANSACTION_TYPE_ISSUE,
-                        invoice_id=invoice_id,
-                        issue=ledger_pb2.IssueAction(invoice=invoice_pb2.SignedInvoice(body=body, signature=signature)),
-                    ),
-                    self.net.issuer,
-                )
+                issue(self.net.issuer, invoice_id, number, total_fen, buyer or "", forge_invoice_signature=forge)
             )
             numbers.append(number)
         await self.net.submit(txs)
