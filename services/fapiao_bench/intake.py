@@ -28,7 +28,6 @@ import asyncpg
 import grpc
 from fapiao.payments.v1 import payment_intake_service_pb2 as service_pb2
 from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
-from fapiao_runtime.db import create_pool
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_stack.harness import StackUnderTest
@@ -191,26 +190,21 @@ async def run(env: StackUnderTest) -> dict[str, float]:
     )
     try:
         signer, apiv3_key = PlatformSigner.generate(), generate_apiv3_key()
-        pool = await create_pool(env.database_url, "payment_intake", min_size=1, max_size=1)
-        try:
-            async with pool.acquire() as conn:
-                await merchants.register_merchant(
-                    conn,
-                    secrets_key,
-                    merchants.MerchantProfile(
-                        MERCHANT_ID,
-                        "深圳市基准测试有限公司",
-                        "9144030071526726X" + uscc_check_char("9144030071526726X"),
-                        "44",
-                        "3070401000000000000",
-                        "餐饮服务",
-                        600,
-                    ),
-                    apiv3_key=apiv3_key,
-                    platform_keys={signer.serial: signer.public_key_pem()},
-                )
-        finally:
-            await pool.close()
+        await merchants.register_merchant_at(
+            env.database_url,
+            secrets_key,
+            merchants.MerchantProfile(
+                MERCHANT_ID,
+                "深圳市基准测试有限公司",
+                "9144030071526726X" + uscc_check_char("9144030071526726X"),
+                "44",
+                "3070401000000000000",
+                "餐饮服务",
+                600,
+            ),
+            apiv3_key=apiv3_key,
+            platform_keys={signer.serial: signer.public_key_pem()},
+        )
         pid = service.proc.pid  # type: ignore[attr-defined]
         cpu_before = cpu_seconds(pid)
         per_s = await _grpc_throughput([service.port], uuid.uuid4().hex[:6])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fapiao.payments.v1 import payments_pb2
+from fapiao_runtime.db import create_pool
 from fapiao_runtime.envelope import make_envelope, outgoing
 from fapiao_runtime.errors import InvalidArgument, NotFound, Unavailable
 from fapiao_runtime.outbox import enqueue
@@ -27,6 +28,7 @@ from fapiao_runtime.topics import MERCHANTS
 
 from payment_intake.domain import ID_NAMESPACE
 from payment_intake.sealing import SealedKeyError, seal, unseal
+from payment_intake.settings import DB_SCHEMA
 from payment_intake.wechatpay import APIV3_KEY_BYTES, load_public_key
 
 _MERCHANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -168,6 +170,24 @@ async def register_merchant(
         )
         await enqueue(conn, [outgoing(MERCHANTS.name, envelope)])
     return profile
+
+
+async def register_merchant_at(
+    database_url: str,
+    secrets_key: bytes | SecretsBox,
+    profile: MerchantProfile,
+    *,
+    apiv3_key: bytes | None,
+    platform_keys: Mapping[str, str],
+    schema: str = DB_SCHEMA,
+) -> MerchantProfile:
+    """register_merchant over a connection of its own (tools, benchmarks and tests outside the service)."""
+    pool = await create_pool(database_url, schema, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return await register_merchant(conn, secrets_key, profile, apiv3_key=apiv3_key, platform_keys=platform_keys)
+    finally:
+        await pool.close()
 
 
 async def add_platform_key(conn: asyncpg.Connection, merchant_id: str, serial: str, pem: str) -> None:

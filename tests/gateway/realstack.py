@@ -18,7 +18,6 @@ import aiohttp
 import grpc
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_pb2
 from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as minting_grpc
-from fapiao_runtime.db import create_pool
 from fapiao_runtime.errors import reason_of
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_stack.harness import ServiceProcess, StackUnderTest
@@ -91,20 +90,15 @@ class RealStack:
             raise failures[0]
         self.minting_endpoint = f"127.0.0.1:{minting_port}"
         self.gateway_url = f"http://127.0.0.1:{gateway_port}"
-        pool = await create_pool(self.stack.database_url, "payment_intake", min_size=1, max_size=1)
-        try:
-            async with pool.acquire() as conn:
-                await merchants.register_merchant(
-                    conn,
-                    secrets_key,
-                    merchants.MerchantProfile(
-                        MERCHANT_ID, MERCHANT_NAME, MERCHANT_TAX_ID, "44", "3070401000000000000", "Tea", 600
-                    ),
-                    apiv3_key=self.apiv3_key,
-                    platform_keys={self.platform.serial: self.platform.public_key_pem()},
-                )
-        finally:
-            await pool.close()
+        await merchants.register_merchant_at(
+            self.stack.database_url,
+            secrets_key,
+            merchants.MerchantProfile(
+                MERCHANT_ID, MERCHANT_NAME, MERCHANT_TAX_ID, "44", "3070401000000000000", "Tea", 600
+            ),
+            apiv3_key=self.apiv3_key,
+            platform_keys={self.platform.serial: self.platform.public_key_pem()},
+        )
 
     async def stop(self) -> None:
         """SIGTERM every process at once (each has its own graceful-shutdown bound)."""

@@ -15,7 +15,6 @@ import asyncpg
 import grpc
 from fapiao.payments.v1 import payment_intake_service_pb2 as service_pb2
 from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
-from fapiao_runtime.db import create_pool
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_stack.harness import ServiceProcess, StackUnderTest
 from fapiao_stack.procs import free_port
@@ -113,20 +112,16 @@ def stub(channel: grpc.aio.Channel) -> service_grpc.PaymentIntakeServiceStub:
 
 
 async def register(stack: StackUnderTest, secrets_key: bytes, merchant_id: str, apiv3_key: bytes) -> None:
-    pool = await create_pool(stack.database_url, SCHEMA, min_size=1, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            await merchants.register_merchant(
-                conn,
-                secrets_key,
-                merchants.MerchantProfile(
-                    merchant_id, "深圳市测试餐饮有限公司", TAX_ID, "44", "3070401000000000000", "餐饮服务", 600
-                ),
-                apiv3_key=apiv3_key,
-                platform_keys={PLATFORM.serial: PLATFORM.public_key_pem()},
-            )
-    finally:
-        await pool.close()
+    await merchants.register_merchant_at(
+        stack.database_url,
+        secrets_key,
+        merchants.MerchantProfile(
+            merchant_id, "深圳市测试餐饮有限公司", TAX_ID, "44", "3070401000000000000", "餐饮服务", 600
+        ),
+        apiv3_key=apiv3_key,
+        platform_keys={PLATFORM.serial: PLATFORM.public_key_pem()},
+        schema=SCHEMA,
+    )
 
 
 @asynccontextmanager
