@@ -2,7 +2,8 @@
 
 kafka_roundtrip_msgs_per_s: 1 KB messages produced (idempotent, acks=all) and consumed on the local
 broker, from the first send to the last message read. ed25519_verify_per_s: signature verifications per
-second with `cryptography` on one core.
+second with `cryptography` (OpenSSL) on one core; ed25519_verify_libsodium_per_s: the same through
+`ledger_trust.ed25519_verify`, the check every Fapiao service and validator runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fapiao_runtime.kafka import new_producer
+from fapiao_runtime.ledger_trust import ed25519_verify
 from fapiao_stack.harness import StackUnderTest
 
 MESSAGES = 100_000
@@ -70,7 +72,7 @@ async def kafka_roundtrip(env: StackUnderTest) -> dict[str, float]:
     }
 
 
-def ed25519_verify_rate(duration_s: float = 3.0) -> float:
+def ed25519_verify_rate(duration_s: float = 3.0, *, libsodium: bool = False) -> float:
     key = Ed25519PrivateKey.generate()
     public = key.public_key()
     message = os.urandom(200)
@@ -80,7 +82,10 @@ def ed25519_verify_rate(duration_s: float = 3.0) -> float:
     deadline = started + duration_s
     while time.perf_counter() < deadline:
         for _ in range(500):
-            public.verify(signature, message)
+            if libsodium:
+                assert ed25519_verify(public, signature, message)
+            else:
+                public.verify(signature, message)
         done += 500
     return done / (time.perf_counter() - started)
 
@@ -88,4 +93,5 @@ def ed25519_verify_rate(duration_s: float = 3.0) -> float:
 async def run(env: StackUnderTest) -> dict[str, float]:
     figures = await kafka_roundtrip(env)
     figures["ed25519_verify_per_s"] = ed25519_verify_rate()
+    figures["ed25519_verify_libsodium_per_s"] = ed25519_verify_rate(libsodium=True)
     return figures
