@@ -19,6 +19,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a server could listen on `port` now (as servers do, with SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_bindable(ports: Sequence[int], timeout_s: float = 65.0, interval_s: float = 0.5) -> None:
+    """Wait until every port can be listened on; RuntimeError naming the ports still held after `timeout_s`.
+
+    The local stack's gRPC ports (50051...) lie in Linux's ephemeral range, so an outgoing connection
+    of any process may have used one and left it in TIME_WAIT (up to 60 s): then the port frees itself.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = [port for port in ports if not port_bindable(port)]
+        if not held:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"ports still in use after {timeout_s:.0f}s: {', '.join(map(str, held))}")
+        time.sleep(interval_s)
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)

@@ -36,6 +36,11 @@ class ServiceSpec:
     def argv(self) -> list[str]:
         return [sys.executable, "-m", self.module]
 
+    def ports(self) -> list[int]:
+        """Every port the process listens on: gRPC (or HTTP), metrics, and any *_PORT in its environment."""
+        extra = [int(v) for k, v in self.env.items() if k.endswith("_PORT") and v.isdigit()]
+        return [p for p in (self.port, self.metrics_port, *extra) if p]
+
 
 def local_services() -> list[ServiceSpec]:
     """Every process `make up` starts, in start order (validators before their clients)."""

@@ -19,7 +19,7 @@ from fapiao_stack.config import process_environment, stack_environment
 from fapiao_stack.kafka import KafkaBroker
 from fapiao_stack.paths import LOG_DIR, RUN_DIR
 from fapiao_stack.postgres import LocalPostgres
-from fapiao_stack.procs import pid_alive, spawn, stop_pid_file
+from fapiao_stack.procs import pid_alive, port_bindable, spawn, stop_pid_file, wait_bindable
 from fapiao_stack.services import KAFKA_CONTROLLER_PORT, KAFKA_PORT, POSTGRES_PORT, health_of, local_services
 
 PID_DIR = RUN_DIR / "pids"
@@ -63,12 +63,14 @@ def up(timeout_s: float = 120.0) -> StackEndpoints:
         database_url = pg.create_database("fapiao")
     asyncio.run(ensure_topics(kafka_bootstrap))
     env = stack_environment(RUN_DIR, kafka_bootstrap, database_url)
-    endpoints: dict[str, str] = {}
-    for spec in local_services():
+    to_start = [s for s in local_services() if not _running(s.name)]
+    ports = [p for s in to_start for p in s.ports()]
+    if not all(port_bindable(p) for p in ports):
+        _say("waiting for the services' ports to be released (a closed connection may hold one for up to 60 s) ...")
+        wait_bindable(ports)
+    endpoints = {spec.name: f"127.0.0.1:{spec.port}" for spec in local_services()}
+    for spec in to_start:
         pid_file = PID_DIR / f"{spec.name}.pid"
-        endpoints[spec.name] = f"127.0.0.1:{spec.port}"
-        if pid_file.exists() and pid_alive(int(pid_file.read_text())):
-            continue
         spawn(
             spec.argv(),
             log_file=LOG_DIR / f"{spec.name}.log",
@@ -82,6 +84,11 @@ def up(timeout_s: float = 120.0) -> StackEndpoints:
     return StackEndpoints(kafka_bootstrap, database_url, endpoints)
 
 
+def _running(name: str) -> bool:
+    pid_file = PID_DIR / f"{name}.pid"
+    return pid_file.exists() and pid_alive(int(pid_file.read_text()))
+
+
 async def _wait_serving(timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     pending = {s.name: s for s in local_services()}
@@ -91,8 +98,7 @@ async def _wait_serving(timeout_s: float) -> None:
                 _say(f"  {name:<16} SERVING on 127.0.0.1:{spec.port}")
                 del pending[name]
                 continue
-            pid_file = PID_DIR / f"{name}.pid"
-            if not pid_file.exists() or not pid_alive(int(pid_file.read_text())):
+            if not _running(name):
                 log_file = LOG_DIR / f"{name}.log"
                 tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:]) if log_file.exists() else ""
                 raise RuntimeError(f"{name} exited during start-up; last lines of {log_file}:\n{tail}")

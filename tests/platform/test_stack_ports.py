@@ -1,0 +1,32 @@
+"""The local stack waits for its fixed ports instead of failing on a port a closed connection still holds."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from fapiao_stack.procs import free_port, port_bindable, wait_bindable
+
+
+def test_waits_until_a_held_port_is_released() -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", free_port()))
+    holder.listen()
+    port = holder.getsockname()[1]
+    assert not port_bindable(port)
+    threading.Timer(0.5, holder.close).start()
+    started = time.monotonic()
+    wait_bindable([port], timeout_s=10, interval_s=0.05)
+    assert time.monotonic() - started >= 0.4
+    assert port_bindable(port)
+
+
+def test_names_the_ports_still_held() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(RuntimeError, match=str(port)):
+            wait_bindable([port, free_port()], timeout_s=0.2, interval_s=0.05)
