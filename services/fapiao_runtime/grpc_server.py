@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,30 @@ class TlsConfig:
     client_ca_pem: bytes | None = None
 
 
+_ID_PREFIX = secrets.token_hex(6)
+_ID_COUNTER = itertools.count()
+
+
+def new_request_id() -> str:
+    """A request id unique across processes (random per process, then a counter): no syscall per call."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            return str(value)[:64]
+    return new_request_id()
+
+
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):
-    """Sets the request id (from x-request-id or new), maps FapiaoError to its status, hides internals."""
+    """Sets the request id (from x-request-id or new), maps FapiaoError to its status, hides internals.
+
+    Each method's handler is wrapped once and reused: the per-call work is the call itself.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -44,63 +67,66 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        request_id = ""
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == REQUEST_ID_HEADER:
-                request_id = str(value)[:64]
-        if handler.unary_unary:
-            inner_unary = handler.unary_unary
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                token = request_id_var.set(request_id or uuid.uuid4().hex)
-                started = time.perf_counter()
-                code = "OK"
-                try:
-                    return await inner_unary(request, context)
-                except FapiaoError as exc:
-                    code = exc.status_code.name
-                    REJECTIONS.labels(method=method, reason=exc.reason).inc()
-                    await context.abort(
-                        exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),)
-                    )
-                except grpc.aio.AbortError:
-                    code = (context.code() or grpc.StatusCode.UNKNOWN).name
-                    raise
-                except Exception:
-                    code = "INTERNAL"
-                    log.exception("unhandled error", extra={"method": method})
-                    await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL: internal error")
-                finally:
-                    GRPC_REQUESTS.labels(method=method, code=code).inc()
-                    GRPC_LATENCY.labels(method=method).observe(time.perf_counter() - started)
-                    request_id_var.reset(token)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
+def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        inner_unary = handler.unary_unary
+        latency = GRPC_LATENCY.labels(method=method)
+        ok = GRPC_REQUESTS.labels(method=method, code="OK")
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                token = request_id_var.set(request_id or uuid.uuid4().hex)
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                except FapiaoError as exc:
-                    await context.abort(
-                        exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),)
-                    )
-                finally:
-                    request_id_var.reset(token)
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = request_id_var.set(_request_id(context))
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await inner_unary(request, context)
+            except FapiaoError as exc:
+                code = exc.status_code.name
+                REJECTIONS.labels(method=method, reason=exc.reason).inc()
+                await context.abort(exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),))
+            except grpc.aio.AbortError:
+                code = (context.code() or grpc.StatusCode.UNKNOWN).name
+                raise
+            except Exception:
+                code = "INTERNAL"
+                log.exception("unhandled error", extra={"method": method})
+                await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL: internal error")
+            finally:
+                (ok if code == "OK" else GRPC_REQUESTS.labels(method=method, code=code)).inc()
+                latency.observe(time.perf_counter() - started)
+                request_id_var.reset(token)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        inner_stream = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = request_id_var.set(_request_id(context))
+            try:
+                async for item in inner_stream(request, context):
+                    yield item
+            except FapiaoError as exc:
+                await context.abort(exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),))
+            finally:
+                request_id_var.reset(token)
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 class GrpcServer:

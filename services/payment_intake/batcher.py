@@ -1,4 +1,4 @@
-"""Group concurrent RecordPayment calls into one transaction (one INSERT .. SELECT unnest) per batch.
+"""Group concurrent RecordPayment calls into one statement (payments and their outbox rows) per batch.
 
 Natural batching: no linger timer; while one batch is in the database, new requests queue up and
 form the next batch, so latency stays one round trip at low load and throughput grows with load.
@@ -92,9 +92,15 @@ class PaymentBatcher:
 
     async def _flush(self, batch: list[_Item]) -> None:
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                nonces = [nonce for _, nonce, _ in batch]
-                outcomes = await record_payments(conn, [cmd for cmd, _, _ in batch], nonces if any(nonces) else None)
+            commands = [cmd for cmd, _, _ in batch]
+            nonces = [nonce for _, nonce, _ in batch]
+            async with self._pool.acquire() as conn:
+                if any(nonces):
+                    async with conn.transaction():
+                        outcomes = await record_payments(conn, commands, nonces)
+                else:
+                    # One statement writes the payments with their events: no BEGIN / COMMIT round trips.
+                    outcomes = await record_payments(conn, commands)
         except Exception as exc:
             if len(batch) > 1:
                 log.warning("payment batch failed; retrying one by one", extra={"size": len(batch), "error": repr(exc)})

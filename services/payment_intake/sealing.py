@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 from fapiao_runtime.sealing import SealedValueError, SecretsBox
@@ -34,4 +33,4 @@ def payer_ref(payer_hash_key: bytes, openid: str) -> str:
     """
     if not openid:
         return ""
-    return hmac.new(payer_hash_key, openid.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(payer_hash_key, openid.encode(), "sha256").hex()

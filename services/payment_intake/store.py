@@ -109,7 +109,8 @@ async def record_payments(
     commands: Sequence[RecordPayment],
     nonces: Sequence[str | None] | None = None,
 ) -> list[PaymentOutcome | FapiaoError]:
-    """Record validated payments; one outcome per command, in order. Call inside a transaction.
+    """Record validated payments; one outcome per command, in order. With `nonces`, call inside a
+    transaction; without, every statement is atomic on its own (each payment commits with its event).
 
     `nonces` (webhook deliveries, None for gRPC) are claimed first: a nonce already stored fails its
     command REPLAYED_NONCE; the nonce of a command that fails later is removed again, so a rejected
@@ -170,21 +171,50 @@ def _replayed() -> FapiaoError:
 async def _insert_payments(
     conn: asyncpg.Connection, commands: Sequence[RecordPayment]
 ) -> list[PaymentOutcome | FapiaoError]:
-    """Insert in one statement. A (merchant, transaction id) already recorded with the same fingerprint
-    is a duplicate; with other content TRANSACTION_CONFLICT; a new transaction id for an already-paid
-    out_trade_no OUT_TRADE_NO_CONFLICT. Rows go in key order so concurrent batches cannot deadlock."""
+    """Insert the payments and the outbox rows of those that are new in one statement (atomic on its
+    own, so a batch without nonces needs no explicit transaction: one round trip). A (merchant,
+    transaction id) already recorded with the same fingerprint is a duplicate; with other content
+    TRANSACTION_CONFLICT; a new transaction id for an already-paid out_trade_no OUT_TRADE_NO_CONFLICT.
+    Rows go in key order so concurrent batches cannot deadlock."""
     first: dict[tuple[str, str], RecordPayment] = {}
     for cmd in commands:
         first.setdefault(cmd.key, cmd)
     ordered = sorted(first.values(), key=lambda c: c.key)
     ids = [payment_id_for(c.merchant_id, c.transaction_id) for c in ordered]
+    # The event of every candidate is built up front; the statement queues only those inserted.
+    candidates = [_payment_from_command(cmd, payment_id) for cmd, payment_id in zip(ordered, ids, strict=True)]
+    envelopes = [
+        make_envelope(
+            payments_pb2.PaymentSucceeded(payment=payment),
+            aggregate_id=aggregate_id(cmd.merchant_id, cmd.out_trade_no),
+            producer=PRODUCER,
+            event_id=payment_event_id(payment_id),
+        )
+        for cmd, payment_id, payment in zip(ordered, ids, candidates, strict=True)
+    ]
+    events = [outgoing(PAYMENTS.name, envelope) for envelope in envelopes]
     inserted_rows = await conn.fetch(
-        f"""INSERT INTO payments ({_PAYMENT_COLUMNS})
-            SELECT *, 0 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::smallint[],
-                $14::bytea[])
-            ON CONFLICT DO NOTHING
-            RETURNING merchant_id, transaction_id""",
+        f"""WITH input AS (
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                    $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::smallint[],
+                    $14::bytea[], $15::uuid[], $16::bytea[], $17::bytea[]) WITH ORDINALITY
+                    AS t(payment_id, merchant_id, transaction_id, out_trade_no, amount_fen, payer_total_fen, currency,
+                         success_time, payer_ref, appid, trade_type, items, source, fingerprint,
+                         event_id, kafka_key, payload, n)
+            ), inserted AS (
+                INSERT INTO payments ({_PAYMENT_COLUMNS})
+                SELECT payment_id, merchant_id, transaction_id, out_trade_no, amount_fen, payer_total_fen, currency,
+                       success_time, payer_ref, appid, trade_type, items, source, fingerprint, 0
+                FROM input ORDER BY n
+                ON CONFLICT DO NOTHING
+                RETURNING payment_id, merchant_id, transaction_id
+            ), queued AS (
+                -- the runtime's transactional outbox (fapiao_runtime.outbox), in the same statement
+                INSERT INTO outbox (event_id, topic, kafka_key, kafka_partition, payload)
+                SELECT i.event_id, $18, i.kafka_key, NULL, i.payload
+                FROM input i JOIN inserted USING (payment_id) ORDER BY i.n
+            )
+            SELECT merchant_id, transaction_id FROM inserted""",
         ids,
         [c.merchant_id for c in ordered],
         [c.transaction_id for c in ordered],
@@ -199,22 +229,13 @@ async def _insert_payments(
         [_items_blob(c.items) for c in ordered],
         [c.source for c in ordered],
         [payment_fingerprint(c) for c in ordered],
+        [e.event_id for e in events],
+        [e.key for e in events],
+        [e.envelope_bytes for e in events],
+        PAYMENTS.name,
     )
     inserted = {(r["merchant_id"], r["transaction_id"]) for r in inserted_rows}
-    new_payments: dict[tuple[str, str], payments_pb2.Payment] = {}
-    events = []
-    for cmd, payment_id in zip(ordered, ids, strict=True):
-        if cmd.key in inserted:
-            payment = _payment_from_command(cmd, payment_id)
-            new_payments[cmd.key] = payment
-            envelope = make_envelope(
-                payments_pb2.PaymentSucceeded(payment=payment),
-                aggregate_id=aggregate_id(cmd.merchant_id, cmd.out_trade_no),
-                producer=PRODUCER,
-                event_id=payment_event_id(payment_id),
-            )
-            events.append(outgoing(PAYMENTS.name, envelope))
-    await enqueue(conn, events)
+    new_payments = {cmd.key: payment for cmd, payment in zip(ordered, candidates, strict=True) if cmd.key in inserted}
     existing: dict[tuple[str, str], asyncpg.Record] = {}
     others = [key for key in first if key not in inserted]
     if others:
