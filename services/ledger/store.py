@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.ledger.v1 import ledger_pb2
 
 from ledger.chain import GENESIS_HASH, CutBlock, claims_id
+from ledger.presence import PresenceFilter
 from ledger.state_machine import DUPLICATE_TRANSACTION, SubmitterKey
 
 T = ledger_pb2.TransactionType
@@ -56,6 +57,18 @@ async def load_registry(conn: asyncpg.Connection, chain_id: int) -> tuple[dict[s
     return keys, ids
 
 
+async def load_presence(conn: asyncpg.Connection) -> tuple[PresenceFilter, PresenceFilter]:
+    """Filters of the stored invoice ids and of the claimed transaction ids (see ledger.presence)."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        invoices = PresenceFilter.for_stored(await conn.fetchval("SELECT count(*) FROM invoice_states"))
+        claimed = PresenceFilter.for_stored(await conn.fetchval("SELECT count(*) FROM transactions WHERE claims_id"))
+        async for r in conn.cursor("SELECT invoice_id FROM invoice_states", prefetch=10_000):
+            invoices.add(r["invoice_id"])
+        async for r in conn.cursor("SELECT transaction_id FROM transactions WHERE claims_id", prefetch=10_000):
+            claimed.add(r["transaction_id"])
+    return invoices, claimed
+
+
 async def fetch_preload(
     conn: asyncpg.Connection, invoice_ids: list[str], transaction_ids: list[str]
 ) -> tuple[dict[str, ledger_pb2.InvoiceState | None], set[str]]:
@@ -84,26 +97,51 @@ async def fetch_preload(
 async def commit_blocks(
     pool: asyncpg.Pool, blocks: list[tuple[CutBlock, ledger_pb2.BlockSignature]], validator_id: str
 ) -> None:
-    """Store blocks (in chain order) in ONE transaction: all of them or none.
+    """Store blocks (in chain order), all of them or none.
 
     Each block brings its transactions, results, new states, registrations, own signature and the
-    chain position, so a crash never leaves half a block. Raises HeaderConflict if a different header
-    is already stored for a height (a validator never signs two headers for one height).
+    chain position, so a crash never leaves half a block. A lone block without key registrations is
+    one statement, atomic by itself (one round trip); otherwise one transaction holds them all.
+    Raises HeaderConflict if a different header is already stored for a height (a validator never
+    signs two headers for one height).
     """
-    async with pool.acquire() as conn, conn.transaction():
-        for block, signature in blocks:
-            await _insert_block(conn, block, validator_id, signature)
+    async with pool.acquire() as conn:
+        if len(blocks) == 1 and not blocks[0][0].registrations:
+            await _insert_block(conn, blocks[0][0], validator_id, blocks[0][1])
+            return
+        async with conn.transaction():
+            for block, signature in blocks:
+                await _insert_block(conn, block, validator_id, signature)
 
 
 async def _insert_block(
     conn: asyncpg.Connection, block: CutBlock, validator_id: str, own_signature: ledger_pb2.BlockSignature
 ) -> bool:
-    # The block and our signature of it in one statement (the signature only if the block is new).
+    # The block, our signature, its transactions and the states it changed in one statement; nothing
+    # but the header check happens when the block is already stored.
+    outcomes = block.outcomes
+    issue_ids = {
+        o.invoice_id: o.transaction_id
+        for o in outcomes
+        if o.result.accepted and o.result.type == T.TRANSACTION_TYPE_ISSUE
+    }
+    states = list(block.states.items())
     inserted = await conn.fetchval(
         "WITH b AS (INSERT INTO blocks (chain_id, height, header, header_hash, transaction_count, next_offset)"
         " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING chain_id, height, header_hash),"
         " s AS (INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
-        " SELECT chain_id, height, $7, header_hash, $8 FROM b ON CONFLICT DO NOTHING)"
+        " SELECT chain_id, height, $7, header_hash, $8 FROM b ON CONFLICT DO NOTHING),"
+        " t AS (INSERT INTO transactions (chain_id, height, idx, transaction_id, invoice_id, kafka_offset, accepted,"
+        " claims_id, duplicate, tx_bytes, result_bytes)"
+        " SELECT $1, $2, u.* FROM unnest($9::int[], $10::text[], $11::text[], $12::bigint[], $13::boolean[],"
+        " $14::boolean[], $15::boolean[], $16::bytea[], $17::bytea[]) AS u WHERE EXISTS (SELECT 1 FROM b)),"
+        " st AS (INSERT INTO invoice_states (invoice_id, chain_id, invoice_number, issue_transaction_id,"
+        " last_transaction_id, state, height)"
+        " SELECT u.invoice_id, $1, u.invoice_number, u.issue_id, u.last_id, u.state, $2"
+        " FROM unnest($18::text[], $19::text[], $20::text[], $21::text[], $22::bytea[])"
+        " AS u(invoice_id, invoice_number, issue_id, last_id, state) WHERE EXISTS (SELECT 1 FROM b)"
+        " ON CONFLICT (invoice_id) DO UPDATE SET last_transaction_id = EXCLUDED.last_transaction_id,"
+        " state = EXCLUDED.state, height = EXCLUDED.height)"
         " SELECT EXISTS (SELECT 1 FROM b)",
         block.chain_id,
         block.height,
@@ -113,23 +151,6 @@ async def _insert_block(
         block.next_offset,
         validator_id,
         own_signature.signature.signature,
-    )
-    if not inserted:
-        stored = await conn.fetchval(
-            "SELECT header_hash FROM blocks WHERE chain_id = $1 AND height = $2", block.chain_id, block.height
-        )
-        if bytes(stored) != block.header_hash:
-            raise HeaderConflict(f"chain {block.chain_id} height {block.height} already has another header")
-        return False
-    # One INSERT .. SELECT unnest: one round trip (COPY takes two).
-    outcomes = block.outcomes
-    await conn.execute(
-        "INSERT INTO transactions (chain_id, height, idx, transaction_id, invoice_id, kafka_offset, accepted,"
-        " claims_id, duplicate, tx_bytes, result_bytes)"
-        " SELECT $1::int, $2::bigint, * FROM unnest($3::int[], $4::text[], $5::text[], $6::bigint[], $7::boolean[],"
-        " $8::boolean[], $9::boolean[], $10::bytea[], $11::bytea[])",
-        block.chain_id,
-        block.height,
         list(range(len(outcomes))),
         [o.transaction_id for o in outcomes],
         [o.invoice_id for o in outcomes],
@@ -139,31 +160,19 @@ async def _insert_block(
         [o.result.rejection_reason == DUPLICATE_TRANSACTION for o in outcomes],
         block.transactions,
         block.results,
+        [invoice_id for invoice_id, _ in states],
+        [state.invoice_number for _, state in states],
+        [issue_ids.get(invoice_id, "") for invoice_id, _ in states],
+        [state.last_transaction_id for _, state in states],
+        [state.SerializeToString(deterministic=True) for _, state in states],
     )
-    issue_ids = {
-        o.invoice_id: o.transaction_id
-        for o in block.outcomes
-        if o.result.accepted and o.result.type == T.TRANSACTION_TYPE_ISSUE
-    }
-    if block.states:
-        await conn.executemany(
-            "INSERT INTO invoice_states (invoice_id, chain_id, invoice_number, issue_transaction_id,"
-            " last_transaction_id, state, height) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            " ON CONFLICT (invoice_id) DO UPDATE SET last_transaction_id = EXCLUDED.last_transaction_id,"
-            " state = EXCLUDED.state, height = EXCLUDED.height",
-            [
-                (
-                    invoice_id,
-                    block.chain_id,
-                    state.invoice_number,
-                    issue_ids.get(invoice_id, ""),
-                    state.last_transaction_id,
-                    state.SerializeToString(deterministic=True),
-                    block.height,
-                )
-                for invoice_id, state in block.states.items()
-            ],
+    if not inserted:
+        stored = await conn.fetchval(
+            "SELECT header_hash FROM blocks WHERE chain_id = $1 AND height = $2", block.chain_id, block.height
         )
+        if bytes(stored) != block.header_hash:
+            raise HeaderConflict(f"chain {block.chain_id} height {block.height} already has another header")
+        return False
     if block.registrations:
         await conn.executemany(
             "INSERT INTO submitter_keys (chain_id, key_id, public_key, role, subject, revoked, registration_id)"

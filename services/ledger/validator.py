@@ -32,6 +32,7 @@ from prometheus_client import Counter, Gauge
 from ledger import store
 from ledger.chain import ChainExecutor, CutBlock, claims_id
 from ledger.config import LedgerConfig
+from ledger.presence import PresenceFilter
 from ledger.records import (
     OWN_SIGNATURE,
     LogRecord,
@@ -92,6 +93,9 @@ class Validator:
         self._rank = ordered.index(config.validator_id)
         self._validators = len(ordered)
         self._results_partitions = 1
+        # Ids the database may hold (filled in _load): ids outside them need no preload query.
+        self.stored_invoices = PresenceFilter(1)
+        self.claimed_ids = PresenceFilter(1)
 
     # --- start-up ------------------------------------------------------------------------------
     async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
@@ -114,12 +118,13 @@ class Validator:
                 )
                 positions[chain_id] = tip.next_offset
                 HEIGHT.labels(chain=str(chain_id)).set(tip.next_height - 1)
+            self.stored_invoices, self.claimed_ids = await store.load_presence(conn)
             for r in await conn.fetch("SELECT chain_id, height, header_hash, final, results_published FROM blocks"):
                 key = (r["chain_id"], r["height"])
                 self.own_hashes[key] = bytes(r["header_hash"])
                 if r["final"]:
                     self.final.add(key)
-                    if not r["results_published"]:
+                    if not r["results_published"] and self.publishes_results(key[0]):
                         self.publish_queue.put_nowait(key)
                 else:
                     # Our own vote comes from the database; our records on the topic are skipped.
@@ -202,8 +207,15 @@ class Validator:
             {r.tx.body.invoice_id for r in records if r.tx is not None and r.tx.body is not None} - invoice_ids
         )
         if missing_invoices or missing_txs:
-            async with self.pool.acquire() as conn:
-                states, claimed = await store.fetch_preload(conn, missing_invoices, missing_txs)
+            # Only ids the database may hold are looked up; the others are certainly new.
+            states: dict[str, ledger_pb2.InvoiceState | None] = dict.fromkeys(missing_invoices)
+            claimed: set[str] = set()
+            lookup_invoices = [i for i in missing_invoices if i in self.stored_invoices]
+            lookup_txs = [t for t in missing_txs if t in self.claimed_ids]
+            if lookup_invoices or lookup_txs:
+                async with self.pool.acquire() as conn:
+                    found, claimed = await store.fetch_preload(conn, lookup_invoices, lookup_txs)
+                states.update(found)
             chain.preload(states, missing_txs, claimed)
         blocks = []
         for record in records:
@@ -222,6 +234,12 @@ class Validator:
                 chain.on_registration(record.offset, record.registration)
             if block is not None:
                 blocks.append(block)
+                # From the cut on, the block's ids count as stored (its commit follows in this round).
+                for invoice_id in block.states:
+                    self.stored_invoices.add(invoice_id)
+                for outcome in block.outcomes:
+                    if claims_id(outcome):
+                        self.claimed_ids.add(outcome.transaction_id)
                 if chain.has_pending:
                     self.pending_since[chain.chain_id] = time.monotonic()
                     self.pending_started.set()
@@ -261,12 +279,21 @@ class Validator:
             HEIGHT.labels(chain=str(block.chain_id)).set(block.height)
             await self._send_signature(block.chain_id, block.height, block.header_bytes, own.signature.signature)
             self.votes.setdefault(key, {}).setdefault(self.config.validator_id, block.header_hash)
-        async with self.pool.acquire() as conn:
-            for key in keys:
-                for validator_id, digest in list(self.votes[key].items()):  # may grow while we await
-                    if digest != self.own_hashes[key]:
-                        await self._report_divergence(conn, key, validator_id, digest)
-            await self._check_final(conn, keys)
+        diverging = [
+            (key, validator_id, digest)
+            for key in keys
+            for validator_id, digest in self.votes[key].items()
+            if digest != self.own_hashes[key]
+        ]
+        newly = self._claim_final(keys)
+        if diverging or newly:  # usually neither: our signature is the first vote for a block
+            async with self.pool.acquire() as conn:
+                for key, validator_id, digest in diverging:
+                    await self._report_divergence(conn, key, validator_id, digest)
+                if newly:
+                    await store.mark_final(conn, newly)
+        if newly:
+            self._announce_final(newly)
         self.block_event.set()
 
     async def _send_signature(self, chain_id: int, height: int, header: bytes, signature: bytes) -> None:
@@ -358,12 +385,6 @@ class Validator:
         self.final.update(newly)
         return newly
 
-    async def _check_final(self, conn: asyncpg.Connection, keys: list[tuple[int, int]]) -> None:
-        newly = self._claim_final(keys)
-        if newly:
-            await store.mark_final(conn, newly)
-            self._announce_final(newly)
-
     def _announce_final(self, newly: list[tuple[int, int]]) -> None:
         for key in newly:
             BLOCKS_FINAL.labels(chain=str(key[0])).inc()
@@ -379,37 +400,48 @@ class Validator:
             keys = [await self.publish_queue.get()]
             while not self.publish_queue.empty() and len(keys) < 100:
                 keys.append(self.publish_queue.get_nowait())
-            futures = []
-            occurred_at = Timestamp()
-            occurred_at.GetCurrentTime()
-            async with self.pool.acquire() as conn:
-                for key in keys:
-                    results = self.pending_results.pop(key, None)
-                    if not self.publishes_results(key[0]):
-                        continue
-                    if results is None:
-                        results = await store.block_results(conn, *key)
-                    for index, (duplicate, claims, transaction_id, raw) in enumerate(results):
-                        if not transaction_id:
-                            continue  # undecodable record: nobody awaits it
-                        event_id = result_event_id(transaction_id)
-                        if not claims:
-                            # Rejected before its signature was verified (possibly forged): published under
-                            # its own event id, so it can never shadow the genuine transaction's result.
-                            event_id = uuid.uuid5(event_id, f"unverified:{key[0]}:{key[1]}:{index}")
-                        elif duplicate:
-                            # A retried submission learns the original outcome (same event id).
-                            original = await store.original_final_result(conn, transaction_id)
-                            if original is None:
-                                continue
-                            raw = original
-                        futures.append(await self._send_result(transaction_id, event_id, raw, occurred_at))
-                await asyncio.gather(*futures)
-                await store.mark_published(conn, keys)
+            # Only the chain's result publishers publish and mark (results_published means nothing on
+            # the others): no database round trip for the blocks of other chains.
+            published = []
+            for key in keys:
+                results = self.pending_results.pop(key, None)
+                if self.publishes_results(key[0]):
+                    published.append((key, results))
+            await self._publish_results(published)
             # Votes of final, published blocks are no longer needed for finality.
             for key in keys:
                 if len(self.votes.get(key, {})) >= self._validators:
                     del self.votes[key]
+
+    async def _publish_results(
+        self, blocks: list[tuple[tuple[int, int], list[tuple[bool, bool, str, bytes]] | None]]
+    ) -> None:
+        if not blocks:
+            return
+        futures = []
+        occurred_at = Timestamp()
+        occurred_at.GetCurrentTime()
+        async with self.pool.acquire() as conn:
+            for key, results in blocks:
+                if results is None:
+                    results = await store.block_results(conn, *key)
+                for index, (duplicate, claims, transaction_id, raw) in enumerate(results):
+                    if not transaction_id:
+                        continue  # undecodable record: nobody awaits it
+                    event_id = result_event_id(transaction_id)
+                    if not claims:
+                        # Rejected before its signature was verified (possibly forged): published under
+                        # its own event id, so it can never shadow the genuine transaction's result.
+                        event_id = uuid.uuid5(event_id, f"unverified:{key[0]}:{key[1]}:{index}")
+                    elif duplicate:
+                        # A retried submission learns the original outcome (same event id).
+                        original = await store.original_final_result(conn, transaction_id)
+                        if original is None:
+                            continue
+                        raw = original
+                    futures.append(await self._send_result(transaction_id, event_id, raw, occurred_at))
+            await asyncio.gather(*futures)
+            await store.mark_published(conn, [key for key, _ in blocks])
 
     async def _send_result(
         self, transaction_id: str, event_id: uuid.UUID, raw: bytes, occurred_at: Timestamp

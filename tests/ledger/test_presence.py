@@ -1,0 +1,28 @@
+"""The presence filter that spares validators the preload query for ids their database cannot hold."""
+
+from __future__ import annotations
+
+from ledger.presence import PresenceFilter
+
+
+def test_every_added_id_is_reported_present() -> None:
+    present = PresenceFilter(20_000)
+    ids = [f"invoice-{n}" for n in range(20_000)]
+    for i in ids:
+        present.add(i)
+    assert all(i in present for i in ids)  # no false negatives: a stored id is always looked up
+    assert present.count == 20_000
+
+
+def test_ids_never_added_are_mostly_reported_absent() -> None:
+    present = PresenceFilter(20_000)
+    for n in range(20_000):
+        present.add(f"tx-{n}")
+    false_positives = sum(1 for n in range(20_000) if f"other-{n}" in present)
+    assert false_positives < 20_000 * 0.02  # about 1 % at capacity with 10 bits and 7 hashes
+    assert "tx-20000" not in PresenceFilter(10)
+
+
+def test_filter_is_sized_for_what_is_stored() -> None:
+    small, large = PresenceFilter.for_stored(0), PresenceFilter.for_stored(5_000_000)
+    assert len(large._array) > len(small._array) >= 1_000_000 * 10 // 8
