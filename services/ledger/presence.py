@@ -14,16 +14,18 @@ the ids then stored plus room to grow; past that the false-positive rate, not co
 from __future__ import annotations
 
 import hashlib
+import struct
 
-BITS_PER_ITEM = 10  # with 7 hashes: about 1 % false positives at capacity
-HASHES = 7
+BITS_PER_ITEM = 10  # with 7 positions per id: about 1 % false positives at capacity
 MIN_CAPACITY = 1_000_000
+MAX_BITS = 1 << 32  # positions are 32-bit words
+_SEVEN_WORDS = struct.Struct("<7I").unpack
 
 
 class PresenceFilter:
     def __init__(self, capacity: int) -> None:
         assert capacity > 0
-        self._bits = max(64, capacity * BITS_PER_ITEM)
+        self._bits = min(MAX_BITS, max(64, capacity * BITS_PER_ITEM))
         self._array = bytearray((self._bits + 7) // 8)
         self.count = 0
 
@@ -32,12 +34,10 @@ class PresenceFilter:
         """A filter for `stored` ids already in the database, with room for growth."""
         return cls(max(MIN_CAPACITY, 2 * stored))
 
-    def _positions(self, item: str) -> list[int]:
-        digest = hashlib.blake2b(item.encode(), digest_size=16).digest()
-        h1 = int.from_bytes(digest[:8], "little")
-        h2 = int.from_bytes(digest[8:], "little") | 1
+    def _positions(self, item: str) -> tuple[int, ...]:
+        # Seven independent 32-bit positions from one 28-byte digest.
         bits = self._bits
-        return [(h1 + i * h2) % bits for i in range(HASHES)]
+        return tuple(v % bits for v in _SEVEN_WORDS(hashlib.blake2b(item.encode(), digest_size=28).digest()))
 
     def add(self, item: str) -> None:
         array = self._array
@@ -47,4 +47,7 @@ class PresenceFilter:
 
     def __contains__(self, item: str) -> bool:
         array = self._array
-        return all(array[position >> 3] & (1 << (position & 7)) for position in self._positions(item))
+        for position in self._positions(item):
+            if not array[position >> 3] & (1 << (position & 7)):
+                return False
+        return True

@@ -163,7 +163,7 @@ def execute(
     if view.seen(body.transaction_id):
         return _reject(base, DUPLICATE_TRANSACTION, view.invoice(body.invoice_id))
     state = view.invoice(body.invoice_id)
-    if body.type == T.TRANSACTION_TYPE_ISSUE:
+    if body.type == ledger_pb2.TRANSACTION_TYPE_ISSUE:
         return _issue(base, body, key, state)
     if state is None:
         return _reject(base, UNKNOWN_INVOICE, None)
@@ -197,7 +197,7 @@ def _issue(
     new_state = ledger_pb2.InvoiceState(
         invoice_id=invoice.invoice_id,
         invoice_number=invoice.invoice_number,
-        status=S.INVOICE_LEDGER_STATUS_ISSUED,
+        status=ledger_pb2.INVOICE_LEDGER_STATUS_ISSUED,
         total_fen=invoice.total_fen,
         reimbursable_fen=invoice.total_fen,
         buyer_tax_id=invoice.buyer.tax_id,
@@ -208,9 +208,9 @@ def _issue(
 
 
 def _closed_or_cancelled(base: ledger_pb2.TransactionResult, state: ledger_pb2.InvoiceState) -> Outcome | None:
-    if state.status == S.INVOICE_LEDGER_STATUS_CLOSED:
+    if state.status == ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED:
         return _reject(base, ALREADY_CLOSED, state)
-    if state.status == S.INVOICE_LEDGER_STATUS_CANCELLED:
+    if state.status == ledger_pb2.INVOICE_LEDGER_STATUS_CANCELLED:
         return _reject(base, CANCELLED, state)
     return None
 
@@ -230,21 +230,21 @@ def _reimbursement(
         return finished
     new_state = ledger_pb2.InvoiceState()
     new_state.CopyFrom(state)
-    if body.type == T.TRANSACTION_TYPE_LOCK:
-        if state.status == S.INVOICE_LEDGER_STATUS_LOCKED:
+    if body.type == ledger_pb2.TRANSACTION_TYPE_LOCK:
+        if state.status == ledger_pb2.INVOICE_LEDGER_STATUS_LOCKED:
             return _reject(base, ALREADY_LOCKED, state)
-        new_state.status = S.INVOICE_LEDGER_STATUS_LOCKED
+        new_state.status = ledger_pb2.INVOICE_LEDGER_STATUS_LOCKED
         new_state.lock_holder_tax_id = organisation
         return _accept(base, new_state)
-    if state.status != S.INVOICE_LEDGER_STATUS_LOCKED:
+    if state.status != ledger_pb2.INVOICE_LEDGER_STATUS_LOCKED:
         return _reject(base, NOT_LOCKED, state)
     if state.lock_holder_tax_id != organisation:
         return _reject(base, NOT_LOCK_HOLDER, state)
-    if body.type == T.TRANSACTION_TYPE_UNLOCK:
-        new_state.status = S.INVOICE_LEDGER_STATUS_ISSUED
+    if body.type == ledger_pb2.TRANSACTION_TYPE_UNLOCK:
+        new_state.status = ledger_pb2.INVOICE_LEDGER_STATUS_ISSUED
         new_state.lock_holder_tax_id = ""
     else:
-        new_state.status = S.INVOICE_LEDGER_STATUS_CLOSED
+        new_state.status = ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED
     return _accept(base, new_state)
 
 
@@ -261,8 +261,8 @@ def _red_letter(
             return _reject(base, MALFORMED, state)
     new_state = ledger_pb2.InvoiceState()
     new_state.CopyFrom(state)
-    if body.type == T.TRANSACTION_TYPE_CANCEL:
-        new_state.status = S.INVOICE_LEDGER_STATUS_CANCELLED
+    if body.type == ledger_pb2.TRANSACTION_TYPE_CANCEL:
+        new_state.status = ledger_pb2.INVOICE_LEDGER_STATUS_CANCELLED
         new_state.reimbursable_fen = 0
         new_state.lock_holder_tax_id = ""
         return _accept(base, new_state)
@@ -274,7 +274,7 @@ def _red_letter(
     new_state.reimbursable_fen = state.reimbursable_fen - amount
     if new_state.reimbursable_fen == 0:
         # Red-lettering the whole remaining amount is a full red letter.
-        new_state.status = S.INVOICE_LEDGER_STATUS_CANCELLED
+        new_state.status = ledger_pb2.INVOICE_LEDGER_STATUS_CANCELLED
         new_state.lock_holder_tax_id = ""
     return _accept(base, new_state)
 

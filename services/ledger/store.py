@@ -123,7 +123,7 @@ async def _insert_block(
     issue_ids = {
         o.invoice_id: o.transaction_id
         for o in outcomes
-        if o.result.accepted and o.result.type == T.TRANSACTION_TYPE_ISSUE
+        if o.result.accepted and o.result.type == ledger_pb2.TRANSACTION_TYPE_ISSUE
     }
     states = list(block.states.items())
     inserted = await conn.fetchval(
