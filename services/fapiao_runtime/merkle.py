@@ -51,14 +51,49 @@ def root(leaves: Sequence[bytes]) -> bytes:
     return _root_of_hashes([leaf_hash(leaf) for leaf in leaves])
 
 
-def _path(index: int, hashes: Sequence[bytes]) -> list[bytes]:
-    n = len(hashes)
-    if n <= 1:
-        return []
-    k = _split(n)
-    if index < k:
-        return [*_path(index, hashes[:k]), _root_of_hashes(hashes[k:])]
-    return [*_path(index - k, hashes[k:]), _root_of_hashes(hashes[:k])]
+class MerkleTree:
+    """A tree over leaf hashes that remembers its subtree roots: the first proof costs O(n) hashes,
+    later proofs of the same tree O(log n). For serving many receipts of one block."""
+
+    def __init__(self, leaf_hashes: Sequence[bytes]) -> None:
+        self.size = len(leaf_hashes)
+        self._leaves = list(leaf_hashes)
+        self._roots: dict[tuple[int, int], bytes] = {}
+
+    @classmethod
+    def of(cls, leaves: Sequence[bytes]) -> MerkleTree:
+        return cls([leaf_hash(leaf) for leaf in leaves])
+
+    def _root(self, lo: int, hi: int) -> bytes:
+        """MTH of leaves[lo:hi] (hi > lo), by RFC 6962's recursive split."""
+        if hi - lo == 1:
+            return self._leaves[lo]
+        known = self._roots.get((lo, hi))
+        if known is None:
+            k = _split(hi - lo)
+            known = node_hash(self._root(lo, lo + k), self._root(lo + k, hi))
+            self._roots[(lo, hi)] = known
+        return known
+
+    def root(self) -> bytes:
+        return self._root(0, self.size) if self.size else EMPTY_ROOT
+
+    def proof(self, index: int) -> list[bytes]:
+        """RFC 6962 PATH(index): sibling hashes from the leaf up to the root."""
+        if not 0 <= index < self.size:
+            raise ValueError(f"leaf index {index} outside tree of size {self.size}")
+        path: list[bytes] = []
+        lo, hi = 0, self.size
+        while hi - lo > 1:
+            k = _split(hi - lo)
+            if index < lo + k:
+                path.append(self._root(lo + k, hi))
+                hi = lo + k
+            else:
+                path.append(self._root(lo, lo + k))
+                lo += k
+        path.reverse()
+        return path
 
 
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
@@ -68,7 +103,7 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     """
     if not 0 <= index < len(leaves):
         raise ValueError(f"leaf index {index} outside tree of size {len(leaves)}")
-    return _path(index, [leaf_hash(leaf) for leaf in leaves])
+    return MerkleTree.of(leaves).proof(index)
 
 
 def root_from_proof(leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes]) -> bytes:

@@ -27,6 +27,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     def __init__(self, validator: Validator) -> None:
         self._validator = validator
         self._pool = validator.pool
+        self._trees = reads.BlockTrees()
 
     def _check_chain(self, chain_id: int) -> None:
         if chain_id not in self._validator.chains:
@@ -46,15 +47,25 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
             response = ledger_service_pb2.GetInvoiceStateResponse(
                 state=ledger_pb2.InvoiceState.FromString(bytes(row["state"]))
             )
+            receipts: dict[str, ledger_pb2.Receipt | None] = {}
             for tx_id, target in (
                 (row["last_transaction_id"], response.receipt),
                 (row["issue_transaction_id"], response.issue_receipt),
             ):
-                where = await reads.locate_transaction(conn, tx_id) if tx_id else None
-                if where is not None:
-                    receipt = await reads.final_receipt(conn, where["chain_id"], where["height"], where["idx"])
-                    if receipt is not None:
-                        target.CopyFrom(receipt)
+                if not tx_id:
+                    continue
+                if tx_id not in receipts:  # a fresh invoice's last transaction is its ISSUE
+                    where = await reads.locate_transaction(conn, tx_id)
+                    receipts[tx_id] = (
+                        None
+                        if where is None
+                        else await reads.final_receipt(
+                            conn, where["chain_id"], where["height"], where["idx"], self._trees
+                        )
+                    )
+                receipt = receipts[tx_id]
+                if receipt is not None:
+                    target.CopyFrom(receipt)
         return response
 
     async def GetBlock(
@@ -100,7 +111,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
             where = await reads.locate_transaction(conn, request.transaction_id)
             if where is None:
                 raise NotFound("UNKNOWN_TRANSACTION", "the ledger has not seen this transaction")
-            receipt = await reads.final_receipt(conn, where["chain_id"], where["height"], where["idx"])
+            receipt = await reads.final_receipt(conn, where["chain_id"], where["height"], where["idx"], self._trees)
         if receipt is None:
             raise FailedPrecondition("NOT_FINAL", "the transaction's block is not final yet")
         return ledger_service_pb2.GetTransactionResultResponse(

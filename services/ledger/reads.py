@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import asyncpg
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime import merkle
@@ -51,22 +53,6 @@ async def matching_signatures(
     return signatures
 
 
-def receipt_from_block(block: ledger_pb2.Block, index: int) -> ledger_pb2.Receipt:
-    """Receipt of the transaction at `index`: both audit paths, the header and the quorum signatures."""
-    transactions = list(block.transactions)
-    results = list(block.results)
-    return ledger_pb2.Receipt(
-        transaction=transactions[index],
-        result=results[index],
-        index=index,
-        tree_size=len(transactions),
-        transaction_audit_path=merkle.inclusion_proof(transactions, index),
-        result_audit_path=merkle.inclusion_proof(results, index),
-        header=block.header,
-        signatures=list(block.signatures),
-    )
-
-
 async def locate_transaction(conn: asyncpg.Connection, transaction_id: str) -> asyncpg.Record | None:
     """Where a transaction was decided: its first claiming record, else its first record at all."""
     return await conn.fetchrow(
@@ -76,12 +62,75 @@ async def locate_transaction(conn: asyncpg.Connection, transaction_id: str) -> a
     )
 
 
-async def final_receipt(conn: asyncpg.Connection, chain_id: int, height: int, index: int) -> ledger_pb2.Receipt | None:
-    """The receipt, or None while the block is not final."""
-    block = await load_block(conn, chain_id, height)
-    if block is None or not block.final:
+class BlockTrees:
+    """The transaction and result Merkle trees of recently read blocks, for receipts.
+
+    A receipt needs the audit paths of one leaf, and building them takes every leaf of the block:
+    without this cache each receipt would read a whole block and hash it twice. Keyed by header hash
+    as well, so a tree is only ever reused for the block it was built from; bounded (LRU).
+    """
+
+    def __init__(self, max_blocks: int = 256) -> None:
+        self._max = max_blocks
+        self._trees: OrderedDict[tuple[int, int, bytes], tuple[merkle.MerkleTree, merkle.MerkleTree]] = OrderedDict()
+
+    async def get(
+        self, conn: asyncpg.Connection, chain_id: int, height: int, header_hash: bytes
+    ) -> tuple[merkle.MerkleTree, merkle.MerkleTree]:
+        key = (chain_id, height, header_hash)
+        trees = self._trees.get(key)
+        if trees is not None:
+            self._trees.move_to_end(key)
+            return trees
+        # The leaf hashes (RFC 6962: SHA-256 of 0x00 || data) are computed by PostgreSQL: 64 bytes
+        # per transaction cross the connection instead of the transactions themselves.
+        rows = await conn.fetch(
+            "SELECT sha256('\\x00'::bytea || tx_bytes) AS tx_leaf,"
+            " sha256('\\x00'::bytea || result_bytes) AS result_leaf"
+            " FROM transactions WHERE chain_id = $1 AND height = $2 ORDER BY idx",
+            chain_id,
+            height,
+        )
+        trees = (
+            merkle.MerkleTree([bytes(r["tx_leaf"]) for r in rows]),
+            merkle.MerkleTree([bytes(r["result_leaf"]) for r in rows]),
+        )
+        self._trees[key] = trees
+        if len(self._trees) > self._max:
+            self._trees.popitem(last=False)
+        return trees
+
+
+async def final_receipt(
+    conn: asyncpg.Connection, chain_id: int, height: int, index: int, trees: BlockTrees
+) -> ledger_pb2.Receipt | None:
+    """The receipt of the transaction at `index`: both audit paths, the header and the quorum
+    signatures; None while the block is not final."""
+    block = await conn.fetchrow(
+        "SELECT header, header_hash, final FROM blocks WHERE chain_id = $1 AND height = $2", chain_id, height
+    )
+    if block is None or not block["final"]:
         return None
-    return receipt_from_block(block, index)
+    row = await conn.fetchrow(
+        "SELECT tx_bytes, result_bytes FROM transactions WHERE chain_id = $1 AND height = $2 AND idx = $3",
+        chain_id,
+        height,
+        index,
+    )
+    if row is None:
+        return None
+    header_hash = bytes(block["header_hash"])
+    tx_tree, result_tree = await trees.get(conn, chain_id, height, header_hash)
+    return ledger_pb2.Receipt(
+        transaction=bytes(row["tx_bytes"]),
+        result=bytes(row["result_bytes"]),
+        index=index,
+        tree_size=tx_tree.size,
+        transaction_audit_path=tx_tree.proof(index),
+        result_audit_path=result_tree.proof(index),
+        header=bytes(block["header"]),
+        signatures=await matching_signatures(conn, chain_id, height, header_hash),
+    )
 
 
 async def invoice_row(conn: asyncpg.Connection, invoice_id: str, invoice_number: str) -> asyncpg.Record | None:

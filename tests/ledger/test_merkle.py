@@ -72,3 +72,16 @@ def test_out_of_range_index_is_rejected() -> None:
     with pytest.raises(ValueError):
         merkle.inclusion_proof([b"a"], 1)
     assert not merkle.verify_inclusion(b"a", 1, 1, [], merkle.root([b"a"]))
+
+
+@pytest.mark.parametrize("size", [1, 6, 97, 500])
+def test_one_tree_serves_every_proof_of_a_block(size: int) -> None:
+    # A validator keeps one MerkleTree per block for its receipts: its remembered subtree roots must
+    # give exactly the proofs and root computed from scratch, in any order of requests.
+    leaves = [f"tx-{i}".encode() for i in range(size)]
+    tree = merkle.MerkleTree.of(leaves)
+    for index in [*reversed(range(size)), *range(size)]:
+        assert tree.proof(index) == merkle.inclusion_proof(leaves, index)
+    assert tree.root() == merkle.root(leaves)
+    with pytest.raises(ValueError):
+        tree.proof(size)
