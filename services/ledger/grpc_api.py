@@ -55,14 +55,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
                 if not tx_id:
                     continue
                 if tx_id not in receipts:  # a fresh invoice's last transaction is its ISSUE
-                    where = await reads.locate_transaction(conn, tx_id)
-                    receipts[tx_id] = (
-                        None
-                        if where is None
-                        else await reads.final_receipt(
-                            conn, where["chain_id"], where["height"], where["idx"], self._trees
-                        )
-                    )
+                    _, receipts[tx_id] = await reads.transaction_receipt(conn, tx_id, self._trees)
                 receipt = receipts[tx_id]
                 if receipt is not None:
                     target.CopyFrom(receipt)
@@ -108,10 +101,9 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_service_pb2.GetTransactionResultResponse:
         _check_id(request.transaction_id, "transaction_id")
         async with self._pool.acquire() as conn:
-            where = await reads.locate_transaction(conn, request.transaction_id)
-            if where is None:
-                raise NotFound("UNKNOWN_TRANSACTION", "the ledger has not seen this transaction")
-            receipt = await reads.final_receipt(conn, where["chain_id"], where["height"], where["idx"], self._trees)
+            seen, receipt = await reads.transaction_receipt(conn, request.transaction_id, self._trees)
+        if not seen:
+            raise NotFound("UNKNOWN_TRANSACTION", "the ledger has not seen this transaction")
         if receipt is None:
             raise FailedPrecondition("NOT_FINAL", "the transaction's block is not final yet")
         return ledger_service_pb2.GetTransactionResultResponse(

@@ -53,15 +53,6 @@ async def matching_signatures(
     return signatures
 
 
-async def locate_transaction(conn: asyncpg.Connection, transaction_id: str) -> asyncpg.Record | None:
-    """Where a transaction was decided: its first claiming record, else its first record at all."""
-    return await conn.fetchrow(
-        "SELECT chain_id, height, idx, result_bytes FROM transactions WHERE transaction_id = $1"
-        " ORDER BY (claims_id AND NOT duplicate) DESC, chain_id, height, idx LIMIT 1",
-        transaction_id,
-    )
-
-
 class BlockTrees:
     """The transaction and result Merkle trees of recently read blocks, for receipts.
 
@@ -101,34 +92,33 @@ class BlockTrees:
         return trees
 
 
-async def final_receipt(
-    conn: asyncpg.Connection, chain_id: int, height: int, index: int, trees: BlockTrees
-) -> ledger_pb2.Receipt | None:
-    """The receipt of the transaction at `index`: both audit paths, the header and the quorum
-    signatures; None while the block is not final."""
-    block = await conn.fetchrow(
-        "SELECT header, header_hash, final FROM blocks WHERE chain_id = $1 AND height = $2", chain_id, height
-    )
-    if block is None or not block["final"]:
-        return None
+async def transaction_receipt(
+    conn: asyncpg.Connection, transaction_id: str, trees: BlockTrees
+) -> tuple[bool, ledger_pb2.Receipt | None]:
+    """(seen, receipt) of where a transaction was decided: its first claiming record, else its first
+    record at all. The receipt holds both audit paths, the header and the quorum signatures; it is None
+    while the block is not final (seen False: the ledger never saw the transaction)."""
     row = await conn.fetchrow(
-        "SELECT tx_bytes, result_bytes FROM transactions WHERE chain_id = $1 AND height = $2 AND idx = $3",
-        chain_id,
-        height,
-        index,
+        "SELECT t.chain_id, t.height, t.idx, t.tx_bytes, t.result_bytes, b.header, b.header_hash, b.final"
+        " FROM transactions t JOIN blocks b USING (chain_id, height) WHERE t.transaction_id = $1"
+        " ORDER BY (t.claims_id AND NOT t.duplicate) DESC, t.chain_id, t.height, t.idx LIMIT 1",
+        transaction_id,
     )
     if row is None:
-        return None
-    header_hash = bytes(block["header_hash"])
+        return False, None
+    if not row["final"]:
+        return True, None
+    chain_id, height, index = row["chain_id"], row["height"], row["idx"]
+    header_hash = bytes(row["header_hash"])
     tx_tree, result_tree = await trees.get(conn, chain_id, height, header_hash)
-    return ledger_pb2.Receipt(
+    return True, ledger_pb2.Receipt(
         transaction=bytes(row["tx_bytes"]),
         result=bytes(row["result_bytes"]),
         index=index,
         tree_size=tx_tree.size,
         transaction_audit_path=tx_tree.proof(index),
         result_audit_path=result_tree.proof(index),
-        header=bytes(block["header"]),
+        header=bytes(row["header"]),
         signatures=await matching_signatures(conn, chain_id, height, header_hash),
     )
 
