@@ -237,16 +237,6 @@ async def record_divergence(
     )
 
 
-async def mark_final(conn: asyncpg.Connection, blocks: list[tuple[int, int]]) -> None:
-    if blocks:
-        await conn.execute(
-            "UPDATE blocks SET final = true FROM unnest($1::int[], $2::bigint[]) AS f(c, h)"
-            " WHERE chain_id = f.c AND height = f.h",
-            [c for c, _ in blocks],
-            [h for _, h in blocks],
-        )
-
-
 async def mark_published(conn: asyncpg.Connection, blocks: list[tuple[int, int]]) -> None:
     if blocks:
         await conn.execute(

@@ -53,6 +53,8 @@ DIVERGENCES = Counter("fapiao_ledger_divergences_total", "Validators whose heade
 HEIGHT = Gauge("fapiao_ledger_height", "Last stored block height", ["chain"])
 
 FETCH_MAX_RECORDS = 5000
+HELD_SIGNATURES_LIMIT = 20_000
+LATE_SIGNATURES_BATCH = 100
 
 
 def result_publishers(validator_ids: list[str], chain_id: int) -> set[str]:
@@ -80,6 +82,11 @@ class Validator:
         self.votes: dict[tuple[int, int], dict[str, bytes]] = {}
         self.final: set[tuple[int, int]] = set()
         self.pending_results: dict[tuple[int, int], list[tuple[bool, bool, str, bytes]]] = {}
+        # Other validators' signatures are written with the finality they complete (one statement per
+        # finalized batch, not one per arrival); see _on_signatures.
+        self.held_signatures: dict[tuple[int, int], list[ledger_pb2.BlockSignature]] = {}
+        self.late_signatures: list[ledger_pb2.BlockSignature] = []
+        self._held = 0
         self.publish_queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self.pending_since: dict[int, float] = {}
         self.pending_started = asyncio.Event()  # a chain went from nothing pending to pending (markers)
@@ -287,14 +294,23 @@ class Validator:
         ]
         newly = self._claim_final(keys)
         if diverging or newly:  # usually neither: our signature is the first vote for a block
+            # Signatures that arrived before our block: those of blocks now final, and those of blocks
+            # we disagree on (kept as evidence), are stored now.
+            held = self._take_held([*newly, *{key for key, _, _ in diverging}])
             async with self.pool.acquire() as conn:
                 for key, validator_id, digest in diverging:
                     await self._report_divergence(conn, key, validator_id, digest)
-                if newly:
-                    await store.mark_final(conn, newly)
+                await store.store_signatures(conn, held, newly_final=newly)
         if newly:
             self._announce_final(newly)
         self.block_event.set()
+
+    def _take_held(self, keys: list[tuple[int, int]]) -> list[ledger_pb2.BlockSignature]:
+        taken: list[ledger_pb2.BlockSignature] = []
+        for key in dict.fromkeys(keys):
+            taken += self.held_signatures.pop(key, [])
+        self._held -= len(taken)
+        return taken
 
     async def _send_signature(self, chain_id: int, height: int, header: bytes, signature: bytes) -> None:
         envelope = signature_envelope(self.config.validator_id, chain_id, height, header, signature)
@@ -333,33 +349,60 @@ class Validator:
                         accepted.append(sig)
                 if accepted:
                     await self._on_signatures(accepted)
+                elif self.late_signatures:  # a quiet moment: store what arrived after finality
+                    await self._on_signatures([])
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
     async def _on_signatures(self, signatures: list[ledger_pb2.BlockSignature]) -> None:
+        """Record verified votes; store signatures with the finality they complete.
+
+        A signature of a block that is not final yet is held in memory and written in the statement
+        that marks its block final (a restart re-reads the signature topic, so nothing held is lost).
+        Signatures that diverge from our header are stored at once, as evidence; those arriving after
+        finality ride along with the next write, or are written when the topic is quiet. At most
+        HELD_SIGNATURES_LIMIT are held (a validator catching up from far behind writes them as they
+        come instead of keeping them).
+        """
         touched = []
+        diverging: list[tuple[tuple[int, int], str, bytes]] = []
+        to_store: list[ledger_pb2.BlockSignature] = []
+        for sig in signatures:
+            key = (sig.chain_id, sig.height)
+            votes = self.votes.setdefault(key, {})
+            known = votes.get(sig.validator_id)
+            if known is not None:
+                if known != sig.header_hash:
+                    log.error("validator signed two headers for one height", extra={"validator": sig.validator_id})
+                continue
+            votes[sig.validator_id] = sig.header_hash
+            touched.append(key)
+            own = self.own_hashes.get(key)
+            if own is not None and own != sig.header_hash:
+                diverging.append((key, sig.validator_id, sig.header_hash))
+                to_store.append(sig)
+            elif key in self.final:
+                self.late_signatures.append(sig)
+            else:
+                self.held_signatures.setdefault(key, []).append(sig)
+                self._held += 1
+        newly = self._claim_final(touched)
+        to_store += self._take_held(newly)
+        if self._held > HELD_SIGNATURES_LIMIT:
+            to_store += self._take_held(list(self.held_signatures))
+        if newly or diverging or not signatures or len(self.late_signatures) >= LATE_SIGNATURES_BATCH:
+            to_store += self.late_signatures
+            self.late_signatures = []
+        if not (to_store or newly or diverging):
+            return
         async with self.pool.acquire() as conn:
-            fresh = []
-            for sig in signatures:
-                key = (sig.chain_id, sig.height)
-                votes = self.votes.setdefault(key, {})
-                known = votes.get(sig.validator_id)
-                if known is not None:
-                    if known != sig.header_hash:
-                        log.error("validator signed two headers for one height", extra={"validator": sig.validator_id})
-                    continue
-                votes[sig.validator_id] = sig.header_hash
-                fresh.append(sig)
-                touched.append(key)
-                own = self.own_hashes.get(key)
-                if own is not None and own != sig.header_hash:
-                    await self._report_divergence(conn, key, sig.validator_id, sig.header_hash)
+            for key, validator_id, digest in diverging:
+                await self._report_divergence(conn, key, validator_id, digest)
             # The signatures and the finality they complete, in one statement.
-            newly = self._claim_final(touched)
-            await store.store_signatures(conn, fresh, newly_final=newly)
-            if newly:
-                self._announce_final(newly)
+            await store.store_signatures(conn, to_store, newly_final=newly)
+        if newly:
+            self._announce_final(newly)
 
     async def _report_divergence(
         self, conn: asyncpg.Connection, key: tuple[int, int], validator_id: str, theirs: bytes

@@ -89,6 +89,21 @@ async def test_ten_thousand_mixed_transactions_give_identical_chains(stack: Stac
         conn = await asyncpg.connect(stack.database_url)
         try:
             accepted = await conn.fetchval("SELECT count(*) FROM ledger_1.transactions WHERE accepted")
+
+            # Signatures are written with the finality they complete, the late fourth one once the
+            # signature topic is quiet: in the end every validator holds all four for every block.
+            async def all_signatures_stored() -> bool:
+                for i in range(1, 5):
+                    missing = await conn.fetchval(
+                        f"SELECT count(*) FROM {net.schema(i)}.blocks b WHERE NOT b.final OR (SELECT count(*)"
+                        f" FROM {net.schema(i)}.block_signatures s WHERE s.chain_id = b.chain_id"
+                        " AND s.height = b.height AND s.header_hash = b.header_hash) <> 4"
+                    )
+                    if missing:
+                        return False
+                return True
+
+            await wait_for(all_signatures_stored, 10, what="four stored signatures of every block")
         finally:
             await conn.close()
         assert 2_500 <= accepted < 10_000
