@@ -55,6 +55,8 @@ HEIGHT = Gauge("fapiao_ledger_height", "Last stored block height", ["chain"])
 FETCH_MAX_RECORDS = 5000
 HELD_SIGNATURES_LIMIT = 20_000
 LATE_SIGNATURES_BATCH = 100
+MARK_PUBLISHED_BATCH = 100
+MARK_PUBLISHED_EVERY_S = 0.2
 
 
 def result_publishers(validator_ids: list[str], chain_id: int) -> set[str]:
@@ -87,6 +89,7 @@ class Validator:
         self.held_signatures: dict[tuple[int, int], list[ledger_pb2.BlockSignature]] = {}
         self.late_signatures: list[ledger_pb2.BlockSignature] = []
         self._held = 0
+        self._unmarked: list[tuple[int, int]] = []  # published, not yet marked published
         self.publish_queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self.pending_since: dict[int, float] = {}
         self.pending_started = asyncio.Event()  # a chain went from nothing pending to pending (markers)
@@ -179,6 +182,9 @@ class Validator:
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+                if self._unmarked:  # a clean stop leaves nothing to republish
+                    with contextlib.suppress(Exception):
+                        await self._mark_published()
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
@@ -440,7 +446,16 @@ class Validator:
 
     async def _results_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            keys = [await self.publish_queue.get()]
+            if self._unmarked:
+                # Published blocks are marked in batches: at most MARK_PUBLISHED_EVERY_S after the last.
+                try:
+                    first = await asyncio.wait_for(self.publish_queue.get(), timeout=MARK_PUBLISHED_EVERY_S)
+                except TimeoutError:
+                    await self._mark_published()
+                    continue
+            else:
+                first = await self.publish_queue.get()
+            keys = [first]
             while not self.publish_queue.empty() and len(keys) < 100:
                 keys.append(self.publish_queue.get_nowait())
             # Only the chain's result publishers publish and mark (results_published means nothing on
@@ -464,10 +479,18 @@ class Validator:
         futures = []
         occurred_at = Timestamp()
         occurred_at.GetCurrentTime()
-        async with self.pool.acquire() as conn:
+        async with contextlib.AsyncExitStack() as stack:
+            conn: asyncpg.Connection | None = None  # acquired only if a block's results must be read
+
+            async def connection() -> asyncpg.Connection:
+                nonlocal conn
+                if conn is None:
+                    conn = await stack.enter_async_context(self.pool.acquire())
+                return conn
+
             for key, results in blocks:
                 if results is None:
-                    results = await store.block_results(conn, *key)
+                    results = await store.block_results(await connection(), *key)
                 for index, (duplicate, claims, transaction_id, raw) in enumerate(results):
                     if not transaction_id:
                         continue  # undecodable record: nobody awaits it
@@ -478,13 +501,22 @@ class Validator:
                         event_id = uuid.uuid5(event_id, f"unverified:{key[0]}:{key[1]}:{index}")
                     elif duplicate:
                         # A retried submission learns the original outcome (same event id).
-                        original = await store.original_final_result(conn, transaction_id)
+                        original = await store.original_final_result(await connection(), transaction_id)
                         if original is None:
                             continue
                         raw = original
                     futures.append(await self._send_result(transaction_id, event_id, raw, occurred_at))
-            await asyncio.gather(*futures)
-            await store.mark_published(conn, [key for key, _ in blocks])
+        await asyncio.gather(*futures)
+        # Marked in batches: a crash before the mark republishes those results, which consumers
+        # deduplicate (same event ids); it saves a write per block.
+        self._unmarked += [key for key, _ in blocks]
+        if len(self._unmarked) >= MARK_PUBLISHED_BATCH:
+            await self._mark_published()
+
+    async def _mark_published(self) -> None:
+        keys, self._unmarked = self._unmarked, []
+        async with self.pool.acquire() as conn:
+            await store.mark_published(conn, keys)
 
     async def _send_result(
         self, transaction_id: str, event_id: uuid.UUID, raw: bytes, occurred_at: Timestamp
