@@ -24,6 +24,34 @@ from fapiao_runtime.envelope import OutgoingEvent
 log = logging.getLogger(__name__)
 
 
+OUTBOX_INSERT = "INSERT INTO outbox (event_id, topic, kafka_key, kafka_partition, payload)"
+
+
+def outbox_source(first: int) -> str:
+    """A row source `ob(event_id, topic, kafka_key, kafka_partition, payload, n)` over the arrays of
+    `outbox_arrays`, bound from parameter `$first` on; n is the event's position (order of the ids).
+
+    For statements that write their own rows and their events at once (one round trip, atomic without
+    an explicit transaction): `... ob_rows AS (OUTBOX_INSERT SELECT ob.event_id, ob.topic, ob.kafka_key,
+    ob.kafka_partition, ob.payload FROM <guard>, outbox_source(k) ORDER BY ob.n)`.
+    """
+    return (
+        f"unnest(${first}::uuid[], ${first + 1}::text[], ${first + 2}::bytea[], ${first + 3}::int[],"
+        f" ${first + 4}::bytea[]) WITH ORDINALITY AS ob(event_id, topic, kafka_key, kafka_partition, payload, n)"
+    )
+
+
+def outbox_arrays(events: Sequence[OutgoingEvent]) -> list[list[object]]:
+    """The five parameters of `outbox_source`."""
+    return [
+        [e.event_id for e in events],
+        [e.topic for e in events],
+        [e.key for e in events],
+        [e.partition for e in events],
+        [e.envelope_bytes for e in events],
+    ]
+
+
 async def enqueue(conn: asyncpg.Connection, events: Sequence[OutgoingEvent]) -> None:
     """Insert `events` into the outbox of the connection's schema. Call inside the business transaction.
 
@@ -34,15 +62,9 @@ async def enqueue(conn: asyncpg.Connection, events: Sequence[OutgoingEvent]) -> 
     # One statement whatever the count (executemany would run the INSERT and its trigger per row);
     # ids follow the order of `events`.
     await conn.execute(
-        "INSERT INTO outbox (event_id, topic, kafka_key, kafka_partition, payload)"
-        " SELECT event_id, topic, kafka_key, kafka_partition, payload"
-        " FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::int[], $5::bytea[])"
-        " WITH ORDINALITY AS e(event_id, topic, kafka_key, kafka_partition, payload, n) ORDER BY n",
-        [e.event_id for e in events],
-        [e.topic for e in events],
-        [e.key for e in events],
-        [e.partition for e in events],
-        [e.envelope_bytes for e in events],
+        f"{OUTBOX_INSERT} SELECT event_id, topic, kafka_key, kafka_partition, payload FROM {outbox_source(1)}"
+        " ORDER BY n",
+        *outbox_arrays(events),
     )
 
 

@@ -16,7 +16,7 @@ import asyncpg
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.envelope import make_envelope, outgoing
 from fapiao_runtime.errors import AlreadyExists, FailedPrecondition, FapiaoError, NotFound
-from fapiao_runtime.outbox import enqueue
+from fapiao_runtime.outbox import OUTBOX_INSERT, enqueue, outbox_arrays, outbox_source
 from fapiao_runtime.topics import PAYMENTS
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -197,10 +197,9 @@ async def _insert_payments(
         f"""WITH input AS (
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
                     $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::smallint[],
-                    $14::bytea[], $15::uuid[], $16::bytea[], $17::bytea[]) WITH ORDINALITY
+                    $14::bytea[]) WITH ORDINALITY
                     AS t(payment_id, merchant_id, transaction_id, out_trade_no, amount_fen, payer_total_fen, currency,
-                         success_time, payer_ref, appid, trade_type, items, source, fingerprint,
-                         event_id, kafka_key, payload, n)
+                         success_time, payer_ref, appid, trade_type, items, source, fingerprint, n)
             ), inserted AS (
                 INSERT INTO payments ({_PAYMENT_COLUMNS})
                 SELECT payment_id, merchant_id, transaction_id, out_trade_no, amount_fen, payer_total_fen, currency,
@@ -209,10 +208,9 @@ async def _insert_payments(
                 ON CONFLICT DO NOTHING
                 RETURNING payment_id, merchant_id, transaction_id
             ), queued AS (
-                -- the runtime's transactional outbox (fapiao_runtime.outbox), in the same statement
-                INSERT INTO outbox (event_id, topic, kafka_key, kafka_partition, payload)
-                SELECT i.event_id, $18, i.kafka_key, NULL, i.payload
-                FROM input i JOIN inserted USING (payment_id) ORDER BY i.n
+                -- the runtime's transactional outbox, in the same statement: events of inserted rows only
+                {OUTBOX_INSERT} SELECT ob.event_id, ob.topic, ob.kafka_key, ob.kafka_partition, ob.payload
+                FROM {outbox_source(15)} JOIN input i ON i.n = ob.n JOIN inserted USING (payment_id) ORDER BY ob.n
             )
             SELECT merchant_id, transaction_id FROM inserted""",
         ids,
@@ -229,10 +227,7 @@ async def _insert_payments(
         [_items_blob(c.items) for c in ordered],
         [c.source for c in ordered],
         [payment_fingerprint(c) for c in ordered],
-        [e.event_id for e in events],
-        [e.key for e in events],
-        [e.envelope_bytes for e in events],
-        PAYMENTS.name,
+        *outbox_arrays(events),
     )
     inserted = {(r["merchant_id"], r["transaction_id"]) for r in inserted_rows}
     new_payments = {cmd.key: payment for cmd, payment in zip(ordered, candidates, strict=True) if cmd.key in inserted}

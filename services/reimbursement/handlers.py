@@ -246,12 +246,9 @@ class ReimbursementHandlers:
     async def _persist_and_submit(
         self, tax_id: str, key: str, operation: str, digest: bytes, rows: list[TxRow]
     ) -> int | None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            request_id = await store.insert_request_with_transactions(conn, tax_id, key, operation, digest, rows)
-            if request_id is None:
-                return None
-            await self._ledger.submit(conn, [self._body(tax_id, row) for row in rows])
-        return request_id
+        # The request, its transactions and their signed ledger transactions (outbox) in one statement.
+        events = self._ledger.transaction_events([self._body(tax_id, row) for row in rows])
+        return await store.insert_request_with_transactions(self._pool, tax_id, key, operation, digest, rows, events)
 
     @staticmethod
     def _body(tax_id: str, row: TxRow) -> ledger_pb2.TransactionBody:

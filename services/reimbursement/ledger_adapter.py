@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import asyncpg
 import grpc
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
+from fapiao_runtime.envelope import OutgoingEvent
 from fapiao_runtime.errors import DeadlineExceeded, Unavailable
 from fapiao_runtime.ledger_client import (
     LedgerResultWaiter,
@@ -105,9 +106,11 @@ class ValidatorLedger:
             log.warning("validator returned a receipt that does not verify", extra={"transaction_id": transaction_id})
             return None
 
+    def transaction_events(self, bodies: Sequence[ledger_pb2.TransactionBody]) -> list[OutgoingEvent]:
+        return [transaction_event(sign_transaction(b, self._key), b.invoice_id, self._producer) for b in bodies]
+
     async def submit(self, conn: asyncpg.Connection, bodies: Sequence[ledger_pb2.TransactionBody]) -> None:
-        events = [transaction_event(sign_transaction(b, self._key), b.invoice_id, self._producer) for b in bodies]
-        await enqueue(conn, events)
+        await enqueue(conn, self.transaction_events(bodies))
 
     async def wait_results(
         self, transaction_ids: Sequence[str], timeout_s: float

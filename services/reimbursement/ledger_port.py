@@ -12,6 +12,7 @@ from typing import Protocol
 
 import asyncpg
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
+from fapiao_runtime.envelope import OutgoingEvent
 
 
 class LedgerPort(Protocol):
@@ -20,6 +21,13 @@ class LedgerPort(Protocol):
 
     async def transaction_result(self, transaction_id: str) -> ledger_pb2.TransactionResult | None:
         """The final result of a transaction, or None when it is not final (or not known) yet."""
+
+    def transaction_events(self, bodies: Sequence[ledger_pb2.TransactionBody]) -> list[OutgoingEvent]:
+        """Sign `bodies` and package them as outbox events (no I/O).
+
+        The caller writes them to its outbox in the statement that records the request
+        (`fapiao_runtime.outbox.outbox_source`); nothing reaches the ledger unless that commits.
+        """
 
     async def submit(self, conn: asyncpg.Connection, bodies: Sequence[ledger_pb2.TransactionBody]) -> None:
         """Sign `bodies` and enqueue them for the ledger inside the caller's open transaction on `conn`.

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.envelope import OutgoingEvent
+from fapiao_runtime.outbox import OUTBOX_INSERT, outbox_arrays, outbox_source
 
 from reimbursement.organisations import Organisation
 
@@ -111,11 +113,18 @@ async def find_request(conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, key
 
 
 async def insert_request_with_transactions(
-    conn: asyncpg.Connection, tax_id: str, key: str, operation: str, digest: bytes, rows: Sequence[TxRow]
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tax_id: str,
+    key: str,
+    operation: str,
+    digest: bytes,
+    rows: Sequence[TxRow],
+    events: Sequence[OutgoingEvent] = (),
 ) -> int | None:
-    """Insert the request and its REQUESTED transactions in one statement (one round trip).
+    """Insert the request, its REQUESTED transactions and their ledger `events` (outbox) in one statement:
+    one round trip, atomic without an explicit transaction.
 
-    None if the key is already taken (then nothing is inserted).
+    None if the key is already taken (then nothing is inserted, events included).
     """
     value = await conn.fetchval(
         "WITH req AS (INSERT INTO reimbursement_requests"
@@ -125,7 +134,9 @@ async def insert_request_with_transactions(
         " organisation_tax_id, invoice_number, invoice_id)"
         " SELECT t.transaction_id, req.id, t.position, 'REQUESTED', t.action, $1, t.invoice_number, t.invoice_id"
         " FROM req, unnest($5::uuid[], $6::int[], $7::text[], $8::text[], $9::text[])"
-        " AS t (transaction_id, position, action, invoice_number, invoice_id))"
+        " AS t (transaction_id, position, action, invoice_number, invoice_id)),"
+        f" queued AS ({OUTBOX_INSERT} SELECT ob.event_id, ob.topic, ob.kafka_key, ob.kafka_partition, ob.payload"
+        f" FROM req, {outbox_source(10)} ORDER BY ob.n)"
         " SELECT id FROM req",
         tax_id,
         key,
@@ -136,6 +147,7 @@ async def insert_request_with_transactions(
         [r.action for r in rows],
         [r.invoice_number for r in rows],
         [r.invoice_id for r in rows],
+        *outbox_arrays(events),
     )
     return None if value is None else int(value)
 

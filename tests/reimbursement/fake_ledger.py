@@ -16,7 +16,8 @@ import asyncpg
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
 from fapiao_runtime import merkle
-from fapiao_runtime.ledger_client import SigningKey
+from fapiao_runtime.envelope import OutgoingEvent
+from fapiao_runtime.ledger_client import SigningKey, sign_transaction, transaction_event
 
 S = ledger_pb2
 
@@ -37,6 +38,7 @@ class FakeLedger:
         self.paused = asyncio.Event()
         self.paused.set()
         self._events: dict[str, asyncio.Event] = {}
+        self._prepared: dict[str, ledger_pb2.TransactionBody] = {}  # events handed out, not yet awaited
 
     @property
     def public_keys(self) -> dict[str, object]:
@@ -87,21 +89,45 @@ class FakeLedger:
         return reply
 
     async def transaction_result(self, transaction_id: str) -> ledger_pb2.TransactionResult | None:
+        self._submit_prepared([transaction_id])
         found = self.results.get(transaction_id)
         return None if found is None else found[0]
+
+    def transaction_events(self, bodies: Sequence[ledger_pb2.TransactionBody]) -> list[OutgoingEvent]:
+        """Events the service writes with its request. The fake cannot see that write commit, so it
+        takes a transaction as submitted when its outcome is first awaited: the service awaits right
+        after committing, and never awaits the transactions of a request it failed to record."""
+        events = []
+        for body in bodies:
+            copy = S.TransactionBody()
+            copy.CopyFrom(body)
+            self._prepared[body.transaction_id] = copy
+            events.append(transaction_event(sign_transaction(copy, self.submitter), copy.invoice_id, "fake"))
+        return events
+
+    def _submit_prepared(self, transaction_ids: Sequence[str]) -> None:
+        for tx_id in transaction_ids:
+            body = self._prepared.pop(tx_id, None)
+            if body is not None:
+                self._schedule(body)
+
+    def _schedule(self, body: ledger_pb2.TransactionBody) -> None:
+        self.submitted.append(body)
+        self._events.setdefault(body.transaction_id, asyncio.Event())
+        asyncio.get_running_loop().create_task(self._decide_later(body))
 
     async def submit(self, conn: asyncpg.Connection, bodies: Sequence[ledger_pb2.TransactionBody]) -> None:
         assert conn.is_in_transaction(), "submission must happen inside the caller's transaction"
         for body in bodies:
             copy = S.TransactionBody()
             copy.CopyFrom(body)
-            self.submitted.append(copy)
-            self._events.setdefault(body.transaction_id, asyncio.Event())
-            asyncio.get_running_loop().create_task(self._decide_later(copy))
+            self._schedule(copy)
 
     async def wait_results(
         self, transaction_ids: Sequence[str], timeout_s: float
     ) -> dict[str, ledger_pb2.TransactionResult]:
+        self._submit_prepared(transaction_ids)
+
         async def one(tx_id: str) -> None:
             await self._events.setdefault(tx_id, asyncio.Event()).wait()
 
