@@ -303,12 +303,7 @@ class Validator:
             # Signatures that arrived before our block: those of blocks now final, and those of blocks
             # we disagree on (kept as evidence), are stored now.
             held = self._take_held([*newly, *{key for key, _, _ in diverging}])
-            async with self.pool.acquire() as conn:
-                for key, validator_id, digest in diverging:
-                    await self._report_divergence(conn, key, validator_id, digest)
-                await store.store_signatures(conn, held, newly_final=newly)
-        if newly:
-            self._announce_final(newly)
+            await self._write_votes(diverging, held, newly)
         self.block_event.set()
 
     def _take_held(self, keys: list[tuple[int, int]]) -> list[ledger_pb2.BlockSignature]:
@@ -400,15 +395,22 @@ class Validator:
         if newly or diverging or not signatures or len(self.late_signatures) >= LATE_SIGNATURES_BATCH:
             to_store += self.late_signatures
             self.late_signatures = []
-        if not (to_store or newly or diverging):
-            return
+        if to_store or newly or diverging:
+            await self._write_votes(diverging, to_store, newly)
+
+    async def _write_votes(
+        self,
+        diverging: list[tuple[tuple[int, int], str, bytes]],
+        signatures: list[ledger_pb2.BlockSignature],
+        newly_final: list[tuple[int, int]],
+    ) -> None:
+        """Report divergences, then store signatures with the finality they complete (one statement)."""
         async with self.pool.acquire() as conn:
             for key, validator_id, digest in diverging:
                 await self._report_divergence(conn, key, validator_id, digest)
-            # The signatures and the finality they complete, in one statement.
-            await store.store_signatures(conn, to_store, newly_final=newly)
-        if newly:
-            self._announce_final(newly)
+            await store.store_signatures(conn, signatures, newly_final=newly_final)
+        if newly_final:
+            self._announce_final(newly_final)
 
     async def _report_divergence(
         self, conn: asyncpg.Connection, key: tuple[int, int], validator_id: str, theirs: bytes

@@ -23,6 +23,15 @@ pytestmark = pytest.mark.integration
 S = ledger_pb2.InvoiceLedgerStatus
 
 
+async def audit_chain(net: LedgerNetwork, validator: int, chain: int) -> ledger_service_pb2.AuditChainResponse:
+    """AuditChain of `chain` as validator `validator` sees its own database."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{net.processes[validator].port}") as channel:
+        response: ledger_service_pb2.AuditChainResponse = await ledger_service_pb2_grpc.LedgerServiceStub(
+            channel
+        ).AuditChain(ledger_service_pb2.AuditChainRequest(chain_id=chain))
+        return response
+
+
 async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> None:
     net = LedgerNetwork(stack, extra_env={"FAPIAO_LEDGER_CUT_MS": "20"})
     await net.start()
@@ -170,16 +179,10 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
             )
         finally:
             await conn.close()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{net.processes[4].port}") as channel:
-            audit = await ledger_service_pb2_grpc.LedgerServiceStub(channel).AuditChain(
-                ledger_service_pb2.AuditChainRequest(chain_id=chain)
-            )
+        audit = await audit_chain(net, 4, chain)
         assert not audit.ok
         assert {f.height for f in audit.findings} == {edited_tx, edited_header}, audit.findings
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{net.processes[1].port}") as channel:
-            untouched = await ledger_service_pb2_grpc.LedgerServiceStub(channel).AuditChain(
-                ledger_service_pb2.AuditChainRequest(chain_id=chain)
-            )
+        untouched = await audit_chain(net, 1, chain)
         assert untouched.ok
 
         # So is a key registration swapped for another in one validator's database: the registrations
@@ -197,10 +200,7 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
             )
         finally:
             await conn.close()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{net.processes[3].port}") as channel:
-            swapped = await ledger_service_pb2_grpc.LedgerServiceStub(channel).AuditChain(
-                ledger_service_pb2.AuditChainRequest(chain_id=chain)
-            )
+        swapped = await audit_chain(net, 3, chain)
         assert not swapped.ok
         assert any(f.height == registered_at and "registrations root" in f.problem for f in swapped.findings), (
             swapped.findings
