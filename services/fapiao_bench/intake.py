@@ -160,7 +160,7 @@ class _NoopIntake(service_grpc.PaymentIntakeServiceServicer):
 
 async def _serve_noop(port: int) -> None:
     server = GrpcServer(["fapiao.payments.v1.PaymentIntakeService"])
-    service_grpc.add_PaymentIntakeServiceServicer_to_server(_NoopIntake(), server.server)  # type: ignore[abstract]
+    server.add_servicer(service_grpc.add_PaymentIntakeServiceServicer_to_server, _NoopIntake())  # type: ignore[abstract]
     await server.start("127.0.0.1", port)
     await asyncio.sleep(600)  # killed by the benchmark long before
 

@@ -49,7 +49,7 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
         deps = build_deps(settings, cfg.service_name)
         claims = ClaimPipeline(ctx.pool, deps)
         offers = OfferWaiter(cfg.database_url)
-        add_servicer(server.server, InvoiceMintingServicer(ctx.pool, deps, claims, offers))
+        server.add_servicer(add_servicer, InvoiceMintingServicer(ctx.pool, deps, claims, offers))
 
         async def merchant_handler(conn, envelope):  # type: ignore[no-untyped-def]
             await on_merchant_event(conn, envelope, deps)

@@ -222,7 +222,7 @@ class InvoiceMintingServicer:
         return api.ListIssuerKeysResponse(keys=[_key_proto(k) for k in keys])
 
 
-def add_servicer(server: grpc.aio.Server, servicer: InvoiceMintingServicer) -> None:
+def add_servicer(servicer: InvoiceMintingServicer, server: grpc.aio.Server) -> None:
     """Register every RPC of the service with lenient request decoding."""
     descriptor = api.DESCRIPTOR.services_by_name["InvoiceMintingService"]
     handlers = {}
@@ -235,3 +235,4 @@ def add_servicer(server: grpc.aio.Server, servicer: InvoiceMintingServicer) -> N
             response_serializer=response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

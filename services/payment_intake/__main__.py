@@ -52,8 +52,9 @@ def wiring(settings: IntakeSettings):  # type: ignore[no-untyped-def]
             linger_ms=settings.batch_linger_ms,
         )
         handlers = IntakeHandlers(ctx.pool, directory, batcher)
-        service_grpc.add_PaymentIntakeServiceServicer_to_server(
-            PaymentIntakeServicer(handlers, settings.payer_hash_key), server.server
+        server.add_servicer(
+            service_grpc.add_PaymentIntakeServiceServicer_to_server,
+            PaymentIntakeServicer(handlers, settings.payer_hash_key),
         )
         receiver = NotificationReceiver(
             handlers,

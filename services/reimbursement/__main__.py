@@ -96,8 +96,8 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
     )
 
     api = GrpcServer([SERVICE_NAME])
-    rpb_grpc.add_ReimbursementServiceServicer_to_server(
-        ReimbursementServicer(requests_pool, handlers, verifier), api.server
+    api.add_servicer(
+        rpb_grpc.add_ReimbursementServiceServicer_to_server, ReimbursementServicer(requests_pool, handlers, verifier)
     )
     tls = TlsConfig(
         cert_chain_pem=settings.tls_cert_file.read_bytes(),

@@ -243,13 +243,13 @@ async def start_fake_backends(validators_up: int = 2) -> FakeBackends:
     ledger = FakeLedger(world)
     servers = []
     minting_server = GrpcServer(["fapiao.invoicing.v1.InvoiceMintingService"])
-    minting_grpc.add_InvoiceMintingServiceServicer_to_server(minting, minting_server.server)
+    minting_server.add_servicer(minting_grpc.add_InvoiceMintingServiceServicer_to_server, minting)
     minting_port = await minting_server.start("127.0.0.1", 0)
     servers.append(minting_server)
     ledger_ports = []
     for _ in range(validators_up):
         server = GrpcServer(["fapiao.ledger.v1.LedgerService"])
-        ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(ledger, server.server)
+        server.add_servicer(ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, ledger)
         ledger_ports.append(await server.start("127.0.0.1", 0))
         servers.append(server)
     intake = FakeIntake()

@@ -72,7 +72,9 @@ async def api(database_url: str, pki: Pki) -> AsyncIterator[ApiUnderTest]:
     handlers = ReimbursementHandlers(pool, ledger, HandlerSettings(max_wait_s=2.0))
     verifier = InvoiceVerifier(pool, ledger, ledger.public_keys, None, VerificationSettings(5, 50.0))  # type: ignore[arg-type]
     server = GrpcServer(["fapiao.reimbursement.v1.ReimbursementService"])
-    rpb_grpc.add_ReimbursementServiceServicer_to_server(ReimbursementServicer(pool, handlers, verifier), server.server)
+    server.add_servicer(
+        rpb_grpc.add_ReimbursementServiceServicer_to_server, ReimbursementServicer(pool, handlers, verifier)
+    )
     port = await server.start(
         "127.0.0.1", 0, TlsConfig(pki.server.cert_pem, pki.server.key_pem, client_ca_pem=pki.ca.cert_pem)
     )
