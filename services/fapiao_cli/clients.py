@@ -12,20 +12,21 @@ from fapiao.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
 from fapiao.payments.v1 import payment_intake_service_pb2 as intake_api
 from fapiao.payments.v1 import payment_intake_service_pb2_grpc as intake_grpc
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as reimbursement_grpc
+from fapiao_runtime.grpc_client import internal_channel
 
 from fapiao_cli.local import PKI_DIR, grpc_address, ledger_addresses, reimbursement_address
 
 
 def minting() -> minting_grpc.InvoiceMintingServiceStub:
-    return minting_grpc.InvoiceMintingServiceStub(grpc.aio.insecure_channel(grpc_address("invoice_minting")))
+    return minting_grpc.InvoiceMintingServiceStub(internal_channel(grpc_address("invoice_minting")))
 
 
 def intake() -> intake_grpc.PaymentIntakeServiceStub:
-    return intake_grpc.PaymentIntakeServiceStub(grpc.aio.insecure_channel(grpc_address("payment_intake")))
+    return intake_grpc.PaymentIntakeServiceStub(internal_channel(grpc_address("payment_intake")))
 
 
 def ledgers() -> list[ledger_grpc.LedgerServiceStub]:
-    return [ledger_grpc.LedgerServiceStub(grpc.aio.insecure_channel(a)) for a in ledger_addresses()]
+    return [ledger_grpc.LedgerServiceStub(internal_channel(a)) for a in ledger_addresses()]
 
 
 def reimbursement_for(org_tax_id: str) -> reimbursement_grpc.ReimbursementServiceStub:

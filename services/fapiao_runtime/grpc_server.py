@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,6 +33,19 @@ class TlsConfig:
     cert_chain_pem: bytes
     private_key_pem: bytes
     client_ca_pem: bytes | None = None
+
+    @classmethod
+    def from_env(cls, prefix: str = "FAPIAO_GRPC_TLS") -> TlsConfig | None:
+        """`{prefix}_CERT_FILE`, `_KEY_FILE` and optional `_CLIENT_CA_FILE` (PEM paths); None when no
+        certificate is configured. A certificate without its key is a configuration error."""
+        cert = os.environ.get(f"{prefix}_CERT_FILE", "")
+        if not cert:
+            return None
+        key = os.environ.get(f"{prefix}_KEY_FILE", "")
+        if not key:
+            raise ValueError(f"{prefix}_KEY_FILE is required with {prefix}_CERT_FILE")
+        client_ca = os.environ.get(f"{prefix}_CLIENT_CA_FILE", "")
+        return cls(Path(cert).read_bytes(), Path(key).read_bytes(), Path(client_ca).read_bytes() if client_ca else None)
 
 
 _ID_PREFIX = secrets.token_hex(6)

@@ -21,8 +21,13 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
-def new_producer(bootstrap: str, *, client_id: str, linger_ms: int = 2) -> AIOKafkaProducer:
-    """An idempotent producer (acks=all, enable_idempotence=True). The caller starts and stops it."""
+def new_producer(bootstrap: str, *, client_id: str, linger_ms: int = 0) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all, enable_idempotence=True). The caller starts and stops it.
+
+    No linger by default: a send goes out at once, and the sends made while a request is in flight
+    form the next one (natural batching). Each hop a record makes (markers, block signatures,
+    results, outbox events) is then a round trip shorter than with a fixed wait.
+    """
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,

@@ -71,6 +71,7 @@ async def run_service(
     """Run one service process until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully.
 
     Order on start: logging, topics, pool + migrations, producer, outbox relay, servicers, gRPC server.
+    The server uses `tls`, else FAPIAO_GRPC_TLS_* (TlsConfig.from_env), else plaintext.
     Order on stop: health NOT_SERVING, in-flight RPCs drain, background tasks stop, producer flushes.
     """
     configure_logging(config.service_name, config.log_level)
@@ -91,7 +92,7 @@ async def run_service(
     background = await wire(ctx, server)
     tasks = [asyncio.ensure_future(relay.run(stop)), asyncio.ensure_future(_refresh_gauges(ctx))]
     tasks += [asyncio.ensure_future(c) for c in background]
-    await server.start(config.grpc_host, config.grpc_port, tls)
+    await server.start(config.grpc_host, config.grpc_port, tls if tls is not None else TlsConfig.from_env())
     log.info("service ready", extra={"grpc_port": server.port})
     try:
         waiter = asyncio.ensure_future(stop.wait())

@@ -29,6 +29,7 @@ from fapiao_runtime.errors import (
     Unavailable,
     reason_of,
 )
+from fapiao_runtime.grpc_client import internal_channel, internal_credentials
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,7 +76,7 @@ class MintingClient:
     """InvoiceMintingService over one channel (the service load-balances behind its endpoint)."""
 
     def __init__(self, endpoint: str, timeout_s: float) -> None:
-        self._channel = grpc.aio.insecure_channel(endpoint)
+        self._channel = internal_channel(endpoint)
         self._stub = minting_grpc.InvoiceMintingServiceStub(self._channel)
         self._timeout_s = timeout_s
 
@@ -109,7 +110,8 @@ class LedgerClient:
     def __init__(self, endpoints: tuple[str, ...], timeout_s: float) -> None:
         if not endpoints:
             raise ValueError("at least one ledger endpoint is required")
-        self._channels = [grpc.aio.insecure_channel(endpoint) for endpoint in endpoints]
+        credentials = internal_credentials()
+        self._channels = [internal_channel(endpoint, credentials) for endpoint in endpoints]
         self._stubs = [ledger_service_pb2_grpc.LedgerServiceStub(channel) for channel in self._channels]
         self._next = itertools.cycle(range(len(self._stubs)))
         self._timeout_s = timeout_s

@@ -56,6 +56,8 @@ FETCH_MAX_RECORDS = 5000
 HELD_SIGNATURES_LIMIT = 20_000
 LATE_SIGNATURES_BATCH = 100
 MARK_PUBLISHED_BATCH = 100
+STAND_IN_MIN_S = 0.25
+MARKER_RESEND_MIN_S = 1.0
 MARK_PUBLISHED_EVERY_S = 0.2
 
 
@@ -540,7 +542,11 @@ class Validator:
         pending gets a transaction (`pending_started`), so idle validators do not wake up at all.
         """
         cut_s = self.config.cut_ms / 1000
-        resend_s = max(2 * cut_s, 0.05)
+        # A marker whose send was acknowledged is in the log: every validator reads it. Sending it again
+        # only adds records every validator must read, so the same height is re-marked only after a
+        # long pause (a lost send, a stuck producer), never while a loaded broker is merely slow.
+        resend_s = max(50 * cut_s, MARKER_RESEND_MIN_S)
+        stand_in_s = max(10 * cut_s, STAND_IN_MIN_S)
         while not stop.is_set():
             # Cleared before the scan: a chain that starts pending during it wakes the next wait.
             self.pending_started.clear()
@@ -549,10 +555,10 @@ class Validator:
             for chain_id, chain in self.chains.items():
                 if not chain.has_pending:
                     continue
-                # One validator per chain cuts on time; the others step in only if it is slow or down,
-                # after long enough for the designated marker's round trip through a busy broker.
+                # One validator per chain cuts on time; the others step in only if it is down, after
+                # long enough for the designated marker's round trip through a loaded broker.
                 designated = chain_id % self._validators == self._rank
-                wait_s = cut_s if designated else max(3 * cut_s, 0.1)
+                wait_s = cut_s if designated else stand_in_s
                 due = self.pending_since.get(chain_id, now) + wait_s
                 sent_height, sent_at = self.last_marker.get(chain_id, (-1, 0.0))
                 if sent_height == chain.height:

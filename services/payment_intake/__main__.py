@@ -75,16 +75,6 @@ def wiring(settings: IntakeSettings):  # type: ignore[no-untyped-def]
     return wire
 
 
-def tls_config(settings: IntakeSettings) -> TlsConfig | None:
-    """TLS for the gRPC edge when FAPIAO_INTAKE_TLS_CERT_FILE is set (mutual with a client CA file)."""
-    if not settings.tls_cert_file:
-        return None
-    if not settings.tls_key_file:
-        raise ValueError("FAPIAO_INTAKE_TLS_KEY_FILE is required with FAPIAO_INTAKE_TLS_CERT_FILE")
-    client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
-    return TlsConfig(Path(settings.tls_cert_file).read_bytes(), Path(settings.tls_key_file).read_bytes(), client_ca)
-
-
 def main() -> None:
     config = RuntimeConfig.from_env("payment_intake", DEFAULT_GRPC_PORT, db_schema=DB_SCHEMA)
     settings = IntakeSettings.from_env()
@@ -94,7 +84,8 @@ def main() -> None:
             service_names=[SERVICE_NAME],
             migrations=Path(__file__).parent / "migrations",
             wire=wiring(settings),
-            tls=tls_config(settings),
+            # FAPIAO_INTAKE_TLS_* for the payment systems' edge; else the runtime's FAPIAO_GRPC_TLS_*.
+            tls=TlsConfig.from_env("FAPIAO_INTAKE_TLS"),
         )
     )
 

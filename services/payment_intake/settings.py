@@ -68,10 +68,6 @@ class IntakeSettings:
     batch_workers: int
     batch_linger_ms: int
     max_pending: int
-    # gRPC TLS (PEM files); with a client CA, payment systems must present a certificate it signed.
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    tls_client_ca_file: str = ""
     # Former FAPIAO_SECRETS_KEY values (FAPIAO_SECRETS_KEY_PREVIOUS) during a rotation: they still open.
     previous_secrets_keys: tuple[bytes, ...] = ()
 
@@ -93,9 +89,6 @@ class IntakeSettings:
             batch_workers=env_int("FAPIAO_INTAKE_BATCH_WORKERS", 2),
             batch_linger_ms=env_int("FAPIAO_INTAKE_BATCH_LINGER_MS", 1),
             max_pending=env_int("FAPIAO_INTAKE_MAX_PENDING", 10_000),
-            tls_cert_file=env_str("FAPIAO_INTAKE_TLS_CERT_FILE", ""),
-            tls_key_file=env_str("FAPIAO_INTAKE_TLS_KEY_FILE", ""),
-            tls_client_ca_file=env_str("FAPIAO_INTAKE_TLS_CLIENT_CA_FILE", ""),
             previous_secrets_keys=tuple(previous_keys_from_env()),
         )
 

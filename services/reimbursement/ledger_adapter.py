@@ -13,6 +13,7 @@ import grpc
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
 from fapiao_runtime.envelope import OutgoingEvent
 from fapiao_runtime.errors import DeadlineExceeded, Unavailable
+from fapiao_runtime.grpc_client import internal_channel, internal_credentials
 from fapiao_runtime.ledger_client import (
     LedgerResultWaiter,
     SigningKey,
@@ -50,7 +51,8 @@ class ValidatorLedger:
     ) -> None:
         if not endpoints:
             raise ValueError("at least one ledger endpoint is required (FAPIAO_LEDGER_ENDPOINTS)")
-        self._channels = [grpc.aio.insecure_channel(e) for e in endpoints]
+        credentials = internal_credentials()
+        self._channels = [internal_channel(e, credentials) for e in endpoints]
         self._stubs = [ledger_service_pb2_grpc.LedgerServiceStub(c) for c in self._channels]
         self._next = itertools.cycle(range(len(self._stubs)))
         self._key = signing_key

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 
 import grpc
+from fapiao_runtime.grpc_client import internal_channel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # FAPIAO_PORT_OFFSET shifts every port of the local stack, so a second stack (a test run of the CLI,
@@ -68,9 +69,11 @@ def local_services() -> list[ServiceSpec]:
 
 
 async def grpc_health(port: int, timeout_s: float = 1.0, host: str = "127.0.0.1") -> str:
-    """The overall status reported by the standard health service on `port` ("SERVING", ... or "DOWN")."""
+    """The overall status reported by the standard health service on `port` ("SERVING", ... or "DOWN").
+
+    Over TLS when FAPIAO_GRPC_CA_FILE is set (fapiao_runtime.grpc_client), as every internal client."""
     try:
-        async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+        async with internal_channel(f"{host}:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
             return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

@@ -1,0 +1,38 @@
+"""Channels to Fapiao's internal gRPC services: plaintext by default, TLS when a CA is configured.
+
+FAPIAO_GRPC_CA_FILE: PEM trust roots of the internal servers (those run with FAPIAO_GRPC_TLS_*); set,
+every internal channel uses TLS and checks the server's certificate against them.
+FAPIAO_GRPC_CLIENT_CERT_FILE / FAPIAO_GRPC_CLIENT_KEY_FILE: this process's certificate, for servers
+that require mutual TLS (FAPIAO_GRPC_TLS_CLIENT_CA_FILE).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+
+
+def _read(name: str) -> bytes | None:
+    path = os.environ.get(name, "")
+    return Path(path).read_bytes() if path else None
+
+
+def internal_credentials() -> grpc.ChannelCredentials | None:
+    """TLS credentials from the environment; None when FAPIAO_GRPC_CA_FILE is unset (plaintext)."""
+    roots = _read("FAPIAO_GRPC_CA_FILE")
+    if roots is None:
+        return None
+    cert, key = _read("FAPIAO_GRPC_CLIENT_CERT_FILE"), _read("FAPIAO_GRPC_CLIENT_KEY_FILE")
+    if (cert is None) != (key is None):
+        raise ValueError("FAPIAO_GRPC_CLIENT_CERT_FILE and FAPIAO_GRPC_CLIENT_KEY_FILE go together")
+    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=cert)
+
+
+def internal_channel(endpoint: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """A channel to `endpoint` with `credentials`, else those of the environment, else plaintext."""
+    credentials = credentials or internal_credentials()
+    if credentials is None:
+        return grpc.aio.insecure_channel(endpoint)
+    return grpc.aio.secure_channel(endpoint, credentials)
