@@ -26,6 +26,8 @@ class LedgerConfig:
     max_txs: int
     cut_ms: int
     quorum: int
+    # A chain's result publishers mark published blocks in batches: at most this long after the last.
+    mark_published_ms: int = 200
 
     @classmethod
     def from_env(cls) -> LedgerConfig:
@@ -52,6 +54,9 @@ class LedgerConfig:
             raise ValueError("FAPIAO_LEDGER_MAX_TXS must be within 1..10000")
         if not 1 <= cut_ms <= 60_000:
             raise ValueError("FAPIAO_LEDGER_CUT_MS must be within 1..60000")
+        mark_published_ms = env_int("FAPIAO_LEDGER_MARK_PUBLISHED_MS", 200)
+        if not 1 <= mark_published_ms <= 3_600_000:
+            raise ValueError("FAPIAO_LEDGER_MARK_PUBLISHED_MS must be within 1..3600000")
         quorum = env_int("FAPIAO_LEDGER_QUORUM", quorum_for(len(validator_keys)))
         if not len(validator_keys) // 2 < quorum <= len(validator_keys):
             raise ValueError("FAPIAO_LEDGER_QUORUM must be a majority of the validators")
@@ -63,4 +68,5 @@ class LedgerConfig:
             max_txs=max_txs,
             cut_ms=cut_ms,
             quorum=quorum,
+            mark_published_ms=mark_published_ms,
         )

@@ -58,7 +58,6 @@ LATE_SIGNATURES_BATCH = 100
 MARK_PUBLISHED_BATCH = 100
 STAND_IN_MIN_S = 0.25
 MARKER_RESEND_MIN_S = 1.0
-MARK_PUBLISHED_EVERY_S = 0.2
 
 
 def result_publishers(validator_ids: list[str], chain_id: int) -> set[str]:
@@ -451,9 +450,11 @@ class Validator:
     async def _results_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             if self._unmarked:
-                # Published blocks are marked in batches: at most MARK_PUBLISHED_EVERY_S after the last.
+                # Published blocks are marked in batches: at most mark_published_ms after the last.
                 try:
-                    first = await asyncio.wait_for(self.publish_queue.get(), timeout=MARK_PUBLISHED_EVERY_S)
+                    first = await asyncio.wait_for(
+                        self.publish_queue.get(), timeout=self.config.mark_published_ms / 1000
+                    )
                 except TimeoutError:
                     await self._mark_published()
                     continue

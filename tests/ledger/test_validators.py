@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -14,9 +15,10 @@ from fapiao_runtime.errors import DeadlineExceeded, reason_of
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_runtime.ledger_trust import ReceiptInvalid, validator_keys_from_env, verify_receipt
-from fapiao_stack.harness import StackUnderTest
+from fapiao_stack.harness import StackUnderTest, read_envelopes
 from google.protobuf.message import DecodeError
 from ledger.devnet import BUYER_TAX_ID, LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
+from ledger.validator import result_publishers
 
 pytestmark = pytest.mark.integration
 
@@ -205,6 +207,46 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
         assert any(f.height == registered_at and "registrations root" in f.problem for f in swapped.findings), (
             swapped.findings
         )
+    finally:
+        await waiter.stop()
+        await net.stop()
+
+
+async def test_a_clean_stop_marks_every_published_block(stack: StackUnderTest) -> None:
+    # Marks wait for a batch (here up to ten minutes), so only the stop itself can write these.
+    net = LedgerNetwork(stack, extra_env={"FAPIAO_LEDGER_CUT_MS": "20", "FAPIAO_LEDGER_MARK_PUBLISHED_MS": "600000"})
+    await net.start()
+    waiter = LedgerResultWaiter(stack.kafka_bootstrap, stack.topic_prefix, client_id="test-waiter")
+    await waiter.start()
+    try:
+        assert net.producer is not None
+        numbers = [f"2644000000000000{i:04d}" for i in range(8)]
+        invoices = [(invoice_id_for_number(n), n) for n in numbers]
+        results = await asyncio.gather(
+            *(waiter.submit_and_wait(net.producer, issue(net.issuer, i, n), i, timeout_s=30) for i, n in invoices)
+        )
+        assert all(r.accepted for r in results)
+        ids = {r.transaction_id for r in results}
+        # Both publishers of each chain have published every result (two copies each).
+        envelopes = await read_envelopes(stack.kafka_bootstrap, stack.topic("ledger.results.v1"), expected=2 * len(ids))
+        assert sum(e.aggregate_id in ids for e in envelopes) == 2 * len(ids)
+        union = " UNION ALL ".join(
+            f"SELECT {i} AS v, chain_id, height, results_published FROM {net.schema(i)}.blocks WHERE final"
+            for i in range(1, 5)
+        )
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            assert await conn.fetchval(f"SELECT count(*) FROM ({union}) AS b WHERE results_published") == 0
+            for process in net.processes.values():
+                process.terminate()  # SIGTERM: a clean stop
+            rows = await conn.fetch(union)
+        finally:
+            await conn.close()
+        ids_of = sorted(validator_keys_from_env(net.env))
+        publishers = {c: result_publishers(ids_of, c) for c in {r["chain_id"] for r in rows}}
+        for row in rows:
+            publishes = f"validator-{row['v']}" in publishers[row["chain_id"]]
+            assert row["results_published"] == publishes, dict(row)
     finally:
         await waiter.stop()
         await net.stop()
