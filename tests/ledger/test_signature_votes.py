@@ -1,0 +1,114 @@
+"""How a validator stores other validators' signatures (unit tests with a fake store, no broker).
+
+Signatures of blocks that are not final are held in memory and written with the finality they
+complete; those arriving after finality are batched or written when the topic is quiet; divergent ones
+are written at once; and no more than HELD_SIGNATURES_LIMIT are ever held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.config import RuntimeConfig
+from fapiao_runtime.ledger_client import SigningKey
+from ledger import store
+from ledger import validator as validator_module
+from ledger.config import LedgerConfig
+from ledger.validator import Validator
+
+IDS = [f"validator-{i}" for i in range(1, 5)]
+OURS = b"\x01" * 32
+THEIRS = b"\x02" * 32
+
+
+class _FakePool:
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[object]:
+        yield object()
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[tuple[str, int]], list[tuple[int, int]]]]:
+    """Every store_signatures call as ([(validator, height) stored], [blocks made final])."""
+    calls: list[tuple[list[tuple[str, int]], list[tuple[int, int]]]] = []
+
+    async def store_signatures(
+        conn: object, signatures: list[ledger_pb2.BlockSignature], newly_final: Sequence[tuple[int, int]] = ()
+    ) -> None:
+        calls.append(([(s.validator_id, s.height) for s in signatures], list(newly_final)))
+
+    async def record_divergence(*args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(store, "store_signatures", store_signatures)
+    monkeypatch.setattr(store, "record_divergence", record_divergence)
+    return calls
+
+
+def _validator() -> Validator:
+    keys = {i: SigningKey.generate(i).public_key for i in IDS}
+    config = LedgerConfig(
+        validator_id=IDS[0],
+        signing_key=SigningKey.generate(IDS[0]),
+        validator_keys=keys,
+        authority_keys={},
+        max_txs=500,
+        cut_ms=20,
+        quorum=3,
+    )
+    return Validator(RuntimeConfig.from_env("ledger", 0), config, _FakePool(), None)  # type: ignore[arg-type]
+
+
+def _sig(validator_id: str, height: int, header_hash: bytes = OURS) -> ledger_pb2.BlockSignature:
+    return ledger_pb2.BlockSignature(chain_id=0, height=height, header_hash=header_hash, validator_id=validator_id)
+
+
+async def test_signatures_wait_for_the_finality_they_complete(writes: list[Any]) -> None:
+    v = _validator()
+    v.own_hashes[(0, 1)] = OURS
+    await v._on_signatures([_sig(IDS[0], 1), _sig(IDS[1], 1)])
+    assert writes == [] and v._held == 2
+    await v._on_signatures([_sig(IDS[2], 1)])
+    assert writes == [([(IDS[0], 1), (IDS[1], 1), (IDS[2], 1)], [(0, 1)])]
+    assert v.held_signatures == {} and v._held == 0
+    assert v.publish_queue.get_nowait() == (0, 1)
+
+
+async def test_late_signatures_are_batched_or_written_when_the_topic_is_quiet(
+    writes: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validator_module, "LATE_SIGNATURES_BATCH", 2)
+    v = _validator()
+    for height in (1, 2, 3):
+        v.own_hashes[(0, height)] = OURS
+        await v._on_signatures([_sig(i, height) for i in IDS[:3]])
+    writes.clear()
+    await v._on_signatures([_sig(IDS[3], 1)])
+    assert writes == []  # after finality, nothing to finalize: rides along later
+    await v._on_signatures([_sig(IDS[3], 2)])
+    assert writes == [([(IDS[3], 1), (IDS[3], 2)], [])]  # a batch is full
+    await v._on_signatures([_sig(IDS[3], 3)])
+    await v._on_signatures([])  # an empty fetch: the topic is quiet
+    assert writes[-1] == ([(IDS[3], 3)], []) and v.late_signatures == []
+
+
+async def test_a_divergent_signature_is_written_at_once(writes: list[Any]) -> None:
+    v = _validator()
+    v.own_hashes[(0, 1)] = OURS
+    await v._on_signatures([_sig(IDS[1], 1, THEIRS)])
+    assert writes == [([(IDS[1], 1)], [])]
+
+
+async def test_no_more_than_the_limit_are_held(writes: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A validator far behind sees signatures of blocks it has not cut yet: they cannot wait for finality.
+    monkeypatch.setattr(validator_module, "HELD_SIGNATURES_LIMIT", 3)
+    v = _validator()
+    await v._on_signatures([_sig(IDS[1], h) for h in (1, 2, 3)])
+    assert writes == [] and v._held == 3
+    await v._on_signatures([_sig(IDS[1], 4)])
+    assert writes == [([(IDS[1], h) for h in (1, 2, 3, 4)], [])]
+    assert v.held_signatures == {} and v._held == 0
