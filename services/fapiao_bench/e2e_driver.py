@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiokafka import AIOKafkaConsumer
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_api
+from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as minting_grpc
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao.payments.v1 import payment_intake_service_pb2 as intake_api
+from fapiao.payments.v1 import payment_intake_service_pb2_grpc as intake_grpc
 from fapiao_cli import clients
 from fapiao_cli.commands.merchant import register_merchant
 from fapiao_cli.local import gateway_url
@@ -71,8 +73,20 @@ class Tracker:
             await consumer.stop()
 
 
+@dataclass
+class Stubs:
+    """One channel per service for the whole run, as a real client keeps (not one per call)."""
+
+    intake: intake_grpc.PaymentIntakeServiceStub = field(default_factory=clients.intake)
+    minting: minting_grpc.InvoiceMintingServiceStub = field(default_factory=clients.minting)
+
+
 async def one_invoice(
-    platform: PaymentPlatform, session: aiohttp.ClientSession, tracker: Tracker, buyer: invoice_pb2.Party
+    platform: PaymentPlatform,
+    session: aiohttp.ClientSession,
+    tracker: Tracker,
+    buyer: invoice_pb2.Party,
+    stubs: Stubs,
 ) -> float:
     """Latency in seconds from the webhook POST to the final ISSUE result."""
     started = time.monotonic()
@@ -81,18 +95,18 @@ async def one_invoice(
         raise RuntimeError(f"payment refused: {paid.status} {paid.answer}")
     merchant_id = platform.credentials.merchant_id
     payment = (
-        await clients.intake().GetPayment(
+        await stubs.intake.GetPayment(
             intake_api.GetPaymentRequest(merchant_id=merchant_id, transaction_id=paid.transaction_id), timeout=10
         )
     ).payment
     # The service holds the call until the payment's offer commits (no polling).
-    offer = await clients.minting().GetClaimOfferByPayment(
+    offer = await stubs.minting.GetClaimOfferByPayment(
         minting_api.GetClaimOfferByPaymentRequest(
             merchant_id=merchant_id, payment_id=payment.payment_id, omit_qr_code=True, wait_ms=10_000
         ),
         timeout=15,
     )
-    claim = await clients.minting().ClaimInvoice(
+    claim = await stubs.minting.ClaimInvoice(
         minting_api.ClaimInvoiceRequest(
             claim_token=clients.claim_token_of(offer.claim_url), buyer=buyer, idempotency_key=secrets.token_hex(16)
         ),
@@ -102,7 +116,9 @@ async def one_invoice(
     return committed_at - started
 
 
-async def drive(platforms: list[PaymentPlatform], tracker: Tracker, seconds: int, rate: float | None) -> list[float]:
+async def drive(
+    platforms: list[PaymentPlatform], tracker: Tracker, stubs: Stubs, seconds: int, rate: float | None
+) -> list[float]:
     """Closed loop with CONCURRENCY workers (rate None) or open loop at `rate` per second."""
     latencies: list[float] = []
     failures = 0
@@ -124,7 +140,7 @@ async def drive(platforms: list[PaymentPlatform], tracker: Tracker, seconds: int
             async def guarded(i: int) -> None:
                 nonlocal failures
                 try:
-                    latencies.append(await one_invoice(platforms[i % len(platforms)], session, tracker, buyer))
+                    latencies.append(await one_invoice(platforms[i % len(platforms)], session, tracker, buyer, stubs))
                 except Exception as exc:
                     failures += 1
                     if failures <= 3:
@@ -198,14 +214,15 @@ async def main_async(seconds: int, bootstrap: str) -> dict[str, float]:
     stop = asyncio.Event()
     follower = asyncio.ensure_future(tracker.follow(bootstrap, stop))
     await asyncio.sleep(1.0)
-    await drive(platforms, tracker, 10, None)  # warm-up: issuer keys registered, caches filled
+    stubs = Stubs()
+    await drive(platforms, tracker, stubs, 10, None)  # warm-up: issuer keys registered, caches filled
     meter = CpuMeter(stack_processes())
     meter.start()
-    closed = await drive(platforms, tracker, seconds, None)
+    closed = await drive(platforms, tracker, stubs, seconds, None)
     cpu = meter.stop()
     throughput = len(closed) / seconds
     half = max(1.0, throughput / 2)
-    open_loop = await drive(platforms, tracker, max(30, seconds // 2), half)
+    open_loop = await drive(platforms, tracker, stubs, max(30, seconds // 2), half)
     stop.set()
     await follower
     per_invoice = {f"e2e_cpu_ms_per_invoice_{name}": used * 1000 / max(1, len(closed)) for name, used in cpu.items()}
