@@ -15,6 +15,7 @@ from pathlib import Path
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.consumer import EventConsumer
 from fapiao_runtime.grpc_server import GrpcServer
+from fapiao_runtime.kafka import BATCHED_FETCH
 from fapiao_runtime.ledger_client import SigningKey
 from fapiao_runtime.service import ServiceContext, run_service
 from fapiao_runtime.topics import LEDGER_RESULTS, MERCHANTS, PAYMENTS
@@ -88,6 +89,8 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
                 group_id=f"{cfg.service_name}.ledger_results",
                 pool=ctx.pool,
                 handler=result_handler,
+                # Bookkeeping (an invoice's ledger status): callers awaiting a result read the topic.
+                fetch=BATCHED_FETCH,
             ),
         ]
         ctx.consumers.extend(consumers)

@@ -22,6 +22,7 @@ from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.consumer import commit_applied
 from fapiao_runtime.envelope import parse_envelope
 from fapiao_runtime.errors import FapiaoError
+from fapiao_runtime.kafka import BATCHED_FETCH
 from fapiao_runtime.ledger_trust import PublicKeys, ed25519_verify, verify_signature
 from google.protobuf.message import DecodeError
 
@@ -131,6 +132,7 @@ class IssuerKeyRecorder:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=1000,
+            **BATCHED_FETCH,  # registrations are rare among the records read: no need to chase each one
         )
         await consumer.start()
         try:
