@@ -124,7 +124,7 @@ async def _paced_latency(
 
 
 async def run(env: StackUnderTest) -> dict[str, float]:
-    net = LedgerNetwork(env, extra_env={"FAPIAO_LEDGER_MAX_TXS": "500", "FAPIAO_LEDGER_CUT_MS": "20"})
+    net = LedgerNetwork(env, extra_env={"FAPIAO_LEDGER_MAX_TXS": "500"})  # the default cut interval
     await net.start()
     clock = ResultClock(env)
     await clock.start()

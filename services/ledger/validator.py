@@ -546,8 +546,8 @@ class Validator:
         # A marker whose send was acknowledged is in the log: every validator reads it. Sending it again
         # only adds records every validator must read, so the same height is re-marked only after a
         # long pause (a lost send, a stuck producer), never while a loaded broker is merely slow.
-        resend_s = max(50 * cut_s, MARKER_RESEND_MIN_S)
-        stand_in_s = max(10 * cut_s, STAND_IN_MIN_S)
+        resend_s = max(20 * cut_s, MARKER_RESEND_MIN_S)
+        stand_in_s = max(5 * cut_s, STAND_IN_MIN_S)
         while not stop.is_set():
             # Cleared before the scan: a chain that starts pending during it wakes the next wait.
             self.pending_started.clear()
