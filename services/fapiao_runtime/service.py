@@ -67,6 +67,7 @@ async def run_service(
     tls: TlsConfig | None = None,
     stop: asyncio.Event | None = None,
     interceptors: list[object] | None = None,
+    producer_linger_ms: int = 2,
 ) -> None:
     """Run one service process until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully.
 
@@ -84,7 +85,7 @@ async def run_service(
     await ensure_topics(config.kafka_bootstrap, config.topic_prefix)
     pool = await create_pool(config.database_url, config.db_schema, max_size=config.db_pool_max_size)
     await apply_migrations(pool, config.db_schema, migrations)
-    producer = new_producer(config.kafka_bootstrap, client_id=config.service_name)
+    producer = new_producer(config.kafka_bootstrap, client_id=config.service_name, linger_ms=producer_linger_ms)
     await producer.start()
     relay = OutboxRelay(pool, producer, schema=config.db_schema, topic_prefix=config.topic_prefix)
     ctx = ServiceContext(config=config, pool=pool, producer=producer, stop=stop, relay=relay)

@@ -33,6 +33,7 @@ def main() -> None:
             service_names=[SERVICE_NAME],
             migrations=Path(__file__).parent / "migrations",
             wire=wire,
+            producer_linger_ms=0,  # markers, signatures and results are latency hops (new_producer)
         )
     )
 
