@@ -87,10 +87,10 @@ class _Registrar:
     """The `server` that generated `add_*Servicer_to_server` functions register on.
 
     Each method handler is wrapped once, at registration, with the request id, the error mapping and
-    the metrics: no per-call interceptor (grpc.aio awaits a server interceptor on every call, about a
-    sixth of a no-op call's server CPU). The generated code registers a generic handler, then the same
-    methods by name; the named ones are registered wrapped, for both lookups. A generic handler not
-    followed by named methods is wrapped per method on first use.
+    the metrics: no server interceptor, which grpc.aio would await on every call. The generated code
+    registers a generic handler, then the same methods by name; the named ones are registered wrapped,
+    for both lookups. A generic handler not followed by named methods is wrapped per method on first
+    use.
     """
 
     def __init__(self, server: grpc.aio.Server) -> None:
