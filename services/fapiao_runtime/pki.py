@@ -26,6 +26,7 @@ from fapiao_runtime.errors import InvalidArgument
 from fapiao_runtime.tax_id import validate_uscc
 
 ORGANISATION_UNIT = "fapiao-organisation"
+SERVICE_UNIT = "fapiao-service"
 # Unified social credit code: 18 characters of digits and upper-case letters (I, O, S, V, Z excluded).
 TAX_ID_PATTERN = re.compile(r"^[0-9A-HJ-NPQRTUWXY]{18}$")
 DEFAULT_VALIDITY_DAYS = 365
@@ -160,6 +161,26 @@ def issue_organisation_certificate(
             x509.NameAttribute(NameOID.SERIAL_NUMBER, tax_id),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, name.strip()[:64]),
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ORGANISATION_UNIT),
+        ]
+    )
+    return _leaf(ca, subject, ExtendedKeyUsageOID.CLIENT_AUTH, [], validity_days)
+
+
+def issue_service_certificate(
+    ca: IssuedCertificate, service_name: str, validity_days: int = DEFAULT_VALIDITY_DAYS
+) -> IssuedCertificate:
+    """A TLS client certificate for a Fapiao service calling another one over mutual TLS.
+
+    It names the service (CN) under its own unit and carries no tax id, so it never passes for an
+    organisation. Issue service certificates from a CA of their own (FAPIAO_GRPC_TLS_CLIENT_CA_FILE)
+    when organisations hold certificates too, so that theirs do not open the internal services.
+    """
+    if not service_name.strip():
+        raise ValueError("service name must not be empty")
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, service_name.strip()[:64]),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, SERVICE_UNIT),
         ]
     )
     return _leaf(ca, subject, ExtendedKeyUsageOID.CLIENT_AUTH, [], validity_days)

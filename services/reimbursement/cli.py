@@ -3,6 +3,7 @@
     python -m reimbursement.cli ca init --dir DIR                  # ca.crt + ca.key
     python -m reimbursement.cli ca issue-server --dir DIR [--name reimbursement] [--dns H] [--ip A]
     python -m reimbursement.cli ca issue-org --dir DIR --tax-id CODE --name NAME
+    python -m reimbursement.cli ca issue-service --dir DIR --name SERVICE   # client certificate of a service
     python -m reimbursement.cli org add --tax-id CODE --name NAME   # DATABASE_URL, FAPIAO_DB_SCHEMA
     python -m reimbursement.cli org revoke --tax-id CODE
     python -m reimbursement.cli org list
@@ -24,6 +25,7 @@ from fapiao_runtime.pki import (
     create_ca,
     issue_organisation_certificate,
     issue_server_certificate,
+    issue_service_certificate,
     read_pem_pair,
     write_pem_pair,
 )
@@ -48,6 +50,9 @@ def _ca(args: argparse.Namespace) -> int:
             ca, args.name, tuple(args.dns or ["localhost"]), tuple(args.ip or ["127.0.0.1"])
         )
         cert, key = write_pem_pair(issued, directory, args.name)
+    elif args.command == "issue-service":
+        issued = issue_service_certificate(ca, args.name)
+        cert, key = write_pem_pair(issued, directory, f"service-{args.name}")
     else:
         issued = issue_organisation_certificate(ca, args.tax_id, args.name)
         cert, key = write_pem_pair(issued, directory, f"org-{args.tax_id}")
@@ -94,6 +99,11 @@ def parser() -> argparse.ArgumentParser:
     org_cert.add_argument("--dir", required=True)
     org_cert.add_argument("--tax-id", required=True)
     org_cert.add_argument("--name", required=True)
+    service_cert = ca_commands.add_parser(
+        "issue-service", help="issue a service's client certificate (mutual TLS between services)"
+    )
+    service_cert.add_argument("--dir", required=True)
+    service_cert.add_argument("--name", required=True)
     org = groups.add_parser("org", help="organisation registry (PostgreSQL)")
     org_commands = org.add_subparsers(dest="command", required=True)
     add = org_commands.add_parser("add", help="register or re-activate an organisation")

@@ -60,6 +60,9 @@ def test_cli_drives_the_whole_stack(fapiao: FapiaoCommand, tmp_path: Path) -> No
     issued = fapiao("ca", "issue", "--org-tax-id", company, "--name", "深圳测试科技有限公司")
     assert issued.returncode == 0, issued.stdout + issued.stderr
     assert (fapiao.run_dir / "pki" / f"org-{company}.key").stat().st_mode & 0o077 == 0
+    service = fapiao("ca", "issue", "--service", "gateway")
+    assert service.returncode == 0, service.stdout + service.stderr
+    assert (fapiao.run_dir / "pki" / "service-gateway.key").stat().st_mode & 0o077 == 0
     assert fapiao("ca", "init").returncode != 0, "an existing CA is not replaced without --force"
 
     paid = fapiao("pay", "--merchant-id", "1900000001", "--amount-fen", "12345")

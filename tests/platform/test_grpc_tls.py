@@ -11,15 +11,12 @@ import grpc
 import pytest
 from fapiao.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from fapiao_runtime.grpc_client import internal_channel
-from fapiao_runtime.pki import create_ca, issue_organisation_certificate, issue_server_certificate
-from fapiao_runtime.tax_id import uscc_check_char
+from fapiao_runtime.pki import create_ca, issue_server_certificate, issue_service_certificate
 from fapiao_stack.harness import StackUnderTest
 from fapiao_stack.procs import free_port, spawn, stop_pid
 from fapiao_stack.services import grpc_health
 
 pytestmark = pytest.mark.integration
-
-CLIENT_TAX_ID = "9144030071526726X" + uscc_check_char("9144030071526726X")
 
 
 def _write(directory: Path, name: str, pem: bytes) -> str:
@@ -43,8 +40,8 @@ async def test_a_validator_serves_over_mutual_tls_and_internal_clients_follow_th
 ) -> None:
     ca, other_ca = create_ca(), create_ca("Someone else's CA")
     server = issue_server_certificate(ca, "validator-1")
-    client = issue_organisation_certificate(ca, CLIENT_TAX_ID, "reimbursement")
-    stranger = issue_organisation_certificate(other_ca, CLIENT_TAX_ID, "stranger")
+    client = issue_service_certificate(ca, "reimbursement")
+    stranger = issue_service_certificate(other_ca, "reimbursement")
     d = stack.tmp_path
     port = free_port()
     env = stack.env(

@@ -67,9 +67,13 @@ def test_cli_creates_ca_server_and_organisation_certificates(tmp_path, capsys) -
     assert main(["ca", "issue-server", "--dir", directory]) == 0
     assert main(["ca", "issue-org", "--dir", directory, "--tax-id", tax_id, "--name", "Acme"]) == 0
     assert main(["ca", "issue-org", "--dir", directory, "--tax-id", "not-a-code", "--name", "Acme"]) == 2
+    assert main(["ca", "issue-service", "--dir", directory, "--name", "gateway"]) == 0
+    service = read_pem_pair(tmp_path / "pki", "service-gateway")
+    assert organisation_tax_id(service.cert_pem) is None, "a service certificate never passes for an organisation"
     org = read_pem_pair(tmp_path / "pki", f"org-{tax_id}")
     assert organisation_tax_id(org.cert_pem) == tax_id
     ca = x509.load_pem_x509_certificate((tmp_path / "pki" / "ca.crt").read_bytes())
     x509.load_pem_x509_certificate(org.cert_pem).verify_directly_issued_by(ca)
+    x509.load_pem_x509_certificate(service.cert_pem).verify_directly_issued_by(ca)
     assert stat.S_IMODE((tmp_path / "pki" / f"org-{tax_id}.key").stat().st_mode) == 0o600
     assert "PRIVATE KEY" not in capsys.readouterr().out

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import reason_of
+from fapiao_runtime.pki import issue_service_certificate
 
 from tests.reimbursement.conftest import ApiUnderTest
 from tests.reimbursement.support import new_tax_id
@@ -35,6 +36,18 @@ async def test_certificate_from_another_ca_fails_the_handshake(api: ApiUnderTest
     await api.add_org(tax_id)
     error = await _lock_error(api, tax_id, api.issue(None), other_ca=True)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert not api.ledger.submitted
+
+
+async def test_a_service_certificate_from_the_same_ca_is_no_organisation(api: ApiUnderTest) -> None:
+    service = issue_service_certificate(api.pki.ca, "gateway")
+    credentials = grpc.ssl_channel_credentials(api.pki.ca.cert_pem, service.key_pem, service.cert_pem)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{api.port}", credentials) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.stub(channel).LockInvoice(
+                rpb.LockInvoiceRequest(invoice_number=api.issue(None), idempotency_key="k1"), timeout=5
+            )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert not api.ledger.submitted
 
 

@@ -20,6 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     kind = issue.add_mutually_exclusive_group(required=True)
     kind.add_argument("--org-tax-id", help="organisation certificate carrying this unified social credit code")
     kind.add_argument("--server", metavar="NAME", help="server certificate for 127.0.0.1 / localhost")
+    kind.add_argument("--service", metavar="NAME", help="client certificate of a service (mutual TLS between services)")
     issue.add_argument("--name", default="", help="organisation name (with --org-tax-id)")
     issue.set_defaults(handler=_run)
 
@@ -34,6 +35,8 @@ def _run(args: argparse.Namespace) -> int:
             print("fapiao: --name is required with --org-tax-id")
             return EXIT_USAGE
         argv = ["ca", "issue-org", "--dir", args.dir, "--tax-id", args.org_tax_id, "--name", args.name]
+    elif args.service:
+        argv = ["ca", "issue-service", "--dir", args.dir, "--name", args.service]
     else:
         argv = ["ca", "issue-server", "--dir", args.dir, "--name", args.server]
     try:
