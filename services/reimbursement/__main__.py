@@ -80,19 +80,20 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
     )
     requests_pool = await _request_pool(ctx)
     handlers = ReimbursementHandlers(requests_pool, ledger, HandlerSettings(max_wait_s=settings.max_wait_ms / 1000))
-    verifier = InvoiceVerifier(
-        requests_pool,
-        ledger,
-        validator_keys,
-        settings.quorum,
-        VerificationSettings(settings.verify_daily_checks, float(settings.verify_per_second)),
-    )
     recorder = IssuerKeyRecorder(
         ctx.config.kafka_bootstrap,
         ctx.config.topic("ledger.tx.v1"),
         f"{ctx.config.topic_prefix}{ctx.config.service_name}-issuer-keys",
         ctx.pool,
         authority_keys_from_env(),
+    )
+    verifier = InvoiceVerifier(
+        requests_pool,
+        ledger,
+        validator_keys,
+        settings.quorum,
+        VerificationSettings(settings.verify_daily_checks, float(settings.verify_per_second)),
+        keys_caught_up=recorder.caught_up,
     )
 
     api = GrpcServer([SERVICE_NAME])

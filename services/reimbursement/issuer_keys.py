@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -109,8 +110,18 @@ def issuer_signature_problem(signed: invoice_pb2.SignedInvoice, seller_tax_id: s
     return ""
 
 
+# Fetches wait up to BATCHED_FETCH's 200 ms for records: a poll that ends this long after a moment has
+# read everything appended before it (one fetch in flight at that moment, then one sent after it).
+CATCH_UP_S = 2 * BATCHED_FETCH["fetch_max_wait_ms"] / 1000 + 0.05
+
+
 class IssuerKeyRecorder:
-    """Consumes ledger.tx.v1 (consumer group) and stores authority-signed ISSUER key registrations."""
+    """Consumes ledger.tx.v1 (consumer group) and stores authority-signed ISSUER key registrations.
+
+    It reads in fetch windows (a registration is rare among the records), so it may be up to about
+    CATCH_UP_S behind the log: `caught_up` lets a check that found no key wait until every
+    registration written before it is stored, instead of calling a fresh issuer's invoice forged.
+    """
 
     def __init__(
         self, bootstrap: str, topic: str, group_id: str, pool: asyncpg.Pool, authority_keys: PublicKeys
@@ -121,6 +132,8 @@ class IssuerKeyRecorder:
         self._pool = pool
         self._authority_keys = authority_keys
         self.stored = 0
+        self.polled_at = 0.0  # monotonic time at which the last poll's registrations were stored
+        self._polled = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -139,6 +152,7 @@ class IssuerKeyRecorder:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=300, max_records=1000)
                 if not batch:
+                    self._mark_polled()
                     continue
                 offsets: dict[TopicPartition, int] = {}
                 for tp, records in batch.items():
@@ -150,6 +164,24 @@ class IssuerKeyRecorder:
                             self.stored += 1
                 # Offsets only after the upserts are durable: a crash replays (upserts are idempotent).
                 await commit_applied(consumer, offsets)
+                self._mark_polled()
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
+
+    def _mark_polled(self) -> None:
+        self.polled_at = time.monotonic()
+        self._polled.set()
+        self._polled = asyncio.Event()
+
+    async def caught_up(self, since: float, timeout_s: float = 2.0) -> bool:
+        """Wait until every registration appended to the log before monotonic time `since` is stored;
+        False if that takes longer than `timeout_s` (the consumer is behind or down)."""
+        deadline = time.monotonic() + timeout_s
+        while self.polled_at < since + CATCH_UP_S:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._polled.wait(), timeout=remaining)
+        return True

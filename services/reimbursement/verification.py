@@ -9,6 +9,8 @@ the invoice's number, issue date and total; on a mismatch nothing else is reveal
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -47,6 +49,7 @@ class InvoiceVerifier:
         validator_keys: PublicKeys,
         quorum: int | None,
         settings: VerificationSettings | None = None,
+        keys_caught_up: Callable[[float], Awaitable[bool]] | None = None,
     ) -> None:
         self._pool = pool
         self._ledger = ledger
@@ -54,6 +57,8 @@ class InvoiceVerifier:
         self._quorum = quorum
         self._settings = settings or VerificationSettings()
         self._limiter = OrganisationRateLimiter(self._settings.checks_per_second)
+        # IssuerKeyRecorder.caught_up: a key not stored yet may have been registered a moment ago.
+        self._keys_caught_up = keys_caught_up
 
     async def verify(self, organisation: Organisation, request: rpb.VerifyInvoiceRequest) -> rpb.VerifyInvoiceResponse:
         """Errors: INVALID_ARGUMENT for malformed input, RESOURCE_EXHAUSTED over a rate limit.
@@ -96,9 +101,13 @@ class InvoiceVerifier:
             return reply
         reply.seller_name = body.seller.name
         reply.seller_tax_id = body.seller.tax_id
-        problem = issuer_signature_problem(
-            signed, body.seller.tax_id, await find_issuer_key(self._pool, signed.signature.key_id)
-        )
+        issuer_key = await find_issuer_key(self._pool, signed.signature.key_id)
+        if issuer_key is None and self._keys_caught_up is not None:
+            # The ISSUE is final, so its key's registration is already in the log (before the ISSUE):
+            # wait until what the log held now is stored, then look again.
+            if await self._keys_caught_up(time.monotonic()):
+                issuer_key = await find_issuer_key(self._pool, signed.signature.key_id)
+        problem = issuer_signature_problem(signed, body.seller.tax_id, issuer_key)
         state = issue_result.state
         reply.ledger_height = issue_result.height
         if response.HasField("receipt"):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from fapiao.ledger.v1 import ledger_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import reason_of
+from reimbursement.issuer_keys import store_registration
+from reimbursement.organisations import Organisation
+from reimbursement.verification import InvoiceVerifier, VerificationSettings
 
 from tests.reimbursement.conftest import ApiUnderTest
 from tests.reimbursement.support import Issuer, new_invoice_number, new_tax_id
@@ -90,3 +94,43 @@ async def test_five_checks_per_invoice_per_day(api: ApiUnderTest) -> None:
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason_of(caught.value) == "DAILY_CHECK_LIMIT"
     # The count is per organisation and invoice.
     assert (await _verify(api, other, number)).genuine
+
+
+@pytest.mark.parametrize("registered_meanwhile", [True, False])
+async def test_a_key_not_stored_yet_is_awaited_before_calling_an_invoice_forged(
+    api: ApiUnderTest, registered_meanwhile: bool
+) -> None:
+    # The issuer-key follower reads the ledger in fetch windows: a fresh issuer's registration may
+    # still be on its way when a company checks the first invoice. The verifier waits for it.
+    org = new_tax_id()
+    await api.add_org(org)
+    fresh = Issuer(tax_id=new_tax_id())
+    number = api.ledger.issue(fresh.invoice(org)).invoice_number
+    waited: list[float] = []
+
+    async def caught_up(since: float) -> bool:
+        waited.append(since)
+        if registered_meanwhile:
+            await store_registration(
+                api.pool,
+                ledger_pb2.KeyRegistration(
+                    key_id=fresh.key.key_id,
+                    public_key=fresh.key.public_raw,
+                    role=ledger_pb2.SUBMITTER_ROLE_ISSUER,
+                    subject=fresh.tax_id,
+                    registration_id="reg-fresh",
+                ),
+            )
+        return registered_meanwhile
+
+    verifier = InvoiceVerifier(
+        api.pool, api.ledger, api.ledger.public_keys, None, VerificationSettings(5, 50.0), keys_caught_up=caught_up
+    )
+    request = rpb.VerifyInvoiceRequest(invoice_number=number, issue_date="20261124", total_fen=11_200)
+    reply = await verifier.verify(Organisation(org, "Company", True), request)
+    assert len(waited) == 1
+    assert reply.genuine == registered_meanwhile
+    assert reply.problem == ("" if registered_meanwhile else "UNKNOWN_ISSUER_KEY")
+    # A key already stored is never waited for.
+    await verifier.verify(Organisation(org, "Company", True), request)
+    assert len(waited) == 1 + (0 if registered_meanwhile else 1)
