@@ -9,7 +9,6 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from fapiao.ledger.v1 import ledger_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
@@ -59,16 +58,7 @@ async def api(database_url: str, pki: Pki) -> AsyncIterator[ApiUnderTest]:
     await apply_migrations(pool, "reimbursement", MIGRATIONS)
     ledger = FakeLedger()
     issuer = Issuer()
-    await store_registration(
-        pool,
-        ledger_pb2.KeyRegistration(
-            key_id=issuer.key.key_id,
-            public_key=issuer.key.public_raw,
-            role=ledger_pb2.SUBMITTER_ROLE_ISSUER,
-            subject=issuer.tax_id,
-            registration_id="reg-1",
-        ),
-    )
+    await store_registration(pool, issuer.registration("reg-1"))
     handlers = ReimbursementHandlers(pool, ledger, HandlerSettings(max_wait_s=2.0))
     verifier = InvoiceVerifier(pool, ledger, ledger.public_keys, None, VerificationSettings(5, 50.0))  # type: ignore[arg-type]
     server = GrpcServer(["fapiao.reimbursement.v1.ReimbursementService"])

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from fapiao.invoicing.v1 import invoice_pb2
+from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.ledger_client import SigningKey
 from reimbursement.devstack import Pki, new_invoice_number, new_tax_id
 
@@ -16,6 +17,16 @@ class Issuer:
 
     tax_id: str = field(default_factory=new_tax_id)
     key: SigningKey = field(default_factory=lambda: SigningKey.generate(f"issuer-{uuid.uuid4().hex[:8]}"))
+
+    def registration(self, registration_id: str) -> ledger_pb2.KeyRegistration:
+        """The registration of this issuer's key, as the registry authority publishes it."""
+        return ledger_pb2.KeyRegistration(
+            key_id=self.key.key_id,
+            public_key=self.key.public_raw,
+            role=ledger_pb2.SUBMITTER_ROLE_ISSUER,
+            subject=self.tax_id,
+            registration_id=registration_id,
+        )
 
     def invoice(
         self,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from fapiao.ledger.v1 import ledger_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import reason_of
 from reimbursement.issuer_keys import store_registration
@@ -111,16 +110,7 @@ async def test_a_key_not_stored_yet_is_awaited_before_calling_an_invoice_forged(
     async def caught_up(since: float) -> bool:
         waited.append(since)
         if registered_meanwhile:
-            await store_registration(
-                api.pool,
-                ledger_pb2.KeyRegistration(
-                    key_id=fresh.key.key_id,
-                    public_key=fresh.key.public_raw,
-                    role=ledger_pb2.SUBMITTER_ROLE_ISSUER,
-                    subject=fresh.tax_id,
-                    registration_id="reg-fresh",
-                ),
-            )
+            await store_registration(api.pool, fresh.registration("reg-fresh"))
         return registered_meanwhile
 
     verifier = InvoiceVerifier(
