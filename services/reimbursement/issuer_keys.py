@@ -110,17 +110,19 @@ def issuer_signature_problem(signed: invoice_pb2.SignedInvoice, seller_tax_id: s
     return ""
 
 
-# Fetches wait up to BATCHED_FETCH's 200 ms for records: a poll that ends this long after a moment has
-# read everything appended before it (one fetch in flight at that moment, then one sent after it).
+# Fetches wait up to BATCHED_FETCH's 200 ms for records: while the follower keeps up with the log, a
+# poll that ends this long after a moment has read everything appended before it (one fetch in flight
+# at that moment, then one sent after it). A follower far behind (replaying after a long outage) is
+# not covered: it answers as if the key were unknown until it has caught up.
 CATCH_UP_S = 2 * BATCHED_FETCH["fetch_max_wait_ms"] / 1000 + 0.05
 
 
 class IssuerKeyRecorder:
     """Consumes ledger.tx.v1 (consumer group) and stores authority-signed ISSUER key registrations.
 
-    It reads in fetch windows (a registration is rare among the records), so it may be up to about
-    CATCH_UP_S behind the log: `caught_up` lets a check that found no key wait until every
-    registration written before it is stored, instead of calling a fresh issuer's invoice forged.
+    It reads in fetch windows (a registration is rare among the records), so even when it keeps up it
+    may be up to about CATCH_UP_S behind the log: `caught_up` lets a check that found no key wait until
+    the registrations written before it are stored, instead of calling a fresh issuer's invoice forged.
     """
 
     def __init__(
@@ -175,8 +177,8 @@ class IssuerKeyRecorder:
         self._polled = asyncio.Event()
 
     async def caught_up(self, since: float, timeout_s: float = 2.0) -> bool:
-        """Wait until every registration appended to the log before monotonic time `since` is stored;
-        False if that takes longer than `timeout_s` (the consumer is behind or down)."""
+        """Wait for a poll that ended CATCH_UP_S after monotonic time `since` (see CATCH_UP_S); False if
+        none did within `timeout_s` (the consumer is down or stuck)."""
         deadline = time.monotonic() + timeout_s
         while self.polled_at < since + CATCH_UP_S:
             remaining = deadline - time.monotonic()
