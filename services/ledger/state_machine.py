@@ -22,7 +22,6 @@ from fapiao_runtime.ledger_trust import ED25519, PublicKeys, verify_signature
 from google.protobuf.message import DecodeError
 
 T = ledger_pb2.TransactionType
-S = ledger_pb2.InvoiceLedgerStatus
 
 ISSUER_TYPES = {T.TRANSACTION_TYPE_ISSUE, T.TRANSACTION_TYPE_CANCEL, T.TRANSACTION_TYPE_PARTIAL_RED_LETTER}
 REIMBURSER_TYPES = {T.TRANSACTION_TYPE_LOCK, T.TRANSACTION_TYPE_UNLOCK, T.TRANSACTION_TYPE_CLOSE}

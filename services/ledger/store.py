@@ -13,8 +13,6 @@ from ledger.chain import GENESIS_HASH, CutBlock, claims_id
 from ledger.presence import PresenceFilter
 from ledger.state_machine import DUPLICATE_TRANSACTION, SubmitterKey
 
-T = ledger_pb2.TransactionType
-
 
 class HeaderConflict(RuntimeError):
     """This validator already stored (and signed) a different header for the same height."""

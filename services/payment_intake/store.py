@@ -180,6 +180,7 @@ async def _insert_payments(
     for cmd in commands:
         first.setdefault(cmd.key, cmd)
     ordered = sorted(first.values(), key=lambda c: c.key)
+    fingerprints = {c.key: payment_fingerprint(c) for c in ordered}  # of the first command of each key
     ids = [payment_id_for(c.merchant_id, c.transaction_id) for c in ordered]
     # The event of every candidate is built up front; the statement queues only those inserted.
     candidates = [_payment_from_command(cmd, payment_id) for cmd, payment_id in zip(ordered, ids, strict=True)]
@@ -226,7 +227,7 @@ async def _insert_payments(
         [c.trade_type for c in ordered],
         [_items_blob(c.items) for c in ordered],
         [c.source for c in ordered],
-        [payment_fingerprint(c) for c in ordered],
+        [fingerprints[c.key] for c in ordered],
         *outbox_arrays(events),
     )
     inserted = {(r["merchant_id"], r["transaction_id"]) for r in inserted_rows}
@@ -244,10 +245,10 @@ async def _insert_payments(
         existing = {(r["merchant_id"], r["transaction_id"]): r for r in rows}
     outcomes: list[PaymentOutcome | FapiaoError] = []
     for cmd in commands:
-        fingerprint = payment_fingerprint(cmd)
+        fingerprint = payment_fingerprint(cmd) if first[cmd.key] is not cmd else fingerprints[cmd.key]
         if cmd.key in new_payments:
             is_first = first[cmd.key] is cmd
-            if not is_first and payment_fingerprint(first[cmd.key]) != fingerprint:
+            if not is_first and fingerprints[cmd.key] != fingerprint:
                 outcomes.append(_transaction_conflict())
             else:
                 outcomes.append(PaymentOutcome(new_payments[cmd.key], duplicate=not is_first))
