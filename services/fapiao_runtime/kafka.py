@@ -29,10 +29,10 @@ BATCHED_FETCH = {"fetch_min_bytes": 64 * 1024, "fetch_max_wait_ms": 200}
 def new_producer(bootstrap: str, *, client_id: str, linger_ms: int = 2) -> AIOKafkaProducer:
     """An idempotent producer (acks=all, enable_idempotence=True). The caller starts and stops it.
 
-    linger_ms: how long a send may wait for others to share its request. 2 ms suits outbox relays
-    (with 0, relay rounds took more produce requests and more broker CPU per event); validators use
-    0, where every record is a latency hop (markers, block signatures, results) and the sends made
-    while a request is in flight form the next one anyway.
+    linger_ms: how long a send may wait for others to share its request. 2 ms suits outbox relays,
+    whose rounds send many rows; validators use 0, where every record is a latency hop (markers,
+    block signatures, results) and the sends made while a request is in flight form the next one
+    anyway.
     """
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
