@@ -33,7 +33,7 @@ class FapiaoCommand:
 
 def _free_offset() -> int:
     """A port offset at which none of the stack's ports is taken right now."""
-    bases = [19092, 19093, 15432, 8080, 8081, *range(50051, 50055), *range(50061, 50065), *range(9101, 9115)]
+    bases = [19092, 19093, 15432, 8080, 8081, *range(17051, 17055), *range(17061, 17065), *range(9101, 9115)]
     for _ in range(50):
         offset = random.randrange(1000, 9000, 100)
         if not any(port_open(base + offset) for base in bases):

@@ -30,3 +30,18 @@ def test_names_the_ports_still_held() -> None:
         port = holder.getsockname()[1]
         with pytest.raises(RuntimeError, match=str(port)):
             wait_bindable([port, free_port()], timeout_s=0.2, interval_s=0.05)
+
+
+def test_the_stacks_ports_lie_below_the_ephemeral_range() -> None:
+    # An outgoing connection of any process (one of the stack's own services included) takes its local
+    # port from this range, and could hold a port a service of the stack must listen on.
+    from pathlib import Path
+
+    from fapiao_stack.services import KAFKA_CONTROLLER_PORT, KAFKA_PORT, PORT_OFFSET, POSTGRES_PORT, local_services
+
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    ephemeral_low = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    ports = [port for spec in local_services() for port in spec.ports()]
+    ports += [KAFKA_PORT, KAFKA_CONTROLLER_PORT, POSTGRES_PORT]
+    largest_offset = 9_000  # the private stacks of tests/e2e/conftest.py and fapiao_bench/e2e.py
+    assert max(ports) - PORT_OFFSET + largest_offset < ephemeral_low

@@ -33,8 +33,8 @@ def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
 def wait_bindable(ports: Sequence[int], timeout_s: float = 65.0, interval_s: float = 0.5) -> None:
     """Wait until every port can be listened on; RuntimeError naming the ports still held after `timeout_s`.
 
-    The local stack's gRPC ports (50051...) lie in Linux's ephemeral range, so an outgoing connection
-    of any process may have used one and left it in TIME_WAIT (up to 60 s): then the port frees itself.
+    A port of the stack may still be held by a connection in TIME_WAIT (up to 60 s), for instance one a
+    previous stack's service made to it: then the port frees itself.
     """
     deadline = time.monotonic() + timeout_s
     while True:

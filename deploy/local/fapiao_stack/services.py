@@ -19,7 +19,12 @@ KAFKA_CONTROLLER_PORT = 19093 + PORT_OFFSET
 POSTGRES_PORT = 15432 + PORT_OFFSET
 LEDGER_VALIDATORS = 4
 INTAKE_WEBHOOK_PORT = 8081 + PORT_OFFSET
-REIMBURSEMENT_TLS_PORT = 50054 + PORT_OFFSET
+# The gRPC ports sit below Linux's ephemeral range (32768-60999, offsets included): there, an outgoing
+# connection of any process, one of the stack's own services started a moment earlier included, may
+# hold the port a later service must listen on (the services' own defaults, 50051..., are for
+# deployments where each has its host or container to itself).
+GRPC_BASE = 17000
+REIMBURSEMENT_TLS_PORT = GRPC_BASE + 54 + PORT_OFFSET
 GATEWAY_PORT = 8080 + PORT_OFFSET
 
 
@@ -49,7 +54,7 @@ def local_services() -> list[ServiceSpec]:
         ServiceSpec(
             "payment_intake",
             "payment_intake",
-            50051 + PORT_OFFSET,
+            GRPC_BASE + 51 + PORT_OFFSET,
             env={"FAPIAO_WEBHOOK_PORT": str(INTAKE_WEBHOOK_PORT)},
             metrics_port=9101 + PORT_OFFSET,
         )
@@ -57,12 +62,17 @@ def local_services() -> list[ServiceSpec]:
     for index in range(1, LEDGER_VALIDATORS + 1):
         specs.append(
             ServiceSpec(
-                f"ledger-{index}", "ledger", 50060 + index + PORT_OFFSET, metrics_port=9110 + index + PORT_OFFSET
+                f"ledger-{index}",
+                "ledger",
+                GRPC_BASE + 60 + index + PORT_OFFSET,
+                metrics_port=9110 + index + PORT_OFFSET,
             )
         )
     specs += [
-        ServiceSpec("invoice_minting", "invoice_minting", 50052 + PORT_OFFSET, metrics_port=9102 + PORT_OFFSET),
-        ServiceSpec("reimbursement", "reimbursement", 50053 + PORT_OFFSET, metrics_port=9103 + PORT_OFFSET),
+        ServiceSpec(
+            "invoice_minting", "invoice_minting", GRPC_BASE + 52 + PORT_OFFSET, metrics_port=9102 + PORT_OFFSET
+        ),
+        ServiceSpec("reimbursement", "reimbursement", GRPC_BASE + 53 + PORT_OFFSET, metrics_port=9103 + PORT_OFFSET),
         ServiceSpec("gateway", "gateway", GATEWAY_PORT, health="http", metrics_port=9104 + PORT_OFFSET),
     ]
     return specs
