@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+from fapiao_runtime import event_loop
 from fapiao_runtime.kafka import ensure_topics
 from fapiao_stack.harness import StackUnderTest, create_database
 from fapiao_stack.kafka import KafkaBroker
@@ -117,7 +118,7 @@ def main() -> int:
         broker.start()
         postgres.start()
         try:
-            figures, failed = asyncio.run(run_areas(areas, broker.bootstrap, postgres.url, work))
+            figures, failed = event_loop.run(run_areas(areas, broker.bootstrap, postgres.url, work))
         finally:
             broker.stop()
             postgres.stop()

@@ -26,6 +26,7 @@ from fapiao_cli.commands.merchant import register_merchant
 from fapiao_cli.local import gateway_url
 from fapiao_cli.platform import PaymentPlatform
 from fapiao_cli.progress import ProgressBar
+from fapiao_runtime import event_loop
 from fapiao_runtime.envelope import parse_envelope, unpack
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_runtime.topics import LEDGER_RESULTS
@@ -244,7 +245,7 @@ def main() -> int:
     try:
         endpoints = stack.up()
         load_stack_environment()
-        figures = asyncio.run(main_async(seconds, endpoints.kafka_bootstrap))
+        figures = event_loop.run(main_async(seconds, endpoints.kafka_bootstrap))
     finally:
         stack.down()
     print(json.dumps(figures))

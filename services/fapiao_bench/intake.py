@@ -28,6 +28,7 @@ import asyncpg
 import grpc
 from fapiao.payments.v1 import payment_intake_service_pb2 as service_pb2
 from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
+from fapiao_runtime import event_loop
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_stack.harness import StackUnderTest
@@ -246,4 +247,4 @@ async def run(env: StackUnderTest) -> dict[str, float]:
 
 
 if __name__ == "__main__":  # the no-op baseline server: python -m fapiao_bench.intake PORT
-    asyncio.run(_serve_noop(int(sys.argv[1])))
+    event_loop.run(_serve_noop(int(sys.argv[1])))

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from fapiao_runtime import metrics
+from fapiao_runtime import event_loop, metrics
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.consumer import EventConsumer
 from fapiao_runtime.db import apply_migrations, create_pool
@@ -94,7 +94,7 @@ async def run_service(
     tasks = [asyncio.ensure_future(relay.run(stop)), asyncio.ensure_future(_refresh_gauges(ctx))]
     tasks += [asyncio.ensure_future(c) for c in background]
     await server.start(config.grpc_host, config.grpc_port, tls if tls is not None else TlsConfig.from_env())
-    log.info("service ready", extra={"grpc_port": server.port})
+    log.info("service ready", extra={"grpc_port": server.port, "event_loop": event_loop.loop_name()})
     try:
         waiter = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from fapiao_runtime import event_loop
 from fapiao_runtime.config import env_str
 from fapiao_runtime.logs import configure_logging
 from fapiao_runtime.metrics import serve_metrics
@@ -21,7 +22,12 @@ def main() -> None:
     serve_metrics(settings.metrics_port)
     # No access log: claim and view URLs carry bearer tokens. The middleware records route templates instead.
     web.run_app(
-        build_app(settings, metrics), host=settings.http_host, port=settings.http_port, access_log=None, print=None
+        build_app(settings, metrics),
+        host=settings.http_host,
+        port=settings.http_port,
+        access_log=None,
+        print=None,
+        loop=event_loop.new_event_loop(),
     )
 
 

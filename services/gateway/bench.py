@@ -24,6 +24,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from fapiao_bench.cpu import cpu_seconds
+from fapiao_runtime import event_loop
 from fapiao_stack.harness import StackUnderTest
 
 DURATION_S = 15.0
@@ -96,4 +97,4 @@ async def _main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    event_loop.run(_main())

@@ -8,10 +8,10 @@ FAPIAO_CLAIM_BASE_URL, FAPIAO_CLAIM_OFFER_TTL_S, FAPIAO_INVOICE_CHANNEL; see set
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from pathlib import Path
 
+from fapiao_runtime import event_loop
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.consumer import EventConsumer
 from fapiao_runtime.grpc_server import GrpcServer
@@ -102,7 +102,7 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
 def main() -> None:
     config = RuntimeConfig.from_env("invoice_minting", 50052)
     settings = MintingSettings.from_env()
-    asyncio.run(run_service(config, service_names=[SERVICE_NAME], migrations=MIGRATIONS, wire=make_wiring(settings)))
+    event_loop.run(run_service(config, service_names=[SERVICE_NAME], migrations=MIGRATIONS, wire=make_wiring(settings)))
 
 
 if __name__ == "__main__":

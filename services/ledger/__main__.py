@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from pathlib import Path
 
 from fapiao.ledger.v1 import ledger_service_pb2_grpc
+from fapiao_runtime import event_loop
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.service import ServiceContext, run_service
@@ -27,7 +27,7 @@ def main() -> None:
         server.add_servicer(ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, LedgerServicer(validator))
         return [validator.run(ctx.stop)]
 
-    asyncio.run(
+    event_loop.run(
         run_service(
             config,
             service_names=[SERVICE_NAME],

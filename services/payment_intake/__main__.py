@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
+from fapiao_runtime import event_loop
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
 from fapiao_runtime.service import ServiceContext, run_service
@@ -78,7 +79,7 @@ def wiring(settings: IntakeSettings):  # type: ignore[no-untyped-def]
 def main() -> None:
     config = RuntimeConfig.from_env("payment_intake", DEFAULT_GRPC_PORT, db_schema=DB_SCHEMA)
     settings = IntakeSettings.from_env()
-    asyncio.run(
+    event_loop.run(
         run_service(
             config,
             service_names=[SERVICE_NAME],

@@ -6,7 +6,6 @@ runtime's server on FAPIAO_GRPC_PORT carries health and reflection (plaintext) f
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
+from fapiao_runtime import event_loop
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.db import keep_session
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
@@ -127,7 +127,7 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
 
 def main() -> None:
     config = RuntimeConfig.from_env("reimbursement", 50053)
-    asyncio.run(
+    event_loop.run(
         run_service(
             config,
             service_names=[],
