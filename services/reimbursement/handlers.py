@@ -8,6 +8,7 @@ the outbox in the same database transaction, and wait for the committed outcome.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -25,7 +26,9 @@ from fapiao_runtime.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unavailable,
 )
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 
 from reimbursement import requests_store as store
 from reimbursement.identity import require_active
@@ -33,6 +36,8 @@ from reimbursement.invoice_facts import FactsCache, InvoiceFacts, facts_of
 from reimbursement.ledger_port import LedgerPort
 from reimbursement.organisations import Organisation
 from reimbursement.requests_store import TxRow
+
+log = logging.getLogger(__name__)
 
 INVOICE_NUMBER = re.compile(r"^\d{20}$")
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -188,6 +193,12 @@ class ReimbursementHandlers:
         if response is None:
             raise NotFound("INVOICE_NOT_FOUND", f"no such invoice on the ledger: {invoice_number}")
         facts = facts_of(response)
+        if facts.invoice_number != invoice_number or facts.invoice_id != invoice_id_for_number(invoice_number):
+            # The read is one validator's word. The ledger accepts an ISSUE only under the id derived
+            # from its number, so an answer naming another invoice is a faulty validator: it must never
+            # make this service lock, unlock or close a different invoice.
+            log.warning("a validator answered for another invoice", extra={"invoice_number": invoice_number})
+            raise Unavailable("LEDGER_INCONSISTENT", "the ledger's answer names another invoice; retry")
         self._facts_cache.put(facts)
         return facts
 

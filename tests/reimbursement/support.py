@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import SigningKey
 from reimbursement.devstack import Pki, new_invoice_number, new_tax_id
 
@@ -42,9 +43,10 @@ class Issuer:
             if buyer_tax_id
             else invoice_pb2.Party(kind=invoice_pb2.PARTY_KIND_PERSON, name="Zhang San")
         )
+        number = number or new_invoice_number()
         body = invoice_pb2.InvoiceBody(
-            invoice_id=str(uuid.uuid4()),
-            invoice_number=number or new_invoice_number(),
+            invoice_id=invoice_id_for_number(number),
+            invoice_number=number,
             kind=invoice_pb2.INVOICE_KIND_ORDINARY,
             seller=invoice_pb2.Party(kind=invoice_pb2.PARTY_KIND_COMPANY, name="Seller Ltd", tax_id=self.tax_id),
             buyer=buyer,

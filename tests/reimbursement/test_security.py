@@ -119,3 +119,14 @@ async def test_bad_input_is_invalid_argument_and_submits_nothing(api: ApiUnderTe
             await stub.LockInvoice(rpb.LockInvoiceRequest(invoice_number="9" * 20, idempotency_key="k"), timeout=5)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND and reason_of(caught.value) == "INVOICE_NOT_FOUND"
     assert not api.ledger.submitted
+
+
+async def test_a_validator_answering_for_another_invoice_cannot_redirect_a_lock(api: ApiUnderTest) -> None:
+    """Reads come from one validator: an answer naming another invoice is refused, nothing is submitted."""
+    tax_id = new_tax_id()
+    await api.add_org(tax_id)
+    asked, other = api.issue(None), api.issue(None)
+    api.ledger.by_number[asked] = api.ledger.by_number[other]  # the validator now answers with `other`
+    error = await _lock_error(api, tax_id, asked)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and reason_of(error) == "LEDGER_INCONSISTENT"
+    assert not api.ledger.submitted
