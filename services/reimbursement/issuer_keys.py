@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -110,19 +109,12 @@ def issuer_signature_problem(signed: invoice_pb2.SignedInvoice, seller_tax_id: s
     return ""
 
 
-# Fetches wait up to BATCHED_FETCH's 200 ms for records: while the follower keeps up with the log, a
-# poll that ends this long after a moment has read everything appended before it (one fetch in flight
-# at that moment, then one sent after it). A follower far behind (replaying after a long outage) is
-# not covered: it answers as if the key were unknown until it has caught up.
-CATCH_UP_S = 2 * BATCHED_FETCH["fetch_max_wait_ms"] / 1000 + 0.05
-
-
 class IssuerKeyRecorder:
     """Consumes ledger.tx.v1 (consumer group) and stores authority-signed ISSUER key registrations.
 
-    It reads in fetch windows (a registration is rare among the records), so even when it keeps up it
-    may be up to about CATCH_UP_S behind the log: `caught_up` lets a check that found no key wait until
-    the registrations written before it are stored, instead of calling a fresh issuer's invoice forged.
+    It reads in fetch windows (a registration is rare among the records), and after a restart or an
+    outage it may be far behind the log: `caught_up` lets a check that found no key wait until every
+    record the log held at that moment is stored, instead of calling a fresh issuer's invoice forged.
     """
 
     def __init__(
@@ -134,8 +126,8 @@ class IssuerKeyRecorder:
         self._pool = pool
         self._authority_keys = authority_keys
         self.stored = 0
-        self.polled_at = 0.0  # monotonic time at which the last poll's registrations were stored
-        self._polled = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._committed = asyncio.Event()  # set (and replaced) after each offset commit
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -150,11 +142,11 @@ class IssuerKeyRecorder:
             **BATCHED_FETCH,  # registrations are rare among the records read: no need to chase each one
         )
         await consumer.start()
+        self._consumer = consumer
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=300, max_records=1000)
                 if not batch:
-                    self._mark_polled()
                     continue
                 offsets: dict[TopicPartition, int] = {}
                 for tp, records in batch.items():
@@ -166,24 +158,38 @@ class IssuerKeyRecorder:
                             self.stored += 1
                 # Offsets only after the upserts are durable: a crash replays (upserts are idempotent).
                 await commit_applied(consumer, offsets)
-                self._mark_polled()
+                self._committed.set()
+                self._committed = asyncio.Event()
         finally:
+            self._consumer = None
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
-    def _mark_polled(self) -> None:
-        self.polled_at = time.monotonic()
-        self._polled.set()
-        self._polled = asyncio.Event()
+    @property
+    def assigned(self) -> bool:
+        """True once the consumer runs and the group gave it partitions."""
+        return self._consumer is not None and bool(self._consumer.assignment())
 
-    async def caught_up(self, since: float, timeout_s: float = 2.0) -> bool:
-        """Wait for a poll that ended CATCH_UP_S after monotonic time `since` (see CATCH_UP_S); False if
-        none did within `timeout_s` (the consumer is down or stuck)."""
-        deadline = time.monotonic() + timeout_s
-        while self.polled_at < since + CATCH_UP_S:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._polled.wait(), timeout=remaining)
-        return True
+    async def caught_up(self, timeout_s: float = 2.0) -> bool:
+        """Wait until the group (this replica or another, the table is shared) has stored every record
+        the log holds now: committed offsets at the end offsets read at the call. False if that does not
+        happen within `timeout_s` (far behind, or the consumer is down): the caller must not conclude."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                partitions = [
+                    TopicPartition(self._topic, p) for p in sorted(consumer.partitions_for_topic(self._topic) or ())
+                ]
+                if not partitions:
+                    return False
+                ends = await consumer.end_offsets(partitions)
+                while True:
+                    committed = self._committed
+                    offsets = [await consumer.committed(tp) for tp in partitions]
+                    if all((o or 0) >= ends[tp] for o, tp in zip(offsets, partitions, strict=True)):
+                        return True
+                    await committed.wait()
+        except TimeoutError:
+            return False

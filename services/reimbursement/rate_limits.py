@@ -63,3 +63,13 @@ async def count_check(
     if checks is None:
         raise ResourceExhausted("DAILY_CHECK_LIMIT", f"this invoice may be checked at most {daily_limit} times a day")
     return int(daily_limit - checks)
+
+
+async def uncount_check(conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, invoice_number: str) -> None:
+    """Give back a check counted by `count_check` that could not be answered (UNAVAILABLE)."""
+    await conn.execute(
+        "UPDATE verification_checks SET checks = checks - 1 WHERE organisation_tax_id = $1 AND invoice_number = $2"
+        " AND check_day = current_date AND checks > 0",
+        tax_id,
+        invoice_number,
+    )

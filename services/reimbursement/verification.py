@@ -9,21 +9,20 @@ the invoice's number, issue date and total; on a mismatch nothing else is reveal
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
-from fapiao_runtime.errors import InvalidArgument
+from fapiao_runtime.errors import InvalidArgument, Unavailable
 from fapiao_runtime.ledger_trust import PublicKeys, ReceiptInvalid, verify_receipt
 
 from reimbursement.invoice_facts import invoice_body, signed_invoice_from_receipt
 from reimbursement.issuer_keys import find_issuer_key, issuer_signature_problem
 from reimbursement.ledger_port import LedgerPort
 from reimbursement.organisations import Organisation
-from reimbursement.rate_limits import OrganisationRateLimiter, count_check
+from reimbursement.rate_limits import OrganisationRateLimiter, count_check, uncount_check
 
 ISSUE_DATE = re.compile(r"^\d{8}$")
 
@@ -49,7 +48,7 @@ class InvoiceVerifier:
         validator_keys: PublicKeys,
         quorum: int | None,
         settings: VerificationSettings | None = None,
-        keys_caught_up: Callable[[float], Awaitable[bool]] | None = None,
+        keys_caught_up: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._pool = pool
         self._ledger = ledger
@@ -61,7 +60,8 @@ class InvoiceVerifier:
         self._keys_caught_up = keys_caught_up
 
     async def verify(self, organisation: Organisation, request: rpb.VerifyInvoiceRequest) -> rpb.VerifyInvoiceResponse:
-        """Errors: INVALID_ARGUMENT for malformed input, RESOURCE_EXHAUSTED over a rate limit.
+        """Errors: INVALID_ARGUMENT for malformed input, RESOURCE_EXHAUSTED over a rate limit,
+        UNAVAILABLE when the ledger or the issuer keys cannot be read yet (the check is then not counted).
 
         Everything else is an answer: genuine=false with `problem` naming the first failed check.
         """
@@ -73,7 +73,15 @@ class InvoiceVerifier:
         remaining = await count_check(
             self._pool, organisation.tax_id, request.invoice_number, self._settings.daily_checks_per_invoice
         )
-        reply = rpb.VerifyInvoiceResponse(checks_remaining_today=remaining)
+        try:
+            return await self._verify(request, rpb.VerifyInvoiceResponse(checks_remaining_today=remaining))
+        except Unavailable:
+            await uncount_check(self._pool, organisation.tax_id, request.invoice_number)
+            raise
+
+    async def _verify(
+        self, request: rpb.VerifyInvoiceRequest, reply: rpb.VerifyInvoiceResponse
+    ) -> rpb.VerifyInvoiceResponse:
         response = await self._ledger.invoice_state(request.invoice_number)
         if response is None:
             reply.problem = "NOT_ON_LEDGER"
@@ -104,9 +112,11 @@ class InvoiceVerifier:
         issuer_key = await find_issuer_key(self._pool, signed.signature.key_id)
         if issuer_key is None and self._keys_caught_up is not None:
             # The ISSUE is final, so its key's registration is already in the log (before the ISSUE):
-            # wait until what the log held now is stored, then look again.
-            if await self._keys_caught_up(time.monotonic()):
-                issuer_key = await find_issuer_key(self._pool, signed.signature.key_id)
+            # wait until what the log holds now is stored, then look again. Unable to tell is no answer:
+            # a genuine invoice must not be called forged because this replica is behind.
+            if not await self._keys_caught_up():
+                raise Unavailable("ISSUER_KEYS_CATCHING_UP", "issuer keys are still being read from the ledger; retry")
+            issuer_key = await find_issuer_key(self._pool, signed.signature.key_id)
         problem = issuer_signature_problem(signed, body.seller.tax_id, issuer_key)
         state = issue_result.state
         reply.ledger_height = issue_result.height

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
-from fapiao_runtime.errors import reason_of
+from fapiao_runtime.errors import Unavailable, reason_of
 from reimbursement.issuer_keys import store_registration
 from reimbursement.organisations import Organisation
 from reimbursement.verification import InvoiceVerifier, VerificationSettings
@@ -95,32 +95,42 @@ async def test_five_checks_per_invoice_per_day(api: ApiUnderTest) -> None:
     assert (await _verify(api, other, number)).genuine
 
 
-@pytest.mark.parametrize("registered_meanwhile", [True, False])
+@pytest.mark.parametrize("follower", ["stores it meanwhile", "caught up, no such key", "cannot tell"])
 async def test_a_key_not_stored_yet_is_awaited_before_calling_an_invoice_forged(
-    api: ApiUnderTest, registered_meanwhile: bool
+    api: ApiUnderTest, follower: str
 ) -> None:
-    # The issuer-key follower reads the ledger in fetch windows: a fresh issuer's registration may
-    # still be on its way when a company checks the first invoice. The verifier waits for it.
+    # The issuer-key follower reads the ledger in fetch windows, and may be far behind after an outage:
+    # a fresh issuer's registration may still be on its way when a company checks the first invoice.
     org = new_tax_id()
     await api.add_org(org)
     fresh = Issuer(tax_id=new_tax_id())
     number = api.ledger.issue(fresh.invoice(org)).invoice_number
-    waited: list[float] = []
+    waited: list[str] = []
 
-    async def caught_up(since: float) -> bool:
-        waited.append(since)
-        if registered_meanwhile:
+    async def caught_up() -> bool:
+        waited.append(follower)
+        if follower == "stores it meanwhile":
             await store_registration(api.pool, fresh.registration("reg-fresh"))
-        return registered_meanwhile
+        return follower != "cannot tell"
 
     verifier = InvoiceVerifier(
         api.pool, api.ledger, api.ledger.public_keys, None, VerificationSettings(5, 50.0), keys_caught_up=caught_up
     )
     request = rpb.VerifyInvoiceRequest(invoice_number=number, issue_date="20261124", total_fen=11_200)
-    reply = await verifier.verify(Organisation(org, "Company", True), request)
+    caller = Organisation(org, "Company", True)
+    if follower == "cannot tell":
+        # Not knowing is no verdict: UNAVAILABLE, and the check is not counted against the daily five.
+        with pytest.raises(Unavailable) as caught:
+            await verifier.verify(caller, request)
+        assert caught.value.reason == "ISSUER_KEYS_CATCHING_UP"
+        await store_registration(api.pool, fresh.registration("reg-fresh"))
+        reply = await verifier.verify(caller, request)
+        assert reply.genuine and reply.checks_remaining_today == 4
+        return
+    reply = await verifier.verify(caller, request)
     assert len(waited) == 1
-    assert reply.genuine == registered_meanwhile
-    assert reply.problem == ("" if registered_meanwhile else "UNKNOWN_ISSUER_KEY")
+    assert reply.genuine == (follower == "stores it meanwhile")
+    assert reply.problem == ("" if reply.genuine else "UNKNOWN_ISSUER_KEY")
     # A key already stored is never waited for.
-    await verifier.verify(Organisation(org, "Company", True), request)
-    assert len(waited) == 1 + (0 if registered_meanwhile else 1)
+    await verifier.verify(caller, request)
+    assert len(waited) == (1 if reply.genuine else 2)
