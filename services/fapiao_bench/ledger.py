@@ -7,6 +7,13 @@ ledger_validator_cpu_us_per_tx: CPU seconds one validator process spent per comm
 during the throughput phase (independent of other load on the machine).
 ledger_commit_p99_ms (and p50): transactions sent at a paced 1,000 tx/s; latency from just before the
 send to the first copy of its final result on ledger.results.v1.
+ledger_hop_<hop>_p50_ms / _p99_ms: where that latency goes, from the Kafka timestamps of the records
+of the paced run (read back afterwards, blocks rebuilt with the validators' cutting rule):
+  marker           transaction record -> the time-to-cut marker that cut its block
+  first_signature  marker -> the first validator's signature of that block
+  quorum           first signature -> the quorum-th signature (the block is final)
+  result           quorum -> the first copy of the transaction's result record
+  client           result record -> the benchmark's consumer reads it
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import parse_envelope, unpack
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import topic_partitions, transaction_event
-from fapiao_runtime.topics import LEDGER_RESULTS
+from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_SIGNATURES, LEDGER_TRANSACTIONS
 from fapiao_stack.harness import StackUnderTest
 from ledger.devnet import LedgerNetwork, T, issue, reimburse
+from ledger.records import decode_record
 
 from fapiao_bench.cpu import cpu_seconds
 
@@ -31,6 +39,9 @@ PACED_RATE_PER_S = 1_000
 PACED_SECONDS = 8
 LOW_RATE_PER_S = 200
 LOW_RATE_SECONDS = 5
+MAX_TXS = 500
+QUORUM = 3
+HOPS = ("marker", "first_signature", "quorum", "result", "client")
 
 
 class ResultClock:
@@ -38,7 +49,8 @@ class ResultClock:
 
     def __init__(self, env: StackUnderTest) -> None:
         self.env = env
-        self.arrived: dict[str, float] = {}
+        self.arrived: dict[str, float] = {}  # perf_counter seconds
+        self.wall_offset = time.time() - time.perf_counter()  # arrived + wall_offset = Unix time
         self.accepted = 0
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -96,10 +108,87 @@ def _events(net: LedgerNetwork, txs: list[ledger_pb2.SignedTransaction]) -> list
     return out
 
 
+def _percentile(ordered: list[float], q: float) -> float:
+    return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * q) - 1))]
+
+
+async def _read_topic(env: StackUnderTest, name: str) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """Every record of a topic as (partition, timestamp ms, key, value), partitions in offset order."""
+    topic = env.topic(name)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=env.kafka_bootstrap, group_id=None, enable_auto_commit=False, max_poll_records=20_000
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[tuple[int, int, bytes | None, bytes | None]] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for tp, records in batch.items():
+                out += [(tp.partition, r.timestamp, r.key, r.value) for r in records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _hops(env: StackUnderTest, clock: ResultClock, ids: set[str]) -> dict[str, float]:
+    """Per-hop p50 / p99 (ms) of the transactions `ids`, from the records' Kafka timestamps."""
+    signatures: dict[tuple[int, int], list[int]] = {}
+    for _, timestamp, _, value in await _read_topic(env, LEDGER_SIGNATURES.name):
+        signature = unpack(parse_envelope(value or b""), ledger_pb2.BlockSignature)
+        signatures.setdefault((signature.chain_id, signature.height), []).append(timestamp)
+    first_result: dict[str, int] = {}
+    for _, timestamp, key, _ in await _read_topic(env, LEDGER_RESULTS.name):
+        tx_id = (key or b"").decode()
+        first_result[tx_id] = min(timestamp, first_result.get(tx_id, timestamp))
+    hops: dict[str, list[float]] = {hop: [] for hop in HOPS}
+    pending: dict[int, list[tuple[str, int]]] = {}
+    height: dict[int, int] = {}
+    for partition, timestamp, _, value in await _read_topic(env, LEDGER_TRANSACTIONS.name):
+        record = decode_record(0, value)
+        block = pending.setdefault(partition, [])
+        cut_at: int | None = None
+        if record.kind == "tx" and record.tx is not None:
+            block.append((record.tx.body.transaction_id if record.tx.body is not None else "", timestamp))
+            if len(block) >= MAX_TXS:
+                cut_at = timestamp
+        elif record.kind == "cut" and record.marker is not None and block:
+            if record.marker.height == height.get(partition, 1):
+                cut_at = timestamp
+        if cut_at is None:
+            continue
+        block_height = height.get(partition, 1)
+        height[partition] = block_height + 1
+        pending[partition] = []
+        signed = sorted(signatures.get((partition, block_height), []))
+        if len(signed) < QUORUM:
+            continue
+        for tx_id, sent in block:
+            if tx_id not in ids or tx_id not in first_result or tx_id not in clock.arrived:
+                continue
+            received_ms = (clock.arrived[tx_id] + clock.wall_offset) * 1000
+            hops["marker"].append(cut_at - sent)
+            hops["first_signature"].append(signed[0] - cut_at)
+            hops["quorum"].append(signed[QUORUM - 1] - signed[0])
+            hops["result"].append(first_result[tx_id] - signed[QUORUM - 1])
+            hops["client"].append(received_ms - first_result[tx_id])
+    figures: dict[str, float] = {}
+    for hop, values in hops.items():
+        if len(values) < len(ids) // 2:
+            return {}  # the log could not be matched to blocks: report nothing rather than a wrong split
+        ordered = sorted(values)
+        figures[f"ledger_hop_{hop}_p50_ms"] = _percentile(ordered, 0.5)
+        figures[f"ledger_hop_{hop}_p99_ms"] = _percentile(ordered, 0.99)
+    return figures
+
+
 async def _paced_latency(
     net: LedgerNetwork, clock: ResultClock, topic: str, rate_per_s: int, seconds: int, series: int
-) -> tuple[float, float, float]:
-    """Send ISSUEs at `rate_per_s` for `seconds`; return (p50 ms, p99 ms, offered tx/s)."""
+) -> tuple[float, float, float, set[str]]:
+    """Send ISSUEs at `rate_per_s` for `seconds`; return (p50 ms, p99 ms, offered tx/s, transaction ids)."""
     assert net.producer is not None
     numbers = [f"2645{series:02d}{i:014d}" for i in range(rate_per_s * seconds)]
     paced = [issue(net.issuer, invoice_id_for_number(number), number) for number in numbers]
@@ -120,11 +209,11 @@ async def _paced_latency(
     await asyncio.gather(*pending)
     await clock.wait_for(list(sent_at), timeout_s=60)
     latencies = sorted((clock.arrived[i] - t) * 1000 for i, t in sent_at.items())
-    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1], offered
+    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1], offered, set(sent_at)
 
 
 async def run(env: StackUnderTest) -> dict[str, float]:
-    net = LedgerNetwork(env, extra_env={"FAPIAO_LEDGER_MAX_TXS": "500"})  # the default cut interval
+    net = LedgerNetwork(env, extra_env={"FAPIAO_LEDGER_MAX_TXS": str(MAX_TXS)})  # the default cut interval
     await net.start()
     clock = ResultClock(env)
     await clock.start()
@@ -148,9 +237,12 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         cpu_per_tx_us = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / len(pids) / len(ids) * 1e6
 
         # Latency at a paced 1,000 tx/s, and at 200 tx/s (below saturation on a shared machine).
-        p50, p99, offered = await _paced_latency(net, clock, topic, PACED_RATE_PER_S, PACED_SECONDS, series=1)
-        _, low_p99, _ = await _paced_latency(net, clock, topic, LOW_RATE_PER_S, LOW_RATE_SECONDS, series=2)
+        p50, p99, offered, paced_ids = await _paced_latency(
+            net, clock, topic, PACED_RATE_PER_S, PACED_SECONDS, series=1
+        )
+        _, low_p99, _, _ = await _paced_latency(net, clock, topic, LOW_RATE_PER_S, LOW_RATE_SECONDS, series=2)
         return {
+            **await _hops(env, clock, paced_ids),
             "ledger_committed_tx_per_s": throughput,
             "ledger_commit_p50_ms": p50,
             "ledger_commit_p99_ms": p99,
