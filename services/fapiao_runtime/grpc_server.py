@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -16,9 +17,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fapiao_runtime.errors import FapiaoError
+from fapiao_runtime.errors import FapiaoError, PermissionDenied
 from fapiao_runtime.logs import request_id_var
 from fapiao_runtime.metrics import GRPC_LATENCY, GRPC_REQUESTS, REJECTIONS
+from fapiao_runtime.pki import service_name
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +30,62 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """Server TLS material (PEM). With client_ca_pem set, clients must present a certificate it signed."""
+    """Server TLS material (PEM). With client_ca_pem set, clients must present a certificate it signed;
+    with allowed_clients too, only service certificates (`pki.issue_service_certificate`) naming one
+    of those services may call the server's methods (the health service stays open to the CA's
+    certificates)."""
 
     cert_chain_pem: bytes
     private_key_pem: bytes
     client_ca_pem: bytes | None = None
+    allowed_clients: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.allowed_clients and self.client_ca_pem is None:
+            raise ValueError("allowed clients need a client CA (mutual TLS)")
 
     @classmethod
     def from_env(cls, prefix: str = "FAPIAO_GRPC_TLS") -> TlsConfig | None:
-        """`{prefix}_CERT_FILE`, `_KEY_FILE` and optional `_CLIENT_CA_FILE` (PEM paths); None when no
-        certificate is configured. A certificate without its key is a configuration error."""
+        """`{prefix}_CERT_FILE`, `_KEY_FILE`, optional `_CLIENT_CA_FILE` (PEM paths) and optional
+        `_ALLOWED_CLIENTS` (comma-separated service names); None when no certificate is configured.
+        A certificate without its key, or allowed clients without a client CA, is a configuration error."""
         cert = os.environ.get(f"{prefix}_CERT_FILE", "")
+        allowed = frozenset(n.strip() for n in os.environ.get(f"{prefix}_ALLOWED_CLIENTS", "").split(",") if n.strip())
         if not cert:
+            if allowed:
+                raise ValueError(f"{prefix}_ALLOWED_CLIENTS needs {prefix}_CERT_FILE and _CLIENT_CA_FILE")
             return None
         key = os.environ.get(f"{prefix}_KEY_FILE", "")
         if not key:
             raise ValueError(f"{prefix}_KEY_FILE is required with {prefix}_CERT_FILE")
         client_ca = os.environ.get(f"{prefix}_CLIENT_CA_FILE", "")
-        return cls(Path(cert).read_bytes(), Path(key).read_bytes(), Path(client_ca).read_bytes() if client_ca else None)
+        if allowed and not client_ca:
+            raise ValueError(f"{prefix}_ALLOWED_CLIENTS needs {prefix}_CLIENT_CA_FILE (mutual TLS)")
+        return cls(
+            Path(cert).read_bytes(),
+            Path(key).read_bytes(),
+            Path(client_ca).read_bytes() if client_ca else None,
+            allowed,
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _service_of(cert_pem: bytes) -> str | None:
+    # Parsing X.509 costs more than the call; a connection presents the same certificate every time.
+    return service_name(cert_pem)
+
+
+class ClientPolicy:
+    """Which verified clients may call the wrapped methods; set when the server starts with its TLS."""
+
+    def __init__(self) -> None:
+        self.allowed: frozenset[str] | None = None  # None: any client the transport accepted
+
+    def check(self, context: grpc.aio.ServicerContext) -> None:
+        certs = (context.auth_context() or {}).get("x509_pem_cert") or []
+        name = _service_of(bytes(certs[0])) if certs else None
+        if name is None or name not in (self.allowed or ()):
+            raise PermissionDenied("CLIENT_NOT_ALLOWED", "this client certificate may not call this service")
 
 
 _ID_PREFIX = secrets.token_hex(6)
@@ -67,8 +107,9 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 class _WrappingGenericHandler(grpc.GenericRpcHandler):
     """Wraps the handlers a generic handler returns, once per method."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, policy: ClientPolicy) -> None:
         self._inner = inner
+        self._policy = policy
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -78,7 +119,7 @@ class _WrappingGenericHandler(grpc.GenericRpcHandler):
         method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is None or cached[0] is not handler:
-            cached = (handler, _wrap(method, handler))
+            cached = (handler, _wrap(method, handler, self._policy))
             self._wrapped[method] = cached
         return cached[1]
 
@@ -93,26 +134,27 @@ class _Registrar:
     use.
     """
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, policy: ClientPolicy) -> None:
         self._server = server
+        self._policy = policy
         self._pending: list[grpc.GenericRpcHandler] = []
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._pending.extend(handlers)
 
     def add_registered_method_handlers(self, service_name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        wrapped = {name: _wrap(f"/{service_name}/{name}", h) for name, h in handlers.items()}
+        wrapped = {name: _wrap(f"/{service_name}/{name}", h, self._policy) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, wrapped),))
         self._server.add_registered_method_handlers(service_name, wrapped)
         self._pending.clear()
 
     def close(self) -> None:
         if self._pending:
-            self._server.add_generic_rpc_handlers([_WrappingGenericHandler(h) for h in self._pending])
+            self._server.add_generic_rpc_handlers([_WrappingGenericHandler(h, self._policy) for h in self._pending])
             self._pending.clear()
 
 
-def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy) -> grpc.RpcMethodHandler:
     if handler.unary_unary:
         inner_unary = handler.unary_unary
         latency = GRPC_LATENCY.labels(method=method)
@@ -123,6 +165,8 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             started = time.perf_counter()
             code = "OK"
             try:
+                if policy.allowed is not None:
+                    policy.check(context)
                 return await inner_unary(request, context)
             except FapiaoError as exc:
                 code = exc.status_code.name
@@ -151,6 +195,8 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = request_id_var.set(_request_id(context))
             try:
+                if policy.allowed is not None:
+                    policy.check(context)
                 async for item in inner_stream(request, context):
                     yield item
             except FapiaoError as exc:
@@ -201,11 +247,12 @@ class GrpcServer:
             self.server,
         )
         self.port = 0
+        self.client_policy = ClientPolicy()
 
     def add_servicer(self, add_to_server: Callable[[Any, Any], None], servicer: object) -> None:
         """Register `servicer` with its generated `add_*Servicer_to_server` function, every method
         wrapped with the request id, the FapiaoError mapping and the metrics."""
-        registrar = _Registrar(self.server)
+        registrar = _Registrar(self.server, self.client_policy)
         add_to_server(servicer, registrar)
         registrar.close()
 
@@ -221,12 +268,21 @@ class GrpcServer:
                 require_client_auth=tls.client_ca_pem is not None,
             )
             self.port = self.server.add_secure_port(address, credentials)
+            if tls.allowed_clients:
+                self.client_policy.allowed = tls.allowed_clients
         if self.port == 0:
             raise RuntimeError(f"could not bind gRPC server to {address}")
         await self.server.start()
         for name in ["", *self._service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("gRPC server started", extra={"address": f"{host}:{self.port}", "tls": tls is not None})
+        log.info(
+            "gRPC server started",
+            extra={
+                "address": f"{host}:{self.port}",
+                "tls": tls is not None,
+                "allowed_clients": ",".join(sorted(self.client_policy.allowed or ())),
+            },
+        )
         return self.port
 
     async def stop(self, grace_s: float = 5.0) -> None:

@@ -186,6 +186,19 @@ def issue_service_certificate(
     return _leaf(ca, subject, ExtendedKeyUsageOID.CLIENT_AUTH, [], validity_days)
 
 
+def service_name(cert_pem: bytes) -> str | None:
+    """The service a service certificate names (its CN), or None for any other certificate.
+
+    Like `organisation_tax_id`, only for a certificate the TLS handshake already verified.
+    """
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if not any(u.value == SERVICE_UNIT for u in units):
+        return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
 def organisation_tax_id(cert_pem: bytes) -> str | None:
     """The unified social credit code carried by an organisation certificate, or None if it has none.
 
