@@ -47,6 +47,8 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
             response = ledger_service_pb2.GetInvoiceStateResponse(
                 state=ledger_pb2.InvoiceState.FromString(bytes(row["state"]))
             )
+            if request.state_only:
+                return response
             receipts: dict[str, ledger_pb2.Receipt | None] = {}
             for tx_id, target in (
                 (row["last_transaction_id"], response.receipt),

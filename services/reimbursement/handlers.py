@@ -189,7 +189,8 @@ class ReimbursementHandlers:
         return await asyncio.shield(inflight)
 
     async def _read_facts(self, invoice_number: str) -> InvoiceFacts:
-        response = await self._ledger.invoice_state(invoice_number)
+        # The state alone (no receipts): a pre-check, which the ledger repeats when the LOCK executes.
+        response = await self._ledger.invoice_state(invoice_number, state_only=True)
         if response is None:
             raise NotFound("INVOICE_NOT_FOUND", f"no such invoice on the ledger: {invoice_number}")
         facts = facts_of(response)
@@ -211,7 +212,7 @@ class ReimbursementHandlers:
             for fact in facts:
                 # A company invoice belongs to its buyer; a personal one may go to any registered organisation
                 # (the ledger lets only the first LOCK win).
-                if fact.buyer_is_company and fact.buyer_tax_id != organisation.tax_id:
+                if fact.buyer_tax_id and fact.buyer_tax_id != organisation.tax_id:
                     raise PermissionDenied(
                         "NOT_INVOICE_BUYER", f"a company invoice can only be locked by its buyer: {fact.invoice_number}"
                     )
@@ -240,7 +241,7 @@ class ReimbursementHandlers:
         Only the holder can unlock or close, so nothing but a concurrent cancellation by the issuer can change
         that between this check and the ledger's decision (reported, see docs/reimbursement.md).
         """
-        states = await asyncio.gather(*(self._ledger.invoice_state(n) for n in numbers))
+        states = await asyncio.gather(*(self._ledger.invoice_state(n, state_only=True) for n in numbers))
         for number, response in zip(numbers, states, strict=True):
             if response is None:
                 raise NotFound("INVOICE_NOT_FOUND", f"no such invoice on the ledger: {number}")

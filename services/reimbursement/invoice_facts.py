@@ -1,4 +1,4 @@
-"""The immutable facts about an invoice that authorization needs, read from the ledger's issue receipt."""
+"""The immutable facts about an invoice that authorization needs, read from the ledger's state of it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ INVOICE_NUMBER_DIGITS = 20
 class InvoiceFacts:
     invoice_id: str
     invoice_number: str
-    buyer_is_company: bool
+    # The ledger's own rule (state machine): a buyer with a tax id reserves the invoice for that tax id
+    # (a company, or a person invoiced under a code); any registered organisation may take the others.
     buyer_tax_id: str
 
 
@@ -40,24 +41,10 @@ def invoice_body(signed: invoice_pb2.SignedInvoice) -> invoice_pb2.InvoiceBody |
 
 
 def facts_of(response: ledger_service_pb2.GetInvoiceStateResponse) -> InvoiceFacts:
-    """Facts from the issue receipt's invoice when present, else from the state (a buyer with a tax id is
-    then treated as a company, the stricter reading)."""
+    """Facts from the ledger's state of the invoice (a `state_only` answer is enough)."""
     state = response.state
-    if response.HasField("issue_receipt"):
-        signed = signed_invoice_from_receipt(response.issue_receipt)
-        body = invoice_body(signed) if signed is not None else None
-        if body is not None:
-            return InvoiceFacts(
-                invoice_id=state.invoice_id or body.invoice_id,
-                invoice_number=state.invoice_number or body.invoice_number,
-                buyer_is_company=body.buyer.kind == invoice_pb2.PARTY_KIND_COMPANY,
-                buyer_tax_id=body.buyer.tax_id,
-            )
     return InvoiceFacts(
-        invoice_id=state.invoice_id,
-        invoice_number=state.invoice_number,
-        buyer_is_company=bool(state.buyer_tax_id),
-        buyer_tax_id=state.buyer_tax_id,
+        invoice_id=state.invoice_id, invoice_number=state.invoice_number, buyer_tax_id=state.buyer_tax_id
     )
 
 

@@ -84,9 +84,12 @@ class ValidatorLedger:
         log.warning("no validator answered", extra={"method": method, "code": last.code().name if last else ""})
         raise Unavailable("LEDGER_UNAVAILABLE", "no ledger validator answered")
 
-    async def invoice_state(self, invoice_number: str) -> ledger_service_pb2.GetInvoiceStateResponse | None:
+    async def invoice_state(
+        self, invoice_number: str, *, state_only: bool = False
+    ) -> ledger_service_pb2.GetInvoiceStateResponse | None:
         reply = await self._call(
-            "GetInvoiceState", ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number)
+            "GetInvoiceState",
+            ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number, state_only=state_only),
         )
         if reply is None:
             return None

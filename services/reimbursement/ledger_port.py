@@ -16,8 +16,11 @@ from fapiao_runtime.envelope import OutgoingEvent
 
 
 class LedgerPort(Protocol):
-    async def invoice_state(self, invoice_number: str) -> ledger_service_pb2.GetInvoiceStateResponse | None:
-        """Current state and receipts of an invoice, or None when the ledger does not know it."""
+    async def invoice_state(
+        self, invoice_number: str, *, state_only: bool = False
+    ) -> ledger_service_pb2.GetInvoiceStateResponse | None:
+        """Current state and receipts of an invoice (state_only: without receipts, one validator's
+        unsigned word), or None when the ledger does not know it."""
 
     async def transaction_result(self, transaction_id: str) -> ledger_pb2.TransactionResult | None:
         """The final result of a transaction, or None when it is not final (or not known) yet."""

@@ -86,6 +86,11 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
                 final = verify_receipt(reply.receipt, keys)
                 assert final.accepted and final.type == T.TRANSACTION_TYPE_CLOSE
                 assert verify_receipt(reply.issue_receipt, keys).type == T.TRANSACTION_TYPE_ISSUE
+                bare = await stub.GetInvoiceState(
+                    ledger_service_pb2.GetInvoiceStateRequest(invoice_id=inv, state_only=True)
+                )
+                assert bare.state == reply.state
+                assert not bare.HasField("receipt") and not bare.HasField("issue_receipt")
                 with pytest.raises(grpc.aio.AioRpcError) as missing:
                     await stub.GetInvoiceState(ledger_service_pb2.GetInvoiceStateRequest(invoice_id="nope"))
                 assert missing.value.code() == grpc.StatusCode.NOT_FOUND

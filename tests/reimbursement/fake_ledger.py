@@ -79,11 +79,15 @@ class FakeLedger:
 
     # -- LedgerPort ------------------------------------------------------------------------------
 
-    async def invoice_state(self, invoice_number: str) -> ledger_service_pb2.GetInvoiceStateResponse | None:
+    async def invoice_state(
+        self, invoice_number: str, *, state_only: bool = False
+    ) -> ledger_service_pb2.GetInvoiceStateResponse | None:
         invoice_id = self.by_number.get(invoice_number)
         if invoice_id is None:
             return None
         reply = ledger_service_pb2.GetInvoiceStateResponse(state=self.states[invoice_id])
+        if state_only:
+            return reply
         reply.issue_receipt.CopyFrom(self.issue_receipts[invoice_id])
         reply.receipt.CopyFrom(self.last_receipts[invoice_id])
         return reply
