@@ -32,7 +32,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 class TlsConfig:
     """Server TLS material (PEM). With client_ca_pem set, clients must present a certificate it signed;
     with allowed_clients too, only service certificates (`pki.issue_service_certificate`) naming one
-    of those services may call the server's methods (the health service stays open to the CA's
+    of those services may call the server's methods (health and reflection stay open to the CA's
     certificates)."""
 
     cert_chain_pem: bytes

@@ -210,8 +210,9 @@ class ReimbursementHandlers:
         if action == "LOCK":
             facts = await asyncio.gather(*(self._facts(n) for n in numbers))
             for fact in facts:
-                # A company invoice belongs to its buyer; a personal one may go to any registered organisation
-                # (the ledger lets only the first LOCK win).
+                # An invoice issued to a tax id (a company's) belongs to that buyer; a personal one may go to
+                # any registered organisation (the ledger lets only the first LOCK win). The ledger applies
+                # the same rule when the LOCK executes (ORGANISATION_NOT_ALLOWED).
                 if fact.buyer_tax_id and fact.buyer_tax_id != organisation.tax_id:
                     raise PermissionDenied(
                         "NOT_INVOICE_BUYER", f"a company invoice can only be locked by its buyer: {fact.invoice_number}"
