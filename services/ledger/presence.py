@@ -13,20 +13,24 @@ the ids then stored plus room to grow; past that the false-positive rate, not co
 
 from __future__ import annotations
 
-import hashlib
-import struct
-
-BITS_PER_ITEM = 10  # with 7 positions per id: about 1 % false positives at capacity
+BITS_PER_ITEM = 16  # with 3 positions per id: about 0.5 % false positives at capacity
 MIN_CAPACITY = 1_000_000
-MAX_BITS = 1 << 32  # positions are 32-bit words
-_SEVEN_WORDS = struct.Struct("<7I").unpack
+MAX_BITS = 1 << 32
 
 
 class PresenceFilter:
+    """Positions come from Python's own string hash (SipHash, keyed at random per process): computed
+    in C and cached on the string, so a check costs a fraction of a microsecond, and ids chosen by a
+    client cannot be aimed at the filter. The filter lives in one process and is rebuilt at start,
+    so positions never need to agree across processes."""
+
     def __init__(self, capacity: int) -> None:
         assert capacity > 0
-        self._bits = min(MAX_BITS, max(64, capacity * BITS_PER_ITEM))
-        self._array = bytearray((self._bits + 7) // 8)
+        bits = 64
+        while bits < min(MAX_BITS, capacity * BITS_PER_ITEM):
+            bits <<= 1
+        self._mask = bits - 1
+        self._array = bytearray(bits // 8)
         self.count = 0
 
     @classmethod
@@ -34,20 +38,22 @@ class PresenceFilter:
         """A filter for `stored` ids already in the database, with room for growth."""
         return cls(max(MIN_CAPACITY, 2 * stored))
 
-    def _positions(self, item: str) -> tuple[int, ...]:
-        # Seven independent 32-bit positions from one 28-byte digest.
-        bits = self._bits
-        return tuple(v % bits for v in _SEVEN_WORDS(hashlib.blake2b(item.encode(), digest_size=28).digest()))
-
     def add(self, item: str) -> None:
-        array = self._array
-        for position in self._positions(item):
-            array[position >> 3] |= 1 << (position & 7)
+        # Three positions by double hashing (Kirsch-Mitzenmacher) from the two halves of the hash.
+        h, mask, array = hash(item), self._mask, self._array
+        step = h >> 32
+        for p in (h & mask, (h + step) & mask, (h + 2 * step) & mask):
+            array[p >> 3] |= 1 << (p & 7)
         self.count += 1
 
     def __contains__(self, item: str) -> bool:
-        array = self._array
-        for position in self._positions(item):
-            if not array[position >> 3] & (1 << (position & 7)):
-                return False
-        return True
+        h, mask, array = hash(item), self._mask, self._array
+        step = h >> 32
+        p = h & mask
+        if not array[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (h + step) & mask
+        if not array[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (h + 2 * step) & mask
+        return bool(array[p >> 3] & (1 << (p & 7)))
