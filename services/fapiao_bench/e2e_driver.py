@@ -32,6 +32,7 @@ from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_runtime.topics import LEDGER_RESULTS
 
 from fapiao_bench.cpu import CpuMeter, children_of
+from fapiao_bench.stats import percentile
 
 CONCURRENCY = 64
 MERCHANTS = 8
@@ -173,14 +174,6 @@ async def drive(
     return latencies
 
 
-def percentile_ms(latencies: list[float], fraction: float) -> float:
-    """The `fraction` percentile (nearest rank) in milliseconds; NaN when nothing was measured."""
-    ordered = sorted(latencies)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(len(ordered) * fraction) - 1))] * 1000
-
-
 def stack_processes() -> dict[str, list[int]]:
     """Pids of the running local stack by component (the load generator is this process)."""
     from fapiao_stack import stack
@@ -231,8 +224,8 @@ async def main_async(seconds: int, bootstrap: str) -> dict[str, float]:
         **per_invoice,
         "e2e_cpu_ms_per_invoice_total": sum(per_invoice.values()),
         "e2e_invoices_per_s": throughput,
-        "e2e_p99_ms": percentile_ms(open_loop, 0.99),
-        "e2e_p50_ms": percentile_ms(open_loop, 0.50),
+        "e2e_p99_ms": percentile(open_loop, 0.99) * 1000,
+        "e2e_p50_ms": percentile(open_loop, 0.50) * 1000,
         "e2e_rate_for_p99_per_s": half,
     }
 

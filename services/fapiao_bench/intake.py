@@ -39,6 +39,7 @@ from payment_intake import merchants
 from payment_intake.wechatpay import Delivery, PlatformSigner, generate_apiv3_key, transaction_resource
 
 from fapiao_bench.cpu import cpu_seconds
+from fapiao_bench.stats import percentile
 
 PAYMENTS = 20_000
 WARMUP = 1_000
@@ -148,8 +149,7 @@ async def _webhook_latency(url: str, signer: PlatformSigner, apiv3_key: bytes) -
         await asyncio.gather(*tasks)
     if failures:
         raise RuntimeError(f"{failures} webhook deliveries failed")
-    latencies.sort()
-    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1], float(len(latencies))
+    return percentile(latencies, 0.5), percentile(latencies, 0.99), float(len(latencies))
 
 
 class _NoopIntake(service_grpc.PaymentIntakeServiceServicer):

@@ -33,6 +33,7 @@ from ledger.devnet import LedgerNetwork, T, issue, reimburse
 from ledger.records import decode_record
 
 from fapiao_bench.cpu import cpu_seconds
+from fapiao_bench.stats import percentile
 
 THROUGHPUT_INVOICES = 8_000
 PACED_RATE_PER_S = 1_000
@@ -108,10 +109,6 @@ def _events(net: LedgerNetwork, txs: list[ledger_pb2.SignedTransaction]) -> list
     return out
 
 
-def _percentile(ordered: list[float], q: float) -> float:
-    return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * q) - 1))]
-
-
 async def _read_topic(env: StackUnderTest, name: str) -> list[tuple[int, int, bytes | None, bytes | None]]:
     """Every record of a topic as (partition, timestamp ms, key, value), partitions in offset order."""
     topic = env.topic(name)
@@ -179,9 +176,8 @@ async def _hops(env: StackUnderTest, clock: ResultClock, ids: set[str]) -> dict[
     for hop, values in hops.items():
         if len(values) < len(ids) // 2:
             return {}  # the log could not be matched to blocks: report nothing rather than a wrong split
-        ordered = sorted(values)
-        figures[f"ledger_hop_{hop}_p50_ms"] = _percentile(ordered, 0.5)
-        figures[f"ledger_hop_{hop}_p99_ms"] = _percentile(ordered, 0.99)
+        figures[f"ledger_hop_{hop}_p50_ms"] = percentile(values, 0.5)
+        figures[f"ledger_hop_{hop}_p99_ms"] = percentile(values, 0.99)
     return figures
 
 
@@ -208,8 +204,8 @@ async def _paced_latency(
     offered = len(paced_events) / (time.perf_counter() - begin)
     await asyncio.gather(*pending)
     await clock.wait_for(list(sent_at), timeout_s=60)
-    latencies = sorted((clock.arrived[i] - t) * 1000 for i, t in sent_at.items())
-    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1], offered, set(sent_at)
+    latencies = [(clock.arrived[i] - t) * 1000 for i, t in sent_at.items()]
+    return percentile(latencies, 0.5), percentile(latencies, 0.99), offered, set(sent_at)
 
 
 async def run(env: StackUnderTest) -> dict[str, float]:

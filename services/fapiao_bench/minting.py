@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import statistics
 import time
 
 import asyncpg
@@ -33,6 +32,7 @@ from fapiao_runtime.topics import MERCHANTS, PAYMENTS
 from fapiao_stack.harness import StackUnderTest
 
 from fapiao_bench.cpu import cpu_seconds
+from fapiao_bench.stats import percentile
 
 MERCHANTS_COUNT = 100
 REGIONS = ("44", "11", "31")
@@ -162,12 +162,11 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         cpu_per_claim_ms = (cpu_seconds(pid) - cpu_before) / len(measured) * 1000
         numbers = await conn.fetchval("SELECT count(DISTINCT invoice_number) FROM invoice_minting.invoices")
         assert numbers == len(tokens), "every claim must have its own number"
-        quantiles = statistics.quantiles(latencies, n=100)
         return {
             "mint_offers_per_s": len(payments) / offers_s,
             "mint_claims_per_s": len(measured) / claims_s,
-            "mint_claim_p50_ms": quantiles[49] * 1000,
-            "mint_claim_p99_ms": quantiles[98] * 1000,
+            "mint_claim_p50_ms": percentile(latencies, 0.5) * 1000,
+            "mint_claim_p99_ms": percentile(latencies, 0.99) * 1000,
             "mint_outbox_drain_s": drain_s,
             "mint_server_cpu_ms_per_claim": cpu_per_claim_ms,
         }

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import statistics
 import time
 
 import grpc
@@ -24,6 +23,8 @@ from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import reason_of
 from fapiao_stack.harness import StackUnderTest
 from reimbursement.devstack import Pki, RealStack, new_tax_id
+
+from fapiao_bench.stats import percentile
 
 ORGANISATIONS = 8
 LOCKS_THROUGHPUT = 1_500
@@ -34,11 +35,6 @@ PACED_SECONDS = 4
 SUSTAINABLE_RATE_PER_S = 30
 SUSTAINABLE_SECONDS = 5
 ISSUE_CHUNK = 500
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run(env: StackUnderTest) -> dict[str, float]:
@@ -113,13 +109,13 @@ async def run(env: StackUnderTest) -> dict[str, float]:
             raise RuntimeError("every paced lock failed")
         return {
             "reimburse_locks_per_s": locks_per_s,
-            "reimburse_lock_p50_ms": statistics.median(latencies_ms),
-            "reimburse_lock_p99_ms": _percentile(latencies_ms, 0.99),
+            "reimburse_lock_p50_ms": percentile(latencies_ms, 0.5),
+            "reimburse_lock_p99_ms": percentile(latencies_ms, 0.99),
             "reimburse_paced_offered_per_s": offered,
             "reimburse_paced_failed": float(len(answers) - len(latencies_ms)),
             "reimburse_throughput_failed": float(sum(1 for d in done if d is None)),
-            f"reimburse_lock_p50_ms_at_{SUSTAINABLE_RATE_PER_S}_per_s": statistics.median(light_ms),
-            f"reimburse_lock_p99_ms_at_{SUSTAINABLE_RATE_PER_S}_per_s": _percentile(light_ms, 0.99),
+            f"reimburse_lock_p50_ms_at_{SUSTAINABLE_RATE_PER_S}_per_s": percentile(light_ms, 0.5),
+            f"reimburse_lock_p99_ms_at_{SUSTAINABLE_RATE_PER_S}_per_s": percentile(light_ms, 0.99),
         }
     except Exception:
         if real.service is not None:

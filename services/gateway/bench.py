@@ -24,6 +24,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from fapiao_bench.cpu import cpu_seconds
+from fapiao_bench.stats import percentile
 from fapiao_runtime import event_loop
 from fapiao_stack.harness import StackUnderTest
 
@@ -80,10 +81,9 @@ async def run(env: StackUnderTest) -> dict[str, float]:
     finally:
         gateway.terminate()
         await runner.cleanup()
-    latencies.sort()
     return {
         "gateway_webhook_forwards_per_s": len(latencies) / elapsed,
-        "gateway_webhook_p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "gateway_webhook_p99_ms": percentile(latencies, 0.99) * 1000,
         "gateway_cpu_ms_per_forward": cpu_used * 1000 / len(latencies),
     }
 
