@@ -22,10 +22,10 @@ from fapiao_runtime.topics import LEDGER_RESULTS, MERCHANTS, PAYMENTS
 
 from invoice_minting.claims import ClaimPipeline
 from invoice_minting.deps import MintingDeps
-from invoice_minting.events import on_merchant_event, on_payment_event
+from invoice_minting.events import on_merchant_event, on_payment_event, on_payment_events
 from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer, add_servicer
 from invoice_minting.issuer_keys import IssuerKeyStore
-from invoice_minting.ledger_results import on_result
+from invoice_minting.ledger_results import on_result, on_results
 from invoice_minting.offer_waiter import OfferWaiter
 from invoice_minting.secrets_box import SecretsBox, load_secrets_key, previous_keys_from_env
 from invoice_minting.settings import MintingSettings
@@ -58,8 +58,14 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
         async def payment_handler(conn, envelope):  # type: ignore[no-untyped-def]
             await on_payment_event(conn, envelope, deps)
 
+        async def payment_batch_handler(conn, envelopes):  # type: ignore[no-untyped-def]
+            await on_payment_events(conn, envelopes, deps)
+
         async def result_handler(conn, envelope):  # type: ignore[no-untyped-def]
             await on_result(conn, envelope, deps.producer)
+
+        async def result_batch_handler(conn, envelopes):  # type: ignore[no-untyped-def]
+            await on_results(conn, envelopes, deps.producer)
 
         # Several members of one consumer group: each takes some payment partitions, so offers are
         # created in parallel transactions while each partition (one merchant's order) stays ordered.
@@ -70,6 +76,7 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
                 group_id=f"{cfg.service_name}.payments",
                 pool=ctx.pool,
                 handler=payment_handler,
+                batch_handler=payment_batch_handler,
                 consumer_name=f"{cfg.service_name}.payments",
             )
             for _ in range(settings.payment_consumers)
@@ -89,6 +96,7 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
                 group_id=f"{cfg.service_name}.ledger_results",
                 pool=ctx.pool,
                 handler=result_handler,
+                batch_handler=result_batch_handler,
                 # Bookkeeping (an invoice's ledger status): callers awaiting a result read the topic.
                 fetch=BATCHED_FETCH,
             ),

@@ -75,8 +75,33 @@ async def on_merchant_event(conn: asyncpg.Connection, envelope: envelope_pb2.Eve
         await deps.keys.create_key(conn, event.merchant_id, tax_id)
 
 
+_PAYMENT_SUCCEEDED = payments_pb2.PaymentSucceeded.DESCRIPTOR.full_name
+OFFERS_CHANNEL = "fapiao_claim_offers"
+_OFFER_COLUMNS = (
+    ("offer_id", "uuid"),
+    ("payment_id", "text"),
+    ("merchant_id", "text"),
+    ("token_hash", "bytea"),
+    ("token_sealed", "bytea"),
+    ("amount_fen", "bigint"),
+    ("payment", "bytea"),
+    ("paid_at", "timestamptz"),
+)
+# Offers from arrays (one per column), expiring after $9 seconds; each new one is announced on
+# OFFERS_CHANNEL at commit, which wakes GetClaimOfferByPayment calls waiting for it (any replica).
+# A payment that already has an offer keeps it.
+_INSERT_OFFERS = (
+    "WITH inserted AS (INSERT INTO claim_offers ("
+    + ", ".join(name for name, _ in _OFFER_COLUMNS)
+    + ", expires_at) SELECT *, now() + make_interval(secs => $9) FROM unnest("
+    + ", ".join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(_OFFER_COLUMNS, 1))
+    + ") ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id)"
+    " SELECT payment_id, pg_notify($10, payment_id) FROM inserted"
+)
+
+
 async def on_payment_event(conn: asyncpg.Connection, envelope: envelope_pb2.EventEnvelope, deps: MintingDeps) -> None:
-    if envelope.event_type == payments_pb2.PaymentSucceeded.DESCRIPTOR.full_name:
+    if envelope.event_type == _PAYMENT_SUCCEEDED:
         await create_offer(conn, unpack(envelope, payments_pb2.PaymentSucceeded).payment, deps)
     elif envelope.event_type == payments_pb2.PaymentRefunded.DESCRIPTOR.full_name:
         await apply_refund(conn, unpack(envelope, payments_pb2.PaymentRefunded), deps)
@@ -84,11 +109,23 @@ async def on_payment_event(conn: asyncpg.Connection, envelope: envelope_pb2.Even
         log.info("ignoring payments event", extra={"event_type": envelope.event_type})
 
 
-OFFERS_CHANNEL = "fapiao_claim_offers"
+async def on_payment_events(
+    conn: asyncpg.Connection, envelopes: list[envelope_pb2.EventEnvelope], deps: MintingDeps
+) -> None:
+    """on_payment_event for a fetched batch: the offers of successful payments in one statement.
+
+    A batch with any other event (a refund must follow its payment's offer) is applied event by event.
+    """
+    if any(e.event_type != _PAYMENT_SUCCEEDED for e in envelopes):
+        for envelope in envelopes:
+            await on_payment_event(conn, envelope, deps)
+        return
+    payments = [unpack(e, payments_pb2.PaymentSucceeded).payment for e in envelopes]
+    await _insert_offers(conn, [_new_offer(p, deps) for p in payments], deps)
 
 
-async def create_offer(conn: asyncpg.Connection, payment: payments_pb2.Payment, deps: MintingDeps) -> str | None:
-    """Create the claim offer of a payment; return its token (None if the payment already has an offer).
+def _new_offer(payment: payments_pb2.Payment, deps: MintingDeps) -> tuple[str, tuple[object, ...]]:
+    """A new claim token and the claim_offers row of a payment (values in _OFFER_COLUMNS order).
 
     Raises InvalidArgument (dead letter): INVALID_PAYMENT, INVALID_AMOUNT, AMOUNT_MISMATCH, INVALID_TAX_RATE, ...
     """
@@ -105,10 +142,7 @@ async def create_offer(conn: asyncpg.Connection, payment: payments_pb2.Payment, 
     )
     token = new_claim_token()
     offer_id = uuid.uuid4()
-    inserted = await conn.fetchval(
-        "INSERT INTO claim_offers (offer_id, payment_id, merchant_id, token_hash, token_sealed, amount_fen, payment,"
-        " paid_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))"
-        " ON CONFLICT (payment_id) DO NOTHING RETURNING true",
+    row = (
         offer_id,
         payment.payment_id,
         payment.merchant_id,
@@ -117,13 +151,27 @@ async def create_offer(conn: asyncpg.Connection, payment: payments_pb2.Payment, 
         payment.amount_fen,
         payment.SerializeToString(deterministic=True),
         paid_at,
-        float(deps.settings.offer_ttl_s),
     )
-    if not inserted:
-        return None
-    # Delivered at commit: wakes GetClaimOfferByPayment calls waiting for this payment (any replica).
-    await conn.execute("SELECT pg_notify($1, $2)", OFFERS_CHANNEL, payment.payment_id)
-    return token
+    return token, row
+
+
+async def _insert_offers(
+    conn: asyncpg.Connection, offers: list[tuple[str, tuple[object, ...]]], deps: MintingDeps
+) -> set[str]:
+    """Insert new offers (from _new_offer); return the payment ids that got theirs now."""
+    columns = [list(column) for column in zip(*(row for _, row in offers), strict=True)]
+    inserted = await conn.fetch(_INSERT_OFFERS, *columns, float(deps.settings.offer_ttl_s), OFFERS_CHANNEL)
+    return {r["payment_id"] for r in inserted}
+
+
+async def create_offer(conn: asyncpg.Connection, payment: payments_pb2.Payment, deps: MintingDeps) -> str | None:
+    """Create the claim offer of a payment; return its token (None if the payment already has an offer).
+
+    Raises InvalidArgument (dead letter): INVALID_PAYMENT, INVALID_AMOUNT, AMOUNT_MISMATCH, INVALID_TAX_RATE, ...
+    """
+    token, row = _new_offer(payment, deps)
+    inserted = await _insert_offers(conn, [(token, row)], deps)
+    return token if inserted else None
 
 
 async def apply_refund(conn: asyncpg.Connection, event: payments_pb2.PaymentRefunded, deps: MintingDeps) -> None:

@@ -44,6 +44,84 @@ async def on_result(conn: asyncpg.Connection, envelope: envelope_pb2.EventEnvelo
         await _red_letter_outcome(conn, tx, result)
 
 
+async def on_results(conn: asyncpg.Connection, envelopes: list[envelope_pb2.EventEnvelope], producer: str) -> None:
+    """on_result for a fetched batch, with one statement per kind of change instead of several per result.
+
+    Results of one invoice may arrive in any order (the results topic is keyed by transaction id), so
+    applying the batch's ISSUE outcomes together before its red-letter outcomes is one of the orders
+    on_result is already correct for.
+    """
+    decided: dict[uuid.UUID, ledger_pb2.TransactionResult] = {}
+    for envelope in envelopes:
+        result = unpack(envelope, ledger_pb2.TransactionResult)
+        try:
+            transaction_id = uuid.UUID(result.transaction_id)
+        except ValueError:
+            continue
+        decided.setdefault(transaction_id, result)  # f + 1 validators publish each result: the first counts
+    if not decided:
+        return
+    ids = list(decided)
+    txs = await conn.fetch(
+        "UPDATE ledger_transactions t SET status = r.status, rejection_reason = r.reason"
+        " FROM unnest($1::uuid[], $2::smallint[], $3::text[]) AS r(transaction_id, status, reason)"
+        " WHERE t.transaction_id = r.transaction_id AND t.status = $4 RETURNING t.*",
+        ids,
+        [ACCEPTED if decided[t].accepted else REJECTED for t in ids],
+        [decided[t].rejection_reason for t in ids],
+        PENDING,
+    )
+    issued: dict[uuid.UUID, ledger_pb2.TransactionResult] = {}
+    refused: dict[uuid.UUID, ledger_pb2.TransactionResult] = {}
+    for tx in txs:
+        result = decided[tx["transaction_id"]]
+        if tx["type"] != ledger_pb2.TRANSACTION_TYPE_ISSUE:
+            await _red_letter_outcome(conn, tx, result)
+        elif result.accepted:
+            issued.setdefault(tx["invoice_id"], result)
+        else:
+            refused.setdefault(tx["invoice_id"], result)
+    if issued:
+        await _issued_all(conn, issued, producer)
+    if refused:
+        await conn.execute(
+            "UPDATE invoices i SET status = $3, rejection_reason = r.reason, reimbursable_fen = 0"
+            " FROM unnest($1::uuid[], $2::text[]) AS r(invoice_id, reason) WHERE i.invoice_id = r.invoice_id",
+            list(refused),
+            [r.rejection_reason or "REJECTED" for r in refused.values()],
+            invoice_pb2.INVOICE_STATUS_REJECTED,
+        )
+
+
+async def _issued_all(
+    conn: asyncpg.Connection, issued: dict[uuid.UUID, ledger_pb2.TransactionResult], producer: str
+) -> None:
+    """_issue_outcome of accepted ISSUE results, one statement per step for all of them."""
+    ids = list(issued)
+    await conn.execute(
+        "UPDATE invoices i SET status = CASE WHEN i.status = $4 THEN $5 ELSE i.status END,"
+        " ledger_chain_id = r.chain_id, ledger_height = r.height"
+        " FROM unnest($1::uuid[], $2::int[], $3::bigint[]) AS r(invoice_id, chain_id, height)"
+        " WHERE i.invoice_id = r.invoice_id",
+        ids,
+        [r.chain_id for r in issued.values()],
+        [r.height for r in issued.values()],
+        invoice_pb2.INVOICE_STATUS_PENDING,
+        invoice_pb2.INVOICE_STATUS_ISSUED,
+    )
+    invoices = await invoices_by_id(conn, ids)
+    await enqueue(
+        conn,
+        [
+            outgoing(
+                INVOICES.name,
+                make_envelope(invoice_pb2.InvoiceIssued(invoice=invoices[i]), aggregate_id=str(i), producer=producer),
+            )
+            for i in ids
+        ],
+    )
+
+
 async def _issue_outcome(
     conn: asyncpg.Connection, invoice_id: uuid.UUID, result: ledger_pb2.TransactionResult, producer: str
 ) -> None:

@@ -17,7 +17,7 @@ from invoice_minting import red_letter
 from invoice_minting.claims import ClaimCommand, mint_claims, token_hash
 from invoice_minting.events import create_offer
 from invoice_minting.invoice_store import get_invoice
-from invoice_minting.ledger_results import on_result
+from invoice_minting.ledger_results import on_result, on_results
 
 from tests.invoice_minting.support import MIGRATIONS, direct_deps, register_direct_merchant
 
@@ -36,8 +36,11 @@ def _result(transaction_id: uuid.UUID, tx_type: int, accepted: bool, height: int
     return make_envelope(result, aggregate_id=str(transaction_id), producer="ledger")
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one_by_one", "one_batch"])
 @pytest.mark.parametrize("order", [(0, 1, 2, 3), (1, 0, 2, 3), (2, 1, 0, 3), (1, 2, 3, 0)])
-async def test_result_order_does_not_change_the_final_state(stack: StackUnderTest, order: tuple[int, ...]) -> None:
+async def test_result_order_does_not_change_the_final_state(
+    stack: StackUnderTest, order: tuple[int, ...], batched: bool
+) -> None:
     deps = direct_deps()
     pool = await create_pool(stack.database_url, "invoice_minting")
     try:
@@ -92,9 +95,13 @@ async def test_result_order_does_not_change_the_final_state(stack: StackUnderTes
                     txs[ledger_pb2.TRANSACTION_TYPE_ISSUE], ledger_pb2.TRANSACTION_TYPE_ISSUE, False, 1
                 ),  # late copy
             ]
-            for envelope in (results[k] for k in order):
+            if batched:  # as the consumer applies records fetched together
                 async with conn.transaction():
-                    await on_result(conn, envelope, "test")
+                    await on_results(conn, [results[k] for k in order], "test")
+            else:
+                for envelope in (results[k] for k in order):
+                    async with conn.transaction():
+                        await on_result(conn, envelope, "test")
             original = await get_invoice(conn, invoice_id=invoice.body.invoice_id)
             assert original.status == invoice_pb2.INVOICE_STATUS_CANCELLED
             assert original.ledger_height == 1 and original.reimbursable_fen == 0
