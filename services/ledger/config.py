@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 # statement, a signature, four signature reads, finality, results), so on a busy machine a longer wait
 # that makes blocks larger lowers latency rather than raising it (measured: docs/benchmarks.md).
 DEFAULT_CUT_MS = 50
+# A chain whose previous cut is at least cut_ms old is not under load: its first pending transaction
+# waits only this long for companions before the marker (latency at light load; see docs/ledger.md).
+DEFAULT_CUT_IDLE_MS = 5
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class LedgerConfig:
     max_txs: int
     cut_ms: int
     quorum: int
+    cut_idle_ms: int = DEFAULT_CUT_IDLE_MS
     # A chain's result publishers mark published blocks in batches: at most this long after the last.
     mark_published_ms: int = 200
 
@@ -59,6 +63,9 @@ class LedgerConfig:
             raise ValueError("FAPIAO_LEDGER_MAX_TXS must be within 1..10000")
         if not 1 <= cut_ms <= 60_000:
             raise ValueError("FAPIAO_LEDGER_CUT_MS must be within 1..60000")
+        cut_idle_ms = env_int("FAPIAO_LEDGER_CUT_IDLE_MS", min(DEFAULT_CUT_IDLE_MS, cut_ms))
+        if not 0 <= cut_idle_ms <= cut_ms:
+            raise ValueError("FAPIAO_LEDGER_CUT_IDLE_MS must be within 0..FAPIAO_LEDGER_CUT_MS")
         mark_published_ms = env_int("FAPIAO_LEDGER_MARK_PUBLISHED_MS", 200)
         if not 1 <= mark_published_ms <= 3_600_000:
             raise ValueError("FAPIAO_LEDGER_MARK_PUBLISHED_MS must be within 1..3600000")
@@ -73,5 +80,6 @@ class LedgerConfig:
             max_txs=max_txs,
             cut_ms=cut_ms,
             quorum=quorum,
+            cut_idle_ms=cut_idle_ms,
             mark_published_ms=mark_published_ms,
         )

@@ -8,7 +8,7 @@ Tasks (all bounded, all stop with `stop`):
   bytes it carries, stores it, reports divergent headers, and marks blocks final at quorum.
 - results: f + 1 validators per chain publish the TransactionResults of its final blocks (at least
   once; consumers deduplicate on the shared event id), then mark the block published.
-- markers: writes TimeToCut markers when a chain has had pending transactions for cut_ms.
+- markers: writes TimeToCut markers for chains with pending transactions (`time_to_cut_due`).
 """
 
 from __future__ import annotations
@@ -72,6 +72,21 @@ def result_publishers(validator_ids: list[str], chain_id: int) -> set[str]:
     return {ordered[(chain_id + k) % n] for k in range(publishers)}
 
 
+def time_to_cut_due(pending_since: float, last_cut: float | None, cut_s: float, cut_idle_s: float) -> float:
+    """When the designated validator writes a chain's time-to-cut marker (monotonic seconds).
+
+    Every block costs each validator a fixed amount of work, so under load time cuts come at most
+    every cut_s (and a block cut by size restarts that wait). A chain whose previous cut is older than
+    that is not under load: its first pending transaction waits only cut_idle_s for companions. Only
+    the marker's timing changes, never what it means: every validator cuts where the marker sits in
+    the log, so blocks stay identical on all of them.
+    """
+    due = pending_since + cut_idle_s
+    if last_cut is not None:
+        due = max(due, last_cut + cut_s)
+    return due
+
+
 class Validator:
     def __init__(
         self, runtime: RuntimeConfig, config: LedgerConfig, pool: asyncpg.Pool, producer: AIOKafkaProducer
@@ -95,6 +110,7 @@ class Validator:
         self.pending_since: dict[int, float] = {}
         self.pending_started = asyncio.Event()  # a chain went from nothing pending to pending (markers)
         self.last_marker: dict[int, tuple[int, float]] = {}
+        self.last_cut: dict[int, float] = {}  # when this validator last cut a block of the chain (any cause)
         self.block_event = asyncio.Event()  # set when a block is stored or becomes final (StreamBlocks)
         self.caught_up = asyncio.Event()
         self._tx_topic = runtime.topic(LEDGER_TRANSACTIONS.name)
@@ -248,6 +264,7 @@ class Validator:
                 chain.on_registration(record.offset, record.registration)
             if block is not None:
                 blocks.append(block)
+                self.last_cut[chain.chain_id] = time.monotonic()
                 # From the cut on, the block's ids count as stored (its commit follows in this round).
                 for invoice_id in block.states:
                     self.stored_invoices.add(invoice_id)
@@ -543,6 +560,7 @@ class Validator:
         pending gets a transaction (`pending_started`), so idle validators do not wake up at all.
         """
         cut_s = self.config.cut_ms / 1000
+        cut_idle_s = self.config.cut_idle_ms / 1000
         # A marker whose send was acknowledged is in the log: every validator reads it. Sending it again
         # only adds records every validator must read, so the same height is re-marked only after a
         # long pause (a lost send, a stuck producer), never while a loaded broker is merely slow.
@@ -559,8 +577,11 @@ class Validator:
                 # One validator per chain cuts on time; the others step in only if it is down, after
                 # long enough for the designated marker's round trip through a loaded broker.
                 designated = chain_id % self._validators == self._rank
-                wait_s = cut_s if designated else stand_in_s
-                due = self.pending_since.get(chain_id, now) + wait_s
+                pending_since = self.pending_since.get(chain_id, now)
+                if designated:
+                    due = time_to_cut_due(pending_since, self.last_cut.get(chain_id), cut_s, cut_idle_s)
+                else:
+                    due = pending_since + stand_in_s
                 sent_height, sent_at = self.last_marker.get(chain_id, (-1, 0.0))
                 if sent_height == chain.height:
                     due = max(due, sent_at + resend_s)
