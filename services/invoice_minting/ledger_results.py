@@ -24,32 +24,17 @@ PENDING, ACCEPTED, REJECTED = 0, 1, 2
 
 
 async def on_result(conn: asyncpg.Connection, envelope: envelope_pb2.EventEnvelope, producer: str) -> None:
-    result = unpack(envelope, ledger_pb2.TransactionResult)
-    try:
-        transaction_id = uuid.UUID(result.transaction_id)
-    except ValueError:
-        return
-    tx = await conn.fetchrow("SELECT * FROM ledger_transactions WHERE transaction_id = $1 FOR UPDATE", transaction_id)
-    if tx is None or tx["status"] != PENDING:
-        return
-    await conn.execute(
-        "UPDATE ledger_transactions SET status = $2, rejection_reason = $3 WHERE transaction_id = $1",
-        transaction_id,
-        ACCEPTED if result.accepted else REJECTED,
-        result.rejection_reason,
-    )
-    if tx["type"] == ledger_pb2.TRANSACTION_TYPE_ISSUE:
-        await _issue_outcome(conn, tx["invoice_id"], result, producer)
-    else:
-        await _red_letter_outcome(conn, tx, result)
+    await on_results(conn, [envelope], producer)
 
 
 async def on_results(conn: asyncpg.Connection, envelopes: list[envelope_pb2.EventEnvelope], producer: str) -> None:
-    """on_result for a fetched batch, with one statement per kind of change instead of several per result.
+    """Apply ledger results (one, or a fetched batch) with one statement per kind of change.
 
-    Results of one invoice may arrive in any order (the results topic is keyed by transaction id), so
-    applying the batch's ISSUE outcomes together before its red-letter outcomes is one of the orders
-    on_result is already correct for.
+    A transaction's first result decides it (only PENDING ones change). ISSUE accepted: the invoice
+    becomes ISSUED (unless a red letter's outcome already moved it on) and InvoiceIssued is queued;
+    rejected: REJECTED with the ledger's reason. Results of one invoice may arrive in any order (the
+    results topic is keyed by transaction id) and each outcome is written to be correct in any order,
+    so a batch's ISSUE outcomes are applied together, after its red-letter outcomes.
     """
     decided: dict[uuid.UUID, ledger_pb2.TransactionResult] = {}
     for envelope in envelopes:
@@ -96,7 +81,7 @@ async def on_results(conn: asyncpg.Connection, envelopes: list[envelope_pb2.Even
 async def _issued_all(
     conn: asyncpg.Connection, issued: dict[uuid.UUID, ledger_pb2.TransactionResult], producer: str
 ) -> None:
-    """_issue_outcome of accepted ISSUE results, one statement per step for all of them."""
+    """Accepted ISSUE results: PENDING invoices become ISSUED, each announced on invoices.v1."""
     ids = list(issued)
     await conn.execute(
         "UPDATE invoices i SET status = CASE WHEN i.status = $4 THEN $5 ELSE i.status END,"
@@ -120,34 +105,6 @@ async def _issued_all(
             for i in ids
         ],
     )
-
-
-async def _issue_outcome(
-    conn: asyncpg.Connection, invoice_id: uuid.UUID, result: ledger_pb2.TransactionResult, producer: str
-) -> None:
-    if result.accepted:
-        # Only PENDING moves to ISSUED: a red letter's outcome may already have moved it on.
-        await conn.execute(
-            "UPDATE invoices SET status = CASE WHEN status = $2 THEN $3 ELSE status END,"
-            " ledger_chain_id = $4, ledger_height = $5 WHERE invoice_id = $1",
-            invoice_id,
-            invoice_pb2.INVOICE_STATUS_PENDING,
-            invoice_pb2.INVOICE_STATUS_ISSUED,
-            result.chain_id,
-            result.height,
-        )
-        invoice = (await invoices_by_id(conn, [invoice_id]))[invoice_id]
-        envelope = make_envelope(
-            invoice_pb2.InvoiceIssued(invoice=invoice), aggregate_id=str(invoice_id), producer=producer
-        )
-        await enqueue(conn, [outgoing(INVOICES.name, envelope)])
-    else:
-        await conn.execute(
-            "UPDATE invoices SET status = $2, rejection_reason = $3, reimbursable_fen = 0 WHERE invoice_id = $1",
-            invoice_id,
-            invoice_pb2.INVOICE_STATUS_REJECTED,
-            result.rejection_reason or "REJECTED",
-        )
 
 
 async def _red_letter_outcome(
