@@ -23,6 +23,7 @@ from fapiao_runtime.ledger_trust import authority_keys_from_env, validator_keys_
 from fapiao_runtime.service import ServiceContext, run_service
 
 from reimbursement.handlers import HandlerSettings, ReimbursementHandlers
+from reimbursement.invoice_facts import FactsCache
 from reimbursement.issuer_keys import IssuerKeyRecorder
 from reimbursement.ledger_adapter import ValidatorLedger, register_submitter_key
 from reimbursement.pending_resolver import run_pending_resolver
@@ -79,7 +80,10 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
         call_timeout_s=settings.ledger_call_timeout_ms / 1000,
     )
     requests_pool = await _request_pool(ctx)
-    handlers = ReimbursementHandlers(requests_pool, ledger, HandlerSettings(max_wait_s=settings.max_wait_ms / 1000))
+    facts = FactsCache()  # VerifyInvoice fills it; LockInvoice's pre-check reads it
+    handlers = ReimbursementHandlers(
+        requests_pool, ledger, HandlerSettings(max_wait_s=settings.max_wait_ms / 1000), facts_cache=facts
+    )
     recorder = IssuerKeyRecorder(
         ctx.config.kafka_bootstrap,
         ctx.config.topic("ledger.tx.v1"),
@@ -94,6 +98,7 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
         settings.quorum,
         VerificationSettings(settings.verify_daily_checks, float(settings.verify_per_second)),
         keys_caught_up=recorder.caught_up,
+        facts_cache=facts,
     )
 
     api = GrpcServer([SERVICE_NAME])

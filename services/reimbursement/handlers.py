@@ -96,11 +96,18 @@ class HandlerSettings:
 class ReimbursementHandlers:
     """Use cases of the reimbursement API; `ledger` is the port (real validators, or a fake in tests)."""
 
-    def __init__(self, pool: asyncpg.Pool, ledger: LedgerPort, settings: HandlerSettings | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        ledger: LedgerPort,
+        settings: HandlerSettings | None = None,
+        facts_cache: FactsCache | None = None,
+    ) -> None:
         self._pool = pool
         self._ledger = ledger
         self._settings = settings or HandlerSettings()
-        self._facts_cache = FactsCache()
+        # Shared with InvoiceVerifier: an invoice verified first is locked without another ledger read.
+        self._facts_cache = facts_cache if facts_cache is not None else FactsCache()
         self._facts_inflight: dict[str, asyncio.Future[InvoiceFacts]] = {}
 
     # -- public use cases -------------------------------------------------------------------------

@@ -16,9 +16,10 @@ import asyncpg
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import InvalidArgument, Unavailable
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_trust import PublicKeys, ReceiptInvalid, verify_receipt
 
-from reimbursement.invoice_facts import invoice_body, signed_invoice_from_receipt
+from reimbursement.invoice_facts import FactsCache, InvoiceFacts, invoice_body, signed_invoice_from_receipt
 from reimbursement.issuer_keys import find_issuer_key, issuer_signature_problem
 from reimbursement.ledger_port import LedgerPort
 from reimbursement.organisations import Organisation
@@ -49,6 +50,7 @@ class InvoiceVerifier:
         quorum: int | None,
         settings: VerificationSettings | None = None,
         keys_caught_up: Callable[[], Awaitable[bool]] | None = None,
+        facts_cache: FactsCache | None = None,
     ) -> None:
         self._pool = pool
         self._ledger = ledger
@@ -58,6 +60,7 @@ class InvoiceVerifier:
         self._limiter = OrganisationRateLimiter(self._settings.checks_per_second)
         # IssuerKeyRecorder.caught_up: a key not stored yet may have been registered a moment ago.
         self._keys_caught_up = keys_caught_up
+        self._facts_cache = facts_cache
 
     async def verify(self, organisation: Organisation, request: rpb.VerifyInvoiceRequest) -> rpb.VerifyInvoiceResponse:
         """Errors: INVALID_ARGUMENT for malformed input, RESOURCE_EXHAUSTED over a rate limit,
@@ -99,6 +102,7 @@ class InvoiceVerifier:
         if signed is None or body is None or not issue_result.accepted:
             reply.problem = "NOT_ON_LEDGER"
             return reply
+        self._remember_facts(request.invoice_number, issue_result.state)
         if (
             body.invoice_number != request.invoice_number
             or body.issue_date != request.issue_date
@@ -137,3 +141,14 @@ class InvoiceVerifier:
             return reply
         reply.genuine = True
         return reply
+
+    def _remember_facts(self, invoice_number: str, state: ledger_pb2.InvoiceState) -> None:
+        """The facts a LOCK is pre-checked against, from the quorum-verified ISSUE receipt: finance
+        departments verify an invoice before they lock it, and the lock then needs no ledger read."""
+        facts = InvoiceFacts(state.invoice_id, state.invoice_number, state.buyer_tax_id)
+        if (
+            self._facts_cache is not None
+            and facts.invoice_number == invoice_number
+            and facts.invoice_id == invoice_id_for_number(invoice_number)
+        ):
+            self._facts_cache.put(facts)

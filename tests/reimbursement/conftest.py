@@ -13,6 +13,7 @@ from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
 from reimbursement.handlers import HandlerSettings, ReimbursementHandlers
+from reimbursement.invoice_facts import FactsCache
 from reimbursement.issuer_keys import store_registration
 from reimbursement.organisations import add_organisation
 from reimbursement.servicer import ReimbursementServicer
@@ -59,8 +60,16 @@ async def api(database_url: str, pki: Pki) -> AsyncIterator[ApiUnderTest]:
     ledger = FakeLedger()
     issuer = Issuer()
     await store_registration(pool, issuer.registration("reg-1"))
-    handlers = ReimbursementHandlers(pool, ledger, HandlerSettings(max_wait_s=2.0))
-    verifier = InvoiceVerifier(pool, ledger, ledger.public_keys, None, VerificationSettings(5, 50.0))  # type: ignore[arg-type]
+    facts = FactsCache()
+    handlers = ReimbursementHandlers(pool, ledger, HandlerSettings(max_wait_s=2.0), facts_cache=facts)
+    verifier = InvoiceVerifier(
+        pool,
+        ledger,
+        ledger.public_keys,  # type: ignore[arg-type]
+        None,
+        VerificationSettings(5, 50.0),
+        facts_cache=facts,
+    )
     server = GrpcServer(["fapiao.reimbursement.v1.ReimbursementService"])
     server.add_servicer(
         rpb_grpc.add_ReimbursementServiceServicer_to_server, ReimbursementServicer(pool, handlers, verifier)

@@ -134,3 +134,29 @@ async def test_a_key_not_stored_yet_is_awaited_before_calling_an_invoice_forged(
     # A key already stored is never waited for.
     await verifier.verify(caller, request)
     assert len(waited) == (1 if reply.genuine else 2)
+
+
+async def test_a_verified_invoice_is_locked_without_another_ledger_read(
+    api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VerifyInvoice's quorum-verified receipt gives the facts LockInvoice is pre-checked against."""
+    org = new_tax_id()
+    await api.add_org(org)
+    verified, unverified = api.issue(org, total_fen=11_200), api.issue(org)
+    reads: list[tuple[str, bool]] = []
+    read = api.ledger.invoice_state
+
+    async def counted(invoice_number: str, *, state_only: bool = False):  # type: ignore[no-untyped-def]
+        reads.append((invoice_number, state_only))
+        return await read(invoice_number, state_only=state_only)
+
+    monkeypatch.setattr(api.ledger, "invoice_state", counted)
+    assert (await _verify(api, org, verified)).genuine
+    async with api.channel(org) as channel:
+        stub = api.stub(channel)
+        for number in (verified, unverified):
+            await stub.LockInvoice(
+                rpb.LockInvoiceRequest(invoice_number=number, idempotency_key=f"lock-{number}"), timeout=5
+            )
+    assert reads == [(verified, False), (unverified, True)]
+    assert [api.ledger.states[api.ledger.by_number[n]].lock_holder_tax_id for n in (verified, unverified)] == [org, org]
