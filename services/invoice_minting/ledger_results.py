@@ -43,7 +43,9 @@ async def on_results(conn: asyncpg.Connection, envelopes: list[envelope_pb2.Even
             transaction_id = uuid.UUID(result.transaction_id)
         except ValueError:
             continue
-        decided.setdefault(transaction_id, result)  # f + 1 validators publish each result: the first counts
+        # Copies of a result share an event id and arrive once; another result for the same transaction
+        # id (a rejected copy published under its own event id) loses to the first, as one by one.
+        decided.setdefault(transaction_id, result)
     if not decided:
         return
     ids = list(decided)

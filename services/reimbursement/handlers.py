@@ -28,7 +28,6 @@ from fapiao_runtime.errors import (
     PermissionDenied,
     Unavailable,
 )
-from fapiao_runtime.invoice_ids import invoice_id_for_number
 
 from reimbursement import requests_store as store
 from reimbursement.identity import require_active
@@ -200,11 +199,10 @@ class ReimbursementHandlers:
         response = await self._ledger.invoice_state(invoice_number, state_only=True)
         if response is None:
             raise NotFound("INVOICE_NOT_FOUND", f"no such invoice on the ledger: {invoice_number}")
-        facts = facts_of(response)
-        if facts.invoice_number != invoice_number or facts.invoice_id != invoice_id_for_number(invoice_number):
-            # The read is one validator's word. The ledger accepts an ISSUE only under the id derived
-            # from its number, so an answer naming another invoice is a faulty validator: it must never
-            # make this service lock, unlock or close a different invoice.
+        facts = facts_of(response.state)
+        if not facts.are_of(invoice_number):
+            # The read is one validator's word: an answer naming another invoice is a faulty validator,
+            # and it must never make this service lock, unlock or close a different invoice.
             log.warning("a validator answered for another invoice", extra={"invoice_number": invoice_number})
             raise Unavailable("LEDGER_INCONSISTENT", "the ledger's answer names another invoice; retry")
         self._facts_cache.put(facts)

@@ -6,7 +6,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from fapiao.invoicing.v1 import invoice_pb2
-from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.invoice_ids import invoice_id_for_number
 from google.protobuf.message import DecodeError
 
 INVOICE_NUMBER_DIGITS = 20
@@ -19,6 +20,11 @@ class InvoiceFacts:
     # The ledger's own rule (state machine): a buyer with a tax id reserves the invoice for that tax id
     # (a company, or a person invoiced under a code); any registered organisation may take the others.
     buyer_tax_id: str
+
+    def are_of(self, invoice_number: str) -> bool:
+        """Whether these facts belong to `invoice_number`: the ledger accepts an ISSUE only under the id
+        derived from its number, so facts naming another number or id come from a faulty answer."""
+        return self.invoice_number == invoice_number and self.invoice_id == invoice_id_for_number(invoice_number)
 
 
 def signed_invoice_from_receipt(receipt: ledger_pb2.Receipt) -> invoice_pb2.SignedInvoice | None:
@@ -40,9 +46,8 @@ def invoice_body(signed: invoice_pb2.SignedInvoice) -> invoice_pb2.InvoiceBody |
         return None
 
 
-def facts_of(response: ledger_service_pb2.GetInvoiceStateResponse) -> InvoiceFacts:
-    """Facts from the ledger's state of the invoice (a `state_only` answer is enough)."""
-    state = response.state
+def facts_of(state: ledger_pb2.InvoiceState) -> InvoiceFacts:
+    """Facts from the ledger's state of the invoice (a `state_only` answer, or an ISSUE receipt's result)."""
     return InvoiceFacts(
         invoice_id=state.invoice_id, invoice_number=state.invoice_number, buyer_tax_id=state.buyer_tax_id
     )

@@ -16,10 +16,9 @@ import asyncpg
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import InvalidArgument, Unavailable
-from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_trust import PublicKeys, ReceiptInvalid, verify_receipt
 
-from reimbursement.invoice_facts import FactsCache, InvoiceFacts, invoice_body, signed_invoice_from_receipt
+from reimbursement.invoice_facts import FactsCache, facts_of, invoice_body, signed_invoice_from_receipt
 from reimbursement.issuer_keys import find_issuer_key, issuer_signature_problem
 from reimbursement.ledger_port import LedgerPort
 from reimbursement.organisations import Organisation
@@ -145,10 +144,6 @@ class InvoiceVerifier:
     def _remember_facts(self, invoice_number: str, state: ledger_pb2.InvoiceState) -> None:
         """The facts a LOCK is pre-checked against, from the quorum-verified ISSUE receipt: finance
         departments verify an invoice before they lock it, and the lock then needs no ledger read."""
-        facts = InvoiceFacts(state.invoice_id, state.invoice_number, state.buyer_tax_id)
-        if (
-            self._facts_cache is not None
-            and facts.invoice_number == invoice_number
-            and facts.invoice_id == invoice_id_for_number(invoice_number)
-        ):
+        facts = facts_of(state)
+        if self._facts_cache is not None and facts.are_of(invoice_number):
             self._facts_cache.put(facts)
