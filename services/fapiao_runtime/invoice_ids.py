@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+from aiokafka.partitioner import murmur2
+
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://fapiao.dev/invoice-number")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
 
@@ -25,3 +27,11 @@ def invoice_id_for_number(invoice_number: str) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def chain_of(invoice_id: str, chains: int) -> int:
+    """The chain (partition of ledger.tx.v1) of `invoice_id` among `chains`: the partition Kafka's
+    default partitioner gives the record key `invoice_id` (murmur2, as in the Java client and aiokafka),
+    so every producer that keys transactions by invoice id sends them to the right chain."""
+    hashed: int = murmur2(invoice_id.encode())
+    return (hashed & 0x7FFFFFFF) % chains

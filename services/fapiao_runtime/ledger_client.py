@@ -172,8 +172,11 @@ class LedgerResultWaiter:
         self._client_id = client_id
         self._cache_size = cache_size
         self._max_waiters = max_waiters
-        self._waiters: dict[str, list[asyncio.Future[ledger_pb2.TransactionResult]]] = {}
+        # Waiters by transaction id, each with the invoice id it expects (None: any).
+        self._waiters: dict[str, list[tuple[asyncio.Future[ledger_pb2.TransactionResult], str | None]]] = {}
         self._recent: OrderedDict[str, ledger_pb2.TransactionResult] = OrderedDict()
+        # Rejections of records whose signature was never verified: reasons for a time-out only.
+        self._unverified: OrderedDict[str, ledger_pb2.TransactionResult] = OrderedDict()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -213,7 +216,7 @@ class LedgerResultWaiter:
                 await self._consumer.stop()
             self._consumer = None
         for futures in self._waiters.values():
-            for future in futures:
+            for future, _ in futures:
                 if not future.done():
                     future.cancel()
         self._waiters.clear()
@@ -244,38 +247,52 @@ class LedgerResultWaiter:
         except (FapiaoError, DecodeError):
             log.warning("ignoring undecodable ledger result")
             return
-        # A rejection of a record whose signature was never verified carries another event id: it is
-        # passed to current waiters but not remembered, so it cannot stand for the transaction later.
-        verified = envelope.event_id == str(result_event_id(result.transaction_id))
-        self._deliver(result, remember=verified)
+        # A rejection of a record whose signature was never verified carries another event id. Anyone
+        # who can write to the topic can produce such a record with a copied transaction id, so it never
+        # decides a waiter: it is kept only to explain a time-out.
+        if envelope.event_id != str(result_event_id(result.transaction_id)):
+            self._unverified[result.transaction_id] = result
+            if len(self._unverified) > self._cache_size:
+                self._unverified.popitem(last=False)
+            return
+        self._deliver(result)
 
-    def _deliver(self, result: ledger_pb2.TransactionResult, remember: bool = True) -> None:
+    def _deliver(self, result: ledger_pb2.TransactionResult) -> None:
         tx_id = result.transaction_id
-        if remember and tx_id not in self._recent:
+        if tx_id not in self._recent:
             self._recent[tx_id] = result
             if len(self._recent) > self._cache_size:
                 self._recent.popitem(last=False)
-        for future in self._waiters.pop(tx_id, []):
-            if not future.done():
+        waiting = self._waiters.pop(tx_id, [])
+        # Transaction ids are unique per chain: a result for another invoice is not this waiter's.
+        others: list[tuple[asyncio.Future[ledger_pb2.TransactionResult], str | None]] = [
+            (f, i) for f, i in waiting if i is not None and i != result.invoice_id
+        ]
+        if others:
+            self._waiters[tx_id] = others
+        for future, invoice_id in waiting:
+            if (invoice_id is None or invoice_id == result.invoice_id) and not future.done():
                 future.set_result(result)
 
-    def _register(self, transaction_id: str) -> asyncio.Future[ledger_pb2.TransactionResult]:
+    def _register(
+        self, transaction_id: str, invoice_id: str | None = None
+    ) -> asyncio.Future[ledger_pb2.TransactionResult]:
         if self._task is None:
             raise RuntimeError("LedgerResultWaiter.start() was not called")
         future: asyncio.Future[ledger_pb2.TransactionResult] = asyncio.get_running_loop().create_future()
         known = self._recent.get(transaction_id)
-        if known is not None:
+        if known is not None and (invoice_id is None or known.invoice_id == invoice_id):
             future.set_result(known)
             return future
         if len(self._waiters) >= self._max_waiters:
             raise ResourceExhausted("TOO_MANY_WAITERS", "too many transactions awaiting a ledger result")
-        self._waiters.setdefault(transaction_id, []).append(future)
+        self._waiters.setdefault(transaction_id, []).append((future, invoice_id))
         return future
 
     def _unregister(self, transaction_id: str, future: asyncio.Future[ledger_pb2.TransactionResult]) -> None:
         futures = self._waiters.get(transaction_id)
-        if futures and future in futures:
-            futures.remove(future)
+        if futures:
+            futures[:] = [(f, i) for f, i in futures if f is not future]
             if not futures:
                 del self._waiters[transaction_id]
 
@@ -285,15 +302,24 @@ class LedgerResultWaiter:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s)
         except TimeoutError:
+            unverified = self._unverified.get(transaction_id)
+            seen = (
+                f" (only a record with this id whose signature was not verified: {unverified.rejection_reason})"
+                if unverified is not None
+                else ""
+            )
             raise DeadlineExceeded(
-                "LEDGER_RESULT_TIMEOUT", f"no final ledger result for {transaction_id} within {timeout_s}s"
+                "LEDGER_RESULT_TIMEOUT", f"no final ledger result for {transaction_id} within {timeout_s}s{seen}"
             ) from None
         finally:
             self._unregister(transaction_id, future)
 
-    async def wait(self, transaction_id: str, timeout_s: float) -> ledger_pb2.TransactionResult:
-        """The final result of `transaction_id`; DeadlineExceeded(LEDGER_RESULT_TIMEOUT) after timeout_s."""
-        return await self._await(transaction_id, self._register(transaction_id), timeout_s)
+    async def wait(
+        self, transaction_id: str, timeout_s: float, invoice_id: str | None = None
+    ) -> ledger_pb2.TransactionResult:
+        """The final result of `transaction_id` (for `invoice_id`, when given: ids are unique per chain);
+        DeadlineExceeded(LEDGER_RESULT_TIMEOUT) after timeout_s."""
+        return await self._await(transaction_id, self._register(transaction_id, invoice_id), timeout_s)
 
     async def submit_and_wait(
         self,
@@ -309,7 +335,7 @@ class LedgerResultWaiter:
         """
         event = transaction_event(signed, invoice_id, self._client_id)
         transaction_id = str(event.event_id)
-        future = self._register(transaction_id)
+        future = self._register(transaction_id, invoice_id)
         try:
             await producer.send_and_wait(self._tx_topic, value=event.envelope_bytes, key=event.key)
         except BaseException:

@@ -13,6 +13,7 @@ from fapiao.common.v1 import envelope_pb2
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import make_envelope, outgoing, unpack
+from fapiao_runtime.ledger_client import result_event_id
 from fapiao_runtime.outbox import enqueue
 from fapiao_runtime.topics import INVOICES
 
@@ -30,7 +31,8 @@ async def on_result(conn: asyncpg.Connection, envelope: envelope_pb2.EventEnvelo
 async def on_results(conn: asyncpg.Connection, envelopes: list[envelope_pb2.EventEnvelope], producer: str) -> None:
     """Apply ledger results (one, or a fetched batch) with one statement per kind of change.
 
-    A transaction's first result decides it (only PENDING ones change). ISSUE accepted: the invoice
+    A transaction's first result decides it (only PENDING ones change); the rejection of a record whose
+    signature was never verified (published under another event id) decides nothing. ISSUE accepted: the invoice
     becomes ISSUED (unless a red letter's outcome already moved it on) and InvoiceIssued is queued;
     rejected: REJECTED with the ledger's reason. Results of one invoice may arrive in any order (the
     results topic is keyed by transaction id) and each outcome is written to be correct in any order,
@@ -43,8 +45,14 @@ async def on_results(conn: asyncpg.Connection, envelopes: list[envelope_pb2.Even
             transaction_id = uuid.UUID(result.transaction_id)
         except ValueError:
             continue
-        # Copies of a result share an event id and arrive once; another result for the same transaction
-        # id (a rejected copy published under its own event id) loses to the first, as one by one.
+        if envelope.event_id != str(result_event_id(result.transaction_id)):
+            # The rejection of a record whose signature was never verified: anyone able to write to the
+            # ledger topic could make one with a copied id, so it decides nothing.
+            log.warning(
+                "ignoring the result of an unverified ledger record", extra={"transaction_id": str(transaction_id)}
+            )
+            continue
+        # Copies of a result share an event id and arrive once.
         decided.setdefault(transaction_id, result)
     if not decided:
         return

@@ -26,6 +26,7 @@ from ledger.state_machine import (
     KEY_REVOKED,
     MALFORMED,
     UNKNOWN_SUBMITTER_KEY,
+    WRONG_CHAIN,
     Outcome,
     ParsedTransaction,
     SubmitterKey,
@@ -36,7 +37,7 @@ from ledger.state_machine import (
 GENESIS_HASH = b"\x00" * 32
 # A transaction rejected before its signature was checked does not claim its id, so a forged record
 # cannot block the real transaction with the same id.
-UNCLAIMED_REASONS = frozenset({MALFORMED, BAD_SIGNATURE, UNKNOWN_SUBMITTER_KEY, KEY_REVOKED})
+UNCLAIMED_REASONS = frozenset({MALFORMED, WRONG_CHAIN, BAD_SIGNATURE, UNKNOWN_SUBMITTER_KEY, KEY_REVOKED})
 CACHE_LIMIT = 200_000
 
 
@@ -77,6 +78,7 @@ class ChainExecutor:
     previous_hash: bytes
     max_txs: int
     authorities: PublicKeys
+    chains: int = 1  # chains of the ledger (partitions of ledger.tx.v1); an invoice belongs to one
     keys: dict[str, SubmitterKey] = field(default_factory=dict)
     registration_ids: set[str] = field(default_factory=set)
     # Cache: invoice id -> state, or None when known not to exist.
@@ -140,6 +142,7 @@ class ChainExecutor:
             aggregate_id,
             self,
             chain_id=self.chain_id,
+            chains=self.chains,
             height=self.height,
             index=len(self.pending_txs),
             offset=offset,

@@ -17,7 +17,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
-from fapiao_runtime.invoice_ids import invoice_id_for_number
+from fapiao_runtime.invoice_ids import chain_of, invoice_id_for_number
 from fapiao_runtime.ledger_trust import ED25519, PublicKeys, verify_signature
 from google.protobuf.message import DecodeError
 
@@ -51,6 +51,7 @@ NOT_LOCK_HOLDER = "NOT_LOCK_HOLDER"
 ORGANISATION_NOT_ALLOWED = "ORGANISATION_NOT_ALLOWED"
 AMOUNT_EXCEEDED = "AMOUNT_EXCEEDED"
 INVOICE_ID_NOT_FROM_NUMBER = "INVOICE_ID_NOT_FROM_NUMBER"
+WRONG_CHAIN = "WRONG_CHAIN"
 
 
 @dataclass(frozen=True)
@@ -128,11 +129,13 @@ def execute(
     view: ChainView,
     *,
     chain_id: int,
+    chains: int,
     height: int,
     index: int,
     offset: int,
 ) -> Outcome:
-    """Decide one transaction. Pure: the same inputs give the same Outcome on every validator."""
+    """Decide one transaction. Pure: the same inputs give the same Outcome on every validator.
+    `chains` is the number of chains (partitions of the transaction topic), fixed for the ledger."""
     base = ledger_pb2.TransactionResult(chain_id=chain_id, height=height, index=index, offset=offset)
     body = parsed.body
     if body is None:
@@ -147,8 +150,13 @@ def execute(
     # The record key decides the partition (chain); a body naming another invoice is on the wrong chain.
     if not body.invoice_id or body.invoice_id != aggregate_id:
         return _reject(base, MALFORMED, None)
-    if ACTION_OF_TYPE.get(body.type) != body.WhichOneof("action"):
+    action = ACTION_OF_TYPE.get(body.type)
+    if action is None or action != body.WhichOneof("action"):
         return _reject(base, MALFORMED, None)
+    # Kafka does not check that a record sits in the partition its key maps to. Every invoice has
+    # exactly one chain, or two chains could each lock (and close) it: a record elsewhere is refused.
+    if chain_of(body.invoice_id, chains) != chain_id:
+        return _reject(base, WRONG_CHAIN, None)
     signature = parsed.signed.signature
     if signature.algorithm != ED25519:
         return _reject(base, BAD_SIGNATURE, None)

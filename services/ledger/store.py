@@ -67,22 +67,39 @@ async def load_presence(conn: asyncpg.Connection) -> tuple[PresenceFilter, Prese
     return invoices, claimed
 
 
+async def pin_chain_count(conn: asyncpg.Connection, chains: int) -> None:
+    """Record the number of chains on first start; raise RuntimeError if it has changed since."""
+    stored = await conn.fetchval(
+        "WITH i AS (INSERT INTO ledger_settings (name, value) VALUES ('chains', $1) ON CONFLICT DO NOTHING)"
+        " SELECT value FROM ledger_settings WHERE name = 'chains'",
+        str(chains),
+    )
+    if stored is not None and int(stored) != chains:
+        raise RuntimeError(
+            f"the transaction topic has {chains} partitions but this ledger was built with {stored}:"
+            " the partition count of ledger.tx.v1 must never change (each invoice belongs to one chain)"
+        )
+
+
 async def fetch_preload(
-    conn: asyncpg.Connection, invoice_ids: list[str], transaction_ids: list[str]
+    conn: asyncpg.Connection, chain_id: int, invoice_ids: list[str], transaction_ids: list[str]
 ) -> tuple[dict[str, ledger_pb2.InvoiceState | None], set[str]]:
-    """In one round trip: the stored states of `invoice_ids` (None when unknown) and which of
-    `transaction_ids` are already claimed on this validator's chains."""
+    """In one round trip: the stored states of `invoice_ids` on chain `chain_id` (None when unknown)
+    and which of `transaction_ids` that chain already claimed. Nothing is read from other chains:
+    chains progress independently, so their state at this moment differs between validators."""
     states: dict[str, ledger_pb2.InvoiceState | None] = dict.fromkeys(invoice_ids)
     claimed: set[str] = set()
     if not invoice_ids and not transaction_ids:
         return states, claimed
     rows = await conn.fetch(
-        "SELECT true AS is_state, invoice_id AS id, state FROM invoice_states WHERE invoice_id = ANY($1::text[])"
+        "SELECT true AS is_state, invoice_id AS id, state FROM invoice_states"
+        " WHERE invoice_id = ANY($1::text[]) AND chain_id = $3"
         " UNION ALL"
         " SELECT false, transaction_id, NULL::bytea FROM (SELECT DISTINCT transaction_id FROM transactions"
-        " WHERE transaction_id = ANY($2::text[]) AND claims_id) AS c",
+        " WHERE transaction_id = ANY($2::text[]) AND claims_id AND chain_id = $3) AS c",
         invoice_ids,
         transaction_ids,
+        chain_id,
     )
     for r in rows:
         if r["is_state"]:

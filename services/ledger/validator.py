@@ -131,6 +131,7 @@ class Validator:
     async def _load(self, partitions: list[int]) -> dict[int, int]:
         positions = {}
         async with self.pool.acquire() as conn:
+            await store.pin_chain_count(conn, len(partitions))
             for chain_id in partitions:
                 tip = await store.chain_tip(conn, chain_id)
                 keys, registration_ids = await store.load_registry(conn, chain_id)
@@ -140,6 +141,7 @@ class Validator:
                     previous_hash=tip.previous_hash,
                     max_txs=self.config.max_txs,
                     authorities=self.config.authority_keys,
+                    chains=len(partitions),
                     keys=keys,
                     registration_ids=registration_ids,
                 )
@@ -187,12 +189,22 @@ class Validator:
             for p, tp in tps.items():
                 consumer.seek(tp, positions[p])
             tasks = [
+                asyncio.ensure_future(self._transactions_loop(consumer, stop, tps)),
                 asyncio.ensure_future(self._signatures_loop(stop)),
                 asyncio.ensure_future(self._results_loop(stop)),
                 asyncio.ensure_future(self._markers_loop(stop)),
             ]
             try:
-                await self._transactions_loop(consumer, stop, tps)
+                # The loops end only when stopped. One that fails (a broker or database error it could
+                # not ride out) stops the validator rather than leaving it up without finality or
+                # results: a restart resumes from the database and re-reads the signatures.
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                if not stop.is_set():
+                    raise RuntimeError("a validator loop ended before the validator was stopped")
+                await asyncio.wait(tasks[:1], timeout=5.0)  # stopped: let the batch in hand be stored
             finally:
                 for task in tasks:
                     task.cancel()
@@ -244,7 +256,7 @@ class Validator:
             lookup_txs = [t for t in missing_txs if t in self.claimed_ids]
             if lookup_invoices or lookup_txs:
                 async with self.pool.acquire() as conn:
-                    found, claimed = await store.fetch_preload(conn, lookup_invoices, lookup_txs)
+                    found, claimed = await store.fetch_preload(conn, chain.chain_id, lookup_invoices, lookup_txs)
                 states.update(found)
             chain.preload(states, missing_txs, claimed)
         blocks = []

@@ -12,6 +12,7 @@ from fapiao.ledger.v1 import ledger_pb2
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.envelope import make_envelope
+from fapiao_runtime.ledger_client import result_event_id
 from fapiao_stack.harness import StackUnderTest
 from invoice_minting import red_letter
 from invoice_minting.claims import ClaimCommand, mint_claims, token_hash
@@ -33,7 +34,9 @@ def _result(transaction_id: uuid.UUID, tx_type: int, accepted: bool, height: int
         chain_id=1,
         rejection_reason="" if accepted else "AMOUNT_EXCEEDED",
     )
-    return make_envelope(result, aggregate_id=str(transaction_id), producer="ledger")
+    return make_envelope(
+        result, aggregate_id=str(transaction_id), producer="ledger", event_id=result_event_id(str(transaction_id))
+    )
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["one_by_one", "one_batch"])
@@ -95,11 +98,20 @@ async def test_result_order_does_not_change_the_final_state(
                     txs[ledger_pb2.TRANSACTION_TYPE_ISSUE], ledger_pb2.TRANSACTION_TYPE_ISSUE, False, 1
                 ),  # late copy
             ]
+            # First of all, a rejection of an unverified record carrying the ISSUE's id (anyone able to
+            # write to the ledger topic can make one): published under its own event id, it decides nothing.
+            forged = ledger_pb2.TransactionResult(
+                transaction_id=str(txs[ledger_pb2.TRANSACTION_TYPE_ISSUE]),
+                type=ledger_pb2.TRANSACTION_TYPE_ISSUE,
+                rejection_reason="BAD_SIGNATURE",
+            )
+            sequence = [make_envelope(forged, aggregate_id=forged.transaction_id, producer="ledger")]
+            sequence += [results[k] for k in order]
             if batched:  # as the consumer applies records fetched together
                 async with conn.transaction():
-                    await on_results(conn, [results[k] for k in order], "test")
+                    await on_results(conn, sequence, "test")
             else:
-                for envelope in (results[k] for k in order):
+                for envelope in sequence:
                     async with conn.transaction():
                         await on_result(conn, envelope, "test")
             original = await get_invoice(conn, invoice_id=invoice.body.invoice_id)

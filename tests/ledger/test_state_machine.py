@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
-from fapiao_runtime.invoice_ids import invoice_id_for_number
+from fapiao_runtime.invoice_ids import chain_of, invoice_id_for_number
 from fapiao_runtime.ledger_client import SigningKey, sign_key_registration, sign_transaction
 from google.protobuf.timestamp_pb2 import Timestamp
 from ledger.chain import ChainExecutor, claims_id
@@ -37,9 +37,10 @@ REGISTRATIONS = [
 ]
 
 
-def new_chain(max_txs: int = 1000) -> ChainExecutor:
+def new_chain(max_txs: int = 1000, chain_id: int = 0, chains: int = 1) -> ChainExecutor:
     chain = ChainExecutor(
-        chain_id=0,
+        chain_id=chain_id,
+        chains=chains,
         height=1,
         previous_hash=b"\x00" * 32,
         max_txs=max_txs,
@@ -265,3 +266,39 @@ def test_headers_cover_the_key_registrations_of_their_stretch_of_the_log() -> No
     first, second = feed.blocks[0].header, feed.blocks[1].header
     assert first.registrations_root == merkle.root([r.SerializeToString(deterministic=True) for r in REGISTRATIONS])
     assert second.registrations_root == merkle.root([])
+
+
+@pytest.mark.parametrize("tx_type", [0, 99])
+def test_a_transaction_of_no_known_type_is_malformed(tx_type: int) -> None:
+    """A validly signed body with an unspecified or unknown type and no action is rejected, not a crash
+    that would stop every validator on the same record."""
+    feed = Feeder(new_chain())
+    inv = iid(7)
+    assert feed(issue(ISSUER, inv, "26440000000000000007")).accepted
+    body = ledger_pb2.TransactionBody(transaction_id=str(uuid.uuid4()), invoice_id=inv, type=tx_type)  # type: ignore[arg-type]
+    result = feed(sign_transaction(body, ISSUER))
+    assert not result.accepted and result.rejection_reason == "MALFORMED"
+
+
+def test_records_on_another_chain_than_their_invoice_are_refused() -> None:
+    """Kafka lets a producer pick any partition. An invoice lives on one chain only, or a second chain
+    could lock and close it again: a LOCK or ISSUE sent elsewhere is WRONG_CHAIN and claims no id."""
+    numbers = [f"2644{n:016d}" for n in range(100, 140)]
+    home = {number: chain_of(invoice_id_for_number(number), 2) for number in numbers}
+    on_0 = next(n for n in numbers if home[n] == 0)
+    on_1 = next(n for n in numbers if home[n] == 1)
+    chain0, chain1 = Feeder(new_chain(chain_id=0, chains=2)), Feeder(new_chain(chain_id=1, chains=2))
+    inv = invoice_id_for_number(on_0)
+    assert chain0(issue(ISSUER, inv, on_0)).accepted
+    # The same database as chain 0's (one validator): chain 1 must not act on the invoice's state.
+    chain1.db_states = chain0.db_states
+    chain0.cut(1)
+    lock = reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, inv, "91440300ORG0000001")
+    wrong = chain1(lock)
+    assert not wrong.accepted and wrong.rejection_reason == "WRONG_CHAIN"
+    assert not claims_id(chain1.chain.pending_outcomes[-1])
+    # The same signed LOCK on the invoice's own chain is decided there (its id was not claimed).
+    assert chain0(lock).accepted
+    other = invoice_id_for_number(on_1)
+    assert chain0(issue(ISSUER, other, on_1)).rejection_reason == "WRONG_CHAIN"
+    assert chain1(issue(ISSUER, other, on_1)).accepted

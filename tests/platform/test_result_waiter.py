@@ -1,0 +1,60 @@
+"""Unit tests: which ledger results may decide a LedgerResultWaiter's waiters."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.envelope import make_envelope
+from fapiao_runtime.errors import DeadlineExceeded
+from fapiao_runtime.ledger_client import LedgerResultWaiter, result_event_id
+
+pytestmark = pytest.mark.unit
+
+
+def _record(result: ledger_pb2.TransactionResult, *, verified: bool = True) -> bytes:
+    event_id = result_event_id(result.transaction_id) if verified else uuid.uuid4()
+    return make_envelope(
+        result, aggregate_id=result.transaction_id, producer="v", event_id=event_id
+    ).SerializeToString()
+
+
+async def _waiter() -> LedgerResultWaiter:
+    waiter = LedgerResultWaiter("127.0.0.1:1")
+    waiter._task = asyncio.ensure_future(asyncio.sleep(3600))  # started, without a broker
+    return waiter
+
+
+async def test_an_unverified_rejection_decides_nothing_and_explains_a_time_out() -> None:
+    waiter = await _waiter()
+    tx_id, invoice_id = str(uuid.uuid4()), "inv-1"
+    pending = asyncio.ensure_future(waiter.wait(tx_id, 0.3, invoice_id))
+    await asyncio.sleep(0)
+    forged = ledger_pb2.TransactionResult(transaction_id=tx_id, invoice_id=invoice_id, rejection_reason="BAD_SIGNATURE")
+    waiter._on_record(_record(forged, verified=False))
+    with pytest.raises(DeadlineExceeded, match="BAD_SIGNATURE"):
+        await pending
+    # The genuine result, later, still decides a new wait.
+    genuine = ledger_pb2.TransactionResult(transaction_id=tx_id, invoice_id=invoice_id, accepted=True)
+    waiter._on_record(_record(genuine))
+    assert (await waiter.wait(tx_id, 0.3, invoice_id)).accepted
+    waiter._task.cancel()  # type: ignore[union-attr]
+
+
+async def test_a_result_for_another_invoice_with_the_same_id_is_not_this_waiters() -> None:
+    """Transaction ids are unique per chain: another chain's transaction may reuse an id."""
+    waiter = await _waiter()
+    tx_id = str(uuid.uuid4())
+    mine = asyncio.ensure_future(waiter.wait(tx_id, 2.0, "inv-mine"))
+    await asyncio.sleep(0)
+    waiter._on_record(
+        _record(ledger_pb2.TransactionResult(transaction_id=tx_id, invoice_id="inv-other", accepted=True))
+    )
+    await asyncio.sleep(0)
+    assert not mine.done()
+    waiter._on_record(_record(ledger_pb2.TransactionResult(transaction_id=tx_id, invoice_id="inv-mine")))
+    result = await mine
+    assert result.invoice_id == "inv-mine" and not result.accepted
+    waiter._task.cancel()  # type: ignore[union-attr]
