@@ -294,7 +294,9 @@ class ReimbursementHandlers:
         for result in decided:
             store.apply_result(pending.pop(result.transaction_id), result, now)
         if pending:
-            arrived = await self._ledger.wait_results(list(pending), max(0.0, timeout_s))
+            arrived = await self._ledger.wait_results(
+                {t: r.invoice_id for t, r in pending.items()}, max(0.0, timeout_s)
+            )
             arrived = {t: r for t, r in arrived.items() if r.rejection_reason not in NOT_AN_OUTCOME}
             for tx_id in list(pending):
                 if tx_id in arrived:

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 import grpc
@@ -118,16 +118,16 @@ class ValidatorLedger:
         await enqueue(conn, self.transaction_events(bodies))
 
     async def wait_results(
-        self, transaction_ids: Sequence[str], timeout_s: float
+        self, transactions: Mapping[str, str], timeout_s: float
     ) -> dict[str, ledger_pb2.TransactionResult]:
-        async def one(tx_id: str) -> ledger_pb2.TransactionResult | None:
+        async def one(tx_id: str, invoice_id: str) -> ledger_pb2.TransactionResult | None:
             try:
-                return await self._waiter.wait(tx_id, timeout_s)
+                return await self._waiter.wait(tx_id, timeout_s, invoice_id)
             except DeadlineExceeded:
                 return None
 
-        found = await asyncio.gather(*(one(t) for t in transaction_ids))
-        return {t: r for t, r in zip(transaction_ids, found, strict=True) if r is not None}
+        found = await asyncio.gather(*(one(t, i) for t, i in transactions.items()))
+        return {t: r for t, r in zip(transactions, found, strict=True) if r is not None}
 
 
 async def register_submitter_key(

@@ -7,7 +7,7 @@ transaction (transactional outbox), and learns outcomes from ledger.results.v1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import asyncpg
@@ -40,9 +40,10 @@ class LedgerPort(Protocol):
         """
 
     async def wait_results(
-        self, transaction_ids: Sequence[str], timeout_s: float
+        self, transactions: Mapping[str, str], timeout_s: float
     ) -> dict[str, ledger_pb2.TransactionResult]:
-        """Wait up to `timeout_s` for the final results; return those that arrived (maybe not all).
+        """Wait up to `timeout_s` for the final results of `transactions` (transaction id -> invoice id:
+        ids are unique per ledger chain); return those that arrived (maybe not all).
 
         Results that arrived shortly before the call are remembered, so calling this right after the
         submitting transaction commits cannot miss a fast result.

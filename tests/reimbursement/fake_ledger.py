@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 from fapiao.invoicing.v1 import invoice_pb2
@@ -128,8 +128,9 @@ class FakeLedger:
             self._schedule(copy)
 
     async def wait_results(
-        self, transaction_ids: Sequence[str], timeout_s: float
+        self, transactions: Mapping[str, str], timeout_s: float
     ) -> dict[str, ledger_pb2.TransactionResult]:
+        transaction_ids = list(transactions)
         self._submit_prepared(transaction_ids)
 
         async def one(tx_id: str) -> None:
