@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 ED25519 = "Ed25519"
 
 
+# Rejections decided before the record's signature was verified (ledger docs: they claim no id and are
+# published under their own event id). Anyone able to write to the ledger topic can cause one with a
+# copied transaction id, so a submitter never takes one for its transaction's outcome.
+UNVERIFIED_REJECTIONS = frozenset({"MALFORMED", "WRONG_CHAIN", "BAD_SIGNATURE", "UNKNOWN_SUBMITTER_KEY", "KEY_REVOKED"})
+
+
 def result_event_id(transaction_id: str) -> uuid.UUID:
     """Event id shared by every validator's copy of a transaction's result."""
     return uuid.uuid5(uuid.NAMESPACE_URL, "fapiao:tx-result:" + transaction_id)

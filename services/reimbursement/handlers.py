@@ -28,6 +28,7 @@ from fapiao_runtime.errors import (
     PermissionDenied,
     Unavailable,
 )
+from fapiao_runtime.ledger_client import UNVERIFIED_REJECTIONS
 
 from reimbursement import requests_store as store
 from reimbursement.identity import require_active
@@ -61,7 +62,10 @@ _REJECTIONS: dict[str, type[FapiaoError] | tuple[type[FapiaoError], str]] = {
     "ORGANISATION_NOT_ALLOWED": (PermissionDenied, "NOT_INVOICE_BUYER"),
 }
 # A result saying "duplicate" describes a re-delivery, not the outcome: the first result is the outcome.
-NOT_AN_OUTCOME = {"DUPLICATE_TRANSACTION"}
+# A rejection of a record whose signature was never verified is not ours to believe: anyone able to write
+# to the ledger topic could make one with our transaction id (GetTransactionResult returns it while no
+# record has claimed the id).
+NOT_AN_OUTCOME = {"DUPLICATE_TRANSACTION"} | UNVERIFIED_REJECTIONS
 _MESSAGES = {
     "ALREADY_LOCKED": "the invoice is locked for reimbursement",
     "ALREADY_REIMBURSED": "the invoice has already been reimbursed",
@@ -333,7 +337,11 @@ class ReimbursementHandlers:
         if not rejected:
             return rows
         if operation == "BATCH_LOCK":
-            await self._compensate(organisation, request_id, rows, budget_s - (time.monotonic() - started))
+            # Shielded: a caller that hangs up now must not leave the locks the batch won in place (and a
+            # crash before this point is caught by the pending resolver's sweep at start).
+            await asyncio.shield(
+                self._compensate(organisation, request_id, rows, budget_s - (time.monotonic() - started))
+            )
         first = rejected[0]
         error = rejection_error(first.rejection_reason, first.invoice_number)
         if operation.startswith("BATCH_"):
@@ -344,17 +352,29 @@ class ReimbursementHandlers:
     async def _compensate(
         self, organisation: Organisation, request_id: int, rows: list[TxRow], timeout_s: float
     ) -> None:
-        """Undo the LOCKs a failed batch won with UNLOCKs, submitted at most once (unique per position)."""
-        won = [r for r in rows if r.state == "ACCEPTED" and r.action == "LOCK"]
-        if not won:
-            return
-        undo = [
-            TxRow(str(uuid.uuid4()), r.position, "COMPENSATION", "UNLOCK", r.invoice_number, r.invoice_id) for r in won
-        ]
-        async with self._pool.acquire() as conn, conn.transaction():
-            fresh = await store.insert_transactions(conn, request_id, organisation.tax_id, undo)
-            if fresh:
-                await self._ledger.submit(conn, [self._body(organisation.tax_id, u) for u in fresh])
+        """Undo the LOCKs a failed batch won (see `submit_compensation`), then await the undo."""
+        fresh = await submit_compensation(self._pool, self._ledger, organisation.tax_id, request_id, rows)
         if fresh:
             # Best effort to answer after the undo is final; it is durable in the outbox either way.
             await self._await_outcomes(fresh, timeout_s, check_ledger_first=False)
+
+
+def transaction_body(tax_id: str, row: TxRow) -> ledger_pb2.TransactionBody:
+    return ReimbursementHandlers._body(tax_id, row)
+
+
+async def submit_compensation(
+    pool: asyncpg.Pool, ledger: LedgerPort, tax_id: str, request_id: int, rows: list[TxRow]
+) -> list[TxRow]:
+    """Submit UNLOCKs for the LOCKs a failed BATCH_LOCK won, at most once (unique per request, position
+    and purpose): whoever gets here first (the request's handler, or the pending resolver when nobody
+    was waiting) submits them. Returns the rows this call inserted."""
+    won = [r for r in rows if r.purpose == "REQUESTED" and r.state == "ACCEPTED" and r.action == "LOCK"]
+    if not won:
+        return []
+    undo = [TxRow(str(uuid.uuid4()), r.position, "COMPENSATION", "UNLOCK", r.invoice_number, r.invoice_id) for r in won]
+    async with pool.acquire() as conn, conn.transaction():
+        fresh = await store.insert_transactions(conn, request_id, tax_id, undo)
+        if fresh:
+            await ledger.submit(conn, [transaction_body(tax_id, u) for u in fresh])
+    return fresh

@@ -2,7 +2,9 @@
 
 Every `interval_s`, asks the ledger for the final result of up to `batch` transactions still PENDING
 after `older_than_s`, and records the ones that are final, so ListReimbursements converges without
-the client having to retry.
+the client having to retry. A BATCH_LOCK that those outcomes make fail is undone here (its won LOCKs
+are unlocked), as its handler would have done had the caller still been waiting; at start, every
+failed BATCH_LOCK not undone yet is (a crash between its outcome and its undo).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import asyncpg
 
 from reimbursement import requests_store as store
-from reimbursement.handlers import NOT_AN_OUTCOME
+from reimbursement.handlers import NOT_AN_OUTCOME, submit_compensation
 from reimbursement.ledger_port import LedgerPort
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,17 @@ async def resolve_pending_once(pool: asyncpg.Pool, ledger: LedgerPort, older_tha
     found = await asyncio.gather(*(ledger.transaction_result(t) for t in pending))
     results = [r for r in found if r is not None and r.rejection_reason not in NOT_AN_OUTCOME]
     await store.record_outcomes(pool, results)
+    if any(not r.accepted for r in results):
+        await undo_failed_batches(pool, ledger, [r.transaction_id for r in results])
     return len(results)
+
+
+async def undo_failed_batches(pool: asyncpg.Pool, ledger: LedgerPort, transaction_ids: list[str] | None) -> int:
+    """Submit the undo of failed BATCH_LOCKs (those of `transaction_ids`, or all if None); return how many."""
+    requests = await store.failed_batch_locks_to_undo(pool, transaction_ids)
+    for request_id, tax_id in requests:
+        await submit_compensation(pool, ledger, tax_id, request_id, await store.request_transactions(pool, request_id))
+    return len(requests)
 
 
 async def run_pending_resolver(
@@ -40,6 +52,10 @@ async def run_pending_resolver(
     older_than_s: float = 5.0,
     batch: int = 200,
 ) -> None:
+    with contextlib.suppress(Exception):  # retried at the next start; settling goes on regardless
+        undone = await undo_failed_batches(pool, ledger, None)
+        if undone:
+            log.info("undid failed batch locks", extra={"count": undone})
     while not stop.is_set():
         try:
             settled = await resolve_pending_once(pool, ledger, older_than_s, batch)

@@ -245,6 +245,28 @@ async def list_transactions(
     return [(r["request_id"], _row(r)) for r in records]
 
 
+async def failed_batch_locks_to_undo(
+    conn: asyncpg.Connection | asyncpg.Pool, transaction_ids: Sequence[str] | None
+) -> list[tuple[int, str]]:
+    """(request id, organisation) of BATCH_LOCKs that failed (all decided, one rejected) and still hold a
+    LOCK they won without its compensating UNLOCK; only the requests of `transaction_ids` if given."""
+    records = await conn.fetch(
+        "SELECT r.id, r.organisation_tax_id FROM reimbursement_requests r WHERE r.operation = 'BATCH_LOCK'"
+        " AND ($1::uuid[] IS NULL OR r.id IN"
+        " (SELECT request_id FROM reimbursement_transactions WHERE transaction_id = ANY($1::uuid[])))"
+        " AND EXISTS (SELECT 1 FROM reimbursement_transactions t WHERE t.request_id = r.id"
+        " AND t.purpose = 'REQUESTED' AND t.state = 'REJECTED')"
+        " AND NOT EXISTS (SELECT 1 FROM reimbursement_transactions t WHERE t.request_id = r.id"
+        " AND t.purpose = 'REQUESTED' AND t.state = 'PENDING')"
+        " AND EXISTS (SELECT 1 FROM reimbursement_transactions t WHERE t.request_id = r.id"
+        " AND t.purpose = 'REQUESTED' AND t.state = 'ACCEPTED' AND t.action = 'LOCK' AND NOT EXISTS"
+        " (SELECT 1 FROM reimbursement_transactions c WHERE c.request_id = r.id AND c.position = t.position"
+        " AND c.purpose = 'COMPENSATION'))",
+        None if transaction_ids is None else [uuid.UUID(t) for t in transaction_ids],
+    )
+    return [(r["id"], r["organisation_tax_id"]) for r in records]
+
+
 async def stale_pending(conn: asyncpg.Connection | asyncpg.Pool, older_than_s: float, limit: int) -> list[str]:
     records = await conn.fetch(
         "SELECT transaction_id FROM reimbursement_transactions WHERE state = 'PENDING'"

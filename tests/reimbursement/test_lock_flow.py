@@ -8,6 +8,7 @@ import grpc
 import pytest
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import reason_of
+from reimbursement.pending_resolver import resolve_pending_once, undo_failed_batches
 
 from tests.reimbursement.conftest import ApiUnderTest
 from tests.reimbursement.support import new_tax_id
@@ -150,6 +151,34 @@ async def test_batch_lock_is_all_or_nothing(api: ApiUnderTest) -> None:
             )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert len(api.ledger.submitted) == submitted
+
+
+async def test_a_failed_batch_lock_is_undone_when_nobody_waits_for_it(api: ApiUnderTest) -> None:
+    """The caller gives up before the ledger decides and never retries: the pending resolver records the
+    outcomes and, the batch having failed, unlocks what it won (once, however often it runs)."""
+    org, rival = await _org(api), await _org(api)
+    numbers = [api.issue(None) for _ in range(3)]
+    async with api.channel(org) as ch, api.channel(rival) as ch_rival:
+        await api.stub(ch_rival).LockInvoice(
+            rpb.LockInvoiceRequest(invoice_number=numbers[1], idempotency_key="r"), timeout=5
+        )
+        api.ledger.paused.clear()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.stub(ch).BatchLockInvoices(
+                rpb.BatchLockInvoicesRequest(invoice_numbers=numbers, idempotency_key="gone"), timeout=0.5
+            )
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    api.ledger.paused.set()
+    await asyncio.sleep(0.1)  # the ledger decides: two locks won, one ALREADY_LOCKED
+    won = [n for n in numbers if (await api.ledger.invoice_state(n)).state.lock_holder_tax_id == org]  # type: ignore[union-attr]
+    assert won == [numbers[0], numbers[2]]
+    assert await resolve_pending_once(api.pool, api.ledger, older_than_s=0, batch=100) == 3
+    await asyncio.sleep(0.1)  # the compensating UNLOCKs are decided
+    holders = [(await api.ledger.invoice_state(n)).state.lock_holder_tax_id for n in numbers]  # type: ignore[union-attr]
+    assert holders == ["", rival, ""]
+    submitted = len(api.ledger.submitted)
+    assert await undo_failed_batches(api.pool, api.ledger, None) == 0  # the start-up sweep finds nothing left
+    assert len(api.ledger.submitted) == submitted
 
 
 async def test_list_reimbursements_shows_only_the_callers_pages(api: ApiUnderTest) -> None:
