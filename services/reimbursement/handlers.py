@@ -248,9 +248,24 @@ class ReimbursementHandlers:
     async def _precheck_batch_close(self, organisation: Organisation, numbers: list[str]) -> None:
         """A CLOSE cannot be undone, so a batch is only submitted when every invoice is LOCKED by the caller now.
 
-        Only the holder can unlock or close, so nothing but a concurrent cancellation by the issuer can change
-        that between this check and the ledger's decision (reported, see docs/reimbursement.md).
+        Only the holder can unlock or close, and the holder's UNLOCKs and CLOSEs all pass through this
+        service: one still in doubt (pending) or already accepted here may not be visible yet on the
+        validator read below, so it refuses the batch first. After that, nothing but a concurrent
+        cancellation by the issuer can change the state before the ledger decides (reported, see
+        docs/reimbursement.md).
         """
+        unsettled = await store.latest_holder_actions(self._pool, organisation.tax_id, numbers)
+        for number in numbers:
+            action, state = unsettled.get(number, ("LOCK", "ACCEPTED"))
+            if state == "PENDING":
+                raise FailedPrecondition(
+                    "EARLIER_REQUEST_PENDING",
+                    f"an earlier {action.lower()} of {number} is not decided yet: retry it with its key first",
+                )
+            if action == "UNLOCK" and state == "ACCEPTED":
+                raise rejection_error("NOT_LOCKED", number)
+            if action == "CLOSE" and state == "ACCEPTED":
+                raise rejection_error("ALREADY_CLOSED", number)
         states = await asyncio.gather(*(self._ledger.invoice_state(n, state_only=True) for n in numbers))
         for number, response in zip(numbers, states, strict=True):
             if response is None:
@@ -344,7 +359,11 @@ class ReimbursementHandlers:
             )
         first = rejected[0]
         error = rejection_error(first.rejection_reason, first.invoice_number)
-        if operation.startswith("BATCH_"):
+        closed = sum(1 for r in rows if r.action == "CLOSE" and r.state == "ACCEPTED")
+        if operation == "BATCH_CLOSE" and closed:
+            # A CLOSE cannot be undone: say what did happen (an issuer cancelled an invoice meanwhile).
+            error.message = f"batch partly applied: {closed} of {len(rows)} invoices closed; {error.message}"
+        elif operation.startswith("BATCH_"):
             # One invoice failed: the whole batch fails (BATCH_LOCK undid the locks it won, see _compensate).
             error.message = f"batch not applied: {error.message}"
         raise error

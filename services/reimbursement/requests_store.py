@@ -267,6 +267,20 @@ async def failed_batch_locks_to_undo(
     return [(r["id"], r["organisation_tax_id"]) for r in records]
 
 
+async def latest_holder_actions(
+    conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, invoice_numbers: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    """invoice number -> (action, state) of `tax_id`'s latest transaction on it not rejected."""
+    records = await conn.fetch(
+        "SELECT DISTINCT ON (invoice_number) invoice_number, action, state FROM reimbursement_transactions"
+        " WHERE organisation_tax_id = $1 AND invoice_number = ANY($2::text[]) AND state <> 'REJECTED'"
+        " ORDER BY invoice_number, submitted_at DESC, transaction_id",
+        tax_id,
+        list(invoice_numbers),
+    )
+    return {r["invoice_number"]: (r["action"], r["state"]) for r in records}
+
+
 async def stale_pending(conn: asyncpg.Connection | asyncpg.Pool, older_than_s: float, limit: int) -> list[str]:
     records = await conn.fetch(
         "SELECT transaction_id FROM reimbursement_transactions WHERE state = 'PENDING'"

@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+from fapiao.ledger.v1 import ledger_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import reason_of
 from reimbursement.pending_resolver import resolve_pending_once, undo_failed_batches
@@ -179,6 +180,39 @@ async def test_a_failed_batch_lock_is_undone_when_nobody_waits_for_it(api: ApiUn
     submitted = len(api.ledger.submitted)
     assert await undo_failed_batches(api.pool, api.ledger, None) == 0  # the start-up sweep finds nothing left
     assert len(api.ledger.submitted) == submitted
+
+
+async def test_batch_close_waits_for_the_callers_own_undecided_unlock(api: ApiUnderTest) -> None:
+    """An UNLOCK that timed out is still on its way to the ledger: a batch close naming that invoice
+    would close the others and fail on it, and a CLOSE cannot be undone. It is refused before anything
+    is submitted, and after the UNLOCK is accepted it is NOT_LOCKED even if a validator lags."""
+    org = await _org(api)
+    x, y = api.issue(org), api.issue(org)
+    async with api.channel(org) as ch:
+        stub = api.stub(ch)
+        for i, number in enumerate((x, y)):
+            await stub.LockInvoice(rpb.LockInvoiceRequest(invoice_number=number, idempotency_key=f"l{i}"), timeout=5)
+        api.ledger.paused.clear()
+        unlock = rpb.UnlockInvoiceRequest(invoice_number=x, idempotency_key="u")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.UnlockInvoice(unlock, timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        submitted = len(api.ledger.submitted)
+        close = rpb.BatchCloseInvoicesRequest(invoice_numbers=[x, y], idempotency_key="c")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.BatchCloseInvoices(close, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(caught.value) == "EARLIER_REQUEST_PENDING"
+        assert len(api.ledger.submitted) == submitted
+        api.ledger.paused.set()
+        assert (await stub.UnlockInvoice(unlock, timeout=5)).outcome.status == rpb.REIMBURSEMENT_STATUS_INIT
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.BatchCloseInvoices(
+                rpb.BatchCloseInvoicesRequest(invoice_numbers=[x, y], idempotency_key="c2"), timeout=5
+            )
+        assert reason_of(caught.value) == "NOT_LOCKED" and len(api.ledger.submitted) == submitted
+        still = (await api.ledger.invoice_state(y)).state  # type: ignore[union-attr]
+        assert still.status == ledger_pb2.INVOICE_LEDGER_STATUS_LOCKED
 
 
 async def test_list_reimbursements_shows_only_the_callers_pages(api: ApiUnderTest) -> None:
