@@ -104,6 +104,15 @@ async def reverse(
         raise InvalidArgument("AMOUNT_EXCEEDS_REMAINING", f"at most {remaining} fen can still be reversed")
     original = invoice_pb2.SignedInvoice.FromString(row["signed"])
     original_body = invoice_pb2.InvoiceBody.FromString(original.body)
+    # The red letters that count against the invoice (all but those the ledger rejected), oldest first.
+    earlier = [
+        invoice_pb2.InvoiceBody.FromString(invoice_pb2.SignedInvoice.FromString(r["signed"]).body).lines
+        for r in await conn.fetch(
+            "SELECT signed FROM invoices WHERE original_invoice_id = $1 AND status <> $2 ORDER BY seq",
+            row["invoice_id"],
+            invoice_pb2.INVOICE_STATUS_REJECTED,
+        )
+    ]
     key = await deps.keys.signing_key_for_seller(conn, merchant_id, original_body.seller.tax_id)
     if key is None:
         raise FailedPrecondition("ISSUER_KEY_MISSING", "no issuer key registered for the invoice's seller")
@@ -116,7 +125,7 @@ async def reverse(
         kind=invoice_pb2.INVOICE_KIND_RED_LETTER,
         seller=original_body.seller,
         buyer=original_body.buyer,
-        lines=red_letter_lines(original_body.lines, amount, original_body.total_fen),
+        lines=red_letter_lines(original_body.lines, amount, earlier),
         issue_date=issue_date_text(day),
         merchant_id=merchant_id,
         payment_id=original_body.payment_id,

@@ -114,16 +114,38 @@ def lines_for_payment(
 
 
 def red_letter_lines(
-    original: Sequence[invoice_pb2.InvoiceLine], refund_fen: int, original_total_fen: int
+    original: Sequence[invoice_pb2.InvoiceLine],
+    refund_fen: int,
+    earlier: Sequence[Sequence[invoice_pb2.InvoiceLine]] = (),
 ) -> list[invoice_pb2.InvoiceLine]:
-    """Negative lines reversing `refund_fen` (tax-inclusive) of an invoice with lines `original`.
+    """Negative lines reversing `refund_fen` (tax-inclusive) of an invoice with lines `original`, of which
+    the red letters `earlier` (their lines) already reversed parts.
 
-    A full reversal negates every line (quantity too). A partial one spreads the refund over the original
-    lines in proportion to their totals by the largest-remainder method (so the parts sum exactly to the
-    refund; ties go to the earlier line), each part as quantity -1 at unit price = the part.
+    Reversing everything at once negates every line (quantity too). Otherwise the refund is spread over
+    what is left of each line (its total minus what earlier red letters reversed of it) in proportion,
+    by the largest-remainder method (the parts sum exactly to the refund; ties go to the earlier line),
+    each part as quantity -1 at unit price = the part. A part never exceeds what is left of its line, so
+    the red letters of an invoice never reverse more of a line, or of a tax rate, than it held; the
+    last one reverses exactly what is left.
     """
-    assert 0 < refund_fen <= original_total_fen
-    if refund_fen == original_total_fen:
+    left_of = [line.total_fen for line in original]
+    for red in earlier:
+        for reversed_line in red:
+            # A red letter's line reverses the original lines of the same classification, name and rate.
+            owed = -reversed_line.total_fen
+            for index, line in enumerate(original):
+                same = (line.tax_classification_code, line.name, line.tax_rate_bp) == (
+                    reversed_line.tax_classification_code,
+                    reversed_line.name,
+                    reversed_line.tax_rate_bp,
+                )
+                if same and owed > 0 and left_of[index] > 0:
+                    taken = min(owed, left_of[index])
+                    left_of[index] -= taken
+                    owed -= taken
+    remaining = sum(left_of)
+    assert 0 < refund_fen <= remaining
+    if not earlier and refund_fen == remaining:
         return [
             make_line(
                 line.tax_classification_code,
@@ -136,12 +158,12 @@ def red_letter_lines(
             for line in original
         ]
     shares = []
-    for index, line in enumerate(original):
-        whole, remainder = divmod(refund_fen * line.total_fen, original_total_fen)
+    for index, left in enumerate(left_of):
+        whole, remainder = divmod(refund_fen * left, remaining)
         shares.append([whole, remainder, index])
-    left = refund_fen - sum(s[0] for s in shares)
-    for share in sorted(shares, key=lambda s: (-s[1], s[2]))[:left]:
-        share[0] += 1
+    short = refund_fen - sum(s[0] for s in shares)
+    for share in sorted(shares, key=lambda s: (-s[1], s[2]))[:short]:
+        share[0] += 1  # only shares with a remainder, so never past what is left of the line
     return [
         make_line(line.tax_classification_code, line.name, -1, part, -part, line.tax_rate_bp)
         for line, (part, _, _) in zip(original, shares, strict=True)

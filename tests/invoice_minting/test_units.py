@@ -30,6 +30,7 @@ from invoice_minting.tax import (
     ALLOWED_TAX_RATES_BP,
     check_payment_items,
     lines_for_payment,
+    make_line,
     red_letter_lines,
     round_half_away_from_zero,
     tax_of,
@@ -81,10 +82,10 @@ def test_lines_add_up_to_totals_exactly_and_red_letters_reverse_exactly() -> Non
         assert totals.total_fen == amount and totals.amount_fen + totals.tax_fen == amount
         for line in lines:
             assert line.tax_fen == tax_of(line.total_fen, line.tax_rate_bp)
-        full = totals_of(red_letter_lines(lines, amount, amount))
+        full = totals_of(red_letter_lines(lines, amount))
         assert (full.total_fen, full.tax_fen, full.amount_fen) == (-amount, -totals.tax_fen, -totals.amount_fen)
         refund = rng.randint(1, amount)
-        partial = red_letter_lines(lines, refund, amount)
+        partial = red_letter_lines(lines, refund)
         assert totals_of(partial).total_fen == -refund
         assert all(line.quantity * line.unit_price_fen == line.total_fen for line in partial)
 
@@ -105,7 +106,37 @@ def test_partial_red_letter_split_is_proportional_by_largest_remainder() -> None
         0,
     )
     # 100 of 300: shares 33.33 and 66.67 -> 33 and 67.
-    assert [line.total_fen for line in red_letter_lines(lines, 100, 300)] == [-33, -67]
+    assert [line.total_fen for line in red_letter_lines(lines, 100)] == [-33, -67]
+
+
+def test_red_letters_never_reverse_more_of_a_line_than_it_held() -> None:
+    """Successive partial red letters split what is left of each line, not the original proportions:
+    together they reverse every line (and so every tax rate) exactly, never past zero."""
+    rng = random.Random(11)
+    for case in range(300):
+        items = _items(rng)
+        amount = sum(i.amount_fen for i in items)
+        lines = lines_for_payment(amount, items, "x", "x", 600)
+        earlier: list[list[invoice_pb2.InvoiceLine]] = []
+        left = amount
+        while left:
+            refund = left if rng.random() < 0.3 else rng.randint(1, left)
+            red = red_letter_lines(lines, refund, earlier)
+            assert totals_of(red).total_fen == -refund
+            earlier.append(red)
+            left -= refund
+        for index, line in enumerate(lines):
+            key = (line.tax_classification_code, line.name, line.tax_rate_bp)
+            same = [o for o in lines if (o.tax_classification_code, o.name, o.tax_rate_bp) == key]
+            reversed_total = sum(
+                r.total_fen for red in earlier for r in red if (r.tax_classification_code, r.name, r.tax_rate_bp) == key
+            )
+            assert reversed_total == -sum(o.total_fen for o in same), (case, index)
+    # The reported case: lines of 3 fen at 13 % and 1 fen at 6 %, reversed 2 + 2.
+    small = [make_line("A", "a", 1, 3, 3, 1300), make_line("B", "b", 1, 1, 1, 600)]
+    first = red_letter_lines(small, 2)
+    second = red_letter_lines(small, 2, [first])
+    assert [(r.name, r.total_fen) for r in first + second] == [("a", -2), ("a", -1), ("b", -1)]
 
 
 def test_payment_items_that_do_not_add_up_are_refused() -> None:
