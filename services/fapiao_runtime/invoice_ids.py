@@ -9,9 +9,8 @@ number: every ISSUE of a number lands on the same chain, where the second is ALR
 from __future__ import annotations
 
 import hashlib
+import struct
 import uuid
-
-from aiokafka.partitioner import murmur2
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://fapiao.dev/invoice-number")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
@@ -33,5 +32,30 @@ def chain_of(invoice_id: str, chains: int) -> int:
     """The chain (partition of ledger.tx.v1) of `invoice_id` among `chains`: the partition Kafka's
     default partitioner gives the record key `invoice_id` (murmur2, as in the Java client and aiokafka),
     so every producer that keys transactions by invoice id sends them to the right chain."""
-    hashed: int = murmur2(invoice_id.encode())
-    return (hashed & 0x7FFFFFFF) % chains
+    return (murmur2(invoice_id.encode()) & 0x7FFFFFFF) % chains
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), as aiokafka's `murmur2` but with
+    the key's words unpacked at once: half its cost, and every validator runs it for every transaction."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length // 4
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    tail = data[words * 4 :]
+    if tail:
+        if len(tail) >= 3:
+            h ^= tail[2] << 16
+        if len(tail) >= 2:
+            h ^= tail[1] << 8
+        h = ((h ^ tail[0]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
