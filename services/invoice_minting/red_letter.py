@@ -81,6 +81,11 @@ async def reverse(
         raise InvalidArgument("INVALID_REASON", "reason must be one of " + ", ".join(sorted(RED_LETTER_REASONS)))
     if amount_fen < 0:
         raise InvalidArgument("INVALID_AMOUNT", "amount_fen must not be negative")
+    # Requests with one key wait for each other (until the first commits), so a concurrent retry
+    # returns the first result instead of failing on the key's unique index.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"red-letter:{merchant_id}:{idempotency_key}"
+    )
     replay = await _replay(conn, merchant_id, idempotency_key, request_hash)
     if replay is not None:
         return replay
