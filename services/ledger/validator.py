@@ -112,6 +112,11 @@ class Validator:
         self.last_marker: dict[int, tuple[int, float]] = {}
         self.last_cut: dict[int, float] = {}  # when this validator last cut a block of the chain (any cause)
         self.block_event = asyncio.Event()  # set when a block is stored or becomes final (StreamBlocks)
+        # Our own signatures found on the signature topic for blocks our database does not hold (it was
+        # lost or restored from an older copy): we never sign another header for those heights. Blocks
+        # are signed only once the topic has been read to its end as of start (`signatures_replayed`).
+        self.signed_before: dict[tuple[int, int], bytes] = {}
+        self.signatures_replayed = asyncio.Event()
         self.caught_up = asyncio.Event()
         self._tx_topic = runtime.topic(LEDGER_TRANSACTIONS.name)
         self._sig_topic = runtime.topic(LEDGER_SIGNATURES.name)
@@ -230,6 +235,8 @@ class Validator:
                     self.chains[tp.partition], [decode_record(r.offset, r.value) for r in records]
                 )
             if blocks:
+                if not self.signatures_replayed.is_set():
+                    await self.signatures_replayed.wait()
                 await self._commit(blocks)
             if not batch and not self.caught_up.is_set():
                 ends = await consumer.end_offsets(list(tps.values()))
@@ -292,6 +299,12 @@ class Validator:
         """Sign, store (one DB transaction for the batch's blocks), then publish signatures."""
         signed = []
         for block in blocks:
+            before = self.signed_before.pop((block.chain_id, block.height), None)
+            if before is not None and before != block.header_hash:
+                raise store.HeaderConflict(
+                    f"chain {block.chain_id} height {block.height}: this validator signed another header for it"
+                    " before (its signature is on the signature topic); refusing to sign a second one"
+                )
             signature = self.config.signing_key.sign(block.header_bytes)
             signed.append(
                 (
@@ -366,6 +379,9 @@ class Validator:
             tps = [TopicPartition(self._sig_topic, p) for p in partitions]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
+            replay_ends = {tp: end for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
+            if not replay_ends:
+                self.signatures_replayed.set()
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=100, max_records=FETCH_MAX_RECORDS)
                 accepted = []
@@ -373,11 +389,17 @@ class Validator:
                     for record in records:
                         sig = verified_signature(record.value, self.config.validator_keys, self.config.validator_id)
                         if sig is OWN_SIGNATURE:
+                            if not self.signatures_replayed.is_set():
+                                self._remember_own_signature(record.value)
                             continue  # our own vote is recorded when the block is stored
                         if sig is None:
                             log.warning("ignoring invalid block signature", extra={"offset": record.offset})
                             continue
                         accepted.append(sig)
+                if not self.signatures_replayed.is_set():
+                    positions = [(await consumer.position(tp), end) for tp, end in replay_ends.items()]
+                    if all(position >= end for position, end in positions):
+                        self.signatures_replayed.set()
                 if accepted:
                     await self._on_signatures(accepted)
                 elif self.late_signatures:  # a quiet moment: store what arrived after finality
@@ -385,6 +407,21 @@ class Validator:
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
+
+    def _remember_own_signature(self, raw: bytes | None) -> None:
+        """Note a (verified) signature of ours from the topic for a block the database does not hold."""
+        own_id = self.config.validator_id
+        sig = verified_signature(raw, {own_id: self.config.validator_keys[own_id]})
+        if sig is None or sig.validator_id != own_id:
+            return
+        key = (sig.chain_id, sig.height)
+        stored = self.own_hashes.get(key)
+        if stored is None:
+            self.signed_before.setdefault(key, sig.header_hash)
+        elif stored != sig.header_hash:
+            log.error(
+                "the signature topic holds another header signed by us", extra={"chain": key[0], "height": key[1]}
+            )
 
     async def _on_signatures(self, signatures: list[ledger_pb2.BlockSignature]) -> None:
         """Record verified votes; store signatures with the finality they complete.

@@ -201,6 +201,23 @@ async def test_killed_validator_recovers_and_blocks_stay_final_with_three(stack:
         await net.start_validator(3)
         await wait_all_final(net, [3], len(txs), timeout_s=60)
         assert await chain_snapshot(stack.database_url, net.schema(3)) == (reference, reference_states)
+        # One that lost its database and now cuts differently (another block size) would sign other
+        # headers for heights it signed before: it finds its earlier signatures on the topic and stops.
+        net.processes[4].kill()
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            await conn.execute("DROP SCHEMA ledger_4 CASCADE")
+        finally:
+            await conn.close()
+        net.validator_overrides[4] = {"FAPIAO_LEDGER_MAX_TXS": "7"}
+        restarted = await net.start_validator(4)
+
+        async def exited() -> bool:
+            return restarted.proc is not None and restarted.proc.poll() is not None  # type: ignore[attr-defined]
+
+        await wait_for(exited, 60, what="validator 4 to refuse a second header and stop")
+        assert "refusing to sign a second one" in restarted.log_text()
+        assert await count_final(stack.database_url, net.schema(4)) == 0
     finally:
         await net.stop()
 
