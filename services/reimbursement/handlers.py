@@ -309,7 +309,7 @@ class ReimbursementHandlers:
         decided: list[ledger_pb2.TransactionResult] = []
         now = datetime.now(UTC)
         if check_ledger_first:
-            decided += await self._ask_ledger(list(pending))
+            decided += await ask_ledger(self._ledger, {t: r.invoice_id for t, r in pending.items()})
         for result in decided:
             store.apply_result(pending.pop(result.transaction_id), result, now)
         if pending:
@@ -323,16 +323,12 @@ class ReimbursementHandlers:
                     decided.append(arrived[tx_id])
         if pending and not check_ledger_first and timeout_s > 0:
             # The result may have passed before this process was reading (e.g. a restart); ask once before giving up.
-            late = await self._ask_ledger(list(pending))
+            late = await ask_ledger(self._ledger, {t: r.invoice_id for t, r in pending.items()})
             for result in late:
                 store.apply_result(pending.pop(result.transaction_id), result, now)
             decided += late
         if decided:
             await store.record_outcomes(self._pool, decided, now)
-
-    async def _ask_ledger(self, transaction_ids: list[str]) -> list[ledger_pb2.TransactionResult]:
-        found = await asyncio.gather(*(self._ledger.transaction_result(t) for t in transaction_ids))
-        return [r for r in found if r is not None and r.rejection_reason not in NOT_AN_OUTCOME]
 
     async def _finish(
         self,
@@ -397,3 +393,15 @@ async def submit_compensation(
         if fresh:
             await ledger.submit(conn, [transaction_body(tax_id, u) for u in fresh])
     return fresh
+
+
+async def ask_ledger(ledger: LedgerPort, transactions: dict[str, str]) -> list[ledger_pb2.TransactionResult]:
+    """The final outcomes the ledger has for `transactions` (transaction id -> invoice id). Neither a
+    re-delivery, nor a rejection of an unverified record (`NOT_AN_OUTCOME`), nor the result of another
+    invoice's transaction (transaction ids are unique per chain) counts as one."""
+    found = await asyncio.gather(*(ledger.transaction_result(t) for t in transactions))
+    return [
+        r
+        for r in found
+        if r is not None and r.rejection_reason not in NOT_AN_OUTCOME and r.invoice_id == transactions[r.transaction_id]
+    ]

@@ -16,7 +16,7 @@ import logging
 import asyncpg
 
 from reimbursement import requests_store as store
-from reimbursement.handlers import NOT_AN_OUTCOME, submit_compensation
+from reimbursement.handlers import ask_ledger, submit_compensation
 from reimbursement.ledger_port import LedgerPort
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,7 @@ async def resolve_pending_once(pool: asyncpg.Pool, ledger: LedgerPort, older_tha
     pending = await store.stale_pending(pool, older_than_s, batch)
     if not pending:
         return 0
-    found = await asyncio.gather(*(ledger.transaction_result(t) for t in pending))
-    results = [r for r in found if r is not None and r.rejection_reason not in NOT_AN_OUTCOME]
+    results = await ask_ledger(ledger, pending)
     await store.record_outcomes(pool, results)
     if any(not r.accepted for r in results):
         await undo_failed_batches(pool, ledger, [r.transaction_id for r in results])

@@ -281,14 +281,15 @@ async def latest_holder_actions(
     return {r["invoice_number"]: (r["action"], r["state"]) for r in records}
 
 
-async def stale_pending(conn: asyncpg.Connection | asyncpg.Pool, older_than_s: float, limit: int) -> list[str]:
+async def stale_pending(conn: asyncpg.Connection | asyncpg.Pool, older_than_s: float, limit: int) -> dict[str, str]:
+    """Transaction id -> invoice id of up to `limit` transactions PENDING for more than `older_than_s`."""
     records = await conn.fetch(
-        "SELECT transaction_id FROM reimbursement_transactions WHERE state = 'PENDING'"
+        "SELECT transaction_id, invoice_id FROM reimbursement_transactions WHERE state = 'PENDING'"
         " AND submitted_at < now() - make_interval(secs => $1) ORDER BY submitted_at LIMIT $2",
         older_than_s,
         limit,
     )
-    return [str(r["transaction_id"]) for r in records]
+    return {str(r["transaction_id"]): r["invoice_id"] for r in records}
 
 
 async def locked_invoice_ids(
