@@ -16,11 +16,11 @@ import os
 import struct
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fapiao_runtime.kafka import new_producer
-from fapiao_runtime.ledger_client import topic_partitions
+from fapiao_runtime.ledger_client import consumer_at_end
 from fapiao_runtime.ledger_trust import ed25519_verify
 from fapiao_stack.harness import StackUnderTest
 
@@ -82,18 +82,7 @@ async def kafka_hop_latency(
 ) -> list[float]:
     """Latencies (ms) of small records sent one by one at `rate_per_s` to `topic` (which must exist),
     each read by `readers` consumers (every record is timed at the first); sends in 5 ms ticks."""
-    consumers = []
-    for _ in range(readers):
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="latest"
-        )
-        await consumer.start()
-        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
-        consumers.append(consumer)
+    consumers = [await consumer_at_end(bootstrap, topic) for _ in range(readers)]
     producer = new_producer(bootstrap, client_id="bench-hop", linger_ms=0)
     await producer.start()
     padding = os.urandom(HOP_RECORD_BYTES - 8)

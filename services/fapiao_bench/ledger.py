@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import parse_envelope, unpack
 from fapiao_runtime.invoice_ids import invoice_id_for_number
-from fapiao_runtime.ledger_client import topic_partitions, transaction_event
+from fapiao_runtime.ledger_client import consumer_at_end, topic_partitions, transaction_event
 from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_SIGNATURES, LEDGER_TRANSACTIONS
 from fapiao_stack.harness import StackUnderTest
 from ledger.devnet import LedgerNetwork, T, issue, reimburse
@@ -58,15 +58,7 @@ class ResultClock:
 
     async def start(self) -> None:
         topic = self.env.topic(LEDGER_RESULTS.name)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.env.kafka_bootstrap, group_id=None, enable_auto_commit=False, max_poll_records=5000
-        )
-        await consumer.start()
-        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
+        consumer = await consumer_at_end(self.env.kafka_bootstrap, topic, max_poll_records=5000)
         self._consumer = consumer
         self._task = asyncio.ensure_future(self._run(consumer))
 

@@ -57,6 +57,24 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: fl
         await asyncio.sleep(0.2)
 
 
+async def consumer_at_end(bootstrap: str, topic: str, **options: object) -> AIOKafkaConsumer:
+    """A started consumer without a group, assigned every partition of `topic` and positioned at their
+    ends now (so every record published after this returns is read). `options` go to AIOKafkaConsumer."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **options)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        # Resolve the end offsets now, so nothing published after the return is skipped.
+        for tp in tps:
+            await consumer.position(tp)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer
+
+
 class SigningKey:
     """An Ed25519 private key with the key id verifiers look it up by. Never log or repr the key."""
 
@@ -188,26 +206,13 @@ class LedgerResultWaiter:
 
     async def start(self) -> None:
         """Connect and position at the end of every partition; results after this call are seen."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            group_id=None,
+        consumer = await consumer_at_end(
+            self._bootstrap,
+            self._results_topic,
             client_id=self._client_id,
-            enable_auto_commit=False,
             isolation_level="read_committed",
             max_poll_records=2000,
         )
-        await consumer.start()
-        try:
-            partitions = await topic_partitions(consumer, self._results_topic)
-            tps = [TopicPartition(self._results_topic, p) for p in partitions]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            # Resolve the end offsets now, so nothing published after start() returns is skipped.
-            for tp in tps:
-                await consumer.position(tp)
-        except BaseException:
-            await consumer.stop()
-            raise
         self._consumer = consumer
         self._task = asyncio.ensure_future(self._run(consumer))
 
