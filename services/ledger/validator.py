@@ -24,8 +24,11 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.config import RuntimeConfig
+from fapiao_runtime.envelope import parse_envelope, unpack
+from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.ledger_client import result_event_id, topic_partitions
 from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_SIGNATURES, LEDGER_TRANSACTIONS
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge
 
@@ -409,19 +412,19 @@ class Validator:
                 await consumer.stop()
 
     def _remember_own_signature(self, raw: bytes | None) -> None:
-        """Note a (verified) signature of ours from the topic for a block the database does not hold."""
+        """Note a (verified) signature of ours from the topic for a block the database does not hold.
+        Blocks it holds need no check (storing another header for them raises HeaderConflict)."""
+        try:
+            claimed = unpack(parse_envelope(raw or b""), ledger_pb2.BlockSignature)
+        except (FapiaoError, DecodeError):
+            return
+        key = (claimed.chain_id, claimed.height)
+        if key in self.own_hashes or key in self.signed_before:
+            return
         own_id = self.config.validator_id
         sig = verified_signature(raw, {own_id: self.config.validator_keys[own_id]})
-        if sig is None or sig.validator_id != own_id:
-            return
-        key = (sig.chain_id, sig.height)
-        stored = self.own_hashes.get(key)
-        if stored is None:
-            self.signed_before.setdefault(key, sig.header_hash)
-        elif stored != sig.header_hash:
-            log.error(
-                "the signature topic holds another header signed by us", extra={"chain": key[0], "height": key[1]}
-            )
+        if sig is not None and sig.validator_id == own_id:
+            self.signed_before[(sig.chain_id, sig.height)] = sig.header_hash
 
     async def _on_signatures(self, signatures: list[ledger_pb2.BlockSignature]) -> None:
         """Record verified votes; store signatures with the finality they complete.
