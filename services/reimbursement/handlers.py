@@ -137,7 +137,7 @@ class ReimbursementHandlers:
         caller, existing = await store.find_caller_and_request(self._pool, tax_id, idempotency_key)
         organisation = require_active(caller)
         if existing is None:
-            rows = await self._authorize(organisation, operation, numbers)
+            rows = await self._authorize(organisation, operation, numbers, idempotency_key)
             for row in rows:
                 row.idempotency_key = idempotency_key
             request_id = await self._persist_and_submit(tax_id, idempotency_key, operation, digest, rows)
@@ -212,7 +212,9 @@ class ReimbursementHandlers:
         self._facts_cache.put(facts)
         return facts
 
-    async def _authorize(self, organisation: Organisation, operation: str, numbers: list[str]) -> list[TxRow]:
+    async def _authorize(
+        self, organisation: Organisation, operation: str, numbers: list[str], idempotency_key: str
+    ) -> list[TxRow]:
         """Check the caller may act on every invoice (all before anything is submitted); build rows."""
         action = _OPERATION_ACTION[operation]
         rows: list[TxRow] = []
@@ -239,22 +241,23 @@ class ReimbursementHandlers:
             if number not in held:
                 raise rejection_error("NOT_LOCK_HOLDER", number)
         if operation == "BATCH_CLOSE":
-            await self._precheck_batch_close(organisation, numbers)
+            await self._precheck_batch_close(organisation, numbers, idempotency_key)
         return [
             TxRow(str(uuid.uuid4()), position, "REQUESTED", action, number, held[number])
             for position, number in enumerate(numbers)
         ]
 
-    async def _precheck_batch_close(self, organisation: Organisation, numbers: list[str]) -> None:
+    async def _precheck_batch_close(self, organisation: Organisation, numbers: list[str], idempotency_key: str) -> None:
         """A CLOSE cannot be undone, so a batch is only submitted when every invoice is LOCKED by the caller now.
 
         Only the holder can unlock or close, and the holder's UNLOCKs and CLOSEs all pass through this
         service: one still in doubt (pending) or already accepted here may not be visible yet on the
         validator read below, so it refuses the batch first. After that, nothing but a concurrent
         cancellation by the issuer can change the state before the ledger decides (reported, see
-        docs/reimbursement.md).
+        docs/reimbursement.md). A concurrent request with the same key is not an earlier request: it is
+        this one, and the loser of the race continues as its retry.
         """
-        unsettled = await store.latest_holder_actions(self._pool, organisation.tax_id, numbers)
+        unsettled = await store.latest_holder_actions(self._pool, organisation.tax_id, numbers, idempotency_key)
         for number in numbers:
             action, state = unsettled.get(number, ("LOCK", "ACCEPTED"))
             if state == "PENDING":
@@ -284,22 +287,8 @@ class ReimbursementHandlers:
         self, tax_id: str, key: str, operation: str, digest: bytes, rows: list[TxRow]
     ) -> int | None:
         # The request, its transactions and their signed ledger transactions (outbox) in one statement.
-        events = self._ledger.transaction_events([self._body(tax_id, row) for row in rows])
+        events = self._ledger.transaction_events([transaction_body(tax_id, row) for row in rows])
         return await store.insert_request_with_transactions(self._pool, tax_id, key, operation, digest, rows, events)
-
-    @staticmethod
-    def _body(tax_id: str, row: TxRow) -> ledger_pb2.TransactionBody:
-        body = ledger_pb2.TransactionBody(
-            transaction_id=row.transaction_id, type=_TX_TYPE[row.action], invoice_id=row.invoice_id
-        )
-        if row.action == "LOCK":
-            body.lock.organisation_tax_id = tax_id
-        elif row.action == "UNLOCK":
-            body.unlock.organisation_tax_id = tax_id
-        else:
-            body.close.organisation_tax_id = tax_id
-        body.submitted_at.GetCurrentTime()
-        return body
 
     async def _await_outcomes(self, rows: list[TxRow], timeout_s: float, *, check_ledger_first: bool) -> None:
         """Fill in the outcome of pending rows: from the results topic, else (retry, timeout) from the ledger."""
@@ -375,7 +364,17 @@ class ReimbursementHandlers:
 
 
 def transaction_body(tax_id: str, row: TxRow) -> ledger_pb2.TransactionBody:
-    return ReimbursementHandlers._body(tax_id, row)
+    body = ledger_pb2.TransactionBody(
+        transaction_id=row.transaction_id, type=_TX_TYPE[row.action], invoice_id=row.invoice_id
+    )
+    if row.action == "LOCK":
+        body.lock.organisation_tax_id = tax_id
+    elif row.action == "UNLOCK":
+        body.unlock.organisation_tax_id = tax_id
+    else:
+        body.close.organisation_tax_id = tax_id
+    body.submitted_at.GetCurrentTime()
+    return body
 
 
 async def submit_compensation(

@@ -268,15 +268,19 @@ async def failed_batch_locks_to_undo(
 
 
 async def latest_holder_actions(
-    conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, invoice_numbers: Sequence[str]
+    conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, invoice_numbers: Sequence[str], except_key: str
 ) -> dict[str, tuple[str, str]]:
-    """invoice number -> (action, state) of `tax_id`'s latest transaction on it not rejected."""
+    """invoice number -> (action, state) of `tax_id`'s latest transaction on it not rejected, leaving out
+    the request with idempotency key `except_key`."""
     records = await conn.fetch(
-        "SELECT DISTINCT ON (invoice_number) invoice_number, action, state FROM reimbursement_transactions"
-        " WHERE organisation_tax_id = $1 AND invoice_number = ANY($2::text[]) AND state <> 'REJECTED'"
-        " ORDER BY invoice_number, submitted_at DESC, transaction_id",
+        "SELECT DISTINCT ON (t.invoice_number) t.invoice_number, t.action, t.state FROM reimbursement_transactions t"
+        " JOIN reimbursement_requests r ON r.id = t.request_id"
+        " WHERE t.organisation_tax_id = $1 AND t.invoice_number = ANY($2::text[]) AND t.state <> 'REJECTED'"
+        " AND r.idempotency_key <> $3"
+        " ORDER BY t.invoice_number, t.submitted_at DESC, t.transaction_id",
         tax_id,
         list(invoice_numbers),
+        except_key,
     )
     return {r["invoice_number"]: (r["action"], r["state"]) for r in records}
 

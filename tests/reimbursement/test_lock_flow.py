@@ -215,6 +215,19 @@ async def test_batch_close_waits_for_the_callers_own_undecided_unlock(api: ApiUn
         assert still.status == ledger_pb2.INVOICE_LEDGER_STATUS_LOCKED
 
 
+async def test_concurrent_deliveries_of_one_batch_close_all_get_its_outcome(api: ApiUnderTest) -> None:
+    """The request racing the first with the same key is its retry, not an earlier pending request."""
+    org = await _org(api)
+    numbers = [api.issue(org) for _ in range(2)]
+    async with api.channel(org) as ch:
+        stub = api.stub(ch)
+        await stub.BatchLockInvoices(rpb.BatchLockInvoicesRequest(invoice_numbers=numbers, idempotency_key="l"))
+        close = rpb.BatchCloseInvoicesRequest(invoice_numbers=numbers, idempotency_key="c")
+        replies = await asyncio.gather(*(stub.BatchCloseInvoices(close, timeout=5) for _ in range(4)))
+    assert all([o.status for o in r.outcomes] == [rpb.REIMBURSEMENT_STATUS_CLOSED] * 2 for r in replies)
+    assert sum(1 for body in api.ledger.submitted if body.WhichOneof("action") == "close") == 2
+
+
 async def test_list_reimbursements_shows_only_the_callers_pages(api: ApiUnderTest) -> None:
     org, other = await _org(api), await _org(api)
     numbers = [api.issue(org) for _ in range(5)]
