@@ -7,9 +7,14 @@ import uuid
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.invoice_ids import chain_of, invoice_id_for_number
-from fapiao_runtime.ledger_client import SigningKey, sign_key_registration, sign_transaction
+from fapiao_runtime.ledger_client import (
+    UNVERIFIED_REJECTIONS,
+    SigningKey,
+    sign_key_registration,
+    sign_transaction,
+)
 from google.protobuf.timestamp_pb2 import Timestamp
-from ledger.chain import ChainExecutor, claims_id
+from ledger.chain import UNCLAIMED_REASONS, ChainExecutor, claims_id
 from ledger.devnet import BUYER_TAX_ID, SELLER_TAX_ID, T, cancel, issue, partial, registration, reimburse
 from ledger.state_machine import parse_transaction
 
@@ -302,3 +307,8 @@ def test_records_on_another_chain_than_their_invoice_are_refused() -> None:
     other = invoice_id_for_number(on_1)
     assert chain0(issue(ISSUER, other, on_1)).rejection_reason == "WRONG_CHAIN"
     assert chain1(issue(ISSUER, other, on_1)).accepted
+
+
+def test_submitters_know_which_rejections_were_never_verified() -> None:
+    """Submitters ignore these rejections (a copied id can cause one): the list they use is the ledger's."""
+    assert UNCLAIMED_REASONS == UNVERIFIED_REJECTIONS
