@@ -244,9 +244,12 @@ class LedgerResultWaiter:
                 continue
             for records in batch.values():
                 for record in records:
-                    # Every validator publishes a copy keyed by transaction id: decode only the first.
-                    if record.key is not None and record.key.decode(errors="replace") in self._recent:
-                        continue
+                    # Every validator publishes a copy keyed by transaction id: decode only the first,
+                    # unless someone still waits (another chain's transaction may have used the same id).
+                    if record.key is not None:
+                        key = record.key.decode(errors="replace")
+                        if key in self._recent and key not in self._waiters:
+                            continue
                     self._on_record(record.value)
 
     def _on_record(self, raw: bytes | None) -> None:

@@ -58,3 +58,33 @@ async def test_a_result_for_another_invoice_with_the_same_id_is_not_this_waiters
     result = await mine
     assert result.invoice_id == "inv-mine" and not result.accepted
     waiter._task.cancel()  # type: ignore[union-attr]
+
+
+async def test_a_waiter_still_reads_a_result_whose_id_was_seen_for_another_invoice() -> None:
+    """Copies of a seen result are skipped undecoded, but not while a waiter for that id is unresolved."""
+
+    class _Record:
+        def __init__(self, key: str, value: bytes) -> None:
+            self.key, self.value = key.encode(), value
+
+    class _Consumer:
+        def __init__(self, batches: list[list[_Record]]) -> None:
+            self.batches = batches
+
+        async def getmany(self, timeout_ms: int, max_records: int) -> dict[str, list[_Record]]:
+            if self.batches:
+                return {"tp": self.batches.pop(0)}
+            await asyncio.sleep(3600)
+            return {}
+
+    waiter = await _waiter()
+    tx_id = str(uuid.uuid4())
+    other = ledger_pb2.TransactionResult(transaction_id=tx_id, invoice_id="inv-other", accepted=True)
+    waiter._deliver(other)  # seen earlier, for another chain's invoice
+    mine = asyncio.ensure_future(waiter.wait(tx_id, 2.0, "inv-mine"))
+    await asyncio.sleep(0)
+    genuine = ledger_pb2.TransactionResult(transaction_id=tx_id, invoice_id="inv-mine", accepted=True)
+    reader = asyncio.ensure_future(waiter._run(_Consumer([[_Record(tx_id, _record(genuine))]])))  # type: ignore[arg-type]
+    assert (await mine).invoice_id == "inv-mine"
+    reader.cancel()
+    waiter._task.cancel()  # type: ignore[union-attr]
