@@ -252,6 +252,21 @@ async def record_divergence(
     )
 
 
+async def record_equivocations(conn: asyncpg.Connection, signatures: list[ledger_pb2.BlockSignature]) -> None:
+    """Keep second, different signed headers of a height (verified signatures) as evidence."""
+    await conn.execute(
+        "INSERT INTO equivocations (chain_id, height, validator_id, header, header_hash, signature)"
+        " SELECT * FROM unnest($1::int[], $2::bigint[], $3::text[], $4::bytea[], $5::bytea[], $6::bytea[])"
+        " ON CONFLICT DO NOTHING",
+        [s.chain_id for s in signatures],
+        [s.height for s in signatures],
+        [s.validator_id for s in signatures],
+        [s.header for s in signatures],
+        [s.header_hash for s in signatures],
+        [s.signature.signature for s in signatures],
+    )
+
+
 async def mark_published(conn: asyncpg.Connection, blocks: list[tuple[int, int]]) -> None:
     if blocks:
         await conn.execute(

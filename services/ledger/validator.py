@@ -53,6 +53,9 @@ BLOCKS_COMMITTED = Counter("fapiao_ledger_blocks_committed_total", "Blocks cut a
 BLOCKS_FINAL = Counter("fapiao_ledger_blocks_final_total", "Blocks final by quorum", ["chain"])
 TRANSACTIONS = Counter("fapiao_ledger_transactions_total", "Transactions executed", ["accepted"])
 DIVERGENCES = Counter("fapiao_ledger_divergences_total", "Validators whose header differed from ours", ["validator"])
+EQUIVOCATIONS = Counter(
+    "fapiao_ledger_equivocations_total", "Second, different headers a validator signed for one height", ["validator"]
+)
 HEIGHT = Gauge("fapiao_ledger_height", "Last stored block height", ["chain"])
 
 FETCH_MAX_RECORDS = 5000
@@ -437,6 +440,7 @@ class Validator:
         come instead of keeping them).
         """
         touched = []
+        equivocations: list[ledger_pb2.BlockSignature] = []
         diverging: list[tuple[tuple[int, int], str, bytes]] = []
         to_store: list[ledger_pb2.BlockSignature] = []
         for sig in signatures:
@@ -445,7 +449,13 @@ class Validator:
             known = votes.get(sig.validator_id)
             if known is not None:
                 if known != sig.header_hash:
-                    log.error("validator signed two headers for one height", extra={"validator": sig.validator_id})
+                    # Verified: the validator's own key signed both. Kept as evidence; its first vote stands.
+                    log.error(
+                        "validator signed two headers for one height",
+                        extra={"validator": sig.validator_id, "chain": key[0], "height": key[1]},
+                    )
+                    EQUIVOCATIONS.labels(validator=sig.validator_id).inc()
+                    equivocations.append(sig)
                 continue
             votes[sig.validator_id] = sig.header_hash
             touched.append(key)
@@ -465,6 +475,9 @@ class Validator:
         if newly or diverging or not signatures or len(self.late_signatures) >= LATE_SIGNATURES_BATCH:
             to_store += self.late_signatures
             self.late_signatures = []
+        if equivocations:
+            async with self.pool.acquire() as conn:
+                await store.record_equivocations(conn, equivocations)
         if to_store or newly or diverging:
             await self._write_votes(diverging, to_store, newly)
 

@@ -44,8 +44,12 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[tuple[str, int]],
     async def record_divergence(*args: Any) -> None:
         return None
 
+    async def record_equivocations(conn: object, signatures: list[ledger_pb2.BlockSignature]) -> None:
+        calls.append(([("equivocation:" + s.validator_id, s.height) for s in signatures], []))
+
     monkeypatch.setattr(store, "store_signatures", store_signatures)
     monkeypatch.setattr(store, "record_divergence", record_divergence)
+    monkeypatch.setattr(store, "record_equivocations", record_equivocations)
     return calls
 
 
@@ -112,3 +116,15 @@ async def test_no_more_than_the_limit_are_held(writes: list[Any], monkeypatch: p
     await v._on_signatures([_sig(IDS[1], 4)])
     assert writes == [([(IDS[1], h) for h in (1, 2, 3, 4)], [])]
     assert v.held_signatures == {} and v._held == 0
+
+
+async def test_a_second_header_signed_for_a_height_is_kept_as_evidence(writes: list[Any]) -> None:
+    """The validator's first vote stands; the second, different signed header is stored, not dropped."""
+    v = _validator()
+    v.own_hashes[(0, 1)] = OURS
+    await v._on_signatures([_sig(IDS[1], 1)])
+    await v._on_signatures([_sig(IDS[1], 1, THEIRS)])
+    assert writes == [([("equivocation:" + IDS[1], 1)], [])]
+    assert v.votes[(0, 1)][IDS[1]] == OURS
+    await v._on_signatures([_sig(IDS[1], 1)])  # a re-delivery of the first is no equivocation
+    assert len(writes) == 1
