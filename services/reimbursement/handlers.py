@@ -137,7 +137,16 @@ class ReimbursementHandlers:
         caller, existing = await store.find_caller_and_request(self._pool, tax_id, idempotency_key)
         organisation = require_active(caller)
         if existing is None:
-            rows = await self._authorize(organisation, operation, numbers, idempotency_key)
+            try:
+                rows = await self._authorize(organisation, operation, numbers, idempotency_key)
+            except FapiaoError:
+                # A concurrent request with this key may have been submitted meanwhile (and changed what
+                # the checks read, e.g. closed the invoice): then this one is its retry.
+                existing = await store.find_request(self._pool, tax_id, idempotency_key)
+                if existing is None:
+                    raise
+                rows = []
+        if existing is None:
             for row in rows:
                 row.idempotency_key = idempotency_key
             request_id = await self._persist_and_submit(tax_id, idempotency_key, operation, digest, rows)

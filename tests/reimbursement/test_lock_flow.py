@@ -9,6 +9,7 @@ import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import reason_of
+from reimbursement.handlers import ReimbursementHandlers
 from reimbursement.pending_resolver import resolve_pending_once, undo_failed_batches
 
 from tests.reimbursement.conftest import ApiUnderTest
@@ -226,6 +227,37 @@ async def test_concurrent_deliveries_of_one_batch_close_all_get_its_outcome(api:
         replies = await asyncio.gather(*(stub.BatchCloseInvoices(close, timeout=5) for _ in range(4)))
     assert all([o.status for o in r.outcomes] == [rpb.REIMBURSEMENT_STATUS_CLOSED] * 2 for r in replies)
     assert sum(1 for body in api.ledger.submitted if body.WhichOneof("action") == "close") == 2
+
+
+async def test_a_request_whose_checks_lose_the_race_to_its_twin_returns_the_twins_outcome(
+    api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second delivery of a BatchClose runs its checks only after the first closed the invoices (a
+    loaded machine): the checks now fail (already closed), but the request is the first one's retry."""
+    org = await _org(api)
+    numbers = [api.issue(org) for _ in range(2)]
+    original = ReimbursementHandlers._precheck_batch_close
+    first_done = asyncio.Event()
+    calls = 0
+
+    async def late_second(self: ReimbursementHandlers, *args: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await first_done.wait()
+        await original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ReimbursementHandlers, "_precheck_batch_close", late_second)
+    async with api.channel(org) as ch:
+        stub = api.stub(ch)
+        await stub.BatchLockInvoices(rpb.BatchLockInvoicesRequest(invoice_numbers=numbers, idempotency_key="l"))
+        close = rpb.BatchCloseInvoicesRequest(invoice_numbers=numbers, idempotency_key="c")
+        deliveries = [asyncio.ensure_future(stub.BatchCloseInvoices(close, timeout=5)) for _ in range(2)]
+        await asyncio.wait(deliveries, return_when=asyncio.FIRST_COMPLETED)
+        first_done.set()
+        replies = await asyncio.gather(*deliveries)
+    assert calls == 2
+    assert [[o.status for o in r.outcomes] for r in replies] == [[rpb.REIMBURSEMENT_STATUS_CLOSED] * 2] * 2
 
 
 async def test_list_reimbursements_shows_only_the_callers_pages(api: ApiUnderTest) -> None:
