@@ -24,6 +24,9 @@ ID_NAMESPACE = uuid.UUID("6f1d8a52-3c4b-5e7f-9a0b-1c2d3e4f5a6b")
 _MERCHANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _PLATFORM_ID = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces
 _TAX_CODE = re.compile(r"^[0-9]{19}$")
+# Free text a platform sends (names, reasons, app ids): any characters but control characters, which
+# PostgreSQL's text refuses (NUL) or no invoice should carry.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _FUTURE_TOLERANCE = timedelta(days=1)
 
@@ -115,6 +118,14 @@ def _check_platform_id(name: str, value: str) -> None:
         raise InvalidArgument(f"INVALID_{name.upper()}", f"{name} must be 1-64 printable ASCII characters")
 
 
+def _check_text(name: str, value: str, max_length: int, *, required: bool = False) -> None:
+    if (required and not value) or len(value) > max_length or _CONTROL.search(value):
+        least = 1 if required else 0
+        raise InvalidArgument(
+            "INVALID_ARGUMENT", f"{name} must be {least}-{max_length} characters without control characters"
+        )
+
+
 def _check_amount(name: str, value: int) -> None:
     if not 0 < value <= MAX_AMOUNT_FEN:
         raise InvalidArgument("INVALID_AMOUNT", f"{name} must be between 1 and {MAX_AMOUNT_FEN} fen")
@@ -132,8 +143,10 @@ def _check_items(items: tuple[payments_pb2.PaymentItem, ...], amount_fen: int) -
     for index, item in enumerate(items):
         if not _TAX_CODE.match(item.tax_classification_code):
             raise InvalidArgument("INVALID_ITEMS", f"item {index}: tax_classification_code must be 19 digits")
-        if not item.name or len(item.name) > 100:
-            raise InvalidArgument("INVALID_ITEMS", f"item {index}: name must be 1-100 characters")
+        if not item.name or len(item.name) > 100 or _CONTROL.search(item.name):
+            raise InvalidArgument(
+                "INVALID_ITEMS", f"item {index}: name must be 1-100 characters without control characters"
+            )
         if item.quantity <= 0 or item.unit_price_fen <= 0 or item.quantity * item.unit_price_fen != item.amount_fen:
             raise InvalidArgument("INVALID_ITEMS", f"item {index}: amount_fen must equal quantity * unit_price_fen > 0")
         if item.tax_rate_bp not in NATIONAL_VAT_RATES_BP:
@@ -155,8 +168,8 @@ def validate_payment(cmd: RecordPayment, now: datetime | None = None) -> RecordP
     if cmd.currency != CURRENCY:
         raise InvalidArgument("UNSUPPORTED_CURRENCY", f"only {CURRENCY} (amounts in fen) is supported")
     _check_time("success_time", cmd.success_time, now)
-    if len(cmd.appid) > 64 or len(cmd.trade_type) > 32:
-        raise InvalidArgument("INVALID_ARGUMENT", "appid (<= 64) or trade_type (<= 32) too long")
+    _check_text("appid", cmd.appid, 64)
+    _check_text("trade_type", cmd.trade_type, 32)
     _check_items(cmd.items, cmd.amount_fen)
     return cmd
 
@@ -169,8 +182,7 @@ def validate_refund(cmd: RecordRefund, now: datetime | None = None) -> RecordRef
     _check_platform_id("refund_id", cmd.refund_id)
     _check_amount("refund_fen", cmd.refund_fen)
     _check_time("refund_time", cmd.refund_time, now)
-    if len(cmd.reason) > 200:
-        raise InvalidArgument("INVALID_ARGUMENT", "reason must be at most 200 characters")
+    _check_text("reason", cmd.reason, 200)
     return cmd
 
 

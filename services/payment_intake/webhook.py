@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 NOTIFY_PATH = "/v1/notify/wechatpay"
 MAX_BODY_BYTES = 64 * 1024
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # Unix seconds, ASCII digits only (str.isdigit() takes "²")
 
 
 def _field(data: dict[str, Any], name: str, kind: type, reason: str = "MALFORMED_RESOURCE") -> Any:
@@ -162,7 +163,7 @@ class NotificationReceiver:
         signature = request.headers.get(wx.HEADER_SIGNATURE, "")
         timestamp = request.headers.get(wx.HEADER_TIMESTAMP, "")
         nonce = request.headers.get(wx.HEADER_NONCE, "")
-        if not (serial and signature and timestamp.isdigit() and _NONCE.match(nonce)):
+        if not (serial and signature and _TIMESTAMP.fullmatch(timestamp) and _NONCE.match(nonce)):
             raise Unauthenticated("MALFORMED_HEADERS", "Wechatpay-Serial/Signature/Timestamp/Nonce missing or bad")
         if signature.startswith(wx.SIGNTEST_PREFIX):
             raise Unauthenticated("SIGNTEST_PROBE", "signature probe rejected")

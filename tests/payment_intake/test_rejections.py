@@ -67,6 +67,9 @@ async def test_every_rejection_has_its_own_reason_and_stores_nothing(stack: Stac
             probe = _signed(intake, good_body)
             probe.headers[HEADER_SIGNATURE] = "WECHATPAY/SIGNTEST/" + probe.headers[HEADER_SIGNATURE]
             no_headers = Delivery({"Content-Type": "application/json"}, good_body)
+            # A timestamp of digits Python's isdigit() takes but int() does not (superscript two).
+            odd_digits = _signed(intake, good_body)
+            odd_digits.headers["Wechatpay-Timestamp"] = "²" * 10
             wrong_key_resource = json.loads(good_body)
             wrong_key_resource["resource"] = encrypt_resource(generate_apiv3_key(), json.dumps(fresh).encode())
             not_an_object = encrypt_resource(intake.apiv3_key, b"[1, 2]")
@@ -98,6 +101,7 @@ async def test_every_rejection_has_its_own_reason_and_stores_nothing(stack: Stac
                 ),
                 ("signature probe", 401, "SIGNTEST_PROBE", probe, None),
                 ("missing headers", 401, "MALFORMED_HEADERS", no_headers, None),
+                ("timestamp of non-ASCII digits", 401, "MALFORMED_HEADERS", odd_digits, None),
                 (
                     "tampered ciphertext",
                     400,

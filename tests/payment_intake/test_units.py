@@ -108,6 +108,10 @@ def _payment(**changes: object) -> domain.RecordPayment:
         ({"success_time": NOW + timedelta(days=2)}, "INVALID_TIME"),
         ({"success_time": datetime(1999, 1, 1, tzinfo=UTC)}, "INVALID_TIME"),
         ({"success_time": datetime(2026, 1, 1)}, "INVALID_TIME"),
+        # PostgreSQL's text refuses NUL: refused here, not an INTERNAL error that fails a whole batch.
+        ({"appid": "wx\x00"}, "INVALID_ARGUMENT"),
+        ({"trade_type": "JSAPI\n"}, "INVALID_ARGUMENT"),
+        ({"appid": "w" * 65}, "INVALID_ARGUMENT"),
     ],
 )
 def test_payment_validation_names_the_defect(changes: dict[str, object], reason: str) -> None:
@@ -132,7 +136,10 @@ def test_items_must_be_consistent_and_add_up() -> None:
     bad_rate = payments_pb2.PaymentItem()
     bad_rate.CopyFrom(item)
     bad_rate.tax_rate_bp = 700
-    for items in [(bad_product,), (item, item), (bad_rate,)]:
+    bad_name = payments_pb2.PaymentItem()
+    bad_name.CopyFrom(item)
+    bad_name.name = "餐饮\x00服务"
+    for items in [(bad_product,), (item, item), (bad_rate,), (bad_name,)]:
         with pytest.raises(InvalidArgument) as error:
             domain.validate_payment(_payment(items=items), now=NOW)
         assert error.value.reason == "INVALID_ITEMS"
@@ -164,6 +171,9 @@ def test_refund_validation() -> None:
     with pytest.raises(InvalidArgument) as error:
         domain.validate_refund(replace(refund, refund_fen=0), now=NOW)
     assert error.value.reason == "INVALID_AMOUNT"
+    with pytest.raises(InvalidArgument) as error:
+        domain.validate_refund(replace(refund, reason="bad\x00reason"), now=NOW)
+    assert error.value.reason == "INVALID_ARGUMENT"
 
 
 def test_sealed_apiv3_keys_open_only_with_the_same_key_and_merchant() -> None:
