@@ -92,7 +92,10 @@ def build_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) 
             view_tokens=ViewTokens(settings.secret, settings.view_token_ttl_s),
             verify_limiter=RateLimiter(settings.verify_burst, settings.verify_per_minute, settings.rate_limit_clients),
             invoice_failures=RateLimiter(
-                settings.invoice_failure_burst, settings.invoice_failures_per_day / 1440, MAX_TRACKED_INVOICES
+                settings.invoice_failure_burst,
+                settings.invoice_failures_per_day / 1440,
+                MAX_TRACKED_INVOICES,
+                keep_spent=True,
             ),
             http=http,
             metrics=metrics,

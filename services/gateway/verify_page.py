@@ -122,7 +122,9 @@ async def verify(request: web.Request) -> web.Response:
     except InvalidArgument as error:
         field = _FIELD_OF_REASON.get(error.reason, "form")
         return verify_form(values, {field: (error.reason, error.message)}, status=400)
-    if not ctx.invoice_failures.available(query.invoice_number):
+    # A check of this number takes a token before asking the ledger, so concurrent guesses cannot all
+    # pass; it is given back unless the check failed (wrong date or total).
+    if not ctx.invoice_failures.allow(query.invoice_number)[0]:
         ctx.metrics.rate_limited.inc()
         return message_page(
             "Too many failed checks",
@@ -131,6 +133,7 @@ async def verify(request: web.Request) -> web.Response:
             reason="TOO_MANY_FAILED_CHECKS",
         )
     if not ctx.settings.validator_keys:
+        ctx.invoice_failures.give_back(query.invoice_number)
         return message_page(
             "Verification unavailable", "No validator keys are configured.", status=503, reason="NO_VALIDATOR_KEYS"
         )
@@ -144,9 +147,10 @@ async def verify(request: web.Request) -> web.Response:
                 query, answer, ctx.settings.validator_keys, ctx.settings.quorum, ctx.issuer_key
             )
     except FapiaoError as error:
+        ctx.invoice_failures.give_back(query.invoice_number)
         log.warning("verification could not reach a service: %s", error.reason)
         return message_page("Service busy", "Please try again in a moment.", status=503, reason=error.reason)
     ctx.metrics.verifications.labels(verdict.outcome.value).inc()
-    if verdict.outcome is Outcome.NO_MATCH:
-        ctx.invoice_failures.allow(query.invoice_number)
+    if verdict.outcome is not Outcome.NO_MATCH:
+        ctx.invoice_failures.give_back(query.invoice_number)
     return verify_form(values, {}, result=_verdict_card(verdict))

@@ -162,6 +162,20 @@ def test_rate_limiter_memory_is_bounded() -> None:
     assert limiter.allow("10.0.0.0", now=0)[0]
 
 
+def test_a_guarded_limiter_cannot_be_reset_by_flooding_it_with_new_clients() -> None:
+    """keep_spent (the per-invoice failure budget): a spent bucket is never evicted to make room, so
+    10,000 new numbers cannot give a guessed number a fresh budget; new numbers wait for room instead."""
+    limiter = RateLimiter(burst=1, per_minute=1, max_clients=100, keep_spent=True)
+    assert limiter.allow("target", now=0)[0]
+    flood = [limiter.allow(f"n{i}", now=0)[0] for i in range(10_000)]
+    assert sum(flood) == 99 and len(limiter) == 100
+    assert not limiter.allow("target", now=0)[0], "the target's spent budget was kept"
+    # Refilled buckets make room again (forgetting a full bucket loses nothing).
+    assert limiter.allow("late", now=120)[0]
+    limiter.give_back("late")
+    assert limiter.allow("late", now=120)[0], "a token given back can be taken again"
+
+
 def test_pdf_text_replaces_undrawable_characters_losslessly() -> None:
     latin = PdfFont(None, frozenset(range(0x20, 0x7F)))
     text, replaced = drawable("Buyer 张三 Ltd", latin)

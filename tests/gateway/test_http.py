@@ -336,6 +336,17 @@ async def test_guessing_date_and_total_of_a_known_number_is_stopped(
                 html = await r.text()
                 outcomes.append((r.status, re.search(r'data-(?:outcome|reason)="([A-Z_]+)"', html).group(1)))  # type: ignore[union-attr]
         assert outcomes == [(200, "NO_MATCH")] * 3 + [(429, "TOO_MANY_FAILED_CHECKS")]
+        # Concurrent guesses at a fresh number cannot all slip past the budget while the ledger answers.
+        fresh = await _issued_invoice(gateway, backends, http)
+
+        async def guess(total: int) -> int:
+            fields = {"number": fresh.body.invoice_number, "date": fresh.body.issue_date, "total": f"{total}.00"}
+            async with http.post(f"{guarded.url}/verify", data=fields) as r:
+                await r.read()
+                return r.status
+
+        statuses = await asyncio.gather(*(guess(total) for total in range(1, 11)))
+        assert sorted(statuses) == [200] * 3 + [429] * 7
         # Other invoice numbers are unaffected; genuine checks never use up the budget.
         other = await _issued_invoice(gateway, backends, http)
         for _ in range(5):
