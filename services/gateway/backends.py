@@ -6,6 +6,7 @@ them back into the matching FapiaoError so page handlers deal with one error typ
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -104,7 +105,9 @@ class LedgerClient:
     """LedgerService of several validators: each read goes to the next validator in turn and fails over.
 
     Nothing a validator answers is trusted blindly: callers verify receipts against the validators'
-    public keys (gateway.verification), so asking any one validator is safe.
+    public keys (gateway.verification), so no validator can forge an answer. One can still be behind,
+    or faulty and answer an older (still valid) receipt: `get_invoice_states` asks several, for the
+    public verification page to show the freshest verified status.
     """
 
     def __init__(self, endpoints: tuple[str, ...], timeout_s: float) -> None:
@@ -119,6 +122,29 @@ class LedgerClient:
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
+
+    async def get_invoice_states(
+        self, readers: int, *, invoice_number: str = ""
+    ) -> list[ledger_service_pb2.GetInvoiceStateResponse]:
+        """The answers of `readers` validators (the next ones in turn, asked at once) about an invoice;
+        those that fail are left out. With readers = f + 1, at least one answer is an honest validator's.
+        NotFound (or the failure) only when no validator asked answered."""
+        request = ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number)
+        start = next(self._next)
+        stubs = [self._stubs[(start + k) % len(self._stubs)] for k in range(min(max(1, readers), len(self._stubs)))]
+        outcomes = await asyncio.gather(
+            *(stub.GetInvoiceState(request, timeout=self._timeout_s) for stub in stubs), return_exceptions=True
+        )
+        answers = [o for o in outcomes if isinstance(o, ledger_service_pb2.GetInvoiceStateResponse)]
+        if answers:
+            return answers
+        errors = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        if len(errors) != len(outcomes):
+            raise next(o for o in outcomes if isinstance(o, BaseException))
+        if all(error.code() == grpc.StatusCode.NOT_FOUND for error in errors):
+            raise as_fapiao_error(errors[0], "ledger")
+        # None answered: one more try, failing over through every validator.
+        return [await self.get_invoice_state(invoice_number=invoice_number)]
 
     async def get_invoice_state(
         self, *, invoice_number: str = "", invoice_id: str = ""

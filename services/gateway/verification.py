@@ -150,3 +150,21 @@ async def verify_invoice(
         chain_id=latest.chain_id,
         height=latest.height,
     )
+
+
+_VERIFIED_STATUSES = frozenset({Outcome.GENUINE, Outcome.LOCKED, Outcome.REIMBURSED, Outcome.CANCELLED})
+
+
+def freshest(verdicts: list[Verdict]) -> Verdict:
+    """One verdict from several validators' answers: the verified status of the highest block (a
+    validator behind, or a faulty one answering an older valid receipt, cannot show an outdated
+    status); without any, not yet final or no match before forged (a faulty validator's bad receipt
+    must not make a genuine invoice look forged)."""
+    verified = [v for v in verdicts if v.outcome in _VERIFIED_STATUSES]
+    if verified:
+        return max(verified, key=lambda v: (v.chain_id, v.height))
+    for outcome in (Outcome.PENDING, Outcome.NO_MATCH):
+        for verdict in verdicts:
+            if verdict.outcome is outcome:
+                return verdict
+    return verdicts[0]

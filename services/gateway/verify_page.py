@@ -12,7 +12,7 @@ from gateway.context import CONTEXT
 from gateway.layout import esc, message_page, page
 from gateway.money import yuan_display
 from gateway.qr_content import parse_qr_content, parse_typed_query
-from gateway.verification import Outcome, Verdict, verify_invoice
+from gateway.verification import Outcome, Verdict, freshest, verify_invoice
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +138,20 @@ async def verify(request: web.Request) -> web.Response:
             "Verification unavailable", "No validator keys are configured.", status=503, reason="NO_VALIDATOR_KEYS"
         )
     try:
+        # f + 1 validators: at least one honest answer, and the freshest verified status wins.
+        readers = len(ctx.settings.validator_keys) - ctx.settings.quorum + 1
         try:
-            answer = await ctx.ledger.get_invoice_state(invoice_number=query.invoice_number)
+            answers = await ctx.ledger.get_invoice_states(readers, invoice_number=query.invoice_number)
         except NotFound:
             verdict = Verdict(Outcome.NO_MATCH)
         else:
-            verdict = await verify_invoice(
-                query, answer, ctx.settings.validator_keys, ctx.settings.quorum, ctx.issuer_key
+            verdict = freshest(
+                [
+                    await verify_invoice(
+                        query, answer, ctx.settings.validator_keys, ctx.settings.quorum, ctx.issuer_key
+                    )
+                    for answer in answers
+                ]
             )
     except FapiaoError as error:
         ctx.invoice_failures.give_back(query.invoice_number)

@@ -8,7 +8,7 @@ from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
 from fapiao_runtime.ledger_trust import parse_key_list
 from gateway.qr_content import VerificationQuery
-from gateway.verification import Outcome, signed_invoice_of, verify_invoice
+from gateway.verification import Outcome, freshest, signed_invoice_of, verify_invoice
 
 from tests.gateway.fake_backends import SELLER, uscc
 from tests.gateway.ledger_world import LedgerWorld
@@ -149,3 +149,28 @@ async def test_not_yet_final_is_pending_only_for_matching_details() -> None:
     assert (await _verdict(world, query, answer)).outcome is Outcome.PENDING
     wrong = VerificationQuery(query.invoice_number, query.issue_date, query.total_fen + 1)
     assert (await _verdict(world, wrong, answer)).outcome is Outcome.NO_MATCH
+
+
+async def test_the_freshest_verified_status_of_several_validators_is_shown() -> None:
+    """A validator behind (or a faulty one answering an older valid receipt) cannot show an outdated
+    status, and a faulty one's bad receipt cannot make a genuine invoice look forged."""
+    world = LedgerWorld()
+    invoice, query = _issued(world)
+    world.transition(
+        invoice.body.invoice_id,
+        ledger_pb2.TRANSACTION_TYPE_CLOSE,
+        ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED,
+        uscc("91110108MA01ABCD1"),
+    )
+    current = world.state_response(invoice_number=query.invoice_number)
+    behind = ledger_service_pb2.GetInvoiceStateResponse()
+    behind.CopyFrom(current)
+    behind.ClearField("receipt")  # only the issue receipt: ISSUED as far as it knows
+    broken = ledger_service_pb2.GetInvoiceStateResponse()
+    broken.CopyFrom(current)
+    broken.issue_receipt.header = b"tampered"
+    verdicts = [await _verdict(world, query, answer) for answer in (behind, current, broken)]
+    assert [v.outcome for v in verdicts] == [Outcome.GENUINE, Outcome.REIMBURSED, Outcome.FORGED]
+    for order in (verdicts, verdicts[::-1], [verdicts[2], verdicts[0]]):
+        expected = Outcome.REIMBURSED if verdicts[1] in order else Outcome.GENUINE
+        assert freshest(list(order)).outcome is expected
