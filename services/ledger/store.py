@@ -228,11 +228,7 @@ async def store_signatures(
         " ON CONFLICT DO NOTHING)"
         " UPDATE blocks SET final = true FROM unnest($6::int[], $7::bigint[]) AS f(c, h)"
         " WHERE chain_id = f.c AND height = f.h",
-        [s.chain_id for s in signatures],
-        [s.height for s in signatures],
-        [s.validator_id for s in signatures],
-        [s.header_hash for s in signatures],
-        [s.signature.signature for s in signatures],
+        *_signature_columns(signatures, with_header=False),
         [c for c, _ in newly_final],
         [h for _, h in newly_final],
     )
@@ -258,13 +254,21 @@ async def record_equivocations(conn: asyncpg.Connection, signatures: list[ledger
         "INSERT INTO equivocations (chain_id, height, validator_id, header, header_hash, signature)"
         " SELECT * FROM unnest($1::int[], $2::bigint[], $3::text[], $4::bytea[], $5::bytea[], $6::bytea[])"
         " ON CONFLICT DO NOTHING",
+        *_signature_columns(signatures, with_header=True),
+    )
+
+
+def _signature_columns(signatures: list[ledger_pb2.BlockSignature], *, with_header: bool) -> list[list[object]]:
+    """Column arrays of `signatures` for unnest: chain, height, validator, [header,] header hash, signature."""
+    columns: list[list[object]] = [
         [s.chain_id for s in signatures],
         [s.height for s in signatures],
         [s.validator_id for s in signatures],
-        [s.header for s in signatures],
-        [s.header_hash for s in signatures],
-        [s.signature.signature for s in signatures],
-    )
+    ]
+    if with_header:
+        columns.append([s.header for s in signatures])
+    columns += [[s.header_hash for s in signatures], [s.signature.signature for s in signatures]]
+    return columns
 
 
 async def mark_published(conn: asyncpg.Connection, blocks: list[tuple[int, int]]) -> None:
