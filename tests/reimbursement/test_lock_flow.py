@@ -260,6 +260,32 @@ async def test_a_request_whose_checks_lose_the_race_to_its_twin_returns_the_twin
     assert [[o.status for o in r.outcomes] for r in replies] == [[rpb.REIMBURSEMENT_STATUS_CLOSED] * 2] * 2
 
 
+async def test_a_batch_close_cut_short_by_a_cancellation_says_what_was_closed(api: ApiUnderTest) -> None:
+    """The issuer cancels one invoice between the batch's check and the ledger's decision: the other is
+    closed (a CLOSE cannot be undone), and the error says so instead of "not applied"."""
+    org = await _org(api)
+    numbers = [api.issue(org) for _ in range(2)]
+    async with api.channel(org) as ch:
+        stub = api.stub(ch)
+        await stub.BatchLockInvoices(rpb.BatchLockInvoicesRequest(invoice_numbers=numbers, idempotency_key="l"))
+        api.ledger.paused.clear()
+        close = asyncio.ensure_future(
+            stub.BatchCloseInvoices(
+                rpb.BatchCloseInvoicesRequest(invoice_numbers=numbers, idempotency_key="c"), timeout=5
+            )
+        )
+        while sum(1 for body in api.ledger.submitted if body.WhichOneof("action") == "close") < 2:
+            await asyncio.sleep(0.01)  # checked and submitted, not decided yet
+        api.ledger.cancel(numbers[1])
+        api.ledger.paused.set()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await close
+    assert reason_of(caught.value) == "CANCELLED"
+    assert "batch partly applied: 1 of 2 invoices closed" in (caught.value.details() or "")
+    closed = (await api.ledger.invoice_state(numbers[0])).state  # type: ignore[union-attr]
+    assert closed.status == ledger_pb2.INVOICE_LEDGER_STATUS_CLOSED
+
+
 async def test_list_reimbursements_shows_only_the_callers_pages(api: ApiUnderTest) -> None:
     org, other = await _org(api), await _org(api)
     numbers = [api.issue(org) for _ in range(5)]
