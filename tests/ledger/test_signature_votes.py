@@ -7,6 +7,7 @@ are written at once; and no more than HELD_SIGNATURES_LIMIT are ever held.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -128,3 +129,55 @@ async def test_a_second_header_signed_for_a_height_is_kept_as_evidence(writes: l
     assert v.votes[(0, 1)][IDS[1]] == OURS
     await v._on_signatures([_sig(IDS[1], 1)])  # a re-delivery of the first is no equivocation
     assert len(writes) == 1
+
+
+async def test_a_failed_loop_stops_the_validator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop that dies (here the signatures loop, on an error it could not ride out) ends `run` with
+    that error instead of leaving the validator up without finality; the others are cancelled."""
+
+    class _Consumer:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        async def start(self) -> None:
+            return None
+
+        async def stop(self) -> None:
+            return None
+
+        def assign(self, partitions: object) -> None:
+            return None
+
+        def seek(self, partition: object, offset: int) -> None:
+            return None
+
+    v = _validator()
+    stop = asyncio.Event()
+    cancelled: list[str] = []
+
+    async def waits_forever(name: str) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(name)
+            raise
+
+    async def broken(stop: asyncio.Event) -> None:
+        raise ConnectionError("database connection lost")
+
+    async def partitions(consumer: object, topic: str) -> list[int]:
+        return [0]
+
+    async def load(partitions: list[int]) -> dict[int, int]:
+        return {0: 0}
+
+    monkeypatch.setattr(validator_module, "AIOKafkaConsumer", _Consumer)
+    monkeypatch.setattr(v, "_partitions", partitions)
+    monkeypatch.setattr(v, "_load", load)
+    monkeypatch.setattr(v, "_transactions_loop", lambda consumer, stop, tps: waits_forever("transactions"))
+    monkeypatch.setattr(v, "_signatures_loop", broken)
+    monkeypatch.setattr(v, "_results_loop", lambda stop: waits_forever("results"))
+    monkeypatch.setattr(v, "_markers_loop", lambda stop: waits_forever("markers"))
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(v.run(stop), timeout=5)
+    assert sorted(cancelled) == ["markers", "results", "transactions"]
