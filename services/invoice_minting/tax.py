@@ -8,6 +8,7 @@ and a line negated for a red letter has exactly the negated tax (the rounding is
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -113,6 +114,10 @@ def lines_for_payment(
     ]
 
 
+def _line_key(line: invoice_pb2.InvoiceLine) -> tuple[str, str, int]:
+    return line.tax_classification_code, line.name, line.tax_rate_bp
+
+
 def red_letter_lines(
     original: Sequence[invoice_pb2.InvoiceLine],
     refund_fen: int,
@@ -128,21 +133,17 @@ def red_letter_lines(
     the red letters of an invoice never reverse more of a line, or of a tax rate, than it held; the
     last one reverses exactly what is left.
     """
-    left_of = [line.total_fen for line in original]
+    # A red letter's line reverses the original lines of the same classification, name and rate: what
+    # earlier red letters reversed per such key is taken from those lines in order.
+    reversed_of: Counter[tuple[str, str, int]] = Counter()
     for red in earlier:
-        for reversed_line in red:
-            # A red letter's line reverses the original lines of the same classification, name and rate.
-            owed = -reversed_line.total_fen
-            for index, line in enumerate(original):
-                same = (line.tax_classification_code, line.name, line.tax_rate_bp) == (
-                    reversed_line.tax_classification_code,
-                    reversed_line.name,
-                    reversed_line.tax_rate_bp,
-                )
-                if same and owed > 0 and left_of[index] > 0:
-                    taken = min(owed, left_of[index])
-                    left_of[index] -= taken
-                    owed -= taken
+        for line in red:
+            reversed_of[_line_key(line)] -= line.total_fen
+    left_of = []
+    for line in original:
+        taken = min(line.total_fen, reversed_of[_line_key(line)])
+        reversed_of[_line_key(line)] -= taken
+        left_of.append(line.total_fen - taken)
     remaining = sum(left_of)
     assert 0 < refund_fen <= remaining
     if not earlier and refund_fen == remaining:

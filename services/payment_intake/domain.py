@@ -118,11 +118,10 @@ def _check_platform_id(name: str, value: str) -> None:
         raise InvalidArgument(f"INVALID_{name.upper()}", f"{name} must be 1-64 printable ASCII characters")
 
 
-def _check_text(name: str, value: str, max_length: int, *, required: bool = False) -> None:
-    if (required and not value) or len(value) > max_length or _CONTROL.search(value):
-        least = 1 if required else 0
+def _check_text(name: str, value: str, max_length: int) -> None:
+    if len(value) > max_length or _CONTROL.search(value):
         raise InvalidArgument(
-            "INVALID_ARGUMENT", f"{name} must be {least}-{max_length} characters without control characters"
+            "INVALID_ARGUMENT", f"{name} must be at most {max_length} characters without control characters"
         )
 
 

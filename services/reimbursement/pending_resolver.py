@@ -51,10 +51,12 @@ async def run_pending_resolver(
     older_than_s: float = 5.0,
     batch: int = 200,
 ) -> None:
-    with contextlib.suppress(Exception):  # retried at the next start; settling goes on regardless
+    try:
         undone = await undo_failed_batches(pool, ledger, None)
         if undone:
             log.info("undid failed batch locks", extra={"count": undone})
+    except Exception:  # retried at the next start; settling goes on regardless
+        log.exception("undoing failed batch locks at start failed")
     while not stop.is_set():
         try:
             settled = await resolve_pending_once(pool, ledger, older_than_s, batch)
