@@ -18,12 +18,12 @@ import hashlib
 import os
 from collections.abc import Mapping
 
+import ed25519_zebra
 import nacl.bindings
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.common.v1 import signature_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from google.protobuf.message import DecodeError
-from nacl.exceptions import BadSignatureError
 
 from fapiao_runtime import merkle
 from fapiao_runtime.errors import InvalidArgument
@@ -90,21 +90,40 @@ def authority_keys_from_env(env: Mapping[str, str] | None = None) -> dict[str, E
     return parse_key_list((env if env is not None else os.environ).get(AUTHORITY_KEYS_ENV, ""))
 
 
+# Public keys already checked by `_acceptable_key`, bounded: keys come from registries, not from callers.
+_KEY_CHECKS: dict[bytes, bool] = {}
+_KEY_CHECKS_MAX = 4096
+
+
+def _acceptable_key(raw: bytes) -> bool:
+    """A canonical point of the prime-order subgroup (libsodium's crypto_core_ed25519_is_valid_point),
+    checked once per key: about as costly as a verification, and a pure function of the bytes."""
+    ok = _KEY_CHECKS.get(raw)
+    if ok is None:
+        ok = bool(nacl.bindings.crypto_core_ed25519_is_valid_point(raw))
+        if len(_KEY_CHECKS) >= _KEY_CHECKS_MAX:
+            _KEY_CHECKS.clear()
+        _KEY_CHECKS[raw] = ok
+    return ok
+
+
 def ed25519_verify(key: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
     """True when `signature` is a valid Ed25519 signature over `data` by `key`.
 
     Every Ed25519 check of Fapiao goes through here, so validators, auditors and offline verifiers apply
-    one acceptance rule: libsodium's (RFC 8032 with canonical S and A, small-order keys and R rejected),
-    which accepts a subset of what OpenSSL's verifier accepts and is about twice as fast. Signing stays
-    with `cryptography`; every honestly made signature passes both.
+    one acceptance rule: ZIP 215 (the cofactored equation, canonical S, as ed25519-zebra implements it;
+    the rule consensus systems adopted because RFC 8032 lets verifiers disagree), with the public key
+    also required to be a canonical point of the prime-order subgroup (every honestly made key is).
+    Under such a key every signature an RFC 8032 verifier accepts (libsodium, OpenSSL) passes, and only
+    the key's holder can make one that passes here and not there (an R with a small-order component).
+    A small-order key, under which anyone could sign anything, is refused. Signing stays with `cryptography`.
     """
     if len(signature) != 64:
         return False
-    try:
-        nacl.bindings.crypto_sign_open(signature + data, key.public_bytes_raw())
-    except (BadSignatureError, ValueError):
+    raw = key.public_bytes_raw()
+    if not _acceptable_key(raw):
         return False
-    return True
+    return bool(ed25519_zebra.ed_verify(bytes(signature), bytes(data), raw))
 
 
 def verify_signature(keys: PublicKeys, signature: signature_pb2.Signature, data: bytes) -> bool:

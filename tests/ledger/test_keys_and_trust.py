@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.errors import InvalidArgument
 from fapiao_runtime.ledger_client import SigningKey, key_registration_events, sign_transaction, transaction_event
@@ -111,6 +112,56 @@ def test_one_ed25519_rule_for_every_check() -> None:
     # cofactorless check with R = identity, S = 0; the shared rule refuses it.
     identity = Ed25519PublicKey.from_public_bytes(b"\x01" + b"\0" * 31)
     assert not ed25519_verify(identity, b"\x01" + b"\0" * 31 + b"\0" * 32, b"anything")
+
+
+def test_the_ed25519_rule_is_zip215_with_prime_order_keys() -> None:
+    """Pins the acceptance rule validators and offline verifiers share: a change of library or rule
+    that would make them disagree with a running ledger fails here."""
+    import hashlib
+
+    import nacl.bindings as sodium
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from fapiao_runtime.ledger_trust import ed25519_verify
+
+    order = 2**252 + 27742317777372353535851937790883648493
+    torsion = bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")  # order 8
+    private = Ed25519PrivateKey.generate()
+    key = private.public_key()
+    data = b"transaction body"
+    expanded = bytearray(hashlib.sha512(private.private_bytes_raw()).digest()[:32])
+    expanded[0] &= 248
+    expanded[31] = (expanded[31] & 127) | 64
+    secret = int.from_bytes(expanded, "little") % order
+
+    def sign_by_hand(public: bytes, r_extra: bytes | None) -> bytes:
+        """An Ed25519 signature by `secret` that names `public`, R optionally with a point added."""
+        r = int.from_bytes(hashlib.sha512(b"nonce" + public + data).digest(), "little") % order
+        big_r = sodium.crypto_scalarmult_ed25519_base_noclamp(r.to_bytes(32, "little"))
+        if r_extra is not None:
+            big_r = sodium.crypto_core_ed25519_add(big_r, r_extra)
+        k = int.from_bytes(hashlib.sha512(big_r + public + data).digest(), "little") % order
+        return big_r + ((r + k * secret) % order).to_bytes(32, "little")
+
+    honest = sign_by_hand(key.public_bytes_raw(), None)
+    assert ed25519_verify(key, honest, data)
+    key.verify(honest, data)  # OpenSSL agrees: the construction is Ed25519's
+    # S + l encodes the same scalar: refused (S must be canonical), or signatures would be malleable.
+    s = int.from_bytes(honest[32:], "little") + order
+    assert not ed25519_verify(key, honest[:32] + s.to_bytes(32, "little"), data)
+
+    # The key's holder can put a small-order component into R: the cofactorless check of RFC 8032
+    # verifiers refuses it, ZIP 215's cofactored one accepts it.
+    torsioned = sign_by_hand(key.public_bytes_raw(), torsion)
+    with pytest.raises(InvalidSignature):
+        key.verify(torsioned, data)
+    assert ed25519_verify(key, torsioned, data)
+    assert not ed25519_verify(key, torsioned, data + b"!")
+
+    # A key with a small-order component (mixed order) is refused, even with a signature that passes
+    # the cofactored equation under it.
+    mixed_raw = sodium.crypto_core_ed25519_add(key.public_bytes_raw(), torsion)
+    mixed = Ed25519PublicKey.from_public_bytes(mixed_raw)
+    assert not ed25519_verify(mixed, sign_by_hand(mixed_raw, None), data)
 
 
 def test_f_plus_one_validators_publish_each_chains_results() -> None:
