@@ -140,6 +140,9 @@ def ed25519_verify_rate(duration_s: float = 3.0, *, how: str = "openssl") -> flo
     message = os.urandom(200)
     signature = key.sign(message)
 
+    if how not in ("openssl", "libsodium", "fapiao"):
+        raise ValueError(f"unknown verifier {how!r}")
+
     def check() -> None:
         if how == "openssl":
             public.verify(signature, message)
