@@ -123,12 +123,14 @@ async def transaction_receipt(
     )
 
 
+# Served by invoice_states_by_number (invoice_number, invoice_id): the row comes in the order asked for.
+INVOICE_BY_NUMBER = "SELECT * FROM invoice_states WHERE invoice_number = $1 ORDER BY invoice_id LIMIT 1"
+
+
 async def invoice_row(conn: asyncpg.Connection, invoice_id: str, invoice_number: str) -> asyncpg.Record | None:
     if invoice_id:
         return await conn.fetchrow("SELECT * FROM invoice_states WHERE invoice_id = $1", invoice_id)
-    return await conn.fetchrow(
-        "SELECT * FROM invoice_states WHERE invoice_number = $1 ORDER BY invoice_id LIMIT 1", invoice_number
-    )
+    return await conn.fetchrow(INVOICE_BY_NUMBER, invoice_number)
 
 
 async def final_tip(conn: asyncpg.Connection, chain_id: int) -> int:

@@ -292,12 +292,15 @@ async def block_results(conn: asyncpg.Connection, chain_id: int, height: int) ->
     return [(r["duplicate"], r["claims_id"], r["transaction_id"], bytes(r["result_bytes"])) for r in rows]
 
 
+# Served by transactions_by_id (transaction_id, chain_id, height, idx): the rows come in the order asked for.
+ORIGINAL_FINAL_RESULT = (
+    "SELECT t.result_bytes FROM transactions t JOIN blocks b USING (chain_id, height)"
+    " WHERE t.transaction_id = $1 AND t.claims_id AND NOT t.duplicate AND b.final"
+    " ORDER BY t.chain_id, t.height, t.idx LIMIT 1"
+)
+
+
 async def original_final_result(conn: asyncpg.Connection, transaction_id: str) -> bytes | None:
     """The result of the first claiming record of `transaction_id`, if its block is final."""
-    value = await conn.fetchval(
-        "SELECT t.result_bytes FROM transactions t JOIN blocks b USING (chain_id, height)"
-        " WHERE t.transaction_id = $1 AND t.claims_id AND NOT t.duplicate AND b.final"
-        " ORDER BY t.chain_id, t.height, t.idx LIMIT 1",
-        transaction_id,
-    )
+    value = await conn.fetchval(ORIGINAL_FINAL_RESULT, transaction_id)
     return bytes(value) if value is not None else None

@@ -7,9 +7,10 @@
     python -m payment_intake.cli merchant show --merchant-id ...
     python -m payment_intake.cli platform-key generate --out DIR   (a test/demo platform key pair)
 
-`merchant add` prints, as JSON, what the payment system needs: the merchant id, the APIv3 key (once;
-generated when not given), the trusted platform serials and the notify path. Uses DATABASE_URL and
-FAPIAO_SECRETS_KEY like the service.
+`merchant add` prints, as JSON, what the payment system needs: the merchant id, the APIv3 key (once,
+when it is set: generated for a new merchant unless given; a re-run keeps the stored key unless
+--apiv3-key or --rotate-apiv3-key replaces it), the trusted platform serials and the notify path.
+Uses DATABASE_URL and FAPIAO_SECRETS_KEY like the service.
 """
 
 from __future__ import annotations
@@ -57,9 +58,14 @@ async def _with_db(action: Any) -> Any:
 
 
 async def _add(args: argparse.Namespace) -> dict[str, Any]:
-    apiv3_key = args.apiv3_key.encode() if args.apiv3_key else generate_apiv3_key()
-    if len(apiv3_key) != APIV3_KEY_BYTES:
+    if args.apiv3_key and args.rotate_apiv3_key:
+        raise SystemExit("give --apiv3-key or --rotate-apiv3-key, not both")
+    replacing = args.apiv3_key.encode() if args.apiv3_key else None
+    if args.rotate_apiv3_key:
+        replacing = generate_apiv3_key()
+    if replacing is not None and len(replacing) != APIV3_KEY_BYTES:
         raise SystemExit(f"--apiv3-key must be {APIV3_KEY_BYTES} ASCII characters")
+    key_if_new = generate_apiv3_key() if replacing is None else None
     profile = merchants.MerchantProfile(
         args.merchant_id,
         args.legal_name,
@@ -72,16 +78,24 @@ async def _add(args: argparse.Namespace) -> dict[str, Any]:
     secrets_key = load_key("FAPIAO_SECRETS_KEY")
 
     async def action(conn: Any) -> dict[str, Any]:
-        stored = await merchants.register_merchant(
-            conn, secrets_key, profile, apiv3_key=apiv3_key, platform_keys=_platform_keys(args.platform_key)
+        registered = await merchants.register_merchant(
+            conn,
+            secrets_key,
+            profile,
+            apiv3_key=replacing,
+            key_if_new=key_if_new,
+            platform_keys=_platform_keys(args.platform_key),
         )
-        return {
-            "merchant_id": stored.merchant_id,
-            "tax_id": stored.tax_id,
-            "apiv3_key": apiv3_key.decode(),
-            "trusted_platform_serials": await merchants.trusted_serials(conn, stored.merchant_id),
-            "notify_path": f"{NOTIFY_PATH}/{stored.merchant_id}",
+        answer: dict[str, Any] = {
+            "merchant_id": registered.profile.merchant_id,
+            "tax_id": registered.profile.tax_id,
+            "created": registered.created,
         }
+        if registered.key_stored:  # printed once, when it is set; a re-run keeps the stored key
+            answer["apiv3_key"] = (replacing or key_if_new or b"").decode()
+        answer["trusted_platform_serials"] = await merchants.trusted_serials(conn, registered.profile.merchant_id)
+        answer["notify_path"] = f"{NOTIFY_PATH}/{registered.profile.merchant_id}"
+        return answer
 
     return dict(await _with_db(action))
 
@@ -166,7 +180,14 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--legal-name", required=True)
     add.add_argument("--tax-id", required=True, help="18-character unified social credit code")
     add.add_argument("--region-code", required=True, help="2-digit region code used in invoice numbers")
-    add.add_argument("--apiv3-key", help="32-character APIv3 key (generated when omitted)")
+    add.add_argument(
+        "--apiv3-key", help="32-character APIv3 key: a new merchant's, or the replacement of an existing one's"
+    )
+    add.add_argument(
+        "--rotate-apiv3-key",
+        action="store_true",
+        help="generate and print a new APIv3 key for an existing merchant (without it, a re-run keeps the key)",
+    )
     add.add_argument("--platform-key", action="append", default=[], metavar="SERIAL=PEM_PATH")
     add.add_argument("--default-tax-code", default="3070401000000000000", help="19-digit tax classification code")
     add.add_argument("--default-item-name", default="餐饮服务")

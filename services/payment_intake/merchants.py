@@ -106,6 +106,13 @@ def _registered_event(profile: MerchantProfile) -> payments_pb2.MerchantRegister
     )
 
 
+@dataclass(frozen=True)
+class Registration:
+    profile: MerchantProfile
+    created: bool  # False: an existing merchant was updated
+    key_stored: bool  # the APIv3 key passed (apiv3_key, or key_if_new for a new merchant) is now the stored one
+
+
 async def register_merchant(
     conn: asyncpg.Connection,
     secrets_key: bytes | SecretsBox,
@@ -113,44 +120,57 @@ async def register_merchant(
     *,
     apiv3_key: bytes | None,
     platform_keys: Mapping[str, str],
-) -> MerchantProfile:
+    key_if_new: bytes | None = None,
+) -> Registration:
     """Create or update a merchant in one transaction with its MerchantRegistered outbox event.
 
-    apiv3_key None keeps the stored key (update) and is required for a new merchant. Platform keys
-    are added (serial -> SubjectPublicKeyInfo PEM); existing serials are left as they are.
+    apiv3_key replaces the stored key (rotation); None keeps it. key_if_new is the key of a merchant that
+    does not exist yet and is ignored for an existing one, so re-running a registration never replaces
+    the key the payment system holds by accident. A new merchant needs one of the two. Platform keys are
+    added (serial -> SubjectPublicKeyInfo PEM); existing serials are left as they are.
     """
     profile = validate_profile(profile)
-    if apiv3_key is not None and len(apiv3_key) != APIV3_KEY_BYTES:
-        raise InvalidArgument("INVALID_APIV3_KEY", f"the APIv3 key must be {APIV3_KEY_BYTES} bytes")
+    for key in (apiv3_key, key_if_new):
+        if key is not None and len(key) != APIV3_KEY_BYTES:
+            raise InvalidArgument("INVALID_APIV3_KEY", f"the APIv3 key must be {APIV3_KEY_BYTES} bytes")
     for serial, pem in platform_keys.items():
         _check_platform_key(serial, pem)
+    replacing = seal(secrets_key, apiv3_key, context=profile.merchant_id) if apiv3_key is not None else None
+    first_key = apiv3_key if apiv3_key is not None else key_if_new
+    fields = (
+        profile.merchant_id,
+        profile.legal_name,
+        profile.tax_id,
+        profile.region_code,
+        profile.default_tax_classification_code,
+        profile.default_item_name,
+        profile.default_tax_rate_bp,
+    )
     async with conn.transaction():
-        exists = await conn.fetchval(
-            "SELECT true FROM merchants WHERE merchant_id = $1 FOR UPDATE", profile.merchant_id
-        )
-        if not exists and apiv3_key is None:
-            raise InvalidArgument("INVALID_APIV3_KEY", "a new merchant needs an APIv3 key")
-        sealed = seal(secrets_key, apiv3_key, context=profile.merchant_id) if apiv3_key is not None else None
-        await conn.execute(
-            """INSERT INTO merchants (merchant_id, legal_name, tax_id, region_code, apiv3_key_sealed,
-                   default_tax_classification_code, default_item_name, default_tax_rate_bp)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-               ON CONFLICT (merchant_id) DO UPDATE SET legal_name = EXCLUDED.legal_name,
-                   tax_id = EXCLUDED.tax_id, region_code = EXCLUDED.region_code,
-                   apiv3_key_sealed = COALESCE($9, merchants.apiv3_key_sealed),
-                   default_tax_classification_code = EXCLUDED.default_tax_classification_code,
-                   default_item_name = EXCLUDED.default_item_name,
-                   default_tax_rate_bp = EXCLUDED.default_tax_rate_bp, updated_at = now()""",
-            profile.merchant_id,
-            profile.legal_name,
-            profile.tax_id,
-            profile.region_code,
-            sealed or b"",
-            profile.default_tax_classification_code,
-            profile.default_item_name,
-            profile.default_tax_rate_bp,
-            sealed,
-        )
+        created = False
+        if first_key is not None:
+            # Insert-or-nothing decides creation atomically: of two concurrent first registrations,
+            # only the one whose key is stored reports it.
+            sealed = replacing or seal(secrets_key, first_key, context=profile.merchant_id)
+            created = bool(
+                await conn.fetchval(
+                    "INSERT INTO merchants (merchant_id, legal_name, tax_id, region_code,"
+                    " default_tax_classification_code, default_item_name, default_tax_rate_bp, apiv3_key_sealed)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (merchant_id) DO NOTHING RETURNING true",
+                    *fields,
+                    sealed,
+                )
+            )
+        if not created:
+            updated = await conn.execute(
+                "UPDATE merchants SET legal_name = $2, tax_id = $3, region_code = $4,"
+                " default_tax_classification_code = $5, default_item_name = $6, default_tax_rate_bp = $7,"
+                " apiv3_key_sealed = COALESCE($8, apiv3_key_sealed), updated_at = now() WHERE merchant_id = $1",
+                *fields,
+                replacing,
+            )
+            if updated == "UPDATE 0":
+                raise InvalidArgument("INVALID_APIV3_KEY", "a new merchant needs an APIv3 key")
         for serial, pem in platform_keys.items():
             await conn.execute(
                 "INSERT INTO platform_keys (merchant_id, serial, public_key_pem) VALUES ($1, $2, $3)"
@@ -169,7 +189,7 @@ async def register_merchant(
             event_id=uuid.uuid5(ID_NAMESPACE, f"merchant-registered/{profile.merchant_id}/{digest}"),
         )
         await enqueue(conn, [outgoing(MERCHANTS.name, envelope)])
-    return profile
+    return Registration(profile, created, key_stored=created or apiv3_key is not None)
 
 
 async def register_merchant_at(
@@ -180,7 +200,7 @@ async def register_merchant_at(
     apiv3_key: bytes | None,
     platform_keys: Mapping[str, str],
     schema: str = DB_SCHEMA,
-) -> MerchantProfile:
+) -> Registration:
     """register_merchant over a connection of its own (tools, benchmarks and tests outside the service)."""
     pool = await create_pool(database_url, schema, min_size=1, max_size=1)
     try:

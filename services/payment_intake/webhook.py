@@ -87,6 +87,13 @@ def payment_from_resource(data: dict[str, Any], payer_hash_key: bytes) -> Record
     )
 
 
+def _decrypt(keys: MerchantKeys, resource: dict[str, Any]) -> bytes | None:
+    try:
+        return wx.decrypt_resource(keys.apiv3_key, resource)
+    except wx.ResourceDecryptError:
+        return None
+
+
 def refund_from_resource(data: dict[str, Any]) -> RecordRefund:
     """REFUND.SUCCESS resource -> command. TRADE_NOT_SUCCESS unless refund_status is SUCCESS."""
     state = _field(data, "refund_status", str)
@@ -179,10 +186,16 @@ class NotificationReceiver:
         if not wx.verify_signature(public_key, timestamp, nonce, body, signature):
             raise Unauthenticated("BAD_SIGNATURE", "signature does not verify with the platform key")
         notification = self._notification(body)
-        try:
-            plaintext = wx.decrypt_resource(keys.apiv3_key, notification["resource"])
-        except wx.ResourceDecryptError:
-            raise InvalidArgument("UNDECRYPTABLE_RESOURCE", "resource does not decrypt with the APIv3 key") from None
+        plaintext = _decrypt(keys, notification["resource"])
+        if plaintext is None:
+            # The platform's signature holds, so the merchant's APIv3 key may have just been replaced
+            # (`merchant add --rotate-apiv3-key`): re-read it once (refreshes are rate-limited) and retry.
+            fresh = await self._directory.get(keys.merchant_id, refresh=True)
+            if fresh is not None and fresh.apiv3_key != keys.apiv3_key:
+                keys = fresh
+                plaintext = _decrypt(keys, notification["resource"])
+        if plaintext is None:
+            raise InvalidArgument("UNDECRYPTABLE_RESOURCE", "resource does not decrypt with the APIv3 key")
         try:
             resource = json.loads(plaintext)
         except ValueError:

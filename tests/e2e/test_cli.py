@@ -52,6 +52,11 @@ def test_cli_drives_the_whole_stack(fapiao: FapiaoCommand, tmp_path: Path) -> No
     assert added.returncode == 0, added.stdout + added.stderr
     assert json.loads(added.stdout)["notify_path"] == "/v1/notify/wechatpay/1900000001"
     assert fapiao("merchant", "show", "--merchant-id", "1900000001").returncode == 0
+    rerun = fapiao("merchant", "add", "--merchant-id", "1900000001", "--legal-name", "深圳测试餐饮有限公司",
+                   "--tax-id", merchant_tax, "--region-code", "44")  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    # A re-run keeps the APIv3 key: the payments below are encrypted with the one printed first.
+    assert "apiv3_key" not in json.loads(rerun.stdout) and json.loads(rerun.stdout)["created"] is False
 
     company = _tax_id("91440300MA5D00001")
     assert fapiao("org", "add", "--tax-id", company, "--name", "深圳测试科技有限公司").returncode == 0

@@ -8,7 +8,7 @@ import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_stack.harness import StackUnderTest
-from ledger import store
+from ledger import reads, store
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 
@@ -39,5 +39,47 @@ async def test_an_equivocation_is_stored_once(stack: StackUnderTest) -> None:
             await store.record_equivocations(conn, [second])  # the topic re-read after a restart
             rows = await conn.fetch("SELECT chain_id, height, validator_id, header, signature FROM equivocations")
         assert [tuple(r) for r in rows] == [(1, 7, "validator-2", b"h", b"s" * 64)]
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+async def test_first_row_lookups_never_walk_the_primary_key(stack: StackUnderTest, plan_cache_mode: str) -> None:
+    """Taking the first row for an invoice number or a transaction id reads that key's index entries,
+    not the table in primary-key order (the plan a table not analyzed yet used to get), whatever the plan."""
+    schema = "validator_lookups"
+    pool = await create_pool(stack.database_url, schema)
+    try:
+        await apply_migrations(pool, schema, MIGRATIONS)
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO blocks (chain_id, height, header, header_hash, transaction_count, next_offset, final)"
+                " SELECT 0, h, '\\x00', '\\x00', 100, h * 100, true FROM generate_series(1, 200) h"
+            )
+            await conn.execute(
+                "INSERT INTO transactions (chain_id, height, idx, transaction_id, invoice_id, kafka_offset,"
+                " accepted, claims_id, duplicate, tx_bytes, result_bytes)"
+                " SELECT 0, h, i, md5(h::text || ':' || i::text), md5(i::text), h * 100 + i, true, true, false,"
+                " '\\x00', '\\x00' FROM generate_series(1, 200) h, generate_series(0, 99) i"
+            )
+            await conn.execute(
+                "INSERT INTO invoice_states (invoice_id, chain_id, invoice_number, issue_transaction_id,"
+                " last_transaction_id, state, height)"
+                " SELECT md5(n::text), 0, lpad(n::text, 20, '0'), 't', 't', '\\x00', 1 FROM generate_series(1, 20000) n"
+            )
+            await conn.execute(f"SET plan_cache_mode = {plan_cache_mode}")
+            plans = {}
+            for name, sql, key in [
+                ("invoice_states_by_number", reads.INVOICE_BY_NUMBER, "00000000000000012345"),
+                ("transactions_by_id", store.ORIGINAL_FINAL_RESULT, "c4ca4238a0b923820dcc509a6f75849b"),
+            ]:
+                statement = await conn.prepare("EXPLAIN (FORMAT JSON) " + sql)
+                for _ in range(6):  # past the custom plans PostgreSQL tries before settling on a generic one
+                    plan = await statement.fetchval(key)
+                plans[name] = plan
+        for index, plan in plans.items():
+            assert f'"Index Name": "{index}"' in plan, plan
+            assert '"Index Name": "invoice_states_pkey"' not in plan, plan
+            assert '"Index Name": "transactions_pkey"' not in plan, plan
     finally:
         await pool.close()

@@ -135,3 +135,62 @@ async def test_secrets_key_rotation_reseals_apiv3_keys(stack: StackUnderTest) ->
             await MerchantDirectory(pool, bytes.fromhex(old_key)).get("1900000301")
     finally:
         await pool.close()
+
+
+async def test_a_rerun_keeps_the_apiv3_key_and_only_rotation_replaces_it(stack: StackUnderTest) -> None:
+    from fapiao_runtime.db import create_pool
+    from payment_intake.merchants import MerchantDirectory
+
+    secrets_key = secrets.token_hex(32)
+    keys = {"FAPIAO_SECRETS_KEY": secrets_key, "FAPIAO_PAYER_HASH_KEY": secrets.token_hex(32)}
+    pem = stack.tmp_path / "platform.pem"
+    pem.write_text(PLATFORM.public_key_pem())
+    add = ("merchant", "add", "--merchant-id", "1900000302", "--legal-name", "重跑测试有限公司",
+           "--tax-id", TAX_ID, "--region-code", "44", "--platform-key", f"{PLATFORM.serial}={pem}")  # fmt: skip
+
+    async def stored_key() -> bytes:
+        pool = await create_pool(stack.database_url, "payment_intake", min_size=1, max_size=1)
+        try:
+            found = await MerchantDirectory(pool, bytes.fromhex(secrets_key)).get("1900000302")
+            assert found is not None
+            return found.apiv3_key
+        finally:
+            await pool.close()
+
+    code, out, err = await _cli(stack, keys, *add)
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["created"] is True and await stored_key() == first["apiv3_key"].encode()
+
+    code, out, err = await _cli(stack, keys, *add, "--legal-name", "重跑测试有限公司（更名）")
+    assert code == 0, err
+    rerun = json.loads(out)
+    assert rerun["created"] is False and "apiv3_key" not in rerun
+    assert await stored_key() == first["apiv3_key"].encode()
+
+    webhook_port = free_port()
+    service = await stack.start_service("payment_intake", FAPIAO_WEBHOOK_PORT=str(webhook_port), **keys)
+    try:
+        url = f"http://127.0.0.1:{webhook_port}{first['notify_path']}"
+
+        async def notify(apiv3_key: str) -> tuple[int, str]:
+            resource = payment_resource("1900000302", new_transaction_id())
+            status, answer = await send_notification(url, PLATFORM, apiv3_key.encode(), resource)
+            return status, answer["code"]
+
+        assert await notify(first["apiv3_key"]) == (200, "SUCCESS")  # the key is now in the service's cache
+        code, out, err = await _cli(stack, keys, *add, "--rotate-apiv3-key")
+        assert code == 0, err
+        rotated = json.loads(out)
+        assert rotated["created"] is False and len(rotated["apiv3_key"]) == 32
+        assert rotated["apiv3_key"] != first["apiv3_key"] and await stored_key() == rotated["apiv3_key"].encode()
+        # The new key works at once (a resource the cached key cannot open re-reads the merchant)...
+        assert await notify(rotated["apiv3_key"]) == (200, "SUCCESS")
+        # ...and the replaced one no longer does.
+        assert await notify(first["apiv3_key"]) == (400, "UNDECRYPTABLE_RESOURCE")
+    finally:
+        service.kill()
+
+    code, _, err = await _cli(stack, keys, *add, "--rotate-apiv3-key", "--apiv3-key", "k" * 32)
+    assert code != 0 and "not both" in err
+    assert await stored_key() == rotated["apiv3_key"].encode()

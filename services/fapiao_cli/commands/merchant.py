@@ -24,7 +24,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     add.add_argument("--legal-name", required=True)
     add.add_argument("--tax-id", required=True, help="18-character unified social credit code")
     add.add_argument("--region-code", required=True, help="2-digit region code used in invoice numbers")
-    add.add_argument("--apiv3-key", help="32-character APIv3 key (generated when omitted)")
+    add.add_argument(
+        "--apiv3-key", help="32-character APIv3 key: a new merchant's (generated when omitted) or a replacement"
+    )
+    add.add_argument(
+        "--rotate-apiv3-key",
+        action="store_true",
+        help="replace an existing merchant's APIv3 key by a new one (a re-run without it keeps the key)",
+    )
     add.add_argument("--default-item-name", default="餐饮服务")
     add.add_argument("--default-tax-rate-bp", type=int, default=600)
     add.set_defaults(handler=_add)
@@ -41,8 +48,12 @@ def register_merchant(
     apiv3_key: str | None = None,
     default_item_name: str = "餐饮服务",
     default_tax_rate_bp: int = 600,
+    rotate_apiv3_key: bool = False,
 ) -> dict[str, object]:
-    """Register through payment_intake's operator module; returns its JSON answer. ValueError on rejection."""
+    """Register through payment_intake's operator module; returns its JSON answer. ValueError on rejection.
+
+    The local payment platform's copy of the APIv3 key is replaced only when the registration set one.
+    """
     from payment_intake import cli as intake_cli
 
     load_stack_environment()
@@ -54,15 +65,20 @@ def register_merchant(
     ]  # fmt: skip
     if apiv3_key:
         argv += ["--apiv3-key", apiv3_key]
+    if rotate_apiv3_key:
+        argv += ["--rotate-apiv3-key"]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = intake_cli.main(argv)
     if code != 0:
         raise ValueError(err.getvalue().strip() or out.getvalue().strip())
     answer: dict[str, object] = json.loads(out.getvalue())
-    save_merchant_credentials(
-        MerchantCredentials(merchant_id, str(answer["apiv3_key"]), key["serial"], PLATFORM_DIR / key["private_name"])
-    )
+    if "apiv3_key" in answer:
+        save_merchant_credentials(
+            MerchantCredentials(
+                merchant_id, str(answer["apiv3_key"]), key["serial"], PLATFORM_DIR / key["private_name"]
+            )
+        )
     return answer
 
 
@@ -93,6 +109,7 @@ def _add(args: argparse.Namespace) -> int:
             args.apiv3_key,
             args.default_item_name,
             args.default_tax_rate_bp,
+            args.rotate_apiv3_key,
         )
     except ValueError as exc:
         print(f"fapiao: merchant rejected: {exc}")
