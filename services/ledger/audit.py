@@ -4,9 +4,10 @@ Checks per block: the stored header hash is SHA-256 of the stored header bytes; 
 this chain and height and links to the previous header's hash; its transaction count and the
 RFC 6962 roots match the stored transactions, results and key registrations; each stored result
 describes the transaction at its position; each accepted transaction's submitter signature verifies
-with a key whose registration came before it in the log (keys are taken from the audited, header-
-covered registrations, not from the submitter_keys table); every stored signature for the block
-verifies over the header bytes; a final block carries a quorum of them.
+with a key registered before it in the log and not revoked before it (the registry is rebuilt from the
+audited, header-covered registrations with the validators' own rule, `apply_registration`, not read
+from the submitter_keys table); every stored signature for the block verifies over the header bytes;
+a final block carries a quorum of them.
 """
 
 from __future__ import annotations
@@ -22,16 +23,47 @@ from fapiao_runtime.ledger_trust import verify_signature
 from google.protobuf.message import DecodeError
 
 from ledger.chain import GENESIS_HASH
+from ledger.state_machine import SubmitterKey, apply_registration
 
 BLOCK_PAGE = 200
 
 
+class Registry:
+    """The submitter keys as the chain's log had them at a point: registrations applied in log order with
+    the validators' rule, so a revocation takes effect where it sits in the log."""
+
+    def __init__(self, authorities: Mapping[str, Ed25519PublicKey]) -> None:
+        self.authorities = authorities
+        self.keys: dict[str, SubmitterKey] = {}
+        self.registration_ids: set[str] = set()
+
+    def apply(self, signed_bytes: bytes) -> None:
+        try:
+            signed = ledger_pb2.SignedKeyRegistration.FromString(signed_bytes)
+            registration = ledger_pb2.KeyRegistration.FromString(signed.body)
+        except DecodeError:
+            return
+        entry = apply_registration(
+            signed,
+            self.authorities,
+            self.keys.get(registration.key_id),
+            registration.registration_id in self.registration_ids,
+        )
+        if entry is not None:
+            self.keys[entry.key_id] = entry
+            self.registration_ids.add(registration.registration_id)
+
+
 async def audit_chain(
-    pool: asyncpg.Pool, chain_id: int, validator_keys: Mapping[str, Ed25519PublicKey], quorum: int
+    pool: asyncpg.Pool,
+    chain_id: int,
+    validator_keys: Mapping[str, Ed25519PublicKey],
+    quorum: int,
+    authority_keys: Mapping[str, Ed25519PublicKey],
 ) -> ledger_service_pb2.AuditChainResponse:
     response = ledger_service_pb2.AuditChainResponse(chain_id=chain_id)
     async with pool.acquire() as conn:
-        submitters: dict[str, Ed25519PublicKey] = {}  # grows with the registrations, in log order
+        submitters = Registry(authority_keys)  # grows with the registrations, in log order
         previous_hash = GENESIS_HASH
         expected_height = 1
         after = 0
@@ -65,7 +97,7 @@ async def _audit_block(
     row: asyncpg.Record,
     expected_height: int,
     previous_hash: bytes,
-    submitters: dict[str, Ed25519PublicKey],
+    submitters: Registry,
     validator_keys: Mapping[str, Ed25519PublicKey],
     quorum: int,
     response: ledger_service_pb2.AuditChainResponse,
@@ -101,7 +133,7 @@ async def _audit_block(
     )
     if merkle.root([bytes(r["signed_bytes"]) for r in registrations]) != header.registrations_root:
         problems.append("key registrations root does not match the stored registrations")
-    pending_keys = [(r["kafka_offset"], _registered_key(bytes(r["signed_bytes"]))) for r in registrations]
+    pending_keys = [(r["kafka_offset"], bytes(r["signed_bytes"])) for r in registrations]
     response.transactions_checked += len(txs)
     tx_bytes = [bytes(t["tx_bytes"]) for t in txs]
     result_bytes = [bytes(t["result_bytes"]) for t in txs]
@@ -113,8 +145,8 @@ async def _audit_block(
         problems.append("results root does not match the stored results")
     for t, raw_tx, raw_result in zip(txs, tx_bytes, result_bytes, strict=True):
         while pending_keys and pending_keys[0][0] < t["kafka_offset"]:
-            _learn_key(submitters, pending_keys.pop(0)[1])
-        problem = _audit_transaction(t["idx"], raw_tx, raw_result, height, chain_id, submitters)
+            submitters.apply(pending_keys.pop(0)[1])
+        problem = audit_transaction(t["idx"], raw_tx, raw_result, height, chain_id, submitters)
         if problem:
             problems.append(problem)
     valid = set()
@@ -133,32 +165,15 @@ async def _audit_block(
             problems.append(f"signature of {s['validator_id']} does not verify over the header")
     if row["final"] and len(valid) < quorum:
         problems.append(f"final block has {len(valid)} valid signatures, quorum is {quorum}")
-    for _, key in pending_keys:  # registrations after the block's last transaction
-        _learn_key(submitters, key)
+    for _, signed_bytes in pending_keys:  # registrations after the block's last transaction
+        submitters.apply(signed_bytes)
     return problems
 
 
-def _registered_key(signed_bytes: bytes) -> ledger_pb2.KeyRegistration | None:
-    try:
-        return ledger_pb2.KeyRegistration.FromString(ledger_pb2.SignedKeyRegistration.FromString(signed_bytes).body)
-    except DecodeError:
-        return None
-
-
-def _learn_key(submitters: dict[str, Ed25519PublicKey], registration: ledger_pb2.KeyRegistration | None) -> None:
-    """Keys are immutable: the first registration of a key id fixes its public key (revocations keep it,
-    since transactions signed before the revocation still verify with it)."""
-    if registration is None or registration.key_id in submitters:
-        return
-    try:
-        submitters[registration.key_id] = Ed25519PublicKey.from_public_bytes(registration.public_key)
-    except ValueError:
-        return
-
-
-def _audit_transaction(
-    index: int, raw_tx: bytes, raw_result: bytes, height: int, chain_id: int, submitters: Mapping[str, Ed25519PublicKey]
+def audit_transaction(
+    index: int, raw_tx: bytes, raw_result: bytes, height: int, chain_id: int, submitters: Registry
 ) -> str | None:
+    """The problem with one stored transaction and its result, or None."""
     try:
         signed = ledger_pb2.SignedTransaction.FromString(raw_tx)
         result = ledger_pb2.TransactionResult.FromString(raw_result)
@@ -174,6 +189,11 @@ def _audit_transaction(
         return f"accepted transaction {index} does not decode"
     if body.transaction_id != result.transaction_id:
         return f"result {index} names another transaction"
-    if not verify_signature(submitters, signed.signature, signed.body):
+    key = submitters.keys.get(signed.signature.key_id)
+    if key is None:
+        return f"accepted transaction {index} is signed by a key not registered before it"
+    if key.revoked:
+        return f"accepted transaction {index} is signed by a key revoked before it"
+    if not verify_signature({key.key_id: key.public_key}, signed.signature, signed.body):
         return f"accepted transaction {index} has no valid submitter signature"
     return None

@@ -117,4 +117,6 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_service_pb2.AuditChainResponse:
         self._check_chain(request.chain_id)
         config = self._validator.config
-        return await audit_chain(self._pool, request.chain_id, config.validator_keys, config.quorum)
+        return await audit_chain(
+            self._pool, request.chain_id, config.validator_keys, config.quorum, config.authority_keys
+        )

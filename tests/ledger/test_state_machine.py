@@ -312,3 +312,49 @@ def test_records_on_another_chain_than_their_invoice_are_refused() -> None:
 def test_submitters_know_which_rejections_were_never_verified() -> None:
     """Submitters ignore these rejections (a copied id can cause one): the list they use is the ledger's."""
     assert UNCLAIMED_REASONS == UNVERIFIED_REJECTIONS
+
+
+def test_the_audit_rebuilds_the_registry_with_revocations_in_log_order() -> None:
+    """AuditChain judges an accepted transaction's signature against the keys as the log had them at
+    its position: registered by an authority before it, not revoked before it."""
+    from ledger.audit import Registry, audit_transaction
+
+    registry = Registry({"authority-1": AUTHORITY.public_key})
+    for signed in REGISTRATIONS:
+        registry.apply(signed.SerializeToString())
+    # A registration signed by someone other than an authority changes nothing.
+    registry.apply(
+        sign_key_registration(
+            STRANGER, registration(STRANGER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r")
+        ).SerializeToString()
+    )
+
+    def problem(tx: ledger_pb2.SignedTransaction, index: int = 0) -> str | None:
+        body = ledger_pb2.TransactionBody.FromString(tx.body)
+        result = ledger_pb2.TransactionResult(
+            transaction_id=body.transaction_id, accepted=True, chain_id=0, height=7, index=index
+        )
+        return audit_transaction(index, tx.SerializeToString(), result.SerializeToString(), 7, 0, registry)
+
+    lock = reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, iid(1), BUYER_TAX_ID)
+    assert problem(lock) is None
+    assert problem(reimburse(STRANGER, T.TRANSACTION_TYPE_LOCK, iid(1), BUYER_TAX_ID)) == (
+        "accepted transaction 0 is signed by a key not registered before it"
+    )
+    forged = ledger_pb2.SignedTransaction()
+    forged.CopyFrom(lock)
+    forged.signature.signature = bytes(64)
+    assert problem(forged) == "accepted transaction 0 has no valid submitter signature"
+
+    revocation = registration(REIMBURSER, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r", revoked=True)
+    registry.apply(sign_key_registration(AUTHORITY, revocation).SerializeToString())
+    assert problem(lock, index=3) == "accepted transaction 3 is signed by a key revoked before it"
+    # A rejected transaction needs no valid key: rejecting it was the right outcome.
+    rejected = ledger_pb2.TransactionResult(
+        transaction_id=ledger_pb2.TransactionBody.FromString(lock.body).transaction_id,
+        accepted=False,
+        chain_id=0,
+        height=7,
+        index=4,
+    )
+    assert audit_transaction(4, lock.SerializeToString(), rejected.SerializeToString(), 7, 0, registry) is None
