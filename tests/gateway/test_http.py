@@ -323,6 +323,33 @@ async def test_backend_down_is_a_503_page_not_a_crash(backends: FakeBackends, ht
         await down.runner.cleanup()
 
 
+async def test_verify_fails_over_when_every_validator_asked_is_down(
+    gateway: RunningGateway, backends: FakeBackends, http: aiohttp.ClientSession
+) -> None:
+    """The page asks f + 1 validators in turn; when all of those are unreachable it goes on through the
+    others, and only when none answers is it a 503."""
+    invoice = await _issued_invoice(gateway, backends, http)
+    fields = {"number": invoice.body.invoice_number, "date": invoice.body.issue_date, "total": "112.00"}
+    dead = ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
+    live = f"127.0.0.1:{backends.ledger_ports[0]}"
+    # Four endpoints, one alive: with f + 1 = 2 asked per check, the turns starting at the first two
+    # endpoints ask only dead ones.
+    mostly_down = await start_gateway(settings_for(backends, ledger_endpoints=(*dead, live), verify_burst=100))
+    all_down = await start_gateway(settings_for(backends, ledger_endpoints=dead, verify_burst=100))
+    try:
+        calls_before = backends.ledger.calls
+        for _ in range(4):  # every starting point of the turn
+            async with http.post(f"{mostly_down.url}/verify", data=fields) as r:
+                assert r.status == 200 and 'data-outcome="GENUINE"' in await r.text()
+        assert backends.ledger.calls - calls_before >= 4
+        async with http.post(f"{all_down.url}/verify", data=fields) as r:
+            html = await r.text()
+        assert r.status == 503 and 'data-outcome="GENUINE"' not in html
+    finally:
+        await mostly_down.runner.cleanup()
+        await all_down.runner.cleanup()
+
+
 async def test_guessing_date_and_total_of_a_known_number_is_stopped(
     gateway: RunningGateway, backends: FakeBackends, http: aiohttp.ClientSession
 ) -> None:
