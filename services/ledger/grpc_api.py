@@ -29,6 +29,19 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         self._pool = validator.pool
         self._trees = reads.BlockTrees()
 
+    async def _receipts(self, transaction_ids: list[str]) -> dict[str, tuple[bool, ledger_pb2.Receipt | None]]:
+        """reads.transaction_receipt of each id. One whose block is not final in the database, while this
+        validator has decided finality it has not stored yet (results go out first), is read again once
+        that is stored: a client holding a result gets its receipt. No connection is held while waiting."""
+        async with self._pool.acquire() as conn:
+            found = {t: await reads.transaction_receipt(conn, t, self._trees) for t in transaction_ids}
+        unsettled = [t for t, (seen, receipt) in found.items() if seen and receipt is None]
+        if unsettled and await self._validator.wait_finality_stored():
+            async with self._pool.acquire() as conn:
+                for t in unsettled:
+                    found[t] = await reads.transaction_receipt(conn, t, self._trees)
+        return found
+
     def _check_chain(self, chain_id: int) -> None:
         if chain_id not in self._validator.chains:
             raise InvalidArgument("UNKNOWN_CHAIN", f"chain {chain_id} does not exist")
@@ -42,25 +55,24 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         _check_id(getattr(request, lookup), lookup)
         async with self._pool.acquire() as conn:
             row = await reads.invoice_row(conn, request.invoice_id, request.invoice_number)
-            if row is None:
-                raise NotFound("UNKNOWN_INVOICE", "the ledger has no such invoice")
-            response = ledger_service_pb2.GetInvoiceStateResponse(
-                state=ledger_pb2.InvoiceState.FromString(bytes(row["state"]))
-            )
-            if request.state_only:
-                return response
-            receipts: dict[str, ledger_pb2.Receipt | None] = {}
-            for tx_id, target in (
-                (row["last_transaction_id"], response.receipt),
-                (row["issue_transaction_id"], response.issue_receipt),
-            ):
-                if not tx_id:
-                    continue
-                if tx_id not in receipts:  # a fresh invoice's last transaction is its ISSUE
-                    _, receipts[tx_id] = await reads.transaction_receipt(conn, tx_id, self._trees)
-                receipt = receipts[tx_id]
-                if receipt is not None:
-                    target.CopyFrom(receipt)
+        if row is None:
+            raise NotFound("UNKNOWN_INVOICE", "the ledger has no such invoice")
+        response = ledger_service_pb2.GetInvoiceStateResponse(
+            state=ledger_pb2.InvoiceState.FromString(bytes(row["state"]))
+        )
+        if request.state_only:
+            return response
+        # A fresh invoice's last transaction is its ISSUE: one receipt serves both.
+        found = await self._receipts(
+            [tx_id for tx_id in dict.fromkeys((row["last_transaction_id"], row["issue_transaction_id"])) if tx_id]
+        )
+        for tx_id, target in (
+            (row["last_transaction_id"], response.receipt),
+            (row["issue_transaction_id"], response.issue_receipt),
+        ):
+            receipt = found[tx_id][1] if tx_id else None
+            if receipt is not None:
+                target.CopyFrom(receipt)
         return response
 
     async def GetBlock(
@@ -102,8 +114,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         self, request: ledger_service_pb2.GetTransactionResultRequest, context: grpc.aio.ServicerContext
     ) -> ledger_service_pb2.GetTransactionResultResponse:
         _check_id(request.transaction_id, "transaction_id")
-        async with self._pool.acquire() as conn:
-            seen, receipt = await reads.transaction_receipt(conn, request.transaction_id, self._trees)
+        seen, receipt = (await self._receipts([request.transaction_id]))[request.transaction_id]
         if not seen:
             raise NotFound("UNKNOWN_TRANSACTION", "the ledger has not seen this transaction")
         if receipt is None:

@@ -2,10 +2,11 @@
 
 Tasks (all bounded, all stop with `stop`):
 - transactions: reads every partition of ledger.tx.v1 from the stored chain positions, feeds each
-  chain's executor, and for each cut block signs the header, stores everything in one DB
-  transaction, then publishes its BlockSignature.
+  chain's executor, and for each cut block signs the header, publishes its BlockSignature, then
+  stores everything in one DB transaction (`_commit` says why this order is safe).
 - signatures: reads ledger.signatures.v1 from the start, verifies each signature over the header
-  bytes it carries, stores it, reports divergent headers, and marks blocks final at quorum.
+  bytes it carries, reports divergent headers, and at quorum queues the block's results, then stores
+  the signatures with the finality they complete.
 - results: f + 1 validators per chain publish the TransactionResults of its final blocks (at least
   once; consumers deduplicate on the shared event id), then mark the block published.
 - markers: writes TimeToCut markers for chains with pending transactions (`time_to_cut_due`).
@@ -118,6 +119,11 @@ class Validator:
         self.last_marker: dict[int, tuple[int, float]] = {}
         self.last_cut: dict[int, float] = {}  # when this validator last cut a block of the chain (any cause)
         self.block_event = asyncio.Event()  # set when a block is stored or becomes final (StreamBlocks)
+        # Blocks signed (and our signature sent) whose store has not completed yet, and blocks final
+        # (results queued) whose finality is not stored yet; `_stored` is notified when either shrinks.
+        self._unstored: set[tuple[int, int]] = set()
+        self._unwritten_final: set[tuple[int, int]] = set()
+        self._stored = asyncio.Condition()
         # Our own signatures found on the signature topic for blocks our database does not hold (it was
         # lost or restored from an older copy): we never sign another header for those heights. Blocks
         # are signed only once the topic has been read to its end as of start (`signatures_replayed`).
@@ -302,7 +308,15 @@ class Validator:
         return blocks
 
     async def _commit(self, blocks: list[CutBlock]) -> None:
-        """Sign, store (one DB transaction for the batch's blocks), then publish signatures."""
+        """Sign, publish the signatures, then store the blocks (one DB transaction for the batch).
+
+        The signatures go out before the blocks are stored, so the other validators can reach a quorum
+        while this one writes (the store took 7.6 ms p50 and 40 ms p99 at 1,000 tx/s). That is safe
+        because a block is a function of the log: a validator that crashes before its store replays
+        the same log into the same headers, and before it signs anything after a restart it reads its
+        own signatures back from the topic (`signed_before`), so it still never signs a second header
+        for a height. Finality of these blocks is stored only once they are (`_write_votes`).
+        """
         signed = []
         for block in blocks:
             before = self.signed_before.pop((block.chain_id, block.height), None)
@@ -324,7 +338,6 @@ class Validator:
                     ),
                 )
             )
-        await store.commit_blocks(self.pool, signed, self.config.validator_id)
         keys = []
         for block, own in signed:
             key = (block.chain_id, block.height)
@@ -334,21 +347,28 @@ class Validator:
                 (o.result.rejection_reason == DUPLICATE_TRANSACTION, claims_id(o), o.transaction_id, r)
                 for o, r in zip(block.outcomes, block.results, strict=True)
             ]
+            self.votes.setdefault(key, {}).setdefault(self.config.validator_id, block.header_hash)
+            self._unstored.add(key)
+            await self._send_signature(block.chain_id, block.height, block.header_bytes, own.signature.signature)
+        await store.commit_blocks(self.pool, signed, self.config.validator_id)
+        async with self._stored:
+            self._unstored.difference_update(keys)
+            self._stored.notify_all()
+        for block, _ in signed:
             accepted = sum(1 for o in block.outcomes if o.result.accepted)
             TRANSACTIONS.labels(accepted="true").inc(accepted)
             TRANSACTIONS.labels(accepted="false").inc(len(block.outcomes) - accepted)
             BLOCKS_COMMITTED.labels(chain=str(block.chain_id)).inc()
             HEIGHT.labels(chain=str(block.chain_id)).set(block.height)
-            await self._send_signature(block.chain_id, block.height, block.header_bytes, own.signature.signature)
-            self.votes.setdefault(key, {}).setdefault(self.config.validator_id, block.header_hash)
         diverging = [
             (key, validator_id, digest)
             for key in keys
-            for validator_id, digest in self.votes[key].items()
+            # .get: the block may be final and published, its votes dropped, by the time the store ends
+            for validator_id, digest in self.votes.get(key, {}).items()
             if digest != self.own_hashes[key]
         ]
         newly = self._claim_final(keys)
-        if diverging or newly:  # usually neither: our signature is the first vote for a block
+        if diverging or newly:  # usually neither: signatures that came during the store were handled then
             # Signatures that arrived before our block: those of blocks now final, and those of blocks
             # we disagree on (kept as evidence), are stored now.
             held = self._take_held([*newly, *{key for key, _, _ in diverging}])
@@ -487,13 +507,45 @@ class Validator:
         signatures: list[ledger_pb2.BlockSignature],
         newly_final: list[tuple[int, int]],
     ) -> None:
-        """Report divergences, then store signatures with the finality they complete (one statement)."""
+        """Report divergences, then store signatures with the finality they complete (one statement).
+
+        The results of newly final blocks are queued for publishing first: finality is decided by the
+        signatures on the topic, which a restarted validator reads again, so the write only records it
+        (the reads that need it wait for it: `wait_finality_stored`). The write waits until the blocks
+        concerned are stored (`_commit` publishes our signature first): marking a block final before
+        its row exists would be lost.
+        """
+        if newly_final:
+            self._unwritten_final.update(newly_final)
+            for key in newly_final:
+                self.publish_queue.put_nowait(key)
+        concerned = {*newly_final, *(key for key, _, _ in diverging), *((s.chain_id, s.height) for s in signatures)}
+        if concerned & self._unstored:
+            async with self._stored:
+                await self._stored.wait_for(lambda: not concerned & self._unstored)
         async with self.pool.acquire() as conn:
             for key, validator_id, digest in diverging:
                 await self._report_divergence(conn, key, validator_id, digest)
             await store.store_signatures(conn, signatures, newly_final=newly_final)
         if newly_final:
-            self._announce_final(newly_final)
+            async with self._stored:
+                self._unwritten_final.difference_update(newly_final)
+                self._stored.notify_all()
+            for key in newly_final:
+                BLOCKS_FINAL.labels(chain=str(key[0])).inc()
+            self.block_event.set()
+
+    async def wait_finality_stored(self, timeout_s: float = 2.0) -> bool:
+        """Wait until the finality this validator has decided but not stored yet is stored (at most
+        timeout_s); False if none was pending. For reads that found a block not final in the database
+        although its results may already be out."""
+        pending = set(self._unwritten_final)
+        if not pending:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s), self._stored:
+                await self._stored.wait_for(lambda: not pending & self._unwritten_final)
+        return True
 
     async def _report_divergence(
         self, conn: asyncpg.Connection, key: tuple[int, int], validator_id: str, theirs: bytes
@@ -518,12 +570,6 @@ class Validator:
                 newly.append(key)
         self.final.update(newly)
         return newly
-
-    def _announce_final(self, newly: list[tuple[int, int]]) -> None:
-        for key in newly:
-            BLOCKS_FINAL.labels(chain=str(key[0])).inc()
-            self.publish_queue.put_nowait(key)
-        self.block_event.set()
 
     # --- results ------------------------------------------------------------------------------
     def publishes_results(self, chain_id: int) -> bool:
@@ -601,7 +647,9 @@ class Validator:
             await self._mark_published()
 
     async def _mark_published(self) -> None:
-        keys, self._unmarked = self._unmarked, []
+        # A block whose results went out before its row was stored is marked in a later round.
+        keys = [key for key in self._unmarked if key not in self._unstored]
+        self._unmarked = [key for key in self._unmarked if key in self._unstored]
         async with self.pool.acquire() as conn:
             await store.mark_published(conn, keys)
 

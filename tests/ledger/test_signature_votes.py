@@ -83,6 +83,39 @@ async def test_signatures_wait_for_the_finality_they_complete(writes: list[Any])
     assert v.publish_queue.get_nowait() == (0, 1)
 
 
+async def test_finality_before_our_block_is_stored_waits_for_the_store_but_not_the_results(
+    writes: list[Any],
+) -> None:
+    """Our signature goes out before our block is stored, so a quorum can form while the store runs:
+    the block's results are queued at once, its finality is written only after the block is, and a read
+    that finds the block not final yet waits for that write."""
+    v = _validator()
+    key = (0, 1)
+    v.own_hashes[key] = OURS
+    v.votes[key] = {IDS[0]: OURS}
+    v._unstored.add(key)  # as `_commit` leaves it between sending our signature and the store's end
+    votes = asyncio.ensure_future(v._on_signatures([_sig(IDS[1], 1), _sig(IDS[2], 1)]))
+    await asyncio.sleep(0.05)
+    assert not votes.done() and writes == []
+    assert v.publish_queue.get_nowait() == key  # results do not wait for either write
+    reader = asyncio.ensure_future(v.wait_finality_stored(timeout_s=5))
+    await asyncio.sleep(0.05)
+    assert not reader.done()
+    async with v._stored:  # the store ends
+        v._unstored.discard(key)
+        v._stored.notify_all()
+    await asyncio.wait_for(votes, 5)
+    assert writes == [([(IDS[1], 1), (IDS[2], 1)], [key])]
+    assert await asyncio.wait_for(reader, 5) is True
+    assert await v.wait_finality_stored() is False  # nothing pending: no wait
+
+
+async def test_a_read_waits_for_a_pending_finality_write_only_so_long() -> None:
+    v = _validator()
+    v._unwritten_final.add((0, 7))  # a write that does not end: the read gives up and answers
+    assert await asyncio.wait_for(v.wait_finality_stored(timeout_s=0.2), 5) is True
+
+
 async def test_late_signatures_are_batched_or_written_when_the_topic_is_quiet(
     writes: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
