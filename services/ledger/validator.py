@@ -650,6 +650,8 @@ class Validator:
         # A block whose results went out before its row was stored is marked in a later round.
         keys = [key for key in self._unmarked if key not in self._unstored]
         self._unmarked = [key for key in self._unmarked if key in self._unstored]
+        if not keys:
+            return
         async with self.pool.acquire() as conn:
             await store.mark_published(conn, keys)
 
