@@ -49,7 +49,8 @@ def new_producer(bootstrap: str, *, client_id: str, linger_ms: int = 2) -> AIOKa
 async def ensure_topics(
     bootstrap: str, prefix: str = "", specs: Iterable[TopicSpec] = ALL_TOPICS, replication_factor: int = 1
 ) -> None:
-    """Create the topics that do not exist yet, with explicit partition counts."""
+    """Create the topics that do not exist yet, with explicit partition counts and their settings
+    (topics that exist are left as they are: see docs/runbook.md for the ledger's retention)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fapiao-admin")
     for attempt in range(30):
         try:
@@ -62,7 +63,12 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(f"{prefix}{s.name}", num_partitions=s.partitions, replication_factor=replication_factor)
+            NewTopic(
+                f"{prefix}{s.name}",
+                num_partitions=s.partitions,
+                replication_factor=replication_factor,
+                topic_configs=dict(s.configs),
+            )
             for s in specs
             if f"{prefix}{s.name}" not in existing
         ]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.envelope import make_envelope, parse_envelope, unpack
 from fapiao_runtime.kafka import new_producer
-from fapiao_runtime.topics import PAYMENTS
+from fapiao_runtime.topics import LEDGER_SIGNATURES, LEDGER_TRANSACTIONS, PAYMENTS
 from fapiao_stack.harness import StackUnderTest, read_envelopes
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -43,3 +45,23 @@ async def test_service_process_reports_serving_over_grpc_health(stack: StackUnde
     finally:
         if service.proc.poll() is None:  # type: ignore[attr-defined]
             service.kill()
+
+
+async def test_the_ledger_log_and_its_signatures_never_expire(stack: StackUnderTest) -> None:
+    """A validator that lost its database, or a new one, replays ledger.tx.v1 and ledger.signatures.v1
+    from offset 0: `ensure_topics` creates them with no retention limit; other topics keep the default."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        names = [stack.topic(spec.name) for spec in (LEDGER_TRANSACTIONS, LEDGER_SIGNATURES, PAYMENTS)]
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+    finally:
+        await admin.close()
+    retention = {
+        resource[3]: {entry[0]: entry[1] for entry in resource[4]}
+        for response in responses
+        for resource in response.resources
+    }
+    for name in names[:2]:
+        assert (retention[name]["retention.ms"], retention[name]["retention.bytes"]) == ("-1", "-1"), name
+    assert retention[names[2]]["retention.ms"] != "-1"
