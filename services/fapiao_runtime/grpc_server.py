@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
@@ -248,6 +249,7 @@ class GrpcServer:
         )
         self.port = 0
         self.client_policy = ClientPolicy()
+        self._ready_task: asyncio.Future[None] | None = None
 
     def add_servicer(self, add_to_server: Callable[[Any, Any], None], servicer: object) -> None:
         """Register `servicer` with its generated `add_*Servicer_to_server` function, every method
@@ -256,8 +258,11 @@ class GrpcServer:
         add_to_server(servicer, registrar)
         registrar.close()
 
-    async def start(self, host: str, port: int, tls: TlsConfig | None = None) -> int:
-        """Bind and start; returns the bound port (pass 0 to pick a free one). Marks every service SERVING."""
+    async def start(
+        self, host: str, port: int, tls: TlsConfig | None = None, ready: asyncio.Event | None = None
+    ) -> int:
+        """Bind and start; returns the bound port (pass 0 to pick a free one). Marks every service SERVING,
+        at once or, with `ready`, once it is set (NOT_SERVING until then)."""
         address = f"{host}:{port}"
         if tls is None:
             self.port = self.server.add_insecure_port(address)
@@ -273,8 +278,12 @@ class GrpcServer:
         if self.port == 0:
             raise RuntimeError(f"could not bind gRPC server to {address}")
         await self.server.start()
-        for name in ["", *self._service_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if ready is None or ready.is_set():
+            await self._mark_serving()
+        else:
+            for name in ["", *self._service_names]:
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self._ready_task = asyncio.ensure_future(self._serve_when(ready))
         log.info(
             "gRPC server started",
             extra={
@@ -285,7 +294,18 @@ class GrpcServer:
         )
         return self.port
 
+    async def _mark_serving(self) -> None:
+        for name in ["", *self._service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _serve_when(self, ready: asyncio.Event) -> None:
+        await ready.wait()
+        await self._mark_serving()
+        log.info("gRPC services SERVING")
+
     async def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish within `grace_s`, then stop."""
+        if self._ready_task is not None:
+            self._ready_task.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)

@@ -35,6 +35,9 @@ class ServiceContext:
     stop: asyncio.Event
     relay: OutboxRelay
     consumers: list[EventConsumer] = field(default_factory=list)
+    # Set by `wire` when the service can answer only after some start-up work (e.g. a validator
+    # loading its chains): health says NOT_SERVING until it is set.
+    ready: asyncio.Event | None = None
 
     async def update_gauges(self) -> None:
         metrics.OUTBOX_BACKLOG.set(await self.relay.backlog())
@@ -93,7 +96,9 @@ async def run_service(
     background = await wire(ctx, server)
     tasks = [asyncio.ensure_future(relay.run(stop)), asyncio.ensure_future(_refresh_gauges(ctx))]
     tasks += [asyncio.ensure_future(c) for c in background]
-    await server.start(config.grpc_host, config.grpc_port, tls if tls is not None else TlsConfig.from_env())
+    await server.start(
+        config.grpc_host, config.grpc_port, tls if tls is not None else TlsConfig.from_env(), ready=ctx.ready
+    )
     log.info("service ready", extra={"grpc_port": server.port, "event_loop": event_loop.loop_name()})
     try:
         waiter = asyncio.ensure_future(stop.wait())

@@ -24,6 +24,7 @@ def main() -> None:
 
     async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None]]:
         validator = Validator(ctx.config, ledger_config, ctx.pool, ctx.producer)
+        ctx.ready = validator.loaded  # SERVING once its chains are loaded from the database
         server.add_servicer(ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, LedgerServicer(validator))
         return [validator.run(ctx.stop)]
 

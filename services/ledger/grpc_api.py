@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
-from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 from ledger import reads
 from ledger.audit import audit_chain
@@ -43,6 +43,8 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         return found
 
     def _check_chain(self, chain_id: int) -> None:
+        if not self._validator.loaded.is_set():
+            raise Unavailable("STARTING", "the validator is loading its chains; retry shortly")
         if chain_id not in self._validator.chains:
             raise InvalidArgument("UNKNOWN_CHAIN", f"chain {chain_id} does not exist")
 

@@ -129,6 +129,7 @@ class Validator:
         # are signed only once the topic has been read to its end as of start (`signatures_replayed`).
         self.signed_before: dict[tuple[int, int], bytes] = {}
         self.signatures_replayed = asyncio.Event()
+        self.loaded = asyncio.Event()  # chains loaded from the database: reads can be answered
         self.caught_up = asyncio.Event()
         self._tx_topic = runtime.topic(LEDGER_TRANSACTIONS.name)
         self._sig_topic = runtime.topic(LEDGER_SIGNATURES.name)
@@ -201,6 +202,7 @@ class Validator:
             partitions = await self._partitions(consumer, self._tx_topic)
             self._results_partitions = len(await self._partitions(consumer, self._results_topic))
             positions = await self._load(partitions)
+            self.loaded.set()
             tps = {p: TopicPartition(self._tx_topic, p) for p in partitions}
             consumer.assign(list(tps.values()))
             for p, tp in tps.items():

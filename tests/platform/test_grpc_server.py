@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,6 +13,7 @@ from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.errors import InvalidArgument
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.logs import request_id_var
+from fapiao_stack.services import grpc_health
 
 SERVICE = "fapiao.payments.v1.PaymentIntakeService"
 
@@ -89,3 +91,20 @@ async def test_request_id_comes_from_the_caller_or_is_new() -> None:
     assert given.payment.payment_id == "req-42"
     assert first.payment.payment_id and second.payment.payment_id
     assert first.payment.payment_id != second.payment.payment_id
+
+
+async def test_health_waits_for_the_service_to_be_ready() -> None:
+    """A service that must load state first (a validator its chains) is NOT_SERVING until it has."""
+    ready = asyncio.Event()
+    server = GrpcServer([SERVICE])
+    port = await server.start("127.0.0.1", 0, ready=ready)
+    try:
+        assert await grpc_health(port) == "NOT_SERVING"
+        ready.set()
+        for _ in range(100):
+            if await grpc_health(port) == "SERVING":
+                break
+            await asyncio.sleep(0.02)
+        assert await grpc_health(port) == "SERVING"
+    finally:
+        await server.stop(0.1)
