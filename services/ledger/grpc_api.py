@@ -30,13 +30,15 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         self._trees = reads.BlockTrees()
 
     async def _receipts(self, transaction_ids: list[str]) -> dict[str, tuple[bool, ledger_pb2.Receipt | None]]:
-        """reads.transaction_receipt of each id. One whose block is not final in the database, while this
-        validator has decided finality it has not stored yet (results go out first), is read again once
-        that is stored: a client holding a result gets its receipt. No connection is held while waiting."""
+        """reads.transaction_receipt of each id. One not found, or whose block is not final in the
+        database, while this validator has a block it signed or finality it decided not stored yet
+        (signatures and results go out first), is read again once those are stored: a client holding
+        a result gets its receipt from any validator that signed the block. No connection is held
+        while waiting."""
         async with self._pool.acquire() as conn:
             found = {t: await reads.transaction_receipt(conn, t, self._trees) for t in transaction_ids}
-        unsettled = [t for t, (seen, receipt) in found.items() if seen and receipt is None]
-        if unsettled and await self._validator.wait_finality_stored():
+        unsettled = [t for t, (_, receipt) in found.items() if receipt is None]
+        if unsettled and await self._validator.wait_pending_writes():
             async with self._pool.acquire() as conn:
                 for t in unsettled:
                     found[t] = await reads.transaction_receipt(conn, t, self._trees)
@@ -57,6 +59,10 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         _check_id(getattr(request, lookup), lookup)
         async with self._pool.acquire() as conn:
             row = await reads.invoice_row(conn, request.invoice_id, request.invoice_number)
+        if row is None and await self._validator.wait_pending_writes():
+            # It may be in a block this validator has signed and is storing (signatures go out first).
+            async with self._pool.acquire() as conn:
+                row = await reads.invoice_row(conn, request.invoice_id, request.invoice_number)
         if row is None:
             raise NotFound("UNKNOWN_INVOICE", "the ledger has no such invoice")
         response = ledger_service_pb2.GetInvoiceStateResponse(

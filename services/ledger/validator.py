@@ -341,9 +341,17 @@ class Validator:
                 )
             )
         keys = []
+        # Votes that came before our header and differ from it, taken now: once our signature is out the
+        # block can become final (and its votes be dropped) before the store below ends.
+        diverging: list[tuple[tuple[int, int], str, bytes]] = []
         for block, own in signed:
             key = (block.chain_id, block.height)
             keys.append(key)
+            diverging += [
+                (key, validator_id, digest)
+                for validator_id, digest in self.votes.get(key, {}).items()
+                if digest != block.header_hash
+            ]
             self.own_hashes[key] = block.header_hash
             self.pending_results[key] = [
                 (o.result.rejection_reason == DUPLICATE_TRANSACTION, claims_id(o), o.transaction_id, r)
@@ -362,13 +370,6 @@ class Validator:
             TRANSACTIONS.labels(accepted="false").inc(len(block.outcomes) - accepted)
             BLOCKS_COMMITTED.labels(chain=str(block.chain_id)).inc()
             HEIGHT.labels(chain=str(block.chain_id)).set(block.height)
-        diverging = [
-            (key, validator_id, digest)
-            for key in keys
-            # .get: the block may be final and published, its votes dropped, by the time the store ends
-            for validator_id, digest in self.votes.get(key, {}).items()
-            if digest != self.own_hashes[key]
-        ]
         newly = self._claim_final(keys)
         if diverging or newly:  # usually neither: signatures that came during the store were handled then
             # Signatures that arrived before our block: those of blocks now final, and those of blocks
@@ -513,7 +514,7 @@ class Validator:
 
         The results of newly final blocks are queued for publishing first: finality is decided by the
         signatures on the topic, which a restarted validator reads again, so the write only records it
-        (the reads that need it wait for it: `wait_finality_stored`). The write waits until the blocks
+        (the reads that need it wait for it: `wait_pending_writes`). The write waits until the blocks
         concerned are stored (`_commit` publishes our signature first): marking a block final before
         its row exists would be lost.
         """
@@ -537,16 +538,19 @@ class Validator:
                 BLOCKS_FINAL.labels(chain=str(key[0])).inc()
             self.block_event.set()
 
-    async def wait_finality_stored(self, timeout_s: float = 2.0) -> bool:
-        """Wait until the finality this validator has decided but not stored yet is stored (at most
-        timeout_s); False if none was pending. For reads that found a block not final in the database
-        although its results may already be out."""
-        pending = set(self._unwritten_final)
-        if not pending:
+    async def wait_pending_writes(self, timeout_s: float = 2.0) -> bool:
+        """Wait until the blocks this validator has signed but not stored yet, and the finality it has
+        decided but not stored yet, are stored (at most timeout_s); False if nothing was pending. For
+        reads that did not find in the database what the validator has already signed or declared
+        final (a client may hold its result)."""
+        unstored, unwritten = set(self._unstored), set(self._unwritten_final)
+        if not unstored and not unwritten:
             return False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s), self._stored:
-                await self._stored.wait_for(lambda: not pending & self._unwritten_final)
+                await self._stored.wait_for(
+                    lambda: not unstored & self._unstored and not unwritten & self._unwritten_final
+                )
         return True
 
     async def _report_divergence(

@@ -98,7 +98,7 @@ async def test_finality_before_our_block_is_stored_waits_for_the_store_but_not_t
     await asyncio.sleep(0.05)
     assert not votes.done() and writes == []
     assert v.publish_queue.get_nowait() == key  # results do not wait for either write
-    reader = asyncio.ensure_future(v.wait_finality_stored(timeout_s=5))
+    reader = asyncio.ensure_future(v.wait_pending_writes(timeout_s=5))
     await asyncio.sleep(0.05)
     assert not reader.done()
     async with v._stored:  # the store ends
@@ -107,13 +107,13 @@ async def test_finality_before_our_block_is_stored_waits_for_the_store_but_not_t
     await asyncio.wait_for(votes, 5)
     assert writes == [([(IDS[1], 1), (IDS[2], 1)], [key])]
     assert await asyncio.wait_for(reader, 5) is True
-    assert await v.wait_finality_stored() is False  # nothing pending: no wait
+    assert await v.wait_pending_writes() is False  # nothing pending: no wait
 
 
 async def test_a_read_waits_for_a_pending_finality_write_only_so_long() -> None:
     v = _validator()
     v._unwritten_final.add((0, 7))  # a write that does not end: the read gives up and answers
-    assert await asyncio.wait_for(v.wait_finality_stored(timeout_s=0.2), 5) is True
+    assert await asyncio.wait_for(v.wait_pending_writes(timeout_s=0.2), 5) is True
 
 
 async def test_late_signatures_are_batched_or_written_when_the_topic_is_quiet(
