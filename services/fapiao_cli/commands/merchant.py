@@ -6,8 +6,15 @@ import argparse
 import contextlib
 import io
 import json
+import sys
 
-from fapiao_cli.local import PLATFORM_DIR, MerchantCredentials, load_stack_environment, save_merchant_credentials
+from fapiao_cli.local import (
+    PLATFORM_DIR,
+    MerchantCredentials,
+    load_merchant_credentials,
+    load_stack_environment,
+    save_merchant_credentials,
+)
 from fapiao_cli.main import EXIT_OK, EXIT_USAGE
 
 
@@ -115,6 +122,15 @@ def _add(args: argparse.Namespace) -> int:
         print(f"fapiao: merchant rejected: {exc}")
         return EXIT_USAGE
     print(json.dumps(answer, ensure_ascii=False, indent=2))
+    if "apiv3_key" not in answer:
+        try:
+            load_merchant_credentials(args.merchant_id)
+        except KeyError:
+            print(
+                "fapiao: the merchant's APIv3 key was kept and this machine has no copy of it, so `fapiao pay`"
+                " cannot act for it; --rotate-apiv3-key sets a new one (the payment system must then use it)",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 
