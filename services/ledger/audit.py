@@ -23,7 +23,7 @@ from fapiao_runtime.ledger_trust import verify_signature
 from google.protobuf.message import DecodeError
 
 from ledger.chain import GENESIS_HASH
-from ledger.state_machine import SubmitterKey, apply_registration
+from ledger.state_machine import SubmitterKey, register_key
 
 BLOCK_PAGE = 200
 
@@ -40,18 +40,9 @@ class Registry:
     def apply(self, signed_bytes: bytes) -> None:
         try:
             signed = ledger_pb2.SignedKeyRegistration.FromString(signed_bytes)
-            registration = ledger_pb2.KeyRegistration.FromString(signed.body)
         except DecodeError:
             return
-        entry = apply_registration(
-            signed,
-            self.authorities,
-            self.keys.get(registration.key_id),
-            registration.registration_id in self.registration_ids,
-        )
-        if entry is not None:
-            self.keys[entry.key_id] = entry
-            self.registration_ids.add(registration.registration_id)
+        register_key(self.keys, self.registration_ids, self.authorities, signed)
 
 
 async def audit_chain(

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime import merkle
 from fapiao_runtime.ledger_trust import PublicKeys
-from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.state_machine import (
@@ -30,8 +29,8 @@ from ledger.state_machine import (
     Outcome,
     ParsedTransaction,
     SubmitterKey,
-    apply_registration,
     execute,
+    register_key,
 )
 
 GENESIS_HASH = b"\x00" * 32
@@ -166,22 +165,11 @@ class ChainExecutor:
 
     def on_registration(self, offset: int, signed: ledger_pb2.SignedKeyRegistration) -> bool:
         """Apply a key registration; True when it changed the registry."""
-        try:
-            registration = ledger_pb2.KeyRegistration.FromString(signed.body)
-        except DecodeError:
-            return False
-        entry = apply_registration(
-            signed,
-            self.authorities,
-            self.keys.get(registration.key_id),
-            registration.registration_id in self.registration_ids,
-        )
+        entry = register_key(self.keys, self.registration_ids, self.authorities, signed)
         if entry is None:
             return False
-        self.keys[entry.key_id] = entry
-        self.registration_ids.add(registration.registration_id)
         self.pending_registrations.append(
-            Registration(offset, registration.registration_id, entry, signed.SerializeToString(deterministic=True))
+            Registration(offset, entry.registration_id, entry, signed.SerializeToString(deterministic=True))
         )
         return True
 

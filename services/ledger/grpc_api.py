@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
+import asyncpg
 import grpc
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
 from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -13,6 +15,8 @@ from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound,
 from ledger import reads
 from ledger.audit import audit_chain
 from ledger.validator import Validator
+
+T = TypeVar("T")
 
 MAX_ID_LENGTH = 128
 STREAM_POLL_S = 0.5
@@ -29,20 +33,27 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         self._pool = validator.pool
         self._trees = reads.BlockTrees()
 
-    async def _receipts(self, transaction_ids: list[str]) -> dict[str, tuple[bool, ledger_pb2.Receipt | None]]:
-        """reads.transaction_receipt of each id. One not found, or whose block is not final in the
-        database, while this validator has a block it signed or finality it decided not stored yet
-        (signatures and results go out first), is read again once those are stored: a client holding
-        a result gets its receipt from any validator that signed the block. No connection is held
+    async def _read_settled(
+        self, read: Callable[[asyncpg.Connection], Awaitable[T]], missing: Callable[[T], bool]
+    ) -> T:
+        """`read`, and once more if what it read is `missing` something while this validator has a block
+        it signed or finality it decided not stored yet (signatures and results go out first): a client
+        holding a result then gets it from any validator that signed the block. No connection is held
         while waiting."""
         async with self._pool.acquire() as conn:
-            found = {t: await reads.transaction_receipt(conn, t, self._trees) for t in transaction_ids}
-        unsettled = [t for t, (_, receipt) in found.items() if receipt is None]
-        if unsettled and await self._validator.wait_pending_writes():
+            value = await read(conn)
+        if missing(value) and await self._validator.wait_pending_writes():
             async with self._pool.acquire() as conn:
-                for t in unsettled:
-                    found[t] = await reads.transaction_receipt(conn, t, self._trees)
-        return found
+                value = await read(conn)
+        return value
+
+    async def _receipts(self, transaction_ids: list[str]) -> dict[str, tuple[bool, ledger_pb2.Receipt | None]]:
+        """reads.transaction_receipt of each id, read again if one is not final yet (`_read_settled`)."""
+
+        async def read(conn: asyncpg.Connection) -> dict[str, tuple[bool, ledger_pb2.Receipt | None]]:
+            return {t: await reads.transaction_receipt(conn, t, self._trees) for t in transaction_ids}
+
+        return await self._read_settled(read, lambda found: any(r is None for _, r in found.values()))
 
     def _check_chain(self, chain_id: int) -> None:
         if not self._validator.loaded.is_set():
@@ -57,12 +68,9 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         if lookup is None:
             raise InvalidArgument("INVALID_ARGUMENT", "invoice_id or invoice_number is required")
         _check_id(getattr(request, lookup), lookup)
-        async with self._pool.acquire() as conn:
-            row = await reads.invoice_row(conn, request.invoice_id, request.invoice_number)
-        if row is None and await self._validator.wait_pending_writes():
-            # It may be in a block this validator has signed and is storing (signatures go out first).
-            async with self._pool.acquire() as conn:
-                row = await reads.invoice_row(conn, request.invoice_id, request.invoice_number)
+        row = await self._read_settled(
+            lambda conn: reads.invoice_row(conn, request.invoice_id, request.invoice_number), lambda r: r is None
+        )
         if row is None:
             raise NotFound("UNKNOWN_INVOICE", "the ledger has no such invoice")
         response = ledger_service_pb2.GetInvoiceStateResponse(

@@ -286,6 +286,27 @@ def _red_letter(
     return _accept(base, new_state)
 
 
+def register_key(
+    keys: dict[str, SubmitterKey],
+    registration_ids: set[str],
+    authorities: PublicKeys,
+    signed: ledger_pb2.SignedKeyRegistration,
+) -> SubmitterKey | None:
+    """Apply a registration record to a registry (keys by id, registration ids applied) in place; the
+    entry it made, or None when it changed nothing (`apply_registration`)."""
+    try:
+        registration = ledger_pb2.KeyRegistration.FromString(signed.body)
+    except DecodeError:
+        return None
+    entry = apply_registration(
+        signed, authorities, keys.get(registration.key_id), registration.registration_id in registration_ids
+    )
+    if entry is not None:
+        keys[entry.key_id] = entry
+        registration_ids.add(entry.registration_id)
+    return entry
+
+
 def apply_registration(
     signed: ledger_pb2.SignedKeyRegistration,
     authorities: PublicKeys,
