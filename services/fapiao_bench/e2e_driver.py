@@ -185,8 +185,12 @@ def stack_processes() -> dict[str, list[int]]:
     from fapiao_stack.services import local_services
 
     def pid_of(name: str) -> list[int]:
+        """The process of `name` and its children (a service run as several workers: all of them)."""
         pid_file = stack.PID_DIR / f"{name}.pid"
-        return [int(pid_file.read_text())] if pid_file.exists() else []
+        if not pid_file.exists():
+            return []
+        pid = int(pid_file.read_text())
+        return [pid, *children_of(pid)]
 
     groups: dict[str, list[int]] = {}
     for spec in local_services():

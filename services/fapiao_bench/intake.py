@@ -1,7 +1,12 @@
 """payment_intake benchmarks against a real service process, Kafka and PostgreSQL.
 
 intake_grpc_payments_per_s: distinct RecordPayment calls committed per second (each with its outbox
-event), PAYMENTS calls with CONCURRENCY in flight over several channels, client in this process.
+event), PAYMENTS calls with CONCURRENCY in flight over WORKER_CONNECTIONS connections, client in this process,
+against the service run as WORKERS processes sharing its ports (FAPIAO_INTAKE_PROCESSES: one per core
+of this 2-core machine; the kernel spreads the connections over them).
+intake_grpc_payments_per_s_1_process: the same against the service run as one process, over CHANNELS
+channels sharing one connection.
+intake_grpc_busiest_worker_share: the share of the WORKERS' CPU spent by the busiest one (0.5 = even).
 intake_outbox_drain_s: time from the last commit until the relay has published every event.
 intake_webhook_p50_ms / _p99_ms: latency of signed, encrypted notifications sent at a steady
 WEBHOOK_RATE_PER_S for WEBHOOK_SECONDS (pre-signed: RSA signing would otherwise load the client;
@@ -38,13 +43,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from payment_intake import merchants
 from payment_intake.wechatpay import Delivery, PlatformSigner, generate_apiv3_key, transaction_resource
 
-from fapiao_bench.cpu import cpu_seconds
+from fapiao_bench.cpu import children_of, cpu_seconds
 from fapiao_bench.stats import percentile
 
 PAYMENTS = 20_000
 WARMUP = 1_000
 CONCURRENCY = 256
-CHANNELS = 4
+CHANNELS = 4  # channels to one address share one TCP connection (gRPC's default)
+# Against workers, each channel has a TCP connection of its own: the kernel hands connections, not
+# calls, to the workers, and a few connections could all land on one.
+WORKER_CONNECTIONS = 16
+WORKERS = 2
 WEBHOOK_RATE_PER_S = 200
 WEBHOOK_SECONDS = 10
 MERCHANT_ID = "1230000109"
@@ -64,11 +73,15 @@ def _request(transaction_id: str, success: Timestamp) -> service_pb2.RecordPayme
     )
 
 
-async def _grpc_throughput(ports: list[int], run_id: str, payments: int = PAYMENTS, warmup: int = WARMUP) -> float:
-    """Payments per second with the channels spread over the replicas listening on `ports`."""
+async def _grpc_throughput(
+    port: int, run_id: str, payments: int = PAYMENTS, warmup: int = WARMUP, connections: int = 0
+) -> float:
+    """Payments per second over CHANNELS channels sharing one connection, or over `connections` channels
+    with a connection each."""
     success = Timestamp()
     success.FromDatetime(datetime.now(UTC))
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{ports[i % len(ports)]}") for i in range(CHANNELS)]
+    options = [("grpc.use_local_subchannel_pool", 1)] if connections else []
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(connections or CHANNELS)]
     stubs = [service_grpc.PaymentIntakeServiceStub(c) for c in channels]
     try:
 
@@ -77,7 +90,7 @@ async def _grpc_throughput(ports: list[int], run_id: str, payments: int = PAYMEN
 
             async def worker(slot: int) -> None:
                 nonlocal next_index
-                stub = stubs[slot % CHANNELS]
+                stub = stubs[slot % len(stubs)]
                 while next_index < count:
                     index = next_index
                     next_index += 1
@@ -175,7 +188,7 @@ async def _noop_baseline(env: StackUnderTest) -> float:
             if time.monotonic() > deadline:
                 raise TimeoutError("no-op gRPC server did not start")
             await asyncio.sleep(0.1)
-        return await _grpc_throughput([port], "noop", payments=PAYMENTS // 2)
+        return await _grpc_throughput(port, "noop", payments=PAYMENTS // 2)
     finally:
         stop_pid(proc.pid, timeout_s=5)
 
@@ -208,7 +221,7 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         )
         pid = service.proc.pid  # type: ignore[attr-defined]
         cpu_before = cpu_seconds(pid)
-        per_s = await _grpc_throughput([service.port], uuid.uuid4().hex[:6])
+        per_s = await _grpc_throughput(service.port, uuid.uuid4().hex[:6])
         drain_s = await _outbox_drain_s(env.database_url)
         grpc_cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / (PAYMENTS + WARMUP)
         url = f"http://127.0.0.1:{webhook_port}/v1/notify/wechatpay/{MERCHANT_ID}"
@@ -216,26 +229,38 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         p50, p99, count = await _webhook_latency(url, signer, apiv3_key)
         await _outbox_drain_s(env.database_url)
         webhook_cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / count
-        # Scale-out: a second replica on the same database (idempotency is decided by PostgreSQL
-        # constraints, so replicas need no coordination); the client spreads its channels over both.
-        replica = await env.start_service(
-            "payment_intake",
-            FAPIAO_WEBHOOK_PORT=str(free_port()),
-            FAPIAO_SECRETS_KEY=secrets_key.hex(),
-            FAPIAO_PAYER_HASH_KEY=secrets.token_hex(32),
-            FAPIAO_LOG_LEVEL="WARNING",
-        )
-        try:
-            two_replicas_per_s = await _grpc_throughput([service.port, replica.port], uuid.uuid4().hex[:6])
-        finally:
-            replica.terminate()
+    finally:
+        service.terminate()
+    # One worker per core, on one pair of ports (idempotency and nonces are decided by PostgreSQL, the
+    # relay elects a leader: workers, like replicas, need no other coordination).
+    port, webhook_port = free_port(), free_port()
+    service = await env.start_service(
+        "payment_intake",
+        port=port,
+        listeners=WORKERS,
+        FAPIAO_INTAKE_PROCESSES=str(WORKERS),
+        FAPIAO_WEBHOOK_PORT=str(webhook_port),
+        FAPIAO_SECRETS_KEY=secrets_key.hex(),
+        FAPIAO_PAYER_HASH_KEY=secrets.token_hex(32),
+        FAPIAO_LOG_LEVEL="WARNING",
+    )
+    try:
+        workers = children_of(service.proc.pid)  # type: ignore[attr-defined]
+        before = [cpu_seconds(pid) for pid in workers]
+        workers_per_s = await _grpc_throughput(port, uuid.uuid4().hex[:6], connections=WORKER_CONNECTIONS)
+        spent = [cpu_seconds(pid) - b for pid, b in zip(workers, before, strict=True)]
+        workers_cpu_ms = sum(spent) * 1000 / (PAYMENTS + WARMUP)
+        busiest_share = max(spent) / sum(spent)
+        await _outbox_drain_s(env.database_url)
     finally:
         service.terminate()
     baseline = await _noop_baseline(env)
     return {
         "intake_grpc_noop_baseline_per_s": baseline,
-        "intake_grpc_payments_per_s": per_s,
-        "intake_grpc_payments_per_s_2_replicas": two_replicas_per_s,
+        "intake_grpc_payments_per_s": workers_per_s,
+        "intake_grpc_payments_per_s_1_process": per_s,
+        "intake_grpc_busiest_worker_share": busiest_share,
+        "intake_grpc_workers_cpu_ms_per_payment": workers_cpu_ms,
         "intake_outbox_drain_s": drain_s,
         "intake_webhook_p50_ms": p50,
         "intake_webhook_p99_ms": p99,

@@ -56,6 +56,9 @@ class RuntimeConfig:
     log_level: str
     db_pool_max_size: int
     metrics_port: int
+    # Set in the worker processes of a service run as several (fapiao_runtime.workers): its ports are
+    # bound with SO_REUSEPORT, shared with the other workers.
+    reuse_port: bool = False
 
     @classmethod
     def from_env(cls, service_name: str, default_grpc_port: int, db_schema: str | None = None) -> RuntimeConfig:
@@ -71,6 +74,7 @@ class RuntimeConfig:
             log_level=env_str("FAPIAO_LOG_LEVEL", "INFO"),
             db_pool_max_size=env_int("FAPIAO_DB_POOL_MAX_SIZE", 20),
             metrics_port=env_int("FAPIAO_METRICS_PORT", 0),
+            reuse_port=env_str("FAPIAO_WORKER_INDEX", "") != "",
         )
 
     def topic(self, name: str) -> str:

@@ -226,14 +226,17 @@ class GrpcServer:
         *,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         max_concurrent_rpcs: int = 1000,
+        reuse_port: bool = False,
     ) -> None:
+        # SO_REUSEPORT only for the workers of one service (fapiao_runtime.workers); otherwise a port
+        # already in use must fail the bind instead of being silently shared with another process.
         self.server = grpc.aio.server(
             interceptors=list(interceptors) or None,
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
         self.health = health.aio.HealthServicer()

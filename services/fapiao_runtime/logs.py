@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -12,6 +13,8 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 event_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("event_id", default="")
 
 _SERVICE = {"name": "fapiao"}
+# {"worker": n} in a service run as several worker processes (fapiao_runtime.workers), else empty.
+_WORKER: dict[str, int] = {}
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -23,6 +26,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "service": _SERVICE["name"],
+            **_WORKER,
             "logger": record.name,
             "msg": record.getMessage(),
             "request_id": request_id_var.get(),
@@ -39,6 +43,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(service_name: str, level: str = "INFO") -> None:
     """Send JSON lines to stderr for the whole process. Safe to call more than once."""
     _SERVICE["name"] = service_name
+    index = os.environ.get("FAPIAO_WORKER_INDEX", "")
+    _WORKER.clear()
+    _WORKER.update({"worker": int(index)} if index.isdigit() else {})
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

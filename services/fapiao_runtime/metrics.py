@@ -12,9 +12,11 @@ GRPC_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 REJECTIONS = Counter("fapiao_rejections_total", "Requests rejected with a domain reason", ["method", "reason"])
-OUTBOX_BACKLOG = Gauge("fapiao_outbox_backlog", "Outbox rows not yet published")
+# Every worker of a service (fapiao_runtime.workers) reads the same backlog and lag: their maximum,
+# not their sum, when the workers' metrics are served together.
+OUTBOX_BACKLOG = Gauge("fapiao_outbox_backlog", "Outbox rows not yet published", multiprocess_mode="livemax")
 OUTBOX_PUBLISHED = Counter("fapiao_outbox_published_total", "Outbox rows published to Kafka")
-CONSUMER_LAG = Gauge("fapiao_consumer_lag", "Records not yet consumed", ["consumer"])
+CONSUMER_LAG = Gauge("fapiao_consumer_lag", "Records not yet consumed", ["consumer"], multiprocess_mode="livemax")
 EVENTS_APPLIED = Counter("fapiao_events_applied_total", "Events applied by idempotent consumers", ["consumer"])
 EVENTS_DEAD_LETTERED = Counter("fapiao_events_dead_lettered_total", "Events moved to dead_letters", ["consumer"])
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import grpc
 from aiokafka import AIOKafkaProducer
 
 from fapiao_runtime import event_loop, metrics
@@ -92,7 +93,8 @@ async def run_service(
     await producer.start()
     relay = OutboxRelay(pool, producer, schema=config.db_schema, topic_prefix=config.topic_prefix)
     ctx = ServiceContext(config=config, pool=pool, producer=producer, stop=stop, relay=relay)
-    server = GrpcServer(service_names, interceptors=interceptors or [])  # type: ignore[arg-type]
+    server_interceptors: list[grpc.aio.ServerInterceptor] = interceptors or []  # type: ignore[assignment]
+    server = GrpcServer(service_names, interceptors=server_interceptors, reuse_port=config.reuse_port)
     background = await wire(ctx, server)
     tasks = [asyncio.ensure_future(relay.run(stop)), asyncio.ensure_future(_refresh_gauges(ctx))]
     tasks += [asyncio.ensure_future(c) for c in background]

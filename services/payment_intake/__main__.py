@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Awaitable
 from pathlib import Path
 
 from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
-from fapiao_runtime import event_loop
+from fapiao_runtime import event_loop, workers
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
+from fapiao_runtime.logs import configure_logging
 from fapiao_runtime.service import ServiceContext, run_service
 
 from payment_intake import store
@@ -65,7 +67,9 @@ def wiring(settings: IntakeSettings):  # type: ignore[no-untyped-def]
             deadline_ms=settings.webhook_deadline_ms,
         )
         # Bound before the gRPC server reports SERVING, so health implies the webhook is reachable.
-        runner, port = await start_webhook(receiver, settings.webhook_host, settings.webhook_port)
+        runner, port = await start_webhook(
+            receiver, settings.webhook_host, settings.webhook_port, reuse_port=ctx.config.reuse_port
+        )
         log.info("webhook listening", extra={"address": f"{settings.webhook_host}:{port}"})
         return [
             batcher.run(ctx.stop),
@@ -79,6 +83,12 @@ def wiring(settings: IntakeSettings):  # type: ignore[no-untyped-def]
 def main() -> None:
     config = RuntimeConfig.from_env("payment_intake", DEFAULT_GRPC_PORT, db_schema=DB_SCHEMA)
     settings = IntakeSettings.from_env()
+    if settings.processes > 1 and workers.worker_index() is None:
+        # One worker per core: a process computes on one core at a time, and payments are CPU-bound.
+        configure_logging(config.service_name, config.log_level)
+        if config.grpc_port == 0 or settings.webhook_port == 0:
+            raise SystemExit("FAPIAO_INTAKE_PROCESSES > 1 needs fixed FAPIAO_GRPC_PORT and FAPIAO_WEBHOOK_PORT")
+        sys.exit(workers.supervise("payment_intake", settings.processes, metrics_port=config.metrics_port))
     event_loop.run(
         run_service(
             config,

@@ -68,6 +68,8 @@ class IntakeSettings:
     batch_workers: int
     batch_linger_ms: int
     max_pending: int
+    # Worker processes sharing the gRPC and webhook ports (fapiao_runtime.workers); 1 = this process.
+    processes: int = 1
     # Former FAPIAO_SECRETS_KEY values (FAPIAO_SECRETS_KEY_PREVIOUS) during a rotation: they still open.
     previous_secrets_keys: tuple[bytes, ...] = ()
 
@@ -89,6 +91,7 @@ class IntakeSettings:
             batch_workers=env_int("FAPIAO_INTAKE_BATCH_WORKERS", 2),
             batch_linger_ms=env_int("FAPIAO_INTAKE_BATCH_LINGER_MS", 1),
             max_pending=env_int("FAPIAO_INTAKE_MAX_PENDING", 10_000),
+            processes=env_int("FAPIAO_INTAKE_PROCESSES", 1),
             previous_secrets_keys=tuple(previous_keys_from_env()),
         )
 

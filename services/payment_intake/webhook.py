@@ -244,11 +244,14 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "SERVING"})
 
 
-async def start_webhook(receiver: NotificationReceiver, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Bind the webhook; returns the runner (call cleanup() to stop) and the bound port."""
+async def start_webhook(
+    receiver: NotificationReceiver, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Bind the webhook; returns the runner (call cleanup() to stop) and the bound port. `reuse_port`
+    shares the port with the service's other workers (fapiao_runtime.workers)."""
     runner = web.AppRunner(receiver.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr,attr-defined]
     bound = sockets[0].getsockname()[1] if sockets else port

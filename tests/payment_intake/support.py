@@ -48,8 +48,11 @@ class Intake:
     def notify_url(self) -> str:
         return f"http://127.0.0.1:{self.webhook_port}/v1/notify/wechatpay/{self.merchant_id}"
 
-    def channel(self) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(f"127.0.0.1:{self.process.port}")
+    def channel(self, *, own_connection: bool = False) -> grpc.aio.Channel:
+        """A channel to the service; `own_connection`: not sharing a TCP connection with this process's
+        other channels to the same address (gRPC shares one by default)."""
+        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+        return grpc.aio.insecure_channel(f"127.0.0.1:{self.process.port}", options=options)
 
     def env(self) -> dict[str, str]:
         return {
@@ -60,7 +63,8 @@ class Intake:
         }
 
     async def restart(self) -> None:
-        self.process = await self.stack.start_service("payment_intake", **self.env())
+        workers = int(self.extra_env.get("FAPIAO_INTAKE_PROCESSES", "1"))
+        self.process = await self.stack.start_service("payment_intake", listeners=workers, **self.env())
 
     def notification(self, resource: dict[str, Any], **kwargs: Any) -> bytes:
         return self.signer.notification_body(self.apiv3_key, resource, **kwargs)

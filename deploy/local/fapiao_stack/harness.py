@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from fapiao.common.v1 import envelope_pb2
 from fapiao_runtime.config import RuntimeConfig
 
-from fapiao_stack.procs import free_port, spawn, stop_pid
+from fapiao_stack.procs import free_port, listening_sockets, spawn, stop_pid
 from fapiao_stack.services import grpc_health, http_health
 
 
@@ -110,9 +110,17 @@ class StackUnderTest:
         return f"{self.topic_prefix}{name}"
 
     async def start_service(
-        self, module: str, *, health: str = "grpc", timeout_s: float = 60.0, port: int = 0, **extra_env: str
+        self,
+        module: str,
+        *,
+        health: str = "grpc",
+        timeout_s: float = 60.0,
+        port: int = 0,
+        listeners: int = 1,
+        **extra_env: str,
     ) -> ServiceProcess:
-        """Start `python -m module` on a free port and wait until its health check says SERVING."""
+        """Start `python -m module` on a free port and wait until its health check says SERVING and
+        `listeners` sockets listen on the port (a service run as that many workers: all of them)."""
         port = port or free_port()
         env = self.env(**extra_env)
         env["FAPIAO_GRPC_PORT" if health == "grpc" else "FAPIAO_HTTP_PORT"] = str(port)
@@ -122,7 +130,7 @@ class StackUnderTest:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             status = await (grpc_health(port) if health == "grpc" else http_health(port))
-            if status == "SERVING":
+            if status == "SERVING" and listening_sockets(port) >= listeners:
                 return service
             if proc.poll() is not None:
                 raise RuntimeError(f"{module} exited with {proc.returncode}:\n{service.log_text()[-4000:]}")

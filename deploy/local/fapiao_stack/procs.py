@@ -46,6 +46,19 @@ def wait_bindable(ports: Sequence[int], timeout_s: float = 65.0, interval_s: flo
         time.sleep(interval_s)
 
 
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on TCP `port` (IPv4 and IPv6): one per worker of a service whose
+    workers share the port with SO_REUSEPORT (fapiao_runtime.workers)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    count += 1
+    return count
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)

@@ -11,6 +11,8 @@ import grpc
 from fapiao_runtime.grpc_client import internal_channel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fapiao_stack.procs import listening_sockets
+
 # FAPIAO_PORT_OFFSET shifts every port of the local stack, so a second stack (a test run of the CLI,
 # say) can run beside `make up` on the same machine.
 PORT_OFFSET = int(os.environ.get("FAPIAO_PORT_OFFSET", "0") or 0)
@@ -38,6 +40,7 @@ class ServiceSpec:
     health: str = "grpc"
     env: dict[str, str] = field(default_factory=dict)
     metrics_port: int = 0
+    processes: int = 1  # worker processes sharing the port (fapiao_runtime.workers)
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", self.module]
@@ -50,13 +53,16 @@ class ServiceSpec:
 
 def local_services() -> list[ServiceSpec]:
     """Every process `make up` starts, in start order (validators before their clients)."""
+    # One worker process per core, up to two (docs/payment_intake.md, "Worker processes").
+    intake_processes = min(2, os.cpu_count() or 1)
     specs = [
         ServiceSpec(
             "payment_intake",
             "payment_intake",
             GRPC_BASE + 51 + PORT_OFFSET,
-            env={"FAPIAO_WEBHOOK_PORT": str(INTAKE_WEBHOOK_PORT)},
+            env={"FAPIAO_WEBHOOK_PORT": str(INTAKE_WEBHOOK_PORT), "FAPIAO_INTAKE_PROCESSES": str(intake_processes)},
             metrics_port=9101 + PORT_OFFSET,
+            processes=intake_processes,
         )
     ]
     for index in range(1, LEDGER_VALIDATORS + 1):
@@ -104,4 +110,8 @@ async def http_health(port: int, timeout_s: float = 1.0) -> str:
 
 
 async def health_of(spec: ServiceSpec) -> str:
-    return await (grpc_health(spec.port) if spec.health == "grpc" else http_health(spec.port))
+    """The service's health; STARTING while it is SERVING but not all of its workers listen yet."""
+    status = await (grpc_health(spec.port) if spec.health == "grpc" else http_health(spec.port))
+    if status == "SERVING" and listening_sockets(spec.port) < spec.processes:
+        return "STARTING"
+    return status
