@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from fapiao_runtime.workers import worker_index
+
 LOCAL_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
 LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/fapiao"
 
@@ -74,7 +76,7 @@ class RuntimeConfig:
             log_level=env_str("FAPIAO_LOG_LEVEL", "INFO"),
             db_pool_max_size=env_int("FAPIAO_DB_POOL_MAX_SIZE", 20),
             metrics_port=env_int("FAPIAO_METRICS_PORT", 0),
-            reuse_port=env_str("FAPIAO_WORKER_INDEX", "") != "",
+            reuse_port=worker_index() is not None,
         )
 
     def topic(self, name: str) -> str:

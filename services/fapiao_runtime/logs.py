@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
+
+from fapiao_runtime.workers import worker_index
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 event_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("event_id", default="")
@@ -43,9 +44,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(service_name: str, level: str = "INFO") -> None:
     """Send JSON lines to stderr for the whole process. Safe to call more than once."""
     _SERVICE["name"] = service_name
-    index = os.environ.get("FAPIAO_WORKER_INDEX", "")
+    index = worker_index()
     _WORKER.clear()
-    _WORKER.update({"worker": int(index)} if index.isdigit() else {})
+    _WORKER.update({} if index is None else {"worker": index})
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
