@@ -36,7 +36,7 @@ from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
 from fapiao_runtime import event_loop
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.tax_id import uscc_check_char
-from fapiao_stack.harness import StackUnderTest
+from fapiao_stack.harness import ServiceProcess, StackUnderTest
 from fapiao_stack.procs import free_port, spawn, stop_pid
 from fapiao_stack.services import grpc_health
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -194,14 +194,23 @@ async def _noop_baseline(env: StackUnderTest) -> float:
 
 
 async def run(env: StackUnderTest) -> dict[str, float]:
-    secrets_key, webhook_port = secrets.token_bytes(32), free_port()
-    service = await env.start_service(
-        "payment_intake",
-        FAPIAO_WEBHOOK_PORT=str(webhook_port),
-        FAPIAO_SECRETS_KEY=secrets_key.hex(),
-        FAPIAO_PAYER_HASH_KEY=secrets.token_hex(32),
-        FAPIAO_LOG_LEVEL="WARNING",
-    )
+    secrets_key = secrets.token_bytes(32)
+
+    async def start_intake(processes: int) -> tuple[ServiceProcess, int]:
+        webhook_port = free_port()
+        service = await env.start_service(
+            "payment_intake",
+            port=free_port(),
+            processes=processes,
+            FAPIAO_INTAKE_PROCESSES=str(processes),
+            FAPIAO_WEBHOOK_PORT=str(webhook_port),
+            FAPIAO_SECRETS_KEY=secrets_key.hex(),
+            FAPIAO_PAYER_HASH_KEY=secrets.token_hex(32),
+            FAPIAO_LOG_LEVEL="WARNING",
+        )
+        return service, webhook_port
+
+    service, webhook_port = await start_intake(1)
     try:
         signer, apiv3_key = PlatformSigner.generate(), generate_apiv3_key()
         await merchants.register_merchant_at(
@@ -233,21 +242,11 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         service.terminate()
     # One worker per core, on one pair of ports (idempotency and nonces are decided by PostgreSQL, the
     # relay elects a leader: workers, like replicas, need no other coordination).
-    port, webhook_port = free_port(), free_port()
-    service = await env.start_service(
-        "payment_intake",
-        port=port,
-        listeners=WORKERS,
-        FAPIAO_INTAKE_PROCESSES=str(WORKERS),
-        FAPIAO_WEBHOOK_PORT=str(webhook_port),
-        FAPIAO_SECRETS_KEY=secrets_key.hex(),
-        FAPIAO_PAYER_HASH_KEY=secrets.token_hex(32),
-        FAPIAO_LOG_LEVEL="WARNING",
-    )
+    service, _ = await start_intake(WORKERS)
     try:
         workers = children_of(service.proc.pid)  # type: ignore[attr-defined]
         before = [cpu_seconds(pid) for pid in workers]
-        workers_per_s = await _grpc_throughput(port, uuid.uuid4().hex[:6], connections=WORKER_CONNECTIONS)
+        workers_per_s = await _grpc_throughput(service.port, uuid.uuid4().hex[:6], connections=WORKER_CONNECTIONS)
         spent = [cpu_seconds(pid) - b for pid, b in zip(workers, before, strict=True)]
         workers_cpu_ms = sum(spent) * 1000 / (PAYMENTS + WARMUP)
         busiest_share = max(spent) / sum(spent)

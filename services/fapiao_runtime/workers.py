@@ -84,7 +84,7 @@ def supervise(module: str, processes: int, *, metrics_port: int, grace_s: float 
             children.append(subprocess.Popen([sys.executable, "-m", module], env=env, preexec_fn=_die_with_parent))
         if metrics_port:
             _serve_summed_metrics(metrics_port, metrics_dir)
-        status, kill_at = 0, float("inf")
+        status, kill_at = 0, None
         reaped: set[int] = set()
         while len(reaped) < len(children):
             for child in children:
@@ -98,9 +98,9 @@ def supervise(module: str, processes: int, *, metrics_port: int, grace_s: float 
                     status = status or 1
                     log.error("a worker exited; stopping the others", extra={"pid": child.pid, "status": code})
                     on_signal(signal.SIGTERM, None)
-            if stopping and kill_at == float("inf"):
+            if stopping and kill_at is None:
                 kill_at = time.monotonic() + grace_s
-            if time.monotonic() > kill_at:
+            if kill_at is not None and time.monotonic() > kill_at:
                 for child in children:
                     if child.poll() is None:
                         child.kill()

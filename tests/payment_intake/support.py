@@ -64,7 +64,7 @@ class Intake:
 
     async def restart(self) -> None:
         workers = int(self.extra_env.get("FAPIAO_INTAKE_PROCESSES", "1"))
-        self.process = await self.stack.start_service("payment_intake", listeners=workers, **self.env())
+        self.process = await self.stack.start_service("payment_intake", processes=workers, **self.env())
 
     def notification(self, resource: dict[str, Any], **kwargs: Any) -> bytes:
         return self.signer.notification_body(self.apiv3_key, resource, **kwargs)

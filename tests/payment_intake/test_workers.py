@@ -112,6 +112,19 @@ async def test_a_worker_that_dies_stops_the_service_so_it_is_restarted_whole(sta
         assert not reply.duplicate
 
 
+async def test_workers_do_not_outlive_a_killed_supervisor_on_the_shared_ports(stack: StackUnderTest) -> None:
+    async with running_intake(stack, FAPIAO_INTAKE_PROCESSES="2") as intake:
+        supervisor = intake.process.proc.pid
+        workers = children_of(supervisor)
+        os.kill(supervisor, signal.SIGKILL)  # the supervisor alone: its workers are told by the kernel
+        await asyncio.to_thread(intake.process.proc.wait, 10)
+        deadline = time.monotonic() + 20
+        while any(pid_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not any(pid_alive(pid) for pid in workers)
+        assert listening_sockets(intake.process.port) == 0 and listening_sockets(intake.webhook_port) == 0
+
+
 async def test_more_than_one_worker_needs_fixed_ports(stack: StackUnderTest) -> None:
     with pytest.raises(RuntimeError, match="fixed FAPIAO_GRPC_PORT and FAPIAO_WEBHOOK_PORT"):
         await stack.start_service(

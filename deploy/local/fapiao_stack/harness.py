@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaConsumer
 from fapiao.common.v1 import envelope_pb2
 from fapiao_runtime.config import RuntimeConfig
 
-from fapiao_stack.procs import free_port, listening_sockets, spawn, stop_pid
-from fapiao_stack.services import grpc_health, http_health
+from fapiao_stack.procs import free_port, spawn, stop_pid
+from fapiao_stack.services import service_health
 
 
 async def create_database(admin_url: str, prefix: str) -> str:
@@ -116,11 +116,11 @@ class StackUnderTest:
         health: str = "grpc",
         timeout_s: float = 60.0,
         port: int = 0,
-        listeners: int = 1,
+        processes: int = 1,
         **extra_env: str,
     ) -> ServiceProcess:
-        """Start `python -m module` on a free port and wait until its health check says SERVING and
-        `listeners` sockets listen on the port (a service run as that many workers: all of them)."""
+        """Start `python -m module` on a free port and wait until its health check says SERVING (a
+        service run as `processes` workers: once all of them listen)."""
         port = port or free_port()
         env = self.env(**extra_env)
         env["FAPIAO_GRPC_PORT" if health == "grpc" else "FAPIAO_HTTP_PORT"] = str(port)
@@ -129,8 +129,7 @@ class StackUnderTest:
         service = ServiceProcess(module, port, log_file, proc, env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            status = await (grpc_health(port) if health == "grpc" else http_health(port))
-            if status == "SERVING" and listening_sockets(port) >= listeners:
+            if await service_health(port, health, processes) == "SERVING":
                 return service
             if proc.poll() is not None:
                 raise RuntimeError(f"{module} exited with {proc.returncode}:\n{service.log_text()[-4000:]}")

@@ -109,9 +109,14 @@ async def http_health(port: int, timeout_s: float = 1.0) -> str:
         return "DOWN"
 
 
-async def health_of(spec: ServiceSpec) -> str:
-    """The service's health; STARTING while it is SERVING but not all of its workers listen yet."""
-    status = await (grpc_health(spec.port) if spec.health == "grpc" else http_health(spec.port))
-    if status == "SERVING" and listening_sockets(spec.port) < spec.processes:
+async def service_health(port: int, health: str = "grpc", processes: int = 1) -> str:
+    """A service's health ("grpc" or "http" check); STARTING while it is SERVING but fewer than
+    `processes` sockets listen on its port (a service run as several workers: not all of them yet)."""
+    status = await (grpc_health(port) if health == "grpc" else http_health(port))
+    if status == "SERVING" and listening_sockets(port) < processes:
         return "STARTING"
     return status
+
+
+async def health_of(spec: ServiceSpec) -> str:
+    return await service_health(spec.port, spec.health, spec.processes)
