@@ -94,6 +94,19 @@ def time_to_cut_due(pending_since: float, last_cut: float | None, cut_s: float, 
     return due
 
 
+def cut_interval_start(last_cut: float | None, last_marker: tuple[int, float] | None, height: int) -> float | None:
+    """Where the wait for a chain's next time cut starts (the `last_cut` of `time_to_cut_due`).
+
+    That is the chain's previous cut as this validator applied it, or, if earlier, when this validator
+    sent its marker for the previous height (`last_marker` = (height, monotonic send time)). Counting
+    from the send keeps time cuts `cut_s` apart even when a loaded validator reads its own marker back
+    late: counted from the read, every block of a loaded chain would also wait that read-back lag.
+    """
+    if last_cut is not None and last_marker is not None and last_marker[0] == height - 1:
+        return min(last_cut, last_marker[1])
+    return last_cut
+
+
 class Validator:
     def __init__(
         self, runtime: RuntimeConfig, config: LedgerConfig, pool: asyncpg.Pool, producer: AIOKafkaProducer
@@ -699,11 +712,12 @@ class Validator:
                 # long enough for the designated marker's round trip through a loaded broker.
                 designated = chain_id % self._validators == self._rank
                 pending_since = self.pending_since.get(chain_id, now)
+                sent_height, sent_at = self.last_marker.get(chain_id, (-1, 0.0))
                 if designated:
-                    due = time_to_cut_due(pending_since, self.last_cut.get(chain_id), cut_s, cut_idle_s)
+                    start = cut_interval_start(self.last_cut.get(chain_id), (sent_height, sent_at), chain.height)
+                    due = time_to_cut_due(pending_since, start, cut_s, cut_idle_s)
                 else:
                     due = pending_since + stand_in_s
-                sent_height, sent_at = self.last_marker.get(chain_id, (-1, 0.0))
                 if sent_height == chain.height:
                     due = max(due, sent_at + resend_s)
                 if due <= now:
