@@ -14,7 +14,7 @@ import asyncpg
 import grpc
 from aiokafka import AIOKafkaProducer
 
-from fapiao_runtime import event_loop, metrics
+from fapiao_runtime import collector, event_loop, metrics
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.consumer import EventConsumer
 from fapiao_runtime.db import apply_migrations, create_pool
@@ -80,6 +80,7 @@ async def run_service(
     Order on stop: health NOT_SERVING, in-flight RPCs drain, background tasks stop, producer flushes.
     """
     configure_logging(config.service_name, config.log_level)
+    collector.watch_pauses()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -101,7 +102,11 @@ async def run_service(
     await server.start(
         config.grpc_host, config.grpc_port, tls if tls is not None else TlsConfig.from_env(), ready=ctx.ready
     )
-    log.info("service ready", extra={"grpc_port": server.port, "event_loop": event_loop.loop_name()})
+    frozen = collector.freeze_startup_heap()
+    log.info(
+        "service ready",
+        extra={"grpc_port": server.port, "event_loop": event_loop.loop_name(), "frozen_objects": frozen},
+    )
     try:
         waiter = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
-from fapiao_runtime import event_loop
+from fapiao_runtime import collector, event_loop
 from fapiao_runtime.config import env_str
 from fapiao_runtime.logs import configure_logging
 from fapiao_runtime.metrics import serve_metrics
@@ -20,9 +20,16 @@ def main() -> None:
     # GET /metrics and FAPIAO_METRICS_PORT (scraped by `fapiao status`) serve the same registry.
     metrics = GatewayMetrics(REGISTRY)
     serve_metrics(settings.metrics_port)
+    collector.watch_pauses()
+    app = build_app(settings, metrics)
+
+    async def freeze_startup_heap(_: web.Application) -> None:  # after the backend clients are open
+        collector.freeze_startup_heap()
+
+    app.on_startup.append(freeze_startup_heap)
     # No access log: claim and view URLs carry bearer tokens. The middleware records route templates instead.
     web.run_app(
-        build_app(settings, metrics),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         access_log=None,

@@ -87,6 +87,8 @@ async def test_two_workers_share_both_ports_each_serves_and_a_payment_is_still_r
                 text = await response.text()
         recorded = _summed(text, "fapiao_grpc_requests_total", "RecordPayment")
         assert recorded == CHANNELS + payments, recorded
+        # Each worker froze its start-up heap after a full collection, which its pause histogram recorded.
+        assert _summed(text, "fapiao_gc_pause_seconds_count", 'generation="2"') >= 2
 
         # SIGTERM to the service stops every worker cleanly, and the ports are free again.
         os.kill(supervisor, signal.SIGTERM)
