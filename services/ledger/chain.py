@@ -64,6 +64,7 @@ class CutBlock:
     next_offset: int
     registrations: list[Registration]
     states: dict[str, ledger_pb2.InvoiceState]
+    state_bytes: dict[str, bytes]  # the same states, serialized deterministically (as stored and cached)
 
 
 def claims_id(outcome: Outcome) -> bool:
@@ -80,8 +81,11 @@ class ChainExecutor:
     chains: int = 1  # chains of the ledger (partitions of ledger.tx.v1); an invoice belongs to one
     keys: dict[str, SubmitterKey] = field(default_factory=dict)
     registration_ids: set[str] = field(default_factory=set)
-    # Cache: invoice id -> state, or None when known not to exist.
-    states: dict[str, ledger_pb2.InvoiceState | None] = field(default_factory=dict)
+    # Cache of committed states: invoice id -> the serialized InvoiceState, or None when known not to
+    # exist. Bytes, not messages: each protobuf message is an object the cycle collector must walk
+    # (200,000 cached messages made every full collection 26 ms longer and took 264 MB), while a dict of
+    # strings and bytes is not tracked at all; parsing one costs about 0.6 µs when it is used.
+    states: dict[str, bytes | None] = field(default_factory=dict)
     seen_ids: set[str] = field(default_factory=set)
     checked_ids: set[str] = field(default_factory=set)
     # The block being built.
@@ -96,9 +100,13 @@ class ChainExecutor:
         return self.keys.get(key_id)
 
     def invoice(self, invoice_id: str) -> ledger_pb2.InvoiceState | None:
+        state = self.pending_states.get(invoice_id)
+        if state is not None:
+            return state
         if invoice_id not in self.states:
             raise KeyError(f"invoice {invoice_id} was not preloaded")
-        return self.states[invoice_id]
+        raw = self.states[invoice_id]
+        return None if raw is None else ledger_pb2.InvoiceState.FromString(raw)
 
     def seen(self, transaction_id: str) -> bool:
         if transaction_id in self.seen_ids:
@@ -109,18 +117,19 @@ class ChainExecutor:
 
     # --- preloading --------------------------------------------------------------------------
     def missing_invoices(self, invoice_ids: set[str]) -> list[str]:
-        return [i for i in invoice_ids if i not in self.states]
+        return [i for i in invoice_ids if i not in self.states and i not in self.pending_states]
 
     def missing_transactions(self, transaction_ids: set[str]) -> list[str]:
         return [t for t in transaction_ids if t not in self.seen_ids and t not in self.checked_ids]
 
     def preload(
         self,
-        states: dict[str, ledger_pb2.InvoiceState | None],
+        states: dict[str, bytes | None],
         checked_ids: list[str],
         seen_ids: set[str],
     ) -> None:
-        """Record what the database knows: `states` (None = absent) and which checked ids it has seen."""
+        """Record what the database knows: `states` (serialized; None = absent) and which checked ids it
+        has seen."""
         self.states.update(states)
         for tx_id in checked_ids:
             (self.seen_ids if tx_id in seen_ids else self.checked_ids).add(tx_id)
@@ -129,7 +138,7 @@ class ChainExecutor:
         """Drop cached committed state past CACHE_LIMIT. Call before computing what a batch is missing."""
         # Committed state can be re-read from the database; the pending block's cannot.
         if len(self.states) > CACHE_LIMIT:
-            self.states = {k: v for k, v in self.pending_states.items()}
+            self.states = {}  # the pending block's states stay in pending_states
         if len(self.seen_ids) + len(self.checked_ids) > CACHE_LIMIT:
             self.seen_ids = {o.transaction_id for o in self.pending_outcomes if claims_id(o)}
             self.checked_ids = set()
@@ -149,7 +158,6 @@ class ChainExecutor:
         if claims_id(outcome):
             self.seen_ids.add(outcome.transaction_id)
         if outcome.new_state is not None:
-            self.states[outcome.invoice_id] = outcome.new_state
             self.pending_states[outcome.invoice_id] = outcome.new_state
         self.pending_txs.append(parsed.signed.SerializeToString(deterministic=True))
         self.pending_outcomes.append(outcome)
@@ -190,6 +198,8 @@ class ChainExecutor:
             header.cut_time.CopyFrom(cut_time)
         header_bytes = header.SerializeToString(deterministic=True)
         header_hash = hashlib.sha256(header_bytes).digest()
+        state_bytes = {i: state.SerializeToString(deterministic=True) for i, state in self.pending_states.items()}
+        self.states.update(state_bytes)
         block = CutBlock(
             chain_id=self.chain_id,
             height=self.height,
@@ -203,6 +213,7 @@ class ChainExecutor:
             next_offset=next_offset,
             registrations=self.pending_registrations,
             states=self.pending_states,
+            state_bytes=state_bytes,
         )
         self.height += 1
         self.previous_hash = header_hash

@@ -83,11 +83,12 @@ async def pin_chain_count(conn: asyncpg.Connection, chains: int) -> None:
 
 async def fetch_preload(
     conn: asyncpg.Connection, chain_id: int, invoice_ids: list[str], transaction_ids: list[str]
-) -> tuple[dict[str, ledger_pb2.InvoiceState | None], set[str]]:
-    """In one round trip: the stored states of `invoice_ids` on chain `chain_id` (None when unknown)
+) -> tuple[dict[str, bytes | None], set[str]]:
+    """In one round trip: the stored states of `invoice_ids` on chain `chain_id` (serialized
+    InvoiceState, as the chain caches them; None when unknown)
     and which of `transaction_ids` that chain already claimed. Nothing is read from other chains:
     chains progress independently, so their state at this moment differs between validators."""
-    states: dict[str, ledger_pb2.InvoiceState | None] = dict.fromkeys(invoice_ids)
+    states: dict[str, bytes | None] = dict.fromkeys(invoice_ids)
     claimed: set[str] = set()
     if not invoice_ids and not transaction_ids:
         return states, claimed
@@ -103,7 +104,7 @@ async def fetch_preload(
     )
     for r in rows:
         if r["is_state"]:
-            states[r["id"]] = ledger_pb2.InvoiceState.FromString(bytes(r["state"]))
+            states[r["id"]] = bytes(r["state"])
         else:
             claimed.add(r["id"])
     return states, claimed
@@ -179,7 +180,7 @@ async def _insert_block(
         [state.invoice_number for _, state in states],
         [issue_ids.get(invoice_id, "") for invoice_id, _ in states],
         [state.last_transaction_id for _, state in states],
-        [state.SerializeToString(deterministic=True) for _, state in states],
+        [block.state_bytes[invoice_id] for invoice_id, _ in states],
     )
     if not inserted:
         stored = await conn.fetchval(

@@ -284,7 +284,7 @@ class Validator:
         )
         if missing_invoices or missing_txs:
             # Only ids the database may hold are looked up; the others are certainly new.
-            states: dict[str, ledger_pb2.InvoiceState | None] = dict.fromkeys(missing_invoices)
+            states: dict[str, bytes | None] = dict.fromkeys(missing_invoices)
             claimed: set[str] = set()
             lookup_invoices = [i for i in missing_invoices if i in self.stored_invoices]
             lookup_txs = [t for t in missing_txs if t in self.claimed_ids]

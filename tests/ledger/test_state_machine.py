@@ -64,12 +64,12 @@ class Feeder:
         self.chain = chain
         self.offset = 10
         self.blocks: list = []
-        self.db_states: dict[str, ledger_pb2.InvoiceState] = {}
+        self.db_states: dict[str, bytes] = {}  # serialized, as the invoice_states table holds them
         self.db_claimed: set[str] = set()
 
     def _stored(self, block) -> None:  # type: ignore[no-untyped-def]
         self.blocks.append(block)
-        self.db_states.update(block.states)
+        self.db_states.update(block.state_bytes)
         self.db_claimed.update(o.transaction_id for o in block.outcomes if claims_id(o))
 
     def __call__(self, signed: ledger_pb2.SignedTransaction, key: str | None = None) -> ledger_pb2.TransactionResult:
