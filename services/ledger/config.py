@@ -22,6 +22,12 @@ DEFAULT_CUT_MS = 50
 # A chain whose previous cut is at least cut_ms old is not under load: its first pending transaction
 # waits only this long for companions before the marker (latency at light load; see docs/ledger.md).
 DEFAULT_CUT_IDLE_MS = 5
+# Per chain, the latest heights whose header hash, finality and votes a validator keeps in memory. Older
+# blocks are only in its database: a signature for one of them (a validator catching up from far
+# behind, or the signature topic re-read after a restart) is checked against the stored header.
+# Unbounded, these maps grew by every block for the life of the process (at 40 blocks per second about
+# a gigabyte a day) and a restart read every block ever stored.
+DEFAULT_RECENT_HEIGHTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class LedgerConfig:
     cut_idle_ms: int = DEFAULT_CUT_IDLE_MS
     # A chain's result publishers mark published blocks in batches: at most this long after the last.
     mark_published_ms: int = 200
+    recent_heights: int = DEFAULT_RECENT_HEIGHTS
 
     @classmethod
     def from_env(cls) -> LedgerConfig:
@@ -70,6 +77,9 @@ class LedgerConfig:
         mark_published_ms = env_int("FAPIAO_LEDGER_MARK_PUBLISHED_MS", 200)
         if not 1 <= mark_published_ms <= 3_600_000:
             raise ValueError("FAPIAO_LEDGER_MARK_PUBLISHED_MS must be within 1..3600000")
+        recent_heights = env_int("FAPIAO_LEDGER_RECENT_HEIGHTS", DEFAULT_RECENT_HEIGHTS)
+        if not 1 <= recent_heights <= 10_000_000:
+            raise ValueError("FAPIAO_LEDGER_RECENT_HEIGHTS must be within 1..10000000")
         quorum = env_int("FAPIAO_LEDGER_QUORUM", quorum_for(len(validator_keys)))
         if not len(validator_keys) // 2 < quorum <= len(validator_keys):
             raise ValueError("FAPIAO_LEDGER_QUORUM must be a majority of the validators")
@@ -83,4 +93,5 @@ class LedgerConfig:
             quorum=quorum,
             cut_idle_ms=cut_idle_ms,
             mark_published_ms=mark_published_ms,
+            recent_heights=recent_heights,
         )

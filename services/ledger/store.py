@@ -235,6 +235,17 @@ async def store_signatures(
     )
 
 
+async def stored_header_hashes(conn: asyncpg.Connection, keys: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """The stored header hash of each (chain, height) in `keys` that this validator holds."""
+    rows = await conn.fetch(
+        "SELECT b.chain_id, b.height, b.header_hash FROM blocks b"
+        " JOIN unnest($1::int[], $2::bigint[]) AS k(chain_id, height) USING (chain_id, height)",
+        [c for c, _ in keys],
+        [h for _, h in keys],
+    )
+    return {(r["chain_id"], r["height"]): bytes(r["header_hash"]) for r in rows}
+
+
 async def record_divergence(
     conn: asyncpg.Connection, chain_id: int, height: int, validator_id: str, theirs: bytes, ours: bytes
 ) -> None:

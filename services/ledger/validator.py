@@ -119,6 +119,8 @@ class Validator:
         self.own_hashes: dict[tuple[int, int], bytes] = {}
         self.votes: dict[tuple[int, int], dict[str, bytes]] = {}
         self.final: set[tuple[int, int]] = set()
+        # Per chain: heights below this were dropped from own_hashes, final and votes (recent_heights).
+        self.forgotten_below: dict[int, int] = {}
         self.pending_results: dict[tuple[int, int], list[tuple[bool, bool, str, bytes]]] = {}
         # Other validators' signatures are written with the finality they complete (one statement per
         # finalized batch, not one per arrival); see _on_signatures.
@@ -177,9 +179,17 @@ class Validator:
                     registration_ids=registration_ids,
                 )
                 positions[chain_id] = tip.next_offset
+                self.forgotten_below[chain_id] = max(1, tip.next_height - self.config.recent_heights)
                 HEIGHT.labels(chain=str(chain_id)).set(tip.next_height - 1)
             self.stored_invoices, self.claimed_ids = await store.load_presence(conn)
-            for r in await conn.fetch("SELECT chain_id, height, header_hash, final, results_published FROM blocks"):
+            # The recent blocks, and any older one still waiting for finality or for its results.
+            for r in await conn.fetch(
+                "SELECT b.chain_id, b.height, b.header_hash, b.final, b.results_published"
+                " FROM blocks b JOIN unnest($1::int[], $2::bigint[]) AS f(chain_id, floor) ON f.chain_id = b.chain_id"
+                " WHERE b.height >= f.floor OR NOT b.final OR NOT b.results_published",
+                list(self.forgotten_below),
+                list(self.forgotten_below.values()),
+            ):
                 key = (r["chain_id"], r["height"])
                 self.own_hashes[key] = bytes(r["header_hash"])
                 if r["final"]:
@@ -383,6 +393,7 @@ class Validator:
             TRANSACTIONS.labels(accepted="false").inc(len(block.outcomes) - accepted)
             BLOCKS_COMMITTED.labels(chain=str(block.chain_id)).inc()
             HEIGHT.labels(chain=str(block.chain_id)).set(block.height)
+        self._forget_old({block.chain_id: block.height for block, _ in signed})
         newly = self._claim_final(keys)
         if diverging or newly:  # usually neither: signatures that came during the store were handled then
             # Signatures that arrived before our block: those of blocks now final, and those of blocks
@@ -390,6 +401,23 @@ class Validator:
             held = self._take_held([*newly, *{key for key, _, _ in diverging}])
             await self._write_votes(diverging, held, newly)
         self.block_event.set()
+
+    def _forget_old(self, tips: dict[int, int]) -> None:
+        """Drop the in-memory header hashes, finality and votes of blocks `recent_heights` below each
+        chain's tip (`tips`: chain -> last height stored); a block not final yet is kept."""
+        for chain_id, tip in tips.items():
+            start = self.forgotten_below.get(chain_id, 1)
+            floor = tip - self.config.recent_heights + 1
+            for height in range(start, floor):
+                key = (chain_id, height)
+                if key in self.final:
+                    self.final.discard(key)
+                    self.own_hashes.pop(key, None)
+                    self.votes.pop(key, None)
+            self.forgotten_below[chain_id] = max(start, floor)
+
+    def _is_forgotten(self, key: tuple[int, int]) -> bool:
+        return key[1] < self.forgotten_below.get(key[0], 1) and key not in self.own_hashes
 
     def _take_held(self, keys: list[tuple[int, int]]) -> list[ledger_pb2.BlockSignature]:
         taken: list[ledger_pb2.BlockSignature] = []
@@ -458,7 +486,7 @@ class Validator:
         except (FapiaoError, DecodeError):
             return
         key = (claimed.chain_id, claimed.height)
-        if key in self.own_hashes or key in self.signed_before:
+        if key in self.own_hashes or key in self.signed_before or self._is_forgotten(key):
             return
         own_id = self.config.validator_id
         sig = verified_signature(raw, {own_id: self.config.validator_keys[own_id]})
@@ -479,6 +507,10 @@ class Validator:
         equivocations: list[ledger_pb2.BlockSignature] = []
         diverging: list[tuple[tuple[int, int], str, bytes]] = []
         to_store: list[ledger_pb2.BlockSignature] = []
+        forgotten = [sig for sig in signatures if self._is_forgotten((sig.chain_id, sig.height))]
+        if forgotten:
+            await self._on_forgotten_signatures(forgotten)
+            signatures = [sig for sig in signatures if not self._is_forgotten((sig.chain_id, sig.height))]
         for sig in signatures:
             key = (sig.chain_id, sig.height)
             votes = self.votes.setdefault(key, {})
@@ -516,6 +548,17 @@ class Validator:
                 await store.record_equivocations(conn, equivocations)
         if to_store or newly or diverging:
             await self._write_votes(diverging, to_store, newly)
+
+    async def _on_forgotten_signatures(self, signatures: list[ledger_pb2.BlockSignature]) -> None:
+        """Signatures of final blocks no longer in memory: checked against the stored headers and stored
+        (a divergent one is reported as such). Their blocks are final already, so no vote is counted."""
+        async with self.pool.acquire() as conn:
+            ours = await store.stored_header_hashes(conn, [(s.chain_id, s.height) for s in signatures])
+            for sig in signatures:
+                key = (sig.chain_id, sig.height)
+                if key in ours and ours[key] != sig.header_hash:
+                    await self._report_divergence(conn, key, sig.validator_id, sig.header_hash, ours[key])
+            await store.store_signatures(conn, [s for s in signatures if (s.chain_id, s.height) in ours])
 
     async def _write_votes(
         self,
@@ -567,9 +610,14 @@ class Validator:
         return True
 
     async def _report_divergence(
-        self, conn: asyncpg.Connection, key: tuple[int, int], validator_id: str, theirs: bytes
+        self,
+        conn: asyncpg.Connection,
+        key: tuple[int, int],
+        validator_id: str,
+        theirs: bytes,
+        ours: bytes | None = None,
     ) -> None:
-        ours = self.own_hashes[key]
+        ours = ours if ours is not None else self.own_hashes[key]
         log.error(
             "validator header diverges from ours",
             extra={"chain": key[0], "height": key[1], "validator": validator_id, "theirs": theirs.hex()},

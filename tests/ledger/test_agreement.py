@@ -169,7 +169,12 @@ async def test_two_hundred_concurrent_locks_exactly_one_wins_everywhere(stack: S
 
 
 async def test_killed_validator_recovers_and_blocks_stay_final_with_three(stack: StackUnderTest) -> None:
-    net = LedgerNetwork(stack, extra_env={"FAPIAO_LEDGER_MAX_TXS": "100", "FAPIAO_LEDGER_CUT_MS": "20"})
+    # Five recent heights in memory: a restarted validator loads only those and checks the signatures of
+    # older blocks, re-read from the topic, against the headers it stored.
+    net = LedgerNetwork(
+        stack,
+        extra_env={"FAPIAO_LEDGER_MAX_TXS": "100", "FAPIAO_LEDGER_CUT_MS": "20", "FAPIAO_LEDGER_RECENT_HEIGHTS": "5"},
+    )
     await net.start()
     try:
         txs = mixed_transactions(net, 4_000, seed=11)

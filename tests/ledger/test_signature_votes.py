@@ -54,7 +54,7 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[tuple[str, int]],
     return calls
 
 
-def _validator() -> Validator:
+def _validator(recent_heights: int = 10_000) -> Validator:
     keys = {i: SigningKey.generate(i).public_key for i in IDS}
     config = LedgerConfig(
         validator_id=IDS[0],
@@ -64,6 +64,7 @@ def _validator() -> Validator:
         max_txs=500,
         cut_ms=20,
         quorum=3,
+        recent_heights=recent_heights,
     )
     return Validator(RuntimeConfig.from_env("ledger", 0), config, _FakePool(), None)  # type: ignore[arg-type]
 
@@ -214,3 +215,43 @@ async def test_a_failed_loop_stops_the_validator(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(v.run(stop), timeout=5)
     assert sorted(cancelled) == ["markers", "results", "transactions"]
+
+
+async def test_blocks_far_below_the_tip_are_forgotten_unless_not_final(writes: list[Any]) -> None:
+    v = _validator(recent_heights=3)
+    for height in range(1, 9):
+        v.own_hashes[(0, height)] = OURS
+        v.votes[(0, height)] = {IDS[0]: OURS}
+        if height != 2:
+            v.final.add((0, height))
+    v._forget_old({0: 8})  # heights 6, 7, 8 are the recent ones
+    assert sorted(h for _, h in v.own_hashes) == [2, 6, 7, 8]  # 2 is not final yet: kept
+    assert sorted(h for _, h in v.final) == [6, 7, 8] and sorted(h for _, h in v.votes) == [2, 6, 7, 8]
+    assert v._is_forgotten((0, 5)) and not v._is_forgotten((0, 2)) and not v._is_forgotten((0, 6))
+    v._forget_old({0: 9})
+    assert sorted(h for _, h in v.final) == [7, 8] and v.forgotten_below[0] == 7
+
+
+async def test_a_signature_of_a_forgotten_block_is_checked_against_the_stored_header(
+    writes: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = {(0, 1): OURS, (0, 2): OURS}
+    reported: list[tuple[Any, ...]] = []
+
+    async def stored_header_hashes(conn: object, keys: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        return {key: stored[key] for key in keys if key in stored}
+
+    async def record_divergence(conn: object, *args: Any) -> None:
+        reported.append(args)
+
+    monkeypatch.setattr(store, "stored_header_hashes", stored_header_hashes)
+    monkeypatch.setattr(store, "record_divergence", record_divergence)
+    v = _validator(recent_heights=3)
+    v.forgotten_below[0] = 3
+    v.own_hashes[(0, 3)] = OURS
+    await v._on_signatures([_sig(IDS[1], 1), _sig(IDS[2], 2, THEIRS), _sig(IDS[1], 3)])
+    # The two forgotten blocks' signatures are stored at once, the diverging one reported; no vote is
+    # kept for them. The recent block's signature is a vote, held for the finality it may complete.
+    assert writes[0] == ([(IDS[1], 1), (IDS[2], 2)], [])
+    assert reported == [(0, 2, IDS[2], THEIRS, OURS)]
+    assert (0, 1) not in v.votes and (0, 2) not in v.votes and v.votes[(0, 3)] == {IDS[1]: OURS}
