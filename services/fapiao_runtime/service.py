@@ -41,13 +41,15 @@ class ServiceContext:
     ready: asyncio.Event | None = None
 
     async def update_gauges(self) -> None:
+        collector.drain_pauses()
         metrics.OUTBOX_BACKLOG.set(await self.relay.backlog())
         for consumer in self.consumers:
             metrics.CONSUMER_LAG.labels(consumer=consumer.name).set(await consumer.lag())
 
 
 async def _refresh_gauges(ctx: ServiceContext, interval_s: float = 5.0) -> None:
-    """Keep the outbox-backlog and consumer-lag gauges current for /metrics and `fapiao status`."""
+    """Keep the outbox-backlog and consumer-lag gauges (and the collector's pause timings) current for
+    /metrics and `fapiao status`."""
     while not ctx.stop.is_set():
         try:
             await ctx.update_gauges()
@@ -103,6 +105,7 @@ async def run_service(
         config.grpc_host, config.grpc_port, tls if tls is not None else TlsConfig.from_env(), ready=ctx.ready
     )
     frozen = collector.freeze_startup_heap()
+    collector.drain_pauses()
     log.info(
         "service ready",
         extra={"grpc_port": server.port, "event_loop": event_loop.loop_name(), "frozen_objects": frozen},

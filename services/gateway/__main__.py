@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 from fapiao_runtime import collector, event_loop
 from fapiao_runtime.config import env_str
@@ -23,10 +26,13 @@ def main() -> None:
     collector.watch_pauses()
     app = build_app(settings, metrics)
 
-    async def freeze_startup_heap(_: web.Application) -> None:  # after the backend clients are open
-        collector.freeze_startup_heap()
+    async def collector_settings(_: web.Application) -> AsyncIterator[None]:
+        collector.freeze_startup_heap()  # after the backend clients are open (cleanup_ctx runs in order)
+        drain = asyncio.ensure_future(collector.drain_every())
+        yield
+        drain.cancel()
 
-    app.on_startup.append(freeze_startup_heap)
+    app.cleanup_ctx.append(collector_settings)
     # No access log: claim and view URLs carry bearer tokens. The middleware records route templates instead.
     web.run_app(
         app,

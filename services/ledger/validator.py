@@ -182,13 +182,16 @@ class Validator:
                 self.forgotten_below[chain_id] = max(1, tip.next_height - self.config.recent_heights)
                 HEIGHT.labels(chain=str(chain_id)).set(tip.next_height - 1)
             self.stored_invoices, self.claimed_ids = await store.load_presence(conn)
-            # The recent blocks, and any older one still waiting for finality or for its results.
+            # The recent blocks, and any older one still waiting for finality or for its results (which
+            # only a chain's result publishers mark).
             for r in await conn.fetch(
-                "SELECT b.chain_id, b.height, b.header_hash, b.final, b.results_published"
-                " FROM blocks b JOIN unnest($1::int[], $2::bigint[]) AS f(chain_id, floor) ON f.chain_id = b.chain_id"
-                " WHERE b.height >= f.floor OR NOT b.final OR NOT b.results_published",
+                "SELECT b.chain_id, b.height, b.header_hash, b.final, b.results_published FROM blocks b"
+                " JOIN unnest($1::int[], $2::bigint[], $3::boolean[]) AS f(chain_id, floor, publishes)"
+                " ON f.chain_id = b.chain_id"
+                " WHERE b.height >= f.floor OR NOT b.final OR (f.publishes AND NOT b.results_published)",
                 list(self.forgotten_below),
                 list(self.forgotten_below.values()),
+                [self.publishes_results(chain_id) for chain_id in self.forgotten_below],
             ):
                 key = (r["chain_id"], r["height"])
                 self.own_hashes[key] = bytes(r["header_hash"])

@@ -14,14 +14,12 @@ from typing import Any
 
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
-from fapiao_runtime.config import RuntimeConfig
-from fapiao_runtime.ledger_client import SigningKey
 from ledger import store
 from ledger import validator as validator_module
-from ledger.config import LedgerConfig
 from ledger.validator import Validator
 
-IDS = [f"validator-{i}" for i in range(1, 5)]
+from tests.ledger.support import IDS, unit_validator
+
 OURS = b"\x01" * 32
 THEIRS = b"\x02" * 32
 
@@ -55,18 +53,7 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[tuple[str, int]],
 
 
 def _validator(recent_heights: int = 10_000) -> Validator:
-    keys = {i: SigningKey.generate(i).public_key for i in IDS}
-    config = LedgerConfig(
-        validator_id=IDS[0],
-        signing_key=SigningKey.generate(IDS[0]),
-        validator_keys=keys,
-        authority_keys={},
-        max_txs=500,
-        cut_ms=20,
-        quorum=3,
-        recent_heights=recent_heights,
-    )
-    return Validator(RuntimeConfig.from_env("ledger", 0), config, _FakePool(), None)  # type: ignore[arg-type]
+    return unit_validator(_FakePool(), recent_heights=recent_heights)
 
 
 def _sig(validator_id: str, height: int, header_hash: bytes = OURS) -> ledger_pb2.BlockSignature:

@@ -1,14 +1,19 @@
-"""Integration tests of a validator's store: the pinned number of chains, equivocation evidence."""
+"""Integration tests of a validator's store: the pinned number of chains, equivocation evidence, what a
+restart loads."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_stack.harness import StackUnderTest
 from ledger import reads, store
+
+from tests.ledger.support import IDS, unit_validator
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 
@@ -81,5 +86,54 @@ async def test_first_row_lookups_never_walk_the_primary_key(stack: StackUnderTes
             assert f'"Index Name": "{index}"' in plan, plan
             assert '"Index Name": "invoice_states_pkey"' not in plan, plan
             assert '"Index Name": "transactions_pkey"' not in plan, plan
+    finally:
+        await pool.close()
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
+        self.sent.append(value)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_a_restart_holds_only_the_recent_blocks_and_those_still_owed_work(stack: StackUnderTest) -> None:
+    """Per chain the latest recent_heights blocks, plus older ones not final yet (our signature is sent
+    again) or whose results this validator publishes and has not marked published."""
+    schema = "validator_recent"
+    pool = await create_pool(stack.database_url, schema)
+    try:
+        await apply_migrations(pool, schema, MIGRATIONS)
+        # validator-1 publishes chain 0's results, not chain 1's (whose rows it never marks).
+        owed = {(0, 3): "unpublished", (1, 4): "not final"}
+        rows = [
+            (c, h, bytes([c, h]) * 16, owed.get((c, h)) != "not final", c == 1 or (c, h) not in owed)
+            for c in (0, 1)
+            for h in range(1, 21)
+        ]
+        async with pool.acquire() as conn:
+            await conn.executemany(
+                "INSERT INTO blocks (chain_id, height, header, header_hash, transaction_count, next_offset, final,"
+                " results_published) VALUES ($1, $2, 'h', $3, 1, $2, $4, $5)",
+                rows,
+            )
+            await conn.execute(
+                "INSERT INTO block_signatures VALUES (1, 4, $1, $2, $3)", IDS[0], bytes([1, 4]) * 16, b"s" * 64
+            )
+        producer = _Producer()
+        validator = unit_validator(pool, producer, recent_heights=5)
+        assert validator.publishes_results(0) and not validator.publishes_results(1)
+        positions = await validator._load([0, 1])
+        assert positions == {0: 20, 1: 20} and validator.forgotten_below == {0: 16, 1: 16}
+        recent = [(c, h) for c in (0, 1) for h in range(16, 21)]
+        assert sorted(validator.own_hashes) == sorted([*recent, *owed])
+        assert validator.final == {*recent, (0, 3)}
+        assert validator.publish_queue.get_nowait() == (0, 3) and validator.publish_queue.empty()
+        assert validator.votes == {(1, 4): {IDS[0]: bytes([1, 4]) * 16}} and len(producer.sent) == 1
+        assert validator._is_forgotten((0, 15)) and not validator._is_forgotten((0, 3))
     finally:
         await pool.close()

@@ -25,9 +25,13 @@ def test_every_collection_is_timed_by_generation() -> None:
     collector.watch_pauses()
     collector.watch_pauses()  # idempotent: one callback
     assert gc.callbacks.count(collector._on_collection) == 1
+    collector.drain_pauses()
     before = _collections("2")
     gc.collect()
+    assert _collections("2") == before  # timed, not yet observed (never from inside the collection)
+    assert collector.drain_pauses() >= 1
     assert _collections("2") == before + 1
+    assert collector.drain_pauses() == 0
 
 
 def test_the_frozen_start_up_heap_is_skipped_and_later_garbage_is_still_collected() -> None:
@@ -47,3 +51,26 @@ def test_the_frozen_start_up_heap_is_skipped_and_later_garbage_is_still_collecte
     finally:
         gc.unfreeze()
     assert any(o is kept for o in gc.get_objects())
+
+
+def test_a_collection_never_observes_a_metric_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collection can start inside code holding prometheus_client's (non-reentrant) lock: the
+    callback must only record, or the process would deadlock."""
+    called: list[str] = []
+
+    class Recording:
+        def labels(self, **labels: str) -> Recording:
+            called.append(labels["generation"])
+            return self
+
+        def observe(self, seconds: float) -> None:
+            return None
+
+    monkeypatch.setattr(collector, "GC_PAUSE", Recording())
+    collector.watch_pauses()
+    collector.drain_pauses()
+    called.clear()
+    gc.collect()
+    assert called == []
+    collector.drain_pauses()
+    assert "2" in called

@@ -1,0 +1,28 @@
+"""A Validator object for tests that drive its methods directly (no Kafka loops started)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fapiao_runtime.config import RuntimeConfig
+from fapiao_runtime.ledger_client import SigningKey
+from ledger.config import LedgerConfig
+from ledger.validator import Validator
+
+IDS = [f"validator-{i}" for i in range(1, 5)]
+
+
+def unit_validator(pool: Any, producer: Any = None, *, recent_heights: int = 10_000) -> Validator:
+    """validator-1 of four (quorum 3), with fresh keys, over `pool` and `producer`."""
+    keys = {i: SigningKey.generate(i).public_key for i in IDS}
+    config = LedgerConfig(
+        validator_id=IDS[0],
+        signing_key=SigningKey.generate(IDS[0]),
+        validator_keys=keys,
+        authority_keys={},
+        max_txs=500,
+        cut_ms=20,
+        quorum=3,
+        recent_heights=recent_heights,
+    )
+    return Validator(RuntimeConfig.from_env("ledger", 0), config, pool, producer)
