@@ -510,10 +510,14 @@ class Validator:
         equivocations: list[ledger_pb2.BlockSignature] = []
         diverging: list[tuple[tuple[int, int], str, bytes]] = []
         to_store: list[ledger_pb2.BlockSignature] = []
-        forgotten = [sig for sig in signatures if self._is_forgotten((sig.chain_id, sig.height))]
+        quiet = not signatures  # called with nothing: the topic is quiet
+        forgotten: list[ledger_pb2.BlockSignature] = []
+        recent: list[ledger_pb2.BlockSignature] = []
+        for sig in signatures:
+            (forgotten if self._is_forgotten((sig.chain_id, sig.height)) else recent).append(sig)
         if forgotten:
             await self._on_forgotten_signatures(forgotten)
-            signatures = [sig for sig in signatures if not self._is_forgotten((sig.chain_id, sig.height))]
+        signatures = recent
         for sig in signatures:
             key = (sig.chain_id, sig.height)
             votes = self.votes.setdefault(key, {})
@@ -543,7 +547,7 @@ class Validator:
         to_store += self._take_held(newly)
         if self._held > HELD_SIGNATURES_LIMIT:
             to_store += self._take_held(list(self.held_signatures))
-        if newly or diverging or not signatures or len(self.late_signatures) >= LATE_SIGNATURES_BATCH:
+        if newly or diverging or quiet or len(self.late_signatures) >= LATE_SIGNATURES_BATCH:
             to_store += self.late_signatures
             self.late_signatures = []
         if equivocations:
