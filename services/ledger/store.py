@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -219,20 +219,34 @@ async def store_signatures(
     conn: asyncpg.Connection,
     signatures: list[ledger_pb2.BlockSignature],
     newly_final: Sequence[tuple[int, int]] = (),
+    replay_from: Mapping[int, int] | None = None,
 ) -> None:
-    """Store signatures and mark `newly_final` blocks final, in one statement (one round trip)."""
+    """Store signatures and mark `newly_final` blocks final, in one statement (one round trip), with
+    the signature topic's replay point as it is once they are stored (`replay_from`, docs/ledger.md)."""
     if not signatures and not newly_final:
         return
+    replay_from = replay_from or {}
     await conn.execute(
         "WITH s AS (INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
         " SELECT * FROM unnest($1::int[], $2::bigint[], $3::text[], $4::bytea[], $5::bytea[])"
-        " ON CONFLICT DO NOTHING)"
+        " ON CONFLICT DO NOTHING),"
+        " r AS (INSERT INTO signature_replay (topic_partition, next_offset)"
+        " SELECT * FROM unnest($8::int[], $9::bigint[])"
+        " ON CONFLICT (topic_partition) DO UPDATE SET next_offset = EXCLUDED.next_offset)"
         " UPDATE blocks SET final = true FROM unnest($6::int[], $7::bigint[]) AS f(c, h)"
         " WHERE chain_id = f.c AND height = f.h",
         *_signature_columns(signatures, with_header=False),
         [c for c, _ in newly_final],
         [h for _, h in newly_final],
+        list(replay_from),
+        list(replay_from.values()),
     )
+
+
+async def signature_replay_points(conn: asyncpg.Connection) -> dict[int, int]:
+    """Per partition of the signature topic, the offset a restart reads it again from."""
+    rows = await conn.fetch("SELECT topic_partition, next_offset FROM signature_replay")
+    return {r["topic_partition"]: r["next_offset"] for r in rows}
 
 
 async def stored_header_hashes(conn: asyncpg.Connection, keys: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:

@@ -20,6 +20,8 @@ import logging
 import time
 import uuid
 import zlib
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -46,6 +48,7 @@ from ledger.records import (
     signature_envelope,
     verified_signature,
 )
+from ledger.replay import ReplayPoint
 from ledger.state_machine import DUPLICATE_TRANSACTION
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,14 @@ LATE_SIGNATURES_BATCH = 100
 MARK_PUBLISHED_BATCH = 100
 STAND_IN_MIN_S = 0.25
 MARKER_RESEND_MIN_S = 1.0
+
+
+class SignatureRecord(NamedTuple):
+    """A verified signature and where it was read on the signature topic."""
+
+    signature: ledger_pb2.BlockSignature
+    partition: int
+    offset: int
 
 
 def result_publishers(validator_ids: list[str], chain_id: int) -> set[str]:
@@ -144,6 +155,10 @@ class Validator:
         # are signed only once the topic has been read to its end as of start (`signatures_replayed`).
         self.signed_before: dict[tuple[int, int], bytes] = {}
         self.signatures_replayed = asyncio.Event()
+        # Where a restart reads the signature topic again from (stored with the signatures); records are
+        # held under their block's key, or under the batch of late signatures they belong to.
+        self.replay = ReplayPoint()
+        self._late_batch = 0
         self.loaded = asyncio.Event()  # chains loaded from the database: reads can be answered
         self.caught_up = asyncio.Event()
         self._tx_topic = runtime.topic(LEDGER_TRANSACTIONS.name)
@@ -451,52 +466,81 @@ class Validator:
             partitions = await self._partitions(consumer, self._sig_topic)
             tps = [TopicPartition(self._sig_topic, p) for p in partitions]
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            replay_ends = {tp: end for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
+            async with self.pool.acquire() as conn:
+                stored = await store.signature_replay_points(conn)
+            ends = await consumer.end_offsets(tps)
+            starts = {}
+            for tp in tps:
+                start = stored.get(tp.partition, 0)
+                if start > ends[tp]:  # the topic was recreated: read it all
+                    start = 0
+                if start:
+                    consumer.seek(tp, start)
+                else:
+                    await consumer.seek_to_beginning(tp)
+                self.replay.start(tp.partition, start)
+                starts[tp.partition] = start
+            log.info(
+                "reading the signature topic",
+                extra={"from_offsets": starts, "end_offsets": {tp.partition: end for tp, end in ends.items()}},
+            )
+            replay_ends = {tp: end for tp, end in ends.items() if end > starts[tp.partition]}
             if not replay_ends:
                 self.signatures_replayed.set()
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=100, max_records=FETCH_MAX_RECORDS)
                 accepted = []
-                for records in batch.values():
+                read = {}
+                for tp, records in batch.items():
                     for record in records:
                         sig = verified_signature(record.value, self.config.validator_keys, self.config.validator_id)
                         if sig is OWN_SIGNATURE:
-                            if not self.signatures_replayed.is_set():
-                                self._remember_own_signature(record.value)
+                            self._note_own_signature(record.value, tp.partition, record.offset)
                             continue  # our own vote is recorded when the block is stored
                         if sig is None:
                             log.warning("ignoring invalid block signature", extra={"offset": record.offset})
                             continue
-                        accepted.append(sig)
+                        accepted.append(SignatureRecord(sig, tp.partition, record.offset))
+                    if records:
+                        read[tp.partition] = records[-1].offset + 1
                 if not self.signatures_replayed.is_set():
                     positions = [(await consumer.position(tp), end) for tp, end in replay_ends.items()]
                     if all(position >= end for position, end in positions):
                         self.signatures_replayed.set()
-                if accepted:
-                    await self._on_signatures(accepted)
+                if accepted or read:
+                    await self._on_signatures(accepted, read)
                 elif self.late_signatures:  # a quiet moment: store what arrived after finality
                     await self._on_signatures([])
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
-    def _remember_own_signature(self, raw: bytes | None) -> None:
-        """Note a (verified) signature of ours from the topic for a block the database does not hold.
-        Blocks it holds need no check (storing another header for them raises HeaderConflict)."""
+    def _note_own_signature(self, raw: bytes | None, partition: int, offset: int) -> None:
+        """A signature of ours read from the topic. While the topic is replayed at start, one for a block
+        the database does not hold is remembered (verified): we never sign another header for it. Blocks
+        it holds need no check (storing another header for them raises HeaderConflict). A restart must
+        read the record again until its block is stored and final."""
+        replaying = not self.signatures_replayed.is_set()
+        if not replaying and not self._unstored:
+            return
         try:
             claimed = unpack(parse_envelope(raw or b""), ledger_pb2.BlockSignature)
         except (FapiaoError, DecodeError):
             return
         key = (claimed.chain_id, claimed.height)
-        if key in self.own_hashes or key in self.signed_before or self._is_forgotten(key):
+        if key in self._unstored:
+            self.replay.hold(key, partition, offset)
+        if not replaying or key in self.own_hashes or self._is_forgotten(key):
+            return
+        self.replay.hold(key, partition, offset)
+        if key in self.signed_before:
             return
         own_id = self.config.validator_id
         sig = verified_signature(raw, {own_id: self.config.validator_keys[own_id]})
         if sig is not None and sig.validator_id == own_id:
-            self.signed_before[(sig.chain_id, sig.height)] = sig.header_hash
+            self.signed_before[key] = sig.header_hash
 
-    async def _on_signatures(self, signatures: list[ledger_pb2.BlockSignature]) -> None:
+    async def _on_signatures(self, records: list[SignatureRecord], read: Mapping[int, int] | None = None) -> None:
         """Record verified votes; store signatures with the finality they complete.
 
         A signature of a block that is not final yet is held in memory and written in the statement
@@ -504,21 +548,27 @@ class Validator:
         Signatures that diverge from our header are stored at once, as evidence; those arriving after
         finality ride along with the next write, or are written when the topic is quiet. At most
         HELD_SIGNATURES_LIMIT are held (a validator catching up from far behind writes them as they
-        come instead of keeping them).
+        come instead of keeping them). `read`: per partition, the offset read up to (these records
+        included); the replay point moves there once the records needed again after a restart are
+        held in it.
         """
         touched = []
         equivocations: list[ledger_pb2.BlockSignature] = []
         diverging: list[tuple[tuple[int, int], str, bytes]] = []
         to_store: list[ledger_pb2.BlockSignature] = []
-        quiet = not signatures  # called with nothing: the topic is quiet
+        quiet = not records and not read  # called with nothing: the topic is quiet
         forgotten: list[ledger_pb2.BlockSignature] = []
-        recent: list[ledger_pb2.BlockSignature] = []
-        for sig in signatures:
-            (forgotten if self._is_forgotten((sig.chain_id, sig.height)) else recent).append(sig)
+        recent: list[SignatureRecord] = []
+        for record in records:
+            sig = record.signature
+            if self._is_forgotten((sig.chain_id, sig.height)):
+                forgotten.append(sig)
+            else:
+                recent.append(record)
         if forgotten:
             await self._on_forgotten_signatures(forgotten)
-        signatures = recent
-        for sig in signatures:
+        late_token = ("late", self._late_batch)
+        for sig, partition, offset in recent:
             key = (sig.chain_id, sig.height)
             votes = self.votes.setdefault(key, {})
             known = votes.get(sig.validator_id)
@@ -535,26 +585,36 @@ class Validator:
             votes[sig.validator_id] = sig.header_hash
             touched.append(key)
             own = self.own_hashes.get(key)
+            if key in self.final and (own is None or own == sig.header_hash):
+                self.late_signatures.append(sig)
+                self.replay.hold(late_token, partition, offset)
+                continue
+            # Votes of a block not final live in memory only: a restart must read them again.
+            self.replay.hold(key, partition, offset)
             if own is not None and own != sig.header_hash:
                 diverging.append((key, sig.validator_id, sig.header_hash))
                 to_store.append(sig)
-            elif key in self.final:
-                self.late_signatures.append(sig)
             else:
                 self.held_signatures.setdefault(key, []).append(sig)
                 self._held += 1
+        for partition, offset in (read or {}).items():
+            self.replay.advance(partition, offset)
         newly = self._claim_final(touched)
         to_store += self._take_held(newly)
         if self._held > HELD_SIGNATURES_LIMIT:
             to_store += self._take_held(list(self.held_signatures))
+        stored_late = None
         if newly or diverging or quiet or len(self.late_signatures) >= LATE_SIGNATURES_BATCH:
-            to_store += self.late_signatures
-            self.late_signatures = []
+            if self.late_signatures:
+                to_store += self.late_signatures
+                self.late_signatures = []
+                stored_late = late_token
+                self._late_batch += 1
         if equivocations:
             async with self.pool.acquire() as conn:
                 await store.record_equivocations(conn, equivocations)
         if to_store or newly or diverging:
-            await self._write_votes(diverging, to_store, newly)
+            await self._write_votes(diverging, to_store, newly, stored_late)
 
     async def _on_forgotten_signatures(self, signatures: list[ledger_pb2.BlockSignature]) -> None:
         """Signatures of final blocks no longer in memory: checked against the stored headers and stored
@@ -572,8 +632,11 @@ class Validator:
         diverging: list[tuple[tuple[int, int], str, bytes]],
         signatures: list[ledger_pb2.BlockSignature],
         newly_final: list[tuple[int, int]],
+        stored_late: tuple[str, int] | None = None,
     ) -> None:
-        """Report divergences, then store signatures with the finality they complete (one statement).
+        """Report divergences, then store signatures with the finality they complete (one statement),
+        and the replay point as it is once they are: the records of the blocks made final, and of the
+        batch of late signatures `stored_late`, are then released from it.
 
         The results of newly final blocks are queued for publishing first: finality is decided by the
         signatures on the topic, which a restarted validator reads again, so the write only records it
@@ -589,10 +652,14 @@ class Validator:
         if concerned & self._unstored:
             async with self._stored:
                 await self._stored.wait_for(lambda: not concerned & self._unstored)
+        released = [*newly_final, *([stored_late] if stored_late else [])]
         async with self.pool.acquire() as conn:
             for key, validator_id, digest in diverging:
                 await self._report_divergence(conn, key, validator_id, digest)
-            await store.store_signatures(conn, signatures, newly_final=newly_final)
+            await store.store_signatures(
+                conn, signatures, newly_final=newly_final, replay_from=self.replay.positions(excluding=released)
+            )
+        self.replay.release(released)
         if newly_final:
             async with self._stored:
                 self._unwritten_final.difference_update(newly_final)

@@ -14,10 +14,11 @@ IDS = [f"validator-{i}" for i in range(1, 5)]
 
 def unit_validator(pool: Any, producer: Any = None, *, recent_heights: int = 10_000) -> Validator:
     """validator-1 of four (quorum 3), with fresh keys, over `pool` and `producer`."""
-    keys = {i: SigningKey.generate(i).public_key for i in IDS}
+    own = SigningKey.generate(IDS[0])
+    keys = {i: own.public_key if i == IDS[0] else SigningKey.generate(i).public_key for i in IDS}
     config = LedgerConfig(
         validator_id=IDS[0],
-        signing_key=SigningKey.generate(IDS[0]),
+        signing_key=own,
         validator_keys=keys,
         authority_keys={},
         max_txs=500,

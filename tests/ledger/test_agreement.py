@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import json
 import random
 
 import asyncpg
@@ -12,7 +14,7 @@ from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.kafka import new_producer
 from fapiao_runtime.ledger_client import LedgerResultWaiter, SigningKey
 from fapiao_runtime.ledger_trust import format_key_list
-from fapiao_stack.harness import StackUnderTest
+from fapiao_stack.harness import ServiceProcess, StackUnderTest
 from ledger.devnet import LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 
 pytestmark = pytest.mark.integration
@@ -168,6 +170,14 @@ async def test_two_hundred_concurrent_locks_exactly_one_wins_everywhere(stack: S
         await net.stop()
 
 
+def _signature_replay_start(process: ServiceProcess) -> dict[int, int]:
+    """The offsets a validator process started reading the signature topic from (its log)."""
+    for line in process.log_text().splitlines():
+        if '"reading the signature topic"' in line:
+            return ast.literal_eval(json.loads(line)["from_offsets"])  # type: ignore[no-any-return]
+    raise AssertionError("the validator did not log where it read the signature topic from")
+
+
 async def test_killed_validator_recovers_and_blocks_stay_final_with_three(stack: StackUnderTest) -> None:
     # Five recent heights in memory: a restarted validator loads only those and checks the signatures of
     # older blocks, re-read from the topic, against the headers it stored.
@@ -188,8 +198,16 @@ async def test_killed_validator_recovers_and_blocks_stay_final_with_three(stack:
         await net.submit(second)
         # The other three still reach quorum on every block.
         await wait_all_final(net, [1, 3, 4], len(txs), timeout_s=60)
-        await net.start_validator(2)
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            replay_from = dict(await conn.fetch("SELECT topic_partition, next_offset FROM ledger_2.signature_replay"))
+        finally:
+            await conn.close()
+        assert replay_from and max(replay_from.values()) > 0
+        restarted = await net.start_validator(2)
         await wait_all_final(net, [2], len(txs), timeout_s=60)
+        # It read the signature topic again from its stored replay point, not from the start.
+        assert _signature_replay_start(restarted) == replay_from
         reference, reference_states = await chain_snapshot(stack.database_url, net.schema(1))
         recovered, recovered_states = await chain_snapshot(stack.database_url, net.schema(2))
         assert recovered == reference
@@ -203,8 +221,9 @@ async def test_killed_validator_recovers_and_blocks_stay_final_with_three(stack:
             await conn.execute("DROP SCHEMA ledger_3 CASCADE")
         finally:
             await conn.close()
-        await net.start_validator(3)
+        restarted = await net.start_validator(3)
         await wait_all_final(net, [3], len(txs), timeout_s=60)
+        assert set(_signature_replay_start(restarted).values()) == {0}
         assert await chain_snapshot(stack.database_url, net.schema(3)) == (reference, reference_states)
         # One that lost its database and now cuts differently (another block size) would sign other
         # headers for heights it signed before: it finds its earlier signatures on the topic and stops.

@@ -2,12 +2,15 @@
 
 Signatures of blocks that are not final are held in memory and written with the finality they
 complete; those arriving after finality are batched or written when the topic is quiet; divergent ones
-are written at once; and no more than HELD_SIGNATURES_LIMIT are ever held.
+are written at once; and no more than HELD_SIGNATURES_LIMIT are ever held. Each write stores where a
+restart reads the signature topic again from: no record whose effect is not stored yet is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +19,8 @@ import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from ledger import store
 from ledger import validator as validator_module
-from ledger.validator import Validator
+from ledger.records import signature_envelope
+from ledger.validator import SignatureRecord, Validator
 
 from tests.ledger.support import IDS, unit_validator
 
@@ -34,11 +38,16 @@ class _FakePool:
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[tuple[str, int]], list[tuple[int, int]]]]:
     """Every store_signatures call as ([(validator, height) stored], [blocks made final])."""
     calls: list[tuple[list[tuple[str, int]], list[tuple[int, int]]]] = []
+    replay_points.clear()
 
     async def store_signatures(
-        conn: object, signatures: list[ledger_pb2.BlockSignature], newly_final: Sequence[tuple[int, int]] = ()
+        conn: object,
+        signatures: list[ledger_pb2.BlockSignature],
+        newly_final: Sequence[tuple[int, int]] = (),
+        replay_from: dict[int, int] | None = None,
     ) -> None:
         calls.append(([(s.validator_id, s.height) for s in signatures], list(newly_final)))
+        replay_points.append(dict(replay_from or {}))
 
     async def record_divergence(*args: Any) -> None:
         return None
@@ -52,12 +61,19 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[tuple[str, int]],
     return calls
 
 
+# The replay point stored with each store_signatures call of the `writes` fixture.
+replay_points: list[dict[int, int]] = []
+_offsets = itertools.count()
+
+
 def _validator(recent_heights: int = 10_000) -> Validator:
     return unit_validator(_FakePool(), recent_heights=recent_heights)
 
 
-def _sig(validator_id: str, height: int, header_hash: bytes = OURS) -> ledger_pb2.BlockSignature:
-    return ledger_pb2.BlockSignature(chain_id=0, height=height, header_hash=header_hash, validator_id=validator_id)
+def _sig(validator_id: str, height: int, header_hash: bytes = OURS, offset: int | None = None) -> SignatureRecord:
+    """A signature read at `offset` of partition 0 (the next offset if None)."""
+    signature = ledger_pb2.BlockSignature(chain_id=0, height=height, header_hash=header_hash, validator_id=validator_id)
+    return SignatureRecord(signature, 0, next(_offsets) if offset is None else offset)
 
 
 async def test_signatures_wait_for_the_finality_they_complete(writes: list[Any]) -> None:
@@ -242,3 +258,62 @@ async def test_a_signature_of_a_forgotten_block_is_checked_against_the_stored_he
     assert writes[0] == ([(IDS[1], 1), (IDS[2], 2)], [])
     assert reported == [(0, 2, IDS[2], THEIRS, OURS)]
     assert (0, 1) not in v.votes and (0, 2) not in v.votes and v.votes[(0, 3)] == {IDS[1]: OURS}
+
+
+async def test_the_replay_point_stays_at_votes_of_blocks_not_final(writes: list[Any]) -> None:
+    v = _validator()
+    v.replay.start(0, 10)
+    v.own_hashes[(0, 1)] = OURS
+    v.own_hashes[(0, 2)] = OURS
+    await v._on_signatures([_sig(IDS[0], 1, offset=10), _sig(IDS[1], 1, offset=11)], read={0: 12})
+    await v._on_signatures([_sig(IDS[1], 2, offset=12)], read={0: 13})
+    assert writes == [] and v.replay.positions() == {0: 10}
+    await v._on_signatures([_sig(IDS[2], 1, offset=13)], read={0: 14})
+    # Block 1 is final and stored with its votes; block 2's vote at offset 12 must be read again.
+    assert writes == [([(IDS[0], 1), (IDS[1], 1), (IDS[2], 1)], [(0, 1)])]
+    assert replay_points == [{0: 12}] and v.replay.positions() == {0: 12}
+    await v._on_signatures([_sig(IDS[0], 2, offset=14), _sig(IDS[2], 2, offset=15)], read={0: 16})
+    assert replay_points[-1] == {0: 16}
+
+
+async def test_late_signatures_hold_the_replay_point_until_written(writes: list[Any]) -> None:
+    v = _validator()
+    v.replay.start(0, 0)
+    v.own_hashes[(0, 1)] = OURS
+    await v._on_signatures([_sig(i, 1, offset=n) for n, i in enumerate(IDS[:3])], read={0: 3})
+    await v._on_signatures([_sig(IDS[3], 1, offset=3)], read={0: 4})
+    assert v.replay.positions() == {0: 3}  # the fourth signature is not stored yet
+    await v._on_signatures([])  # quiet: it is written, with the point past it
+    assert writes[-1] == ([(IDS[3], 1)], []) and replay_points[-1] == {0: 4}
+    assert v.replay.positions() == {0: 4}
+
+
+async def test_our_own_signature_of_a_block_not_stored_holds_the_replay_point(writes: list[Any]) -> None:
+    v = _validator()
+    v.replay.start(0, 0)
+    v.signatures_replayed.set()
+    header = ledger_pb2.BlockHeader(chain_id=0, height=1).SerializeToString()
+    raw = signature_envelope(IDS[0], 0, 1, header, v.config.signing_key.sign(header).signature).SerializeToString()
+    v._unstored.add((0, 1))
+    v._note_own_signature(raw, 0, 5)
+    v.replay.advance(0, 6)
+    assert v.replay.positions() == {0: 5}
+    v._unstored.clear()
+    v.own_hashes[(0, 1)] = OURS
+    v.votes[(0, 1)] = {IDS[0]: OURS}
+    await v._on_signatures([_sig(IDS[1], 1, offset=6), _sig(IDS[2], 1, offset=7)], read={0: 8})
+    assert replay_points[-1] == {0: 8}
+
+
+async def test_replaying_our_own_signature_of_a_block_we_lost_is_remembered_and_held() -> None:
+    v = _validator()
+    v.replay.start(0, 0)
+    header = ledger_pb2.BlockHeader(chain_id=0, height=4).SerializeToString()
+    raw = signature_envelope(IDS[0], 0, 4, header, v.config.signing_key.sign(header).signature).SerializeToString()
+    v._note_own_signature(raw, 0, 2)
+    v.replay.advance(0, 3)
+    assert v.signed_before == {(0, 4): hashlib.sha256(header).digest()}
+    assert v.replay.positions() == {0: 2}
+    forged = signature_envelope(IDS[0], 0, 5, header, b"\x00" * 64).SerializeToString()
+    v._note_own_signature(forged, 0, 3)
+    assert (0, 5) not in v.signed_before  # not verified: not remembered

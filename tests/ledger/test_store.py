@@ -1,5 +1,5 @@
-"""Integration tests of a validator's store: the pinned number of chains, equivocation evidence, what a
-restart loads."""
+"""Integration tests of a validator's store: the pinned number of chains, equivocation evidence, the
+signature topic's replay point, what a restart loads."""
 
 from __future__ import annotations
 
@@ -44,6 +44,22 @@ async def test_an_equivocation_is_stored_once(stack: StackUnderTest) -> None:
             await store.record_equivocations(conn, [second])  # the topic re-read after a restart
             rows = await conn.fetch("SELECT chain_id, height, validator_id, header, signature FROM equivocations")
         assert [tuple(r) for r in rows] == [(1, 7, "validator-2", b"h", b"s" * 64)]
+    finally:
+        await pool.close()
+
+
+async def test_the_replay_point_is_stored_with_the_signatures(stack: StackUnderTest) -> None:
+    pool = await create_pool(stack.database_url, "validator_replay")
+    try:
+        await apply_migrations(pool, "validator_replay", MIGRATIONS)
+        sig = ledger_pb2.BlockSignature(chain_id=0, height=1, validator_id="validator-2", header_hash=b"\x01" * 32)
+        sig.signature.signature = b"s" * 64
+        async with pool.acquire() as conn:
+            assert await store.signature_replay_points(conn) == {}  # a new validator reads from the start
+            await store.store_signatures(conn, [sig], replay_from={0: 12, 1: 30})
+            await store.store_signatures(conn, [sig], replay_from={0: 15})
+            await store.store_signatures(conn, [sig])  # nothing read: the point stays
+            assert await store.signature_replay_points(conn) == {0: 15, 1: 30}
     finally:
         await pool.close()
 
