@@ -101,6 +101,9 @@ class StackUnderTest:
                 "DATABASE_URL": self.database_url,
                 "FAPIAO_TOPIC_PREFIX": self.topic_prefix,
                 "PYTHONUNBUFFERED": "1",
+                # A service's own temporary files (a worker supervisor's metrics directory) stay in the
+                # run's directory: a test that kills a service leaves nothing behind in the system's.
+                "TMPDIR": str(self.tmp_path),
             }
         )
         env.update(extra)
