@@ -9,12 +9,13 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -34,40 +35,68 @@ class TlsConfig:
     """Server TLS material (PEM). With client_ca_pem set, clients must present a certificate it signed;
     with allowed_clients too, only service certificates (`pki.issue_service_certificate`) naming one
     of those services may call the server's methods (health and reflection stay open to the CA's
-    certificates)."""
+    certificates). method_clients narrows single methods (by name, e.g. "RotateIssuerKey") further to
+    the services listed for them."""
 
     cert_chain_pem: bytes
     private_key_pem: bytes
     client_ca_pem: bytes | None = None
     allowed_clients: frozenset[str] = frozenset()
+    method_clients: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.allowed_clients and self.client_ca_pem is None:
+        if (self.allowed_clients or self.method_clients) and self.client_ca_pem is None:
             raise ValueError("allowed clients need a client CA (mutual TLS)")
 
     @classmethod
     def from_env(cls, prefix: str = "FAPIAO_GRPC_TLS") -> TlsConfig | None:
         """`{prefix}_CERT_FILE`, `_KEY_FILE`, optional `_CLIENT_CA_FILE` (PEM paths) and optional
-        `_ALLOWED_CLIENTS` (comma-separated service names); None when no certificate is configured.
-        A certificate without its key, or allowed clients without a client CA, is a configuration error."""
+        `_ALLOWED_CLIENTS` (comma-separated service names) and `_METHOD_CLIENTS` (`Method=a,b;Other=c`);
+        None when no certificate is configured. A certificate without its key, or allowed clients
+        without a client CA, is a configuration error."""
         cert = os.environ.get(f"{prefix}_CERT_FILE", "")
-        allowed = frozenset(n.strip() for n in os.environ.get(f"{prefix}_ALLOWED_CLIENTS", "").split(",") if n.strip())
+        allowed = _names(os.environ.get(f"{prefix}_ALLOWED_CLIENTS", ""))
+        methods = parse_method_clients(os.environ.get(f"{prefix}_METHOD_CLIENTS", ""), f"{prefix}_METHOD_CLIENTS")
+        restricted = " and ".join(
+            f"{prefix}_{name}" for name, value in (("ALLOWED_CLIENTS", allowed), ("METHOD_CLIENTS", methods)) if value
+        )
         if not cert:
-            if allowed:
-                raise ValueError(f"{prefix}_ALLOWED_CLIENTS needs {prefix}_CERT_FILE and _CLIENT_CA_FILE")
+            if restricted:
+                raise ValueError(f"{restricted} needs {prefix}_CERT_FILE and _CLIENT_CA_FILE")
             return None
         key = os.environ.get(f"{prefix}_KEY_FILE", "")
         if not key:
             raise ValueError(f"{prefix}_KEY_FILE is required with {prefix}_CERT_FILE")
         client_ca = os.environ.get(f"{prefix}_CLIENT_CA_FILE", "")
-        if allowed and not client_ca:
-            raise ValueError(f"{prefix}_ALLOWED_CLIENTS needs {prefix}_CLIENT_CA_FILE (mutual TLS)")
+        if restricted and not client_ca:
+            raise ValueError(f"{restricted} needs {prefix}_CLIENT_CA_FILE (mutual TLS)")
         return cls(
             Path(cert).read_bytes(),
             Path(key).read_bytes(),
             Path(client_ca).read_bytes() if client_ca else None,
             allowed,
+            methods,
         )
+
+
+def _names(value: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in value.split(",") if n.strip())
+
+
+def parse_method_clients(value: str, setting: str = "method clients") -> dict[str, frozenset[str]]:
+    """`Method=a,b;Other=c` -> {"Method": {"a", "b"}, "Other": {"c"}}; a malformed rule is an error."""
+    rules: dict[str, frozenset[str]] = {}
+    for part in value.split(";"):
+        if not part.strip():
+            continue
+        method, sep, clients = part.partition("=")
+        method, names = method.strip(), _names(clients)
+        if not sep or not method or "/" in method or not names:
+            raise ValueError(f"{setting}: expected Method=service[,service...], got {part.strip()!r}")
+        if method in rules:
+            raise ValueError(f"{setting}: {method} is listed twice")
+        rules[method] = names
+    return rules
 
 
 @functools.lru_cache(maxsize=1024)
@@ -81,12 +110,23 @@ class ClientPolicy:
 
     def __init__(self) -> None:
         self.allowed: frozenset[str] | None = None  # None: any client the transport accepted
+        self.per_method: Mapping[str, frozenset[str]] = {}  # method name -> the only services it admits
+        self.active = False
 
-    def check(self, context: grpc.aio.ServicerContext) -> None:
+    def configure(self, tls: TlsConfig) -> None:
+        self.allowed = tls.allowed_clients or None
+        self.per_method = tls.method_clients
+        self.active = bool(tls.allowed_clients or tls.method_clients)
+
+    def check(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        """`method`: the full name (/package.Service/Method)."""
         certs = (context.auth_context() or {}).get("x509_pem_cert") or []
         name = _service_of(bytes(certs[0])) if certs else None
-        if name is None or name not in (self.allowed or ()):
+        if self.allowed is not None and name not in self.allowed:
             raise PermissionDenied("CLIENT_NOT_ALLOWED", "this client certificate may not call this service")
+        only = self.per_method.get(method.rsplit("/", 1)[-1])
+        if only is not None and name not in only:
+            raise PermissionDenied("METHOD_NOT_ALLOWED", "this client certificate may not call this method")
 
 
 _ID_PREFIX = secrets.token_hex(6)
@@ -166,8 +206,8 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy) -> 
             started = time.perf_counter()
             code = "OK"
             try:
-                if policy.allowed is not None:
-                    policy.check(context)
+                if policy.active:
+                    policy.check(context, method)
                 return await inner_unary(request, context)
             except FapiaoError as exc:
                 code = exc.status_code.name
@@ -196,8 +236,8 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy) -> 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = request_id_var.set(_request_id(context))
             try:
-                if policy.allowed is not None:
-                    policy.check(context)
+                if policy.active:
+                    policy.check(context, method)
                 async for item in inner_stream(request, context):
                     yield item
             except FapiaoError as exc:
@@ -254,6 +294,14 @@ class GrpcServer:
         self.client_policy = ClientPolicy()
         self._ready_task: asyncio.Future[None] | None = None
 
+    def _check_method_names(self, rules: Mapping[str, frozenset[str]]) -> None:
+        """A rule naming no method of this server's services is a typo that would restrict nothing."""
+        pool = descriptor_pool.Default()
+        known = {m.name for name in self._service_names for m in pool.FindServiceByName(name).methods}
+        unknown = sorted(set(rules) - known)
+        if unknown:
+            raise ValueError(f"method clients name methods this server lacks: {unknown}; it has {sorted(known)}")
+
     def add_servicer(self, add_to_server: Callable[[Any, Any], None], servicer: object) -> None:
         """Register `servicer` with its generated `add_*Servicer_to_server` function, every method
         wrapped with the request id, the FapiaoError mapping and the metrics."""
@@ -276,8 +324,8 @@ class GrpcServer:
                 require_client_auth=tls.client_ca_pem is not None,
             )
             self.port = self.server.add_secure_port(address, credentials)
-            if tls.allowed_clients:
-                self.client_policy.allowed = tls.allowed_clients
+            self._check_method_names(tls.method_clients)
+            self.client_policy.configure(tls)
         if self.port == 0:
             raise RuntimeError(f"could not bind gRPC server to {address}")
         await self.server.start()
@@ -293,6 +341,9 @@ class GrpcServer:
                 "address": f"{host}:{self.port}",
                 "tls": tls is not None,
                 "allowed_clients": ",".join(sorted(self.client_policy.allowed or ())),
+                "method_clients": ";".join(
+                    f"{m}={','.join(sorted(c))}" for m, c in sorted(self.client_policy.per_method.items())
+                ),
             },
         )
         return self.port
