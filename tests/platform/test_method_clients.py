@@ -41,9 +41,7 @@ async def _call(port: int, method: str) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
-async def test_a_method_rule_admits_only_the_services_it_lists(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_method_rule_admits_only_the_services_it_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ca = create_ca()
     server_cert = issue_server_certificate(ca, "localhost")
     tls = TlsConfig(
@@ -83,7 +81,9 @@ async def test_a_method_rule_admits_only_the_services_it_lists(
 async def test_a_rule_for_a_method_the_server_lacks_stops_it_from_starting() -> None:
     ca = create_ca()
     server_cert = issue_server_certificate(ca, "localhost")
-    tls = TlsConfig(server_cert.cert_pem, server_cert.key_pem, ca.cert_pem, method_clients={"RotateKey": frozenset({"x"})})
+    tls = TlsConfig(
+        server_cert.cert_pem, server_cert.key_pem, ca.cert_pem, method_clients={"RotateKey": frozenset({"x"})}
+    )
     server = GrpcServer([SERVICE])
     server.add_servicer(service_grpc.add_PaymentIntakeServiceServicer_to_server, _Servicer())
     try:
