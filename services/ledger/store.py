@@ -220,27 +220,39 @@ async def store_signatures(
     signatures: list[ledger_pb2.BlockSignature],
     newly_final: Sequence[tuple[int, int]] = (),
     replay_from: Mapping[int, int] | None = None,
-) -> None:
+) -> list[tuple[int, int, str]]:
     """Store signatures and mark `newly_final` blocks final, in one statement (one round trip), with
-    the signature topic's replay point as it is once they are stored (`replay_from`, docs/ledger.md)."""
+    the signature topic's replay point as it is once they are stored (`replay_from`, docs/ledger.md).
+
+    A signature whose validator already has a different one stored for that height (one signature per
+    validator and height is kept) is an equivocation: it goes to `equivocations` with its header, and
+    its (chain, height, validator) is returned.
+    """
     if not signatures and not newly_final:
-        return
+        return []
     replay_from = replay_from or {}
-    await conn.execute(
-        "WITH s AS (INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
-        " SELECT * FROM unnest($1::int[], $2::bigint[], $3::text[], $4::bytea[], $5::bytea[])"
-        " ON CONFLICT DO NOTHING),"
+    rows = await conn.fetch(
+        "WITH i AS (SELECT * FROM unnest($1::int[], $2::bigint[], $3::text[], $4::bytea[], $5::bytea[], $6::bytea[])"
+        " AS u(chain_id, height, validator_id, header, header_hash, signature)),"
+        " s AS (INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
+        " SELECT chain_id, height, validator_id, header_hash, signature FROM i ON CONFLICT DO NOTHING),"
+        " e AS (INSERT INTO equivocations (chain_id, height, validator_id, header, header_hash, signature)"
+        " SELECT i.chain_id, i.height, i.validator_id, i.header, i.header_hash, i.signature FROM i"
+        " JOIN block_signatures b USING (chain_id, height, validator_id)"
+        " WHERE b.header_hash <> i.header_hash ON CONFLICT DO NOTHING RETURNING chain_id, height, validator_id),"
+        " f AS (UPDATE blocks SET final = true FROM unnest($7::int[], $8::bigint[]) AS f(c, h)"
+        " WHERE chain_id = f.c AND height = f.h),"
         " r AS (INSERT INTO signature_replay (topic_partition, next_offset)"
-        " SELECT * FROM unnest($8::int[], $9::bigint[])"
+        " SELECT * FROM unnest($9::int[], $10::bigint[])"
         " ON CONFLICT (topic_partition) DO UPDATE SET next_offset = EXCLUDED.next_offset)"
-        " UPDATE blocks SET final = true FROM unnest($6::int[], $7::bigint[]) AS f(c, h)"
-        " WHERE chain_id = f.c AND height = f.h",
-        *_signature_columns(signatures, with_header=False),
+        " SELECT chain_id, height, validator_id FROM e",
+        *_signature_columns(signatures),
         [c for c, _ in newly_final],
         [h for _, h in newly_final],
         list(replay_from),
         list(replay_from.values()),
     )
+    return [(r["chain_id"], r["height"], r["validator_id"]) for r in rows]
 
 
 async def signature_replay_points(conn: asyncpg.Connection) -> dict[int, int]:
@@ -280,21 +292,20 @@ async def record_equivocations(conn: asyncpg.Connection, signatures: list[ledger
         "INSERT INTO equivocations (chain_id, height, validator_id, header, header_hash, signature)"
         " SELECT * FROM unnest($1::int[], $2::bigint[], $3::text[], $4::bytea[], $5::bytea[], $6::bytea[])"
         " ON CONFLICT DO NOTHING",
-        *_signature_columns(signatures, with_header=True),
+        *_signature_columns(signatures),
     )
 
 
-def _signature_columns(signatures: list[ledger_pb2.BlockSignature], *, with_header: bool) -> list[list[object]]:
-    """Column arrays of `signatures` for unnest: chain, height, validator, [header,] header hash, signature."""
-    columns: list[list[object]] = [
+def _signature_columns(signatures: list[ledger_pb2.BlockSignature]) -> list[list[object]]:
+    """Column arrays of `signatures` for unnest: chain, height, validator, header, header hash, signature."""
+    return [
         [s.chain_id for s in signatures],
         [s.height for s in signatures],
         [s.validator_id for s in signatures],
+        [s.header for s in signatures],
+        [s.header_hash for s in signatures],
+        [s.signature.signature for s in signatures],
     ]
-    if with_header:
-        columns.append([s.header for s in signatures])
-    columns += [[s.header_hash for s in signatures], [s.signature.signature for s in signatures]]
-    return columns
 
 
 async def mark_published(conn: asyncpg.Connection, blocks: list[tuple[int, int]]) -> None:

@@ -625,7 +625,9 @@ class Validator:
                 key = (sig.chain_id, sig.height)
                 if key in ours and ours[key] != sig.header_hash:
                     await self._report_divergence(conn, key, sig.validator_id, sig.header_hash, ours[key])
-            await store.store_signatures(conn, [s for s in signatures if (s.chain_id, s.height) in ours])
+            self._report_equivocations(
+                await store.store_signatures(conn, [s for s in signatures if (s.chain_id, s.height) in ours])
+            )
 
     async def _write_votes(
         self,
@@ -656,8 +658,10 @@ class Validator:
         async with self.pool.acquire() as conn:
             for key, validator_id, digest in diverging:
                 await self._report_divergence(conn, key, validator_id, digest)
-            await store.store_signatures(
-                conn, signatures, newly_final=newly_final, replay_from=self.replay.positions(excluding=released)
+            self._report_equivocations(
+                await store.store_signatures(
+                    conn, signatures, newly_final=newly_final, replay_from=self.replay.positions(excluding=released)
+                )
             )
         self.replay.release(released)
         if newly_final:
@@ -667,6 +671,18 @@ class Validator:
             for key in newly_final:
                 BLOCKS_FINAL.labels(chain=str(key[0])).inc()
             self.block_event.set()
+
+    @staticmethod
+    def _report_equivocations(found: list[tuple[int, int, str]]) -> None:
+        """Equivocations the store found: a second header signed for a height whose first signature of
+        that validator was stored before (not in memory any more: an old block, or one read again after
+        a restart). Stored with their header, as those found in memory are."""
+        for chain_id, height, validator_id in found:
+            log.error(
+                "validator signed two headers for one height",
+                extra={"validator": validator_id, "chain": chain_id, "height": height},
+            )
+            EQUIVOCATIONS.labels(validator=validator_id).inc()
 
     async def wait_pending_writes(self, timeout_s: float = 2.0) -> bool:
         """Wait until the blocks this validator has signed but not stored yet, and the finality it has

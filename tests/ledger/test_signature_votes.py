@@ -45,9 +45,10 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[tuple[str, int]],
         signatures: list[ledger_pb2.BlockSignature],
         newly_final: Sequence[tuple[int, int]] = (),
         replay_from: dict[int, int] | None = None,
-    ) -> None:
+    ) -> list[tuple[int, int, str]]:
         calls.append(([(s.validator_id, s.height) for s in signatures], list(newly_final)))
         replay_points.append(dict(replay_from or {}))
+        return []
 
     async def record_divergence(*args: Any) -> None:
         return None

@@ -48,6 +48,36 @@ async def test_an_equivocation_is_stored_once(stack: StackUnderTest) -> None:
         await pool.close()
 
 
+async def test_a_second_header_signed_for_a_stored_signature_is_kept_as_evidence(stack: StackUnderTest) -> None:
+    """Once a validator's signature of a height is stored, a different one (an old block, or the topic
+    read again after a restart: the first is no longer in memory) is an equivocation, kept with its header."""
+    pool = await create_pool(stack.database_url, "validator_late_evidence")
+    try:
+        await apply_migrations(pool, "validator_late_evidence", MIGRATIONS)
+
+        def signed(header: bytes, digest: bytes, validator: str = "validator-2") -> ledger_pb2.BlockSignature:
+            sig = ledger_pb2.BlockSignature(
+                chain_id=0, height=3, validator_id=validator, header=header, header_hash=digest
+            )
+            sig.signature.signature = header[:1] * 64
+            return sig
+
+        first, second = signed(b"a", b"\x01" * 32), signed(b"b", b"\x02" * 32)
+        async with pool.acquire() as conn:
+            assert await store.store_signatures(conn, [first]) == []
+            assert await store.store_signatures(conn, [first]) == []  # the same one again: no evidence
+            # In one write with another validator's signature: only the second header is evidence.
+            found = await store.store_signatures(conn, [second, signed(b"b", b"\x02" * 32, "validator-3")])
+            assert found == [(0, 3, "validator-2")]
+            assert await store.store_signatures(conn, [second]) == []  # kept once
+            stored = await conn.fetch("SELECT validator_id, header_hash FROM block_signatures ORDER BY 1")
+            evidence = await conn.fetch("SELECT validator_id, header, signature FROM equivocations")
+        assert [tuple(r) for r in stored] == [("validator-2", b"\x01" * 32), ("validator-3", b"\x02" * 32)]
+        assert [tuple(r) for r in evidence] == [("validator-2", b"b", b"b" * 64)]
+    finally:
+        await pool.close()
+
+
 async def test_the_replay_point_is_stored_with_the_signatures(stack: StackUnderTest) -> None:
     pool = await create_pool(stack.database_url, "validator_replay")
     try:
