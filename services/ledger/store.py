@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -253,6 +253,29 @@ async def store_signatures(
         list(replay_from.values()),
     )
     return [(r["chain_id"], r["height"], r["validator_id"]) for r in rows]
+
+
+async def stored_votes(
+    conn: asyncpg.Connection, keys: Collection[tuple[int, int]]
+) -> dict[tuple[int, int], dict[str, bytes]]:
+    """The stored signatures' header hashes of each (chain, height) in `keys`, by validator."""
+    rows = await conn.fetch(
+        "SELECT s.chain_id, s.height, s.validator_id, s.header_hash FROM block_signatures s"
+        " JOIN unnest($1::int[], $2::bigint[]) AS k(chain_id, height) USING (chain_id, height)",
+        [c for c, _ in keys],
+        [h for _, h in keys],
+    )
+    votes: dict[tuple[int, int], dict[str, bytes]] = {}
+    for r in rows:
+        votes.setdefault((r["chain_id"], r["height"]), {})[r["validator_id"]] = bytes(r["header_hash"])
+    return votes
+
+
+async def highest_signed_height(conn: asyncpg.Connection, chain_id: int) -> int:
+    """The highest height of `chain_id` any stored signature names (0 if none): one primary-key probe."""
+    return int(
+        await conn.fetchval("SELECT coalesce(max(height), 0) FROM block_signatures WHERE chain_id = $1", chain_id)
+    )
 
 
 async def signature_replay_points(conn: asyncpg.Connection) -> dict[int, int]:

@@ -159,6 +159,10 @@ class Validator:
         # held under their block's key, or under the batch of late signatures they belong to.
         self.replay = ReplayPoint()
         self._late_batch = 0
+        # Per chain, the highest height whose votes may be in the database and not in memory: votes for
+        # blocks far ahead of the chain's executed height are stored as they come (`_on_signatures`)
+        # and read back when the block is cut (`_commit`).
+        self._stored_votes_to: dict[int, int] = {}
         self.loaded = asyncio.Event()  # chains loaded from the database: reads can be answered
         self.caught_up = asyncio.Event()
         self._tx_topic = runtime.topic(LEDGER_TRANSACTIONS.name)
@@ -217,6 +221,14 @@ class Validator:
                 else:
                     # Our own vote comes from the database; our records on the topic are skipped.
                     self.votes.setdefault(key, {})[self.config.validator_id] = self.own_hashes[key]
+            # Votes already stored for blocks not final yet (stored ahead of the block, or past the
+            # held limit): the topic is read again only from the replay point.
+            unfinal_keys = [key for key in self.own_hashes if key not in self.final]
+            for key, stored_votes in (await store.stored_votes(conn, unfinal_keys)).items():
+                for validator_id, digest in stored_votes.items():
+                    self.votes.setdefault(key, {}).setdefault(validator_id, digest)
+            for chain_id in partitions:
+                self._stored_votes_to[chain_id] = await store.highest_signed_height(conn, chain_id)
             # Re-publish our signatures of blocks not final yet: we may have crashed before sending them.
             unfinal = await conn.fetch(
                 "SELECT b.chain_id, b.height, b.header, s.signature FROM blocks b JOIN block_signatures s"
@@ -360,6 +372,7 @@ class Validator:
         own signatures back from the topic (`signed_before`), so it still never signs a second header
         for a height. Finality of these blocks is stored only once they are (`_write_votes`).
         """
+        await self._load_stored_votes([(block.chain_id, block.height) for block in blocks])
         signed = []
         for block in blocks:
             before = self.signed_before.pop((block.chain_id, block.height), None)
@@ -568,8 +581,16 @@ class Validator:
         if forgotten:
             await self._on_forgotten_signatures(forgotten)
         late_token = ("late", self._late_batch)
+        stored_ahead: list[ledger_pb2.BlockSignature] = []
         for sig, partition, offset in recent:
             key = (sig.chain_id, sig.height)
+            if self._far_ahead(key):
+                # Stored now, read back when the block is cut: a validator catching up from far behind
+                # (or joining) keeps no votes in memory for blocks it is not near yet.
+                to_store.append(sig)
+                stored_ahead.append(sig)
+                self._stored_votes_to[key[0]] = max(self._stored_votes_to.get(key[0], 0), key[1])
+                continue
             votes = self.votes.setdefault(key, {})
             known = votes.get(sig.validator_id)
             if known is not None:
@@ -615,6 +636,44 @@ class Validator:
                 await store.record_equivocations(conn, equivocations)
         if to_store or newly or diverging:
             await self._write_votes(diverging, to_store, newly, stored_late)
+        if stored_ahead:
+            await self._count_votes_cut_meanwhile(stored_ahead)
+
+    async def _count_votes_cut_meanwhile(self, stored: list[ledger_pb2.BlockSignature]) -> None:
+        """Votes stored ahead of their block whose block was cut while they were being written (its
+        read of the stored votes may have missed them): counted now."""
+        keys = []
+        diverging: list[tuple[tuple[int, int], str, bytes]] = []
+        for sig in stored:
+            key = (sig.chain_id, sig.height)
+            votes = self.votes.get(key, {})
+            if key not in self.own_hashes or key in self.final or sig.validator_id in votes:
+                continue
+            votes[sig.validator_id] = sig.header_hash
+            self.votes[key] = votes
+            keys.append(key)
+            if sig.header_hash != self.own_hashes[key]:
+                diverging.append((key, sig.validator_id, sig.header_hash))
+        newly = self._claim_final(keys)
+        if newly or diverging:
+            await self._write_votes(diverging, [], newly)
+
+    def _far_ahead(self, key: tuple[int, int]) -> bool:
+        """A block more than `recent_heights` above its chain's next height: its votes go to the database."""
+        chain = self.chains.get(key[0])
+        return chain is not None and key[1] >= chain.height + self.config.recent_heights
+
+    async def _load_stored_votes(self, keys: list[tuple[int, int]]) -> None:
+        """Add the votes stored ahead of these blocks (see `_far_ahead`) to those in memory."""
+        wanted = [key for key in keys if key[1] <= self._stored_votes_to.get(key[0], 0)]
+        if not wanted:
+            return
+        async with self.pool.acquire() as conn:
+            found = await store.stored_votes(conn, wanted)
+        for key, stored_votes in found.items():
+            votes = self.votes.setdefault(key, {})
+            for validator_id, digest in stored_votes.items():
+                votes.setdefault(validator_id, digest)
 
     async def _on_forgotten_signatures(self, signatures: list[ledger_pb2.BlockSignature]) -> None:
         """Signatures of final blocks no longer in memory: checked against the stored headers and stored

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -318,3 +319,38 @@ async def test_replaying_our_own_signature_of_a_block_we_lost_is_remembered_and_
     forged = signature_envelope(IDS[0], 0, 5, header, b"\x00" * 64).SerializeToString()
     v._note_own_signature(forged, 0, 3)
     assert (0, 5) not in v.signed_before  # not verified: not remembered
+
+
+async def test_votes_far_ahead_are_stored_at_once_and_read_back_when_the_block_is_cut(
+    writes: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v = _validator(recent_heights=5)
+    v.chains[0] = SimpleNamespace(height=1)  # type: ignore[assignment]
+    v.replay.start(0, 0)
+    await v._on_signatures([_sig(IDS[1], 10, offset=0), _sig(IDS[2], 10, offset=1)], read={0: 2})
+    # Five or more heights ahead of the chain: stored, nothing kept in memory, nothing to read again.
+    assert writes == [([(IDS[1], 10), (IDS[2], 10)], [])]
+    assert (0, 10) not in v.votes and replay_points[-1] == {0: 2}
+    asked: list[list[tuple[int, int]]] = []
+
+    async def stored_votes(conn: object, keys: list[tuple[int, int]]) -> dict[tuple[int, int], dict[str, bytes]]:
+        asked.append(list(keys))
+        return {(0, 10): {IDS[1]: OURS, IDS[2]: OURS}} if (0, 10) in keys else {}
+
+    monkeypatch.setattr(store, "stored_votes", stored_votes)
+    await v._load_stored_votes([(0, 9), (0, 10), (0, 11)])
+    assert asked == [[(0, 9), (0, 10)]]  # nothing was stored above height 10
+    assert v.votes[(0, 10)] == {IDS[1]: OURS, IDS[2]: OURS}
+    await v._load_stored_votes([(0, 11)])
+    assert len(asked) == 1  # no query for blocks no vote was stored ahead of
+
+
+async def test_votes_stored_ahead_of_a_block_cut_meanwhile_are_counted(writes: list[Any]) -> None:
+    v = _validator(recent_heights=5)
+    v.chains[0] = SimpleNamespace(height=1)  # type: ignore[assignment]
+    v.own_hashes[(0, 10)] = OURS  # cut while the votes were being written
+    v.votes[(0, 10)] = {IDS[0]: OURS}
+    await v._on_signatures([_sig(IDS[1], 10), _sig(IDS[2], 10), _sig(IDS[3], 10, THEIRS)])
+    assert writes[0] == ([(IDS[1], 10), (IDS[2], 10), (IDS[3], 10)], [])
+    assert writes[1] == ([], [(0, 10)])  # final with the two votes just stored
+    assert (0, 10) in v.final
