@@ -153,7 +153,9 @@ class Validator:
         # Our own signatures found on the signature topic for blocks our database does not hold (it was
         # lost or restored from an older copy): we never sign another header for those heights. Blocks
         # are signed only once the topic has been read to its end as of start (`signatures_replayed`).
+        # Those of blocks far ahead of their chain are stored instead, like other votes (`_far_ahead`).
         self.signed_before: dict[tuple[int, int], bytes] = {}
+        self._own_ahead: list[ledger_pb2.BlockSignature] = []
         self.signatures_replayed = asyncio.Event()
         # Where a restart reads the signature topic again from (stored with the signatures); records are
         # held under their block's key, or under the batch of late signatures they belong to.
@@ -376,6 +378,8 @@ class Validator:
         signed = []
         for block in blocks:
             before = self.signed_before.pop((block.chain_id, block.height), None)
+            if before is None:  # our signature stored ahead of the block (`_note_own_signature`)
+                before = self.votes.get((block.chain_id, block.height), {}).get(self.config.validator_id)
             if before is not None and before != block.header_hash:
                 raise store.HeaderConflict(
                     f"chain {block.chain_id} height {block.height}: this validator signed another header for it"
@@ -516,14 +520,18 @@ class Validator:
                         accepted.append(SignatureRecord(sig, tp.partition, record.offset))
                     if records:
                         read[tp.partition] = records[-1].offset + 1
-                if not self.signatures_replayed.is_set():
+                replayed = self.signatures_replayed.is_set()
+                if not replayed:
                     positions = [(await consumer.position(tp), end) for tp, end in replay_ends.items()]
-                    if all(position >= end for position, end in positions):
-                        self.signatures_replayed.set()
+                    replayed = all(position >= end for position, end in positions)
                 if accepted or read:
                     await self._on_signatures(accepted, read)
                 elif self.late_signatures:  # a quiet moment: store what arrived after finality
                     await self._on_signatures([])
+                # Only now: our own signatures stored ahead of their blocks must be in the database
+                # before anything is signed.
+                if replayed and not self.signatures_replayed.is_set():
+                    self.signatures_replayed.set()
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
@@ -545,13 +553,18 @@ class Validator:
             self.replay.hold(key, partition, offset)
         if not replaying or key in self.own_hashes or self._is_forgotten(key):
             return
-        self.replay.hold(key, partition, offset)
         if key in self.signed_before:
+            self.replay.hold(key, partition, offset)
             return
         own_id = self.config.validator_id
         sig = verified_signature(raw, {own_id: self.config.validator_keys[own_id]})
-        if sig is not None and sig.validator_id == own_id:
-            self.signed_before[key] = sig.header_hash
+        if sig is None or sig.validator_id != own_id:
+            return
+        if self._far_ahead(key):
+            self._own_ahead.append(sig)  # stored with the batch's votes, checked when the block is cut
+            return
+        self.replay.hold(key, partition, offset)
+        self.signed_before[key] = sig.header_hash
 
     async def _on_signatures(self, records: list[SignatureRecord], read: Mapping[int, int] | None = None) -> None:
         """Record verified votes; store signatures with the finality they complete.
@@ -582,6 +595,10 @@ class Validator:
             await self._on_forgotten_signatures(forgotten)
         late_token = ("late", self._late_batch)
         stored_ahead: list[ledger_pb2.BlockSignature] = []
+        for sig in self._own_ahead:  # our own, read while replaying: stored like the votes below
+            to_store.append(sig)
+            self._stored_votes_to[sig.chain_id] = max(self._stored_votes_to.get(sig.chain_id, 0), sig.height)
+        self._own_ahead = []
         for sig, partition, offset in recent:
             key = (sig.chain_id, sig.height)
             if self._far_ahead(key):

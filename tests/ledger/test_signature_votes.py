@@ -354,3 +354,25 @@ async def test_votes_stored_ahead_of_a_block_cut_meanwhile_are_counted(writes: l
     assert writes[0] == ([(IDS[1], 10), (IDS[2], 10), (IDS[3], 10)], [])
     assert writes[1] == ([], [(0, 10)])  # final with the two votes just stored
     assert (0, 10) in v.final
+
+
+async def test_our_own_signature_far_ahead_is_stored_and_refuses_another_header_when_cut(
+    writes: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v = _validator(recent_heights=5)
+    v.chains[0] = SimpleNamespace(height=1)  # type: ignore[assignment]
+    v.replay.start(0, 0)
+    header = ledger_pb2.BlockHeader(chain_id=0, height=9).SerializeToString()
+    raw = signature_envelope(IDS[0], 0, 9, header, v.config.signing_key.sign(header).signature).SerializeToString()
+    v._note_own_signature(raw, 0, 0)  # read while the topic is replayed at start
+    assert v.signed_before == {}  # not kept in memory...
+    await v._on_signatures([], read={0: 1})
+    assert writes == [([(IDS[0], 9)], [])] and replay_points[-1] == {0: 1}  # ...but stored
+
+    async def stored_votes(conn: object, keys: list[tuple[int, int]]) -> dict[tuple[int, int], dict[str, bytes]]:
+        return {(0, 9): {IDS[0]: hashlib.sha256(header).digest()}}
+
+    monkeypatch.setattr(store, "stored_votes", stored_votes)
+    other = SimpleNamespace(chain_id=0, height=9, header_hash=b"\x05" * 32)
+    with pytest.raises(store.HeaderConflict, match="refusing to sign a second one"):
+        await v._commit([other])  # type: ignore[list-item]
