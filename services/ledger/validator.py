@@ -595,6 +595,7 @@ class Validator:
             await self._on_forgotten_signatures(forgotten)
         late_token = ("late", self._late_batch)
         stored_ahead: list[ledger_pb2.BlockSignature] = []
+        ahead: dict[tuple[tuple[int, int], str], bytes] = {}
         for sig in self._own_ahead:  # our own, read while replaying: stored like the votes below
             to_store.append(sig)
             self._stored_votes_to[sig.chain_id] = max(self._stored_votes_to.get(sig.chain_id, 0), sig.height)
@@ -603,7 +604,12 @@ class Validator:
             key = (sig.chain_id, sig.height)
             if self._far_ahead(key):
                 # Stored now, read back when the block is cut: a validator catching up from far behind
-                # (or joining) keeps no votes in memory for blocks it is not near yet.
+                # (or joining) keeps no votes in memory for blocks it is not near yet. The store finds a
+                # second header against one stored before; one against another in this batch is found here.
+                first = ahead.setdefault((key, sig.validator_id), sig.header_hash)
+                if first != sig.header_hash:
+                    equivocations.append(sig)
+                    continue
                 to_store.append(sig)
                 stored_ahead.append(sig)
                 self._stored_votes_to[key[0]] = max(self._stored_votes_to.get(key[0], 0), key[1])
@@ -613,11 +619,6 @@ class Validator:
             if known is not None:
                 if known != sig.header_hash:
                     # Verified: the validator's own key signed both. Kept as evidence; its first vote stands.
-                    log.error(
-                        "validator signed two headers for one height",
-                        extra={"validator": sig.validator_id, "chain": key[0], "height": key[1]},
-                    )
-                    EQUIVOCATIONS.labels(validator=sig.validator_id).inc()
                     equivocations.append(sig)
                 continue
             votes[sig.validator_id] = sig.header_hash
@@ -649,6 +650,7 @@ class Validator:
                 stored_late = late_token
                 self._late_batch += 1
         if equivocations:
+            self._report_equivocations([(s.chain_id, s.height, s.validator_id) for s in equivocations])
             async with self.pool.acquire() as conn:
                 await store.record_equivocations(conn, equivocations)
         if to_store or newly or diverging:
@@ -750,9 +752,8 @@ class Validator:
 
     @staticmethod
     def _report_equivocations(found: list[tuple[int, int, str]]) -> None:
-        """Equivocations the store found: a second header signed for a height whose first signature of
-        that validator was stored before (not in memory any more: an old block, or one read again after
-        a restart). Stored with their header, as those found in memory are."""
+        """Log and count equivocations: a second header a validator signed for a height (the evidence,
+        its signed header, is stored by the caller or by the statement that found it)."""
         for chain_id, height, validator_id in found:
             log.error(
                 "validator signed two headers for one height",

@@ -376,3 +376,11 @@ async def test_our_own_signature_far_ahead_is_stored_and_refuses_another_header_
     other = SimpleNamespace(chain_id=0, height=9, header_hash=b"\x05" * 32)
     with pytest.raises(store.HeaderConflict, match="refusing to sign a second one"):
         await v._commit([other])  # type: ignore[list-item]
+
+
+async def test_two_headers_from_one_validator_far_ahead_in_one_batch_are_evidence(writes: list[Any]) -> None:
+    v = _validator(recent_heights=5)
+    v.chains[0] = SimpleNamespace(height=1)  # type: ignore[assignment]
+    await v._on_signatures([_sig(IDS[1], 10), _sig(IDS[1], 10, THEIRS), _sig(IDS[2], 10)])
+    # The second header is evidence; the first is stored as the vote (the store finds later ones).
+    assert writes == [([("equivocation:" + IDS[1], 10)], []), ([(IDS[1], 10), (IDS[2], 10)], [])]
