@@ -72,6 +72,14 @@ def _validator(recent_heights: int = 10_000) -> Validator:
     return unit_validator(_FakePool(), recent_heights=recent_heights)
 
 
+def _behind() -> Validator:
+    """A validator whose chain 0 is at height 1, keeping votes in memory only up to 5 heights ahead."""
+    v = _validator(recent_heights=5)
+    v.chains[0] = SimpleNamespace(height=1)  # type: ignore[assignment]
+    v.replay.start(0, 0)
+    return v
+
+
 def _sig(validator_id: str, height: int, header_hash: bytes = OURS, offset: int | None = None) -> SignatureRecord:
     """A signature read at `offset` of partition 0 (the next offset if None)."""
     signature = ledger_pb2.BlockSignature(chain_id=0, height=height, header_hash=header_hash, validator_id=validator_id)
@@ -324,9 +332,7 @@ async def test_replaying_our_own_signature_of_a_block_we_lost_is_remembered_and_
 async def test_votes_far_ahead_are_stored_at_once_and_read_back_when_the_block_is_cut(
     writes: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    v = _validator(recent_heights=5)
-    v.chains[0] = SimpleNamespace(height=1)  # type: ignore[assignment]
-    v.replay.start(0, 0)
+    v = _behind()
     await v._on_signatures([_sig(IDS[1], 10, offset=0), _sig(IDS[2], 10, offset=1)], read={0: 2})
     # Five or more heights ahead of the chain: stored, nothing kept in memory, nothing to read again.
     assert writes == [([(IDS[1], 10), (IDS[2], 10)], [])]
@@ -346,8 +352,7 @@ async def test_votes_far_ahead_are_stored_at_once_and_read_back_when_the_block_i
 
 
 async def test_votes_stored_ahead_of_a_block_cut_meanwhile_are_counted(writes: list[Any]) -> None:
-    v = _validator(recent_heights=5)
-    v.chains[0] = SimpleNamespace(height=1)  # type: ignore[assignment]
+    v = _behind()
     v.own_hashes[(0, 10)] = OURS  # cut while the votes were being written
     v.votes[(0, 10)] = {IDS[0]: OURS}
     await v._on_signatures([_sig(IDS[1], 10), _sig(IDS[2], 10), _sig(IDS[3], 10, THEIRS)])
@@ -359,9 +364,7 @@ async def test_votes_stored_ahead_of_a_block_cut_meanwhile_are_counted(writes: l
 async def test_our_own_signature_far_ahead_is_stored_and_refuses_another_header_when_cut(
     writes: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    v = _validator(recent_heights=5)
-    v.chains[0] = SimpleNamespace(height=1)  # type: ignore[assignment]
-    v.replay.start(0, 0)
+    v = _behind()
     header = ledger_pb2.BlockHeader(chain_id=0, height=9).SerializeToString()
     raw = signature_envelope(IDS[0], 0, 9, header, v.config.signing_key.sign(header).signature).SerializeToString()
     v._note_own_signature(raw, 0, 0)  # read while the topic is replayed at start
@@ -379,8 +382,7 @@ async def test_our_own_signature_far_ahead_is_stored_and_refuses_another_header_
 
 
 async def test_two_headers_from_one_validator_far_ahead_in_one_batch_are_evidence(writes: list[Any]) -> None:
-    v = _validator(recent_heights=5)
-    v.chains[0] = SimpleNamespace(height=1)  # type: ignore[assignment]
+    v = _behind()
     await v._on_signatures([_sig(IDS[1], 10), _sig(IDS[1], 10, THEIRS), _sig(IDS[2], 10)])
     # The second header is evidence; the first is stored as the vote (the store finds later ones).
     assert writes == [([("equivocation:" + IDS[1], 10)], []), ([(IDS[1], 10), (IDS[2], 10)], [])]

@@ -112,11 +112,20 @@ def test_a_client_certificate_without_its_key_is_a_configuration_error(
         internal_channel("127.0.0.1:1")
 
 
-def test_allowed_clients_need_mutual_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("ALLOWED_CLIENTS", "gateway", (frozenset({"gateway"}), {})),
+        ("METHOD_CLIENTS", "RotateIssuerKey=fapiao-cli", (frozenset(), {"RotateIssuerKey": frozenset({"fapiao-cli"})})),
+    ],
+)
+def test_client_restrictions_need_mutual_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: tuple[object, object]
+) -> None:
     ca = create_ca()
     server = issue_server_certificate(ca, "validator-1")
-    monkeypatch.setenv("FAPIAO_GRPC_TLS_ALLOWED_CLIENTS", "gateway")
-    with pytest.raises(ValueError, match="ALLOWED_CLIENTS"):
+    monkeypatch.setenv(f"FAPIAO_GRPC_TLS_{variable}", value)
+    with pytest.raises(ValueError, match=variable):
         TlsConfig.from_env()
     monkeypatch.setenv("FAPIAO_GRPC_TLS_CERT_FILE", _write(tmp_path, "server", server.cert_pem))
     monkeypatch.setenv("FAPIAO_GRPC_TLS_KEY_FILE", _write(tmp_path, "server-key", server.key_pem))
@@ -124,4 +133,4 @@ def test_allowed_clients_need_mutual_tls(tmp_path: Path, monkeypatch: pytest.Mon
         TlsConfig.from_env()
     monkeypatch.setenv("FAPIAO_GRPC_TLS_CLIENT_CA_FILE", _write(tmp_path, "ca", ca.cert_pem))
     config = TlsConfig.from_env()
-    assert config is not None and config.allowed_clients == frozenset({"gateway"})
+    assert config is not None and (config.allowed_clients, config.method_clients) == expected
