@@ -95,6 +95,8 @@ async def test_two_workers_share_both_ports_each_serves_and_a_payment_is_still_r
         assert await asyncio.to_thread(intake.process.proc.wait, 30) == 0
         assert not any(pid_alive(pid) for pid in workers)
         assert listening_sockets(intake.process.port) == 0 and listening_sockets(intake.webhook_port) == 0
+        # The metrics directory it could not remove is in the run's directory, not the system's /tmp.
+        assert list(stack.tmp_path.glob("fapiao-payment_intake-metrics-*"))
 
 
 async def test_a_worker_that_dies_stops_the_service_so_it_is_restarted_whole(stack: StackUnderTest) -> None:
@@ -125,6 +127,8 @@ async def test_workers_do_not_outlive_a_killed_supervisor_on_the_shared_ports(st
             await asyncio.sleep(0.1)
         assert not any(pid_alive(pid) for pid in workers)
         assert listening_sockets(intake.process.port) == 0 and listening_sockets(intake.webhook_port) == 0
+        # The metrics directory it could not remove is in the run's directory, not the system's /tmp.
+        assert list(stack.tmp_path.glob("fapiao-payment_intake-metrics-*"))
 
 
 async def test_more_than_one_worker_needs_fixed_ports(stack: StackUnderTest) -> None:
