@@ -5,6 +5,11 @@ possible; committed = its result was published, which validators do only once th
 quorum. Measured from the first send to the last distinct result read.
 ledger_validator_cpu_us_per_tx: CPU seconds one validator process spent per committed transaction
 during the throughput phase (independent of other load on the machine).
+ledger_validator_cpu_us_per_tx_at_1000_tx_per_s: the same during the paced 1,000 tx/s run, where
+fetched batches and blocks are smaller than at saturation; ledger_validators_cpu_cores_at_1000_tx_per_s:
+the four validators' CPU seconds per second then.
+ledger_execute_us_per_tx, ledger_execute_signature_share: execution alone in this process
+(`ledger_execute`), the figure that moves least with the machine.
 ledger_commit_p99_ms (and p50): transactions sent at a paced 1,000 tx/s; latency from just before the
 send to the first copy of its final result on ledger.results.v1.
 ledger_hop_<hop>_p50_ms / _p99_ms: where that latency goes, from the Kafka timestamps of the records
@@ -32,6 +37,7 @@ from fapiao_stack.harness import StackUnderTest
 from ledger.devnet import LedgerNetwork, T, issue, reimburse
 from ledger.records import decode_record
 
+from fapiao_bench import ledger_execute
 from fapiao_bench.cpu import cpu_seconds
 from fapiao_bench.stats import percentile
 
@@ -201,6 +207,7 @@ async def _paced_latency(
 
 
 async def run(env: StackUnderTest) -> dict[str, float]:
+    execution = ledger_execute.measure()  # first, while nothing else runs
     net = LedgerNetwork(env, extra_env={"FAPIAO_LEDGER_MAX_TXS": str(MAX_TXS)})  # the default cut interval
     await net.start()
     clock = ResultClock(env)
@@ -225,9 +232,13 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         cpu_per_tx_us = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / len(pids) / len(ids) * 1e6
 
         # Latency at a paced 1,000 tx/s, and at 200 tx/s (below saturation on a shared machine).
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
+        paced_started = time.perf_counter()
         p50, p99, offered, paced_ids = await _paced_latency(
             net, clock, topic, PACED_RATE_PER_S, PACED_SECONDS, series=1
         )
+        paced_cpu_s = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+        paced_elapsed_s = time.perf_counter() - paced_started
         _, low_p99, _, _ = await _paced_latency(net, clock, topic, LOW_RATE_PER_S, LOW_RATE_SECONDS, series=2)
         return {
             **await _hops(env, clock, paced_ids),
@@ -237,6 +248,9 @@ async def run(env: StackUnderTest) -> dict[str, float]:
             "ledger_commit_p99_ms_at_200_tx_per_s": low_p99,
             # CPU one validator spends per committed transaction (execution, storage, signatures, results).
             "ledger_validator_cpu_us_per_tx": cpu_per_tx_us,
+            "ledger_validator_cpu_us_per_tx_at_1000_tx_per_s": paced_cpu_s / len(pids) / len(paced_ids) * 1e6,
+            "ledger_validators_cpu_cores_at_1000_tx_per_s": paced_cpu_s / paced_elapsed_s,
+            **execution,
             "ledger_paced_offered_tx_per_s": offered,
         }
     finally:
