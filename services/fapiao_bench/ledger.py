@@ -6,8 +6,11 @@ quorum. Measured from the first send to the last distinct result read.
 ledger_validator_cpu_us_per_tx: CPU seconds one validator process spent per committed transaction
 during the throughput phase (independent of other load on the machine).
 ledger_validator_cpu_us_per_tx_at_1000_tx_per_s: the same during the paced 1,000 tx/s run, where
-fetched batches and blocks are smaller than at saturation; ledger_validators_cpu_cores_at_1000_tx_per_s:
-the four validators' CPU seconds per second then.
+fetched batches and blocks are smaller than at saturation; ledger_validators_cpu_cores_at_<rate>: the
+four validators' CPU seconds per second during the paced runs, ledger_blocks_per_s_at_<rate> the
+blocks cut (both chains) per second, and ledger_validator_cpu_ms_per_block_at_200_tx_per_s one
+validator's CPU per block at 200 tx/s, where blocks hold a few transactions each: the fixed work of a
+block (its signatures in and out, its statements, its fetches and results).
 ledger_execute_us_per_tx, ledger_execute_signature_share: execution alone in this process
 (`ledger_execute`), the figure that moves least with the machine.
 ledger_commit_p99_ms (and p50): transactions sent at a paced 1,000 tx/s; latency from just before the
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import time
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import parse_envelope, unpack
@@ -206,6 +210,40 @@ async def _paced_latency(
     return percentile(latencies, 0.5), percentile(latencies, 0.99), offered, set(sent_at)
 
 
+async def _blocks_stored(database_url: str, schema: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {schema}.blocks"))
+    finally:
+        await conn.close()
+
+
+async def _metered_paced_run(
+    net: LedgerNetwork, clock: ResultClock, topic: str, rate_per_s: int, seconds: int, series: int
+) -> tuple[dict[str, float], set[str]]:
+    """`_paced_latency`, with the validators' CPU and the blocks cut (read from the first validator's
+    schema) over the run, from its first send until its last result arrived."""
+    pids = [p.proc.pid for p in net.processes.values()]  # type: ignore[attr-defined]
+    schema = net.schema(1)
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    blocks_before = await _blocks_stored(net.stack.database_url, schema)
+    started = time.perf_counter()
+    p50, p99, offered, ids = await _paced_latency(net, clock, topic, rate_per_s, seconds, series)
+    elapsed_s = time.perf_counter() - started
+    cpu_s = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    blocks = await _blocks_stored(net.stack.database_url, schema) - blocks_before
+    figures = {
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "offered_tx_per_s": offered,
+        "validator_cpu_us_per_tx": cpu_s / len(pids) / len(ids) * 1e6,
+        "validators_cpu_cores": cpu_s / elapsed_s,
+        "blocks_per_s": blocks / elapsed_s,
+        "validator_cpu_ms_per_block": cpu_s / len(pids) / max(1, blocks) * 1e3,
+    }
+    return figures, ids
+
+
 async def run(env: StackUnderTest) -> dict[str, float]:
     execution = ledger_execute.measure()  # first, while nothing else runs
     net = LedgerNetwork(env, extra_env={"FAPIAO_LEDGER_MAX_TXS": str(MAX_TXS)})  # the default cut interval
@@ -232,26 +270,24 @@ async def run(env: StackUnderTest) -> dict[str, float]:
         cpu_per_tx_us = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / len(pids) / len(ids) * 1e6
 
         # Latency at a paced 1,000 tx/s, and at 200 tx/s (below saturation on a shared machine).
-        cpu_before = sum(cpu_seconds(pid) for pid in pids)
-        paced_started = time.perf_counter()
-        p50, p99, offered, paced_ids = await _paced_latency(
-            net, clock, topic, PACED_RATE_PER_S, PACED_SECONDS, series=1
-        )
-        paced_cpu_s = sum(cpu_seconds(pid) for pid in pids) - cpu_before
-        paced_elapsed_s = time.perf_counter() - paced_started
-        _, low_p99, _, _ = await _paced_latency(net, clock, topic, LOW_RATE_PER_S, LOW_RATE_SECONDS, series=2)
+        fast, paced_ids = await _metered_paced_run(net, clock, topic, PACED_RATE_PER_S, PACED_SECONDS, series=1)
+        slow, _ = await _metered_paced_run(net, clock, topic, LOW_RATE_PER_S, LOW_RATE_SECONDS, series=2)
         return {
             **await _hops(env, clock, paced_ids),
             "ledger_committed_tx_per_s": throughput,
-            "ledger_commit_p50_ms": p50,
-            "ledger_commit_p99_ms": p99,
-            "ledger_commit_p99_ms_at_200_tx_per_s": low_p99,
+            "ledger_commit_p50_ms": fast["p50_ms"],
+            "ledger_commit_p99_ms": fast["p99_ms"],
+            "ledger_commit_p99_ms_at_200_tx_per_s": slow["p99_ms"],
             # CPU one validator spends per committed transaction (execution, storage, signatures, results).
             "ledger_validator_cpu_us_per_tx": cpu_per_tx_us,
-            "ledger_validator_cpu_us_per_tx_at_1000_tx_per_s": paced_cpu_s / len(pids) / len(paced_ids) * 1e6,
-            "ledger_validators_cpu_cores_at_1000_tx_per_s": paced_cpu_s / paced_elapsed_s,
+            "ledger_validator_cpu_us_per_tx_at_1000_tx_per_s": fast["validator_cpu_us_per_tx"],
+            "ledger_validators_cpu_cores_at_1000_tx_per_s": fast["validators_cpu_cores"],
+            "ledger_blocks_per_s_at_1000_tx_per_s": fast["blocks_per_s"],
+            "ledger_validators_cpu_cores_at_200_tx_per_s": slow["validators_cpu_cores"],
+            "ledger_blocks_per_s_at_200_tx_per_s": slow["blocks_per_s"],
+            "ledger_validator_cpu_ms_per_block_at_200_tx_per_s": slow["validator_cpu_ms_per_block"],
             **execution,
-            "ledger_paced_offered_tx_per_s": offered,
+            "ledger_paced_offered_tx_per_s": fast["offered_tx_per_s"],
         }
     finally:
         await clock.stop()
