@@ -12,7 +12,7 @@ blocks cut (both chains) per second, and ledger_validator_cpu_ms_per_block_at_20
 validator's CPU per block at 200 tx/s, where blocks hold a few transactions each: the fixed work of a
 block (its signatures in and out, its statements, its fetches and results).
 ledger_execute_us_per_tx, ledger_execute_signature_share: execution alone in this process
-(`ledger_execute`), the figure that moves least with the machine.
+(`ledger_execute`): no broker, database or other process in what it measures.
 ledger_commit_p99_ms (and p50): transactions sent at a paced 1,000 tx/s; latency from just before the
 send to the first copy of its final result on ledger.results.v1.
 ledger_hop_<hop>_p50_ms / _p99_ms: where that latency goes, from the Kafka timestamps of the records

@@ -1,10 +1,10 @@
 """A validator's execution cost alone: one chain fed in process, no broker, no database, no other process.
 
-The ledger area's other figures move by 10–30 % with the shared machine. This one is the CPU time of
-one process doing exactly what a validator does with each fetched transaction record: decode the
-envelope, check the submitter's Ed25519 signature, run the state machine, and cut blocks (Merkle
-roots, header hash). It is the best of a few rounds, so a change to the execution path can be judged
-by it alone.
+The ledger area's other figures depend on the broker, PostgreSQL, four processes and how they share
+two cores. This one is the CPU time of one process doing exactly what a validator does with each
+fetched transaction record: decode the envelope, check the submitter's Ed25519 signature, run the
+state machine, and cut blocks (Merkle roots, header hash); the best of a few rounds. The machine's own
+speed still shows in it (compare it with the Ed25519 baselines of the same run), but nothing else does.
 
 ledger_execute_us_per_tx: CPU microseconds per transaction (half ISSUE, half LOCK, blocks of 500).
 ledger_execute_signature_share: the share of it spent in the Ed25519 checks (measured apart, on the
