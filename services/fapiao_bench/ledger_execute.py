@@ -13,6 +13,7 @@ same signatures, through `ledger_trust.verify_signature` as the state machine ca
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,8 +51,16 @@ def workload(invoices: int) -> Workload:
         sign_key_registration(authority, registration(issuer, ledger_pb2.SUBMITTER_ROLE_ISSUER, SELLER_TAX_ID)),
         sign_key_registration(authority, registration(reimburser, ledger_pb2.SUBMITTER_ROLE_REIMBURSER, "r")),
     ]
-    numbers = [f"2644{i:016d}" for i in range(invoices * CHAINS)]
-    ours = [(n, i) for n in numbers if chain_of(i := invoice_id_for_number(n), CHAINS) == 0][:invoices]
+    if invoices <= 0:
+        raise ValueError("at least one invoice is needed")
+    ours: list[tuple[str, str]] = []  # (number, invoice id) of numbers whose invoice lives on chain 0
+    for n in itertools.count():
+        number = f"2644{n:016d}"
+        invoice_id = invoice_id_for_number(number)
+        if chain_of(invoice_id, CHAINS) == 0:
+            ours.append((number, invoice_id))
+            if len(ours) == invoices:
+                break
     signed = [issue(issuer, invoice_id, number) for number, invoice_id in ours]
     signed += [reimburse(reimburser, T.TRANSACTION_TYPE_LOCK, invoice_id, ORGANISATION) for _, invoice_id in ours]
     records = []

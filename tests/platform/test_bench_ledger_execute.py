@@ -18,6 +18,13 @@ def test_figures_of_an_accepted_workload() -> None:
     assert 0 < figures["ledger_execute_signature_share"] <= 1
 
 
+def test_the_workload_has_exactly_the_invoices_asked_for() -> None:
+    work = ledger_execute.workload(7)
+    assert len(work.records) == 14  # an ISSUE and a LOCK each
+    with pytest.raises(ValueError):
+        ledger_execute.workload(0)
+
+
 def test_a_workload_the_executor_rejects_gives_no_figure(monkeypatch: pytest.MonkeyPatch) -> None:
     original = ledger_execute.workload
 
