@@ -116,103 +116,131 @@ async def commit_blocks(
     """Store blocks (in chain order), all of them or none.
 
     Each block brings its transactions, results, new states, registrations, own signature and the
-    chain position, so a crash never leaves half a block. A lone block without key registrations is
-    one statement, atomic by itself (one round trip); otherwise one transaction holds them all.
-    Raises HeaderConflict if a different header is already stored for a height (a validator never
-    signs two headers for one height).
+    chain position, so a crash never leaves half a block. Blocks without key registrations, none of
+    them stored yet (the usual case: the blocks of one fetch, often one per chain as their time cuts
+    coincide), are one statement, atomic by itself (one round trip); otherwise one transaction holds
+    them all, block by block. Raises HeaderConflict if a different header is already stored for a
+    height (a validator never signs two headers for one height).
     """
     async with pool.acquire() as conn:
-        if len(blocks) == 1 and not blocks[0][0].registrations:
-            await _insert_block(conn, blocks[0][0], validator_id, blocks[0][1])
+        if not any(block.registrations for block, _ in blocks) and await _insert_blocks(conn, blocks, validator_id):
             return
         async with conn.transaction():
             for block, signature in blocks:
-                await _insert_block(conn, block, validator_id, signature)
+                if await _insert_blocks(conn, [(block, signature)], validator_id):
+                    await _insert_registrations(conn, block)
+                    continue
+                stored = await conn.fetchval(
+                    "SELECT header_hash FROM blocks WHERE chain_id = $1 AND height = $2", block.chain_id, block.height
+                )
+                if bytes(stored) != block.header_hash:
+                    raise HeaderConflict(f"chain {block.chain_id} height {block.height} already has another header")
 
 
-async def _insert_block(
-    conn: asyncpg.Connection, block: CutBlock, validator_id: str, own_signature: ledger_pb2.BlockSignature
+async def _insert_blocks(
+    conn: asyncpg.Connection, blocks: list[tuple[CutBlock, ledger_pb2.BlockSignature]], validator_id: str
 ) -> bool:
-    # The block, our signature, its transactions and the states it changed in one statement; nothing
-    # but the header check happens when the block is already stored.
-    outcomes = block.outcomes
-    issue_ids = {
-        o.invoice_id: o.transaction_id
-        for o in outcomes
-        if o.result.accepted and o.result.type == ledger_pb2.TRANSACTION_TYPE_ISSUE
-    }
-    states = list(block.states.items())
-    inserted = await conn.fetchval(
-        "WITH b AS (INSERT INTO blocks (chain_id, height, header, header_hash, transaction_count, next_offset)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING chain_id, height, header_hash),"
-        " s AS (INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
-        " SELECT chain_id, height, $7, header_hash, $8 FROM b ON CONFLICT DO NOTHING),"
-        " t AS (INSERT INTO transactions (chain_id, height, idx, transaction_id, invoice_id, kafka_offset, accepted,"
-        " claims_id, duplicate, tx_bytes, result_bytes)"
-        " SELECT $1, $2, u.* FROM unnest($9::int[], $10::text[], $11::text[], $12::bigint[], $13::boolean[],"
-        " $14::boolean[], $15::boolean[], $16::bytea[], $17::bytea[]) AS u WHERE EXISTS (SELECT 1 FROM b)),"
-        " st AS (INSERT INTO invoice_states (invoice_id, chain_id, invoice_number, issue_transaction_id,"
-        " last_transaction_id, state, height)"
-        " SELECT u.invoice_id, $1, u.invoice_number, u.issue_id, u.last_id, u.state, $2"
-        " FROM unnest($18::text[], $19::text[], $20::text[], $21::text[], $22::bytea[])"
-        " AS u(invoice_id, invoice_number, issue_id, last_id, state) WHERE EXISTS (SELECT 1 FROM b)"
-        " ON CONFLICT (invoice_id) DO UPDATE SET last_transaction_id = EXCLUDED.last_transaction_id,"
-        " state = EXCLUDED.state, height = EXCLUDED.height)"
-        " SELECT EXISTS (SELECT 1 FROM b)",
-        block.chain_id,
-        block.height,
-        block.header_bytes,
-        block.header_hash,
-        len(block.transactions),
-        block.next_offset,
-        validator_id,
-        own_signature.signature.signature,
-        list(range(len(outcomes))),
-        [o.transaction_id for o in outcomes],
-        [o.invoice_id for o in outcomes],
-        block.offsets,
-        [o.result.accepted for o in outcomes],
-        [claims_id(o) for o in outcomes],
-        [o.result.rejection_reason == DUPLICATE_TRANSACTION for o in outcomes],
-        block.transactions,
-        block.results,
-        [invoice_id for invoice_id, _ in states],
-        [state.invoice_number for _, state in states],
-        [issue_ids.get(invoice_id, "") for invoice_id, _ in states],
-        [state.last_transaction_id for _, state in states],
-        [block.state_bytes[invoice_id] for invoice_id, _ in states],
-    )
-    if not inserted:
-        stored = await conn.fetchval(
-            "SELECT header_hash FROM blocks WHERE chain_id = $1 AND height = $2", block.chain_id, block.height
-        )
-        if bytes(stored) != block.header_hash:
-            raise HeaderConflict(f"chain {block.chain_id} height {block.height} already has another header")
-        return False
-    if block.registrations:
-        await conn.executemany(
-            "INSERT INTO submitter_keys (chain_id, key_id, public_key, role, subject, revoked, registration_id)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain_id, key_id) DO UPDATE SET"
-            " revoked = EXCLUDED.revoked, registration_id = EXCLUDED.registration_id",
-            [
+    """The blocks, our signatures, their transactions and the states they changed, in one statement,
+    if none of the blocks is stored yet; False (nothing written) if one is."""
+    transactions: list[tuple[object, ...]] = []
+    issue_ids: dict[str, str] = {}
+    # The latest state of each invoice the blocks changed (an invoice may change in two blocks of a chain).
+    states: dict[str, tuple[int, str, str, bytes, int]] = {}
+    for block, _ in blocks:
+        for idx, (o, offset, tx_bytes, result_bytes) in enumerate(
+            zip(block.outcomes, block.offsets, block.transactions, block.results, strict=True)
+        ):
+            transactions.append(
                 (
                     block.chain_id,
-                    r.key.key_id,
-                    r.key.public_raw,
-                    r.key.role,
-                    r.key.subject,
-                    r.key.revoked,
-                    r.registration_id,
+                    block.height,
+                    idx,
+                    o.transaction_id,
+                    o.invoice_id,
+                    offset,
+                    o.result.accepted,
+                    claims_id(o),
+                    o.result.rejection_reason == DUPLICATE_TRANSACTION,
+                    tx_bytes,
+                    result_bytes,
                 )
-                for r in block.registrations
-            ],
-        )
-        await conn.executemany(
-            "INSERT INTO key_registrations (chain_id, registration_id, kafka_offset, height, signed_bytes)"
-            " VALUES ($1, $2, $3, $4, $5)",
-            [(block.chain_id, r.registration_id, r.offset, block.height, r.signed_bytes) for r in block.registrations],
-        )
-    return True
+            )
+            if o.result.accepted and o.result.type == ledger_pb2.TRANSACTION_TYPE_ISSUE:
+                issue_ids[o.invoice_id] = o.transaction_id
+        for invoice_id, state in block.states.items():
+            states[invoice_id] = (
+                block.chain_id,
+                state.invoice_number,
+                state.last_transaction_id,
+                block.state_bytes[invoice_id],
+                block.height,
+            )
+    fresh = await conn.fetchval(
+        "WITH ok AS (SELECT NOT EXISTS (SELECT 1 FROM blocks x"
+        " JOIN unnest($1::int[], $2::bigint[]) AS u(chain_id, height) USING (chain_id, height)) AS fresh),"
+        " b AS (INSERT INTO blocks (chain_id, height, header, header_hash, transaction_count, next_offset)"
+        " SELECT * FROM unnest($1::int[], $2::bigint[], $3::bytea[], $4::bytea[], $5::int[], $6::bigint[])"
+        " WHERE (SELECT fresh FROM ok)),"
+        " s AS (INSERT INTO block_signatures (chain_id, height, validator_id, header_hash, signature)"
+        " SELECT u.chain_id, u.height, $7, u.header_hash, u.signature"
+        " FROM unnest($1::int[], $2::bigint[], $4::bytea[], $8::bytea[]) AS u(chain_id, height, header_hash, signature)"
+        " WHERE (SELECT fresh FROM ok) ON CONFLICT DO NOTHING),"  # ours, stored ahead while replaying
+        " t AS (INSERT INTO transactions (chain_id, height, idx, transaction_id, invoice_id, kafka_offset, accepted,"
+        " claims_id, duplicate, tx_bytes, result_bytes)"
+        " SELECT * FROM unnest($9::int[], $10::bigint[], $11::int[], $12::text[], $13::text[], $14::bigint[],"
+        " $15::boolean[], $16::boolean[], $17::boolean[], $18::bytea[], $19::bytea[]) WHERE (SELECT fresh FROM ok)),"
+        " st AS (INSERT INTO invoice_states (invoice_id, chain_id, invoice_number, issue_transaction_id,"
+        " last_transaction_id, state, height)"
+        " SELECT * FROM unnest($20::text[], $21::int[], $22::text[], $23::text[], $24::text[], $25::bytea[],"
+        " $26::bigint[]) WHERE (SELECT fresh FROM ok)"
+        " ON CONFLICT (invoice_id) DO UPDATE SET last_transaction_id = EXCLUDED.last_transaction_id,"
+        " state = EXCLUDED.state, height = EXCLUDED.height)"
+        " SELECT fresh FROM ok",
+        [block.chain_id for block, _ in blocks],
+        [block.height for block, _ in blocks],
+        [block.header_bytes for block, _ in blocks],
+        [block.header_hash for block, _ in blocks],
+        [len(block.transactions) for block, _ in blocks],
+        [block.next_offset for block, _ in blocks],
+        validator_id,
+        [signature.signature.signature for _, signature in blocks],
+        *(list(column) for column in zip(*transactions, strict=True)) if transactions else [[]] * 11,
+        list(states),
+        [chain_id for chain_id, _, _, _, _ in states.values()],
+        [number for _, number, _, _, _ in states.values()],
+        [issue_ids.get(invoice_id, "") for invoice_id in states],
+        [last_id for _, _, last_id, _, _ in states.values()],
+        [state for _, _, _, state, _ in states.values()],
+        [height for _, _, _, _, height in states.values()],
+    )
+    return bool(fresh)
+
+
+async def _insert_registrations(conn: asyncpg.Connection, block: CutBlock) -> None:
+    if not block.registrations:
+        return
+    await conn.executemany(
+        "INSERT INTO submitter_keys (chain_id, key_id, public_key, role, subject, revoked, registration_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain_id, key_id) DO UPDATE SET"
+        " revoked = EXCLUDED.revoked, registration_id = EXCLUDED.registration_id",
+        [
+            (
+                block.chain_id,
+                r.key.key_id,
+                r.key.public_raw,
+                r.key.role,
+                r.key.subject,
+                r.key.revoked,
+                r.registration_id,
+            )
+            for r in block.registrations
+        ],
+    )
+    await conn.executemany(
+        "INSERT INTO key_registrations (chain_id, registration_id, kafka_offset, height, signed_bytes)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        [(block.chain_id, r.registration_id, r.offset, block.height, r.signed_bytes) for r in block.registrations],
+    )
 
 
 async def store_signatures(

@@ -4,6 +4,7 @@ signature topic's replay point, what a restart loads."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,10 @@ from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_stack.harness import StackUnderTest
 from ledger import reads, store
+from ledger.devnet import BUYER_TAX_ID, T, issue, reimburse
 
 from tests.ledger.support import IDS, unit_validator
+from tests.ledger.test_state_machine import ISSUER, REIMBURSER, Feeder, iid, new_chain
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 
@@ -181,5 +184,78 @@ async def test_a_restart_holds_only_the_recent_blocks_and_those_still_owed_work(
         assert validator.publish_queue.get_nowait() == (0, 3) and validator.publish_queue.empty()
         assert validator.votes == {(1, 4): {IDS[0]: bytes([1, 4]) * 16}} and len(producer.sent) == 1
         assert validator._is_forgotten((0, 15)) and not validator._is_forgotten((0, 3))
+    finally:
+        await pool.close()
+
+
+async def test_blocks_are_stored_whole_together_and_never_over_another_header(stack: StackUnderTest) -> None:
+    """The blocks of one round (here two heights of a chain that change one invoice twice) are one
+    statement; a batch holding a block already stored goes block by block, and one with another
+    header for a stored height stores nothing of its batch."""
+
+    feed = Feeder(new_chain())
+    feed(issue(ISSUER, iid(1), "26440000000000000001", 10_000, buyer=BUYER_TAX_ID))
+    feed.cut(1)  # block 1 also takes effect of the key registrations at the head of the log
+    feed(issue(ISSUER, iid(2), "26440000000000000002", 10_000, buyer=BUYER_TAX_ID))
+    feed.cut(2)
+    feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_LOCK, iid(2), BUYER_TAX_ID))
+    feed.cut(3)
+    feed(reimburse(REIMBURSER, T.TRANSACTION_TYPE_UNLOCK, iid(2), BUYER_TAX_ID))
+    feed.cut(4)
+    b1, b2, b3, b4 = feed.blocks
+    assert b1.registrations and not b2.registrations
+
+    def own(block: Any) -> ledger_pb2.BlockSignature:
+        sig = ledger_pb2.BlockSignature(
+            chain_id=block.chain_id, height=block.height, validator_id=IDS[0], header_hash=block.header_hash
+        )
+        sig.signature.signature = bytes([block.height]) * 64
+        return sig
+
+    schema = "validator_blocks"
+    pool = await create_pool(stack.database_url, schema)
+    try:
+        await apply_migrations(pool, schema, MIGRATIONS)
+
+        async def stored() -> tuple[list[tuple[Any, ...]], int, int, list[tuple[Any, ...]]]:
+            async with pool.acquire() as conn:
+                blocks = [tuple(r) for r in await conn.fetch("SELECT height, header_hash FROM blocks ORDER BY height")]
+                txs = await conn.fetchval("SELECT count(*) FROM transactions")
+                sigs = await conn.fetchval("SELECT count(*) FROM block_signatures")
+                states = [
+                    tuple(r)
+                    for r in await conn.fetch(
+                        "SELECT invoice_id, issue_transaction_id, last_transaction_id, state, height"
+                        " FROM invoice_states ORDER BY invoice_id"
+                    )
+                ]
+            return blocks, txs, sigs, states
+
+        await store.commit_blocks(pool, [(b1, own(b1))], IDS[0])
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM submitter_keys") == 2
+        await store.commit_blocks(pool, [(b2, own(b2)), (b3, own(b3))], IDS[0])
+        blocks, txs, sigs, states = await stored()
+        assert blocks == [(h, b.header_hash) for h, b in ((1, b1), (2, b2), (3, b3))]
+        assert (txs, sigs) == (3, 3)
+        issued_2 = b2.outcomes[0].transaction_id
+        # The invoice changed in both blocks: its row holds the later state and the ISSUE's id.
+        assert dict((s[0], s[1:]) for s in states)[iid(2)] == (
+            issued_2,
+            b3.outcomes[0].transaction_id,
+            b3.state_bytes[iid(2)],
+            3,
+        )
+        # Stored already (a replay): block by block, nothing changes and nothing is refused.
+        await store.commit_blocks(pool, [(b3, own(b3)), (b4, own(b4))], IDS[0])
+        blocks, txs, sigs, _ = await stored()
+        assert [h for h, _ in blocks] == [1, 2, 3, 4] and (txs, sigs) == (4, 4)
+        # Another header for height 4, with a new height 5 behind it: refused, and height 5 not stored.
+        other = dataclasses.replace(b4, header_hash=b"\x09" * 32, header_bytes=b"other")
+        later = dataclasses.replace(b4, height=5, outcomes=[], transactions=[], results=[], offsets=[], states={})
+        before = await stored()
+        with pytest.raises(store.HeaderConflict, match="height 4"):
+            await store.commit_blocks(pool, [(other, own(other)), (later, own(later))], IDS[0])
+        assert await stored() == before
     finally:
         await pool.close()

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
+from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.envelope import parse_envelope, unpack
 from ledger.config import LedgerConfig
-from ledger.validator import cut_interval_start, time_to_cut_due
+from ledger.validator import chains_to_mark, cut_interval_start, time_to_cut_due
+
+from tests.ledger.support import unit_validator
 
 pytestmark = pytest.mark.unit
 
@@ -51,6 +60,79 @@ def test_the_interval_counts_from_the_cut_when_no_marker_of_ours_made_it() -> No
 def test_an_idle_time_equal_to_the_cut_interval_is_the_fixed_interval_rule() -> None:
     assert time_to_cut_due(100.0, None, CUT_S, CUT_S) == pytest.approx(100.050)
     assert time_to_cut_due(100.010, 100.0, CUT_S, CUT_S) == pytest.approx(100.060)
+
+
+def test_nothing_is_marked_before_a_chain_is_due() -> None:
+    assert chains_to_mark({0: 100.02, 1: 100.01}, {0, 1}, now=100.0) == []
+    assert chains_to_mark({}, set(), now=100.0) == []
+
+
+def test_a_due_chain_takes_every_unmarked_pending_chain_with_it() -> None:
+    # Chain 0 is due; chain 1 has pending transactions but would wait longer on its own; chain 2 was
+    # marked at its current height already (its marker is in flight): only 0 and 1 are marked now.
+    assert chains_to_mark({0: 99.99, 1: 100.04, 2: 100.5}, {0, 1}, now=100.0) == [0, 1]
+    # A chain due again after a long pause (a lost marker) is re-marked on its own.
+    assert chains_to_mark({0: 100.02, 2: 99.0}, {0}, now=100.0) == [0, 2]
+    # Chains without pending transactions (absent from `due`) are never marked.
+    assert chains_to_mark({0: 99.99}, {0, 1}, now=100.0) == [0]
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.markers: list[tuple[int, int, float]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes, partition: int) -> Any:
+        marker = unpack(parse_envelope(value), ledger_pb2.LedgerRecord).time_to_cut
+        self.markers.append((partition, marker.height, time.monotonic()))
+        return asyncio.get_running_loop().create_future()
+
+
+async def test_the_designated_validator_cuts_the_chains_together() -> None:
+    producer = _Producer()
+    v = unit_validator(None, producer)  # validator-1: the first by id, the one that cuts on time
+    v.chains = {0: SimpleNamespace(has_pending=True, height=7), 1: SimpleNamespace(has_pending=True, height=3)}  # type: ignore[dict-item]
+    now = time.monotonic()
+    # Chain 0 is under load (cut just now: due after cut_ms, 20 ms); chain 1 alone would be due in 80 ms.
+    v.last_cut[0] = now
+    v.pending_since = {0: now, 1: now + 0.075}
+    stop = asyncio.Event()
+    loop = asyncio.ensure_future(v._markers_loop(stop))
+    try:
+        async with asyncio.timeout(5):
+            while len(producer.markers) < 2:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.1)  # nothing more: both are marked at their heights
+    finally:
+        stop.set()
+        v.pending_started.set()
+        await asyncio.wait_for(loop, timeout=5)
+    assert sorted((chain, height) for chain, height, _ in producer.markers) == [(0, 7), (1, 3)]
+    sent = [at for _, _, at in producer.markers]
+    # Chain 1 went out with chain 0, at chain 0's time, in the same round.
+    assert now + 0.015 <= min(sent) and max(sent) < now + 0.075
+    assert max(sent) - min(sent) < 0.005
+
+
+async def test_the_other_validators_only_stand_in() -> None:
+    producer = _Producer()
+    v = unit_validator(None, producer)
+    v._rank = 1  # not the first by id
+    v.chains = {0: SimpleNamespace(has_pending=True, height=7)}  # type: ignore[dict-item]
+    now = time.monotonic()
+    v.pending_since = {0: now}
+    stop = asyncio.Event()
+    loop = asyncio.ensure_future(v._markers_loop(stop))
+    try:
+        await asyncio.sleep(0.15)
+        assert producer.markers == []  # the designated validator's marker is awaited first
+        async with asyncio.timeout(5):
+            while not producer.markers:
+                await asyncio.sleep(0.005)
+    finally:
+        stop.set()
+        v.pending_started.set()
+        await asyncio.wait_for(loop, timeout=5)
+    assert producer.markers[0][2] - now >= 0.25  # the stand-in wait, max(5 x cut_ms, 250 ms)
 
 
 @pytest.mark.parametrize(
