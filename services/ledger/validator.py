@@ -124,7 +124,7 @@ def chains_to_mark(due: Mapping[int, float], unmarked: set[int], now: float) -> 
     `due`: when each chain with pending transactions is due (monotonic seconds); `unmarked`: those of
     them this validator has sent no marker for at their current height. Nothing is sent before one of
     them is due; then every unmarked pending chain is cut with it. So the chains' time cuts coincide:
-    every validator then reads their markers in one fetch, stores their blocks in one statement, sends
+    a validator that reads their markers in one fetch stores their blocks in one statement, sends
     their signatures in one request and finalizes them together, instead of paying each block's round
     on its own (the per-block work is most of a validator's CPU below saturation: docs/benchmarks.md).
     """
