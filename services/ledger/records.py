@@ -31,6 +31,7 @@ class LogRecord:
     tx: ParsedTransaction | None = None
     marker: ledger_pb2.TimeToCut | None = None
     registration: ledger_pb2.SignedKeyRegistration | None = None
+    producer: str = ""  # of a marker: the validator that says it wrote it (unsigned; timing only)
 
 
 def decode_record(offset: int, raw: bytes | None) -> LogRecord:
@@ -44,7 +45,7 @@ def decode_record(offset: int, raw: bytes | None) -> LogRecord:
     if which == "transaction":
         return LogRecord(offset, envelope.aggregate_id, "tx", tx=parse_transaction(record.transaction))
     if which == "time_to_cut":
-        return LogRecord(offset, envelope.aggregate_id, "cut", marker=record.time_to_cut)
+        return LogRecord(offset, envelope.aggregate_id, "cut", marker=record.time_to_cut, producer=envelope.producer)
     if which == "key_registration":
         return LogRecord(offset, envelope.aggregate_id, "key", registration=record.key_registration)
     return LogRecord(offset, envelope.aggregate_id, "skip")

@@ -187,6 +187,10 @@ class Validator:
         self._results_topic = runtime.topic(LEDGER_RESULTS.name)
         ordered = sorted(config.validator_keys)
         self._rank = ordered.index(config.validator_id)
+        # The validator that writes every chain's time cuts (`_markers_loop`): the first by id, until a
+        # block of chain 0 is cut by another validator's marker (one that stood in while it was down or
+        # late), which then takes over. Every validator learns it from the same log.
+        self.time_cutter = ordered[0]
         self._validators = len(ordered)
         self._results_partitions = 1
         # Ids the database may hold (filled in _load): ids outside them need no preload query.
@@ -362,6 +366,10 @@ class Validator:
             elif record.kind == "cut":
                 assert record.marker is not None
                 block = chain.on_time_to_cut(record.offset, record.marker)
+                # Chain 0's log alone decides (chains are not ordered with each other): every
+                # validator sees the same succession of time cutters.
+                if block is not None and chain.chain_id == 0 and record.producer in self.config.validator_keys:
+                    self.time_cutter = record.producer
             elif record.kind == "key":
                 assert record.registration is not None
                 chain.on_registration(record.offset, record.registration)
@@ -930,14 +938,15 @@ class Validator:
         # long pause (a lost send, a stuck producer), never while a loaded broker is merely slow.
         resend_s = max(20 * cut_s, MARKER_RESEND_MIN_S)
         stand_in_s = max(5 * cut_s, STAND_IN_MIN_S)
-        # One validator (the first by id) cuts every chain on time, so their cuts can coincide
-        # (`chains_to_mark`); the others step in only if it is down, after long enough for its
-        # marker's round trip through a loaded broker.
-        designated = self._rank == 0
         while not stop.is_set():
             # Cleared before the scan: a chain that starts pending during it wakes the next wait.
             self.pending_started.clear()
             now = time.monotonic()
+            # One validator cuts every chain on time (`time_cutter`), so their cuts can coincide
+            # (`chains_to_mark`); the others step in only if it is down, after long enough for its
+            # marker's round trip through a loaded broker. The first stand-in whose marker cuts a
+            # block takes over.
+            designated = self.time_cutter == self.config.validator_id
             due: dict[int, float] = {}
             unmarked: set[int] = set()
             for chain_id, chain in self.chains.items():
@@ -954,7 +963,8 @@ class Validator:
                     due[chain_id] = max(due[chain_id], sent_at + resend_s)
                 else:
                     unmarked.add(chain_id)
-            for chain_id in chains_to_mark(due, unmarked, now):
+            # Only the time cutter brings pending chains along; a stand-in marks the overdue ones.
+            for chain_id in chains_to_mark(due, unmarked if designated else set(), now):
                 height = self.chains[chain_id].height
                 self.last_marker[chain_id] = (height, now)
                 await self._send_marker(chain_id, height)

@@ -10,11 +10,12 @@ import random
 import asyncpg
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.envelope import unpack
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.kafka import new_producer
 from fapiao_runtime.ledger_client import LedgerResultWaiter, SigningKey
 from fapiao_runtime.ledger_trust import format_key_list
-from fapiao_stack.harness import ServiceProcess, StackUnderTest
+from fapiao_stack.harness import ServiceProcess, StackUnderTest, read_envelopes
 from ledger.devnet import LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 
 pytestmark = pytest.mark.integration
@@ -278,3 +279,30 @@ async def test_divergent_validator_is_reported_and_quorum_still_finalizes(stack:
         assert "validator header diverges from ours" in log
     finally:
         await net.stop()
+
+
+async def test_when_the_time_cutter_is_down_the_first_stand_in_takes_over(stack: StackUnderTest) -> None:
+    """validator-1 (the first by id) writes the time cuts. Killed, the others stand in after the
+    stand-in wait; the first whose marker cuts a block of chain 0 then writes every time cut alone."""
+    net = LedgerNetwork(stack, extra_env={"FAPIAO_LEDGER_CUT_MS": "20"})
+    await net.start()
+    try:
+        net.processes[1].kill()
+        numbers = [f"2644{7:04d}{n:012d}" for n in range(40)]
+        txs = [issue(net.issuer, invoice_id_for_number(number), number) for number in numbers]
+        for first in range(0, len(txs), 5):
+            await net.submit(txs[first : first + 5])
+            await wait_all_final(net, [2, 3, 4], first + 5, timeout_s=30)
+        records = await read_envelopes(stack.kafka_bootstrap, stack.topic("ledger.tx.v1"))
+    finally:
+        await net.stop()
+    writers = [
+        (envelope.producer, envelope.aggregate_id, record.time_to_cut.height)
+        for envelope in records
+        if (record := unpack(envelope, ledger_pb2.LedgerRecord)).WhichOneof("record") == "time_to_cut"
+    ]
+    assert writers and "validator-1" not in {writer for writer, _, _ in writers}
+    # The stand-ins of the first round(s); then one validator alone, on time, for both chains.
+    last = {chain: max(h for _, c, h in writers if c == chain) for _, chain, _ in writers}
+    taken_over = {writer for writer, chain, height in writers if height > last[chain] - 4}
+    assert len(last) == 2 and len(taken_over) == 1, " ".join(map(str, writers))

@@ -11,9 +11,13 @@ import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import parse_envelope, unpack
 from ledger.config import LedgerConfig
+from ledger.devnet import issue
+from ledger.records import LogRecord, decode_record, marker_envelope
+from ledger.state_machine import parse_transaction
 from ledger.validator import chains_to_mark, cut_interval_start, time_to_cut_due
 
-from tests.ledger.support import unit_validator
+from tests.ledger.support import IDS, unit_validator
+from tests.ledger.test_state_machine import ISSUER, iid, new_chain
 
 pytestmark = pytest.mark.unit
 
@@ -116,7 +120,7 @@ async def test_the_designated_validator_cuts_the_chains_together() -> None:
 async def test_the_other_validators_only_stand_in() -> None:
     producer = _Producer()
     v = unit_validator(None, producer)
-    v._rank = 1  # not the first by id
+    v.time_cutter = IDS[1]  # another validator writes the time cuts
     v.chains = {0: SimpleNamespace(has_pending=True, height=7)}  # type: ignore[dict-item]
     now = time.monotonic()
     v.pending_since = {0: now}
@@ -133,6 +137,34 @@ async def test_the_other_validators_only_stand_in() -> None:
         v.pending_started.set()
         await asyncio.wait_for(loop, timeout=5)
     assert producer.markers[0][2] - now >= 0.25  # the stand-in wait, max(5 x cut_ms, 250 ms)
+
+
+async def test_the_validator_whose_marker_cut_a_block_takes_over_the_time_cuts() -> None:
+    """The first by id writes the time cuts until another validator's marker cuts a block (it stood in
+    while the first was down or late): every validator reads that in the log, and the new one cuts on
+    time from then on. Markers from unknown writers or that cut nothing change nothing."""
+    v = unit_validator(None, _Producer())
+    assert v.time_cutter == IDS[0] == v.config.validator_id
+    chain = new_chain()
+    v.chains = {0: chain}
+
+    async def apply(*records: LogRecord) -> int:
+        return len(await v._apply_batch(chain, list(records)))
+
+    def tx(offset: int, n: int) -> LogRecord:
+        signed = issue(ISSUER, iid(n), f"2644{n:016d}")
+        return LogRecord(offset, iid(n), "tx", tx=parse_transaction(signed))
+
+    def marker(offset: int, writer: str, height: int) -> LogRecord:
+        return decode_record(offset, marker_envelope(writer, 0, height).SerializeToString())
+
+    assert marker(0, IDS[2], 1).producer == IDS[2]
+    assert await apply(tx(10, 1), marker(11, "stranger", 1)) == 1
+    assert v.time_cutter == IDS[0]  # not a validator: ignored
+    assert await apply(tx(12, 2), marker(13, IDS[2], 2), marker(14, IDS[3], 2)) == 1
+    assert v.time_cutter == IDS[2]  # its marker cut block 2; the later one for height 2 cut nothing
+    assert await apply(marker(15, IDS[1], 3)) == 0  # nothing pending: no cut, no change
+    assert v.time_cutter == IDS[2]
 
 
 @pytest.mark.parametrize(
