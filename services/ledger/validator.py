@@ -186,7 +186,6 @@ class Validator:
         self._sig_topic = runtime.topic(LEDGER_SIGNATURES.name)
         self._results_topic = runtime.topic(LEDGER_RESULTS.name)
         ordered = sorted(config.validator_keys)
-        self._rank = ordered.index(config.validator_id)
         # The validator that writes every chain's time cuts (`_markers_loop`): the first by id, until a
         # block of chain 0 is cut by another validator's marker (one that stood in while it was down or
         # late), which then takes over. Every validator learns it from the same log.
