@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
 import asyncpg
@@ -118,6 +118,19 @@ def cut_interval_start(last_cut: float | None, last_marker: tuple[int, float] | 
     return last_cut
 
 
+def takes_over_time_cuts(
+    marker: ledger_pb2.TimeToCut, chain_height: int, producer: str, validators: Collection[str]
+) -> bool:
+    """Whether a marker read in chain 0's log makes its writer the time cutter.
+
+    A validator's marker for chain 0's current height does, whether or not transactions are pending
+    (one that cuts nothing is a stand-in's claim, `_markers_loop`); a stale one (for a height already
+    cut) or one from a writer that is not a validator does not. Chain 0's log alone decides, since
+    chains are not ordered with each other: every validator sees the same succession of time cutters.
+    """
+    return marker.height == chain_height and producer in validators
+
+
 def chains_to_mark(due: Mapping[int, float], unmarked: set[int], now: float) -> list[int]:
     """The chains whose time-to-cut marker a validator sends now.
 
@@ -186,9 +199,9 @@ class Validator:
         self._sig_topic = runtime.topic(LEDGER_SIGNATURES.name)
         self._results_topic = runtime.topic(LEDGER_RESULTS.name)
         ordered = sorted(config.validator_keys)
-        # The validator that writes every chain's time cuts (`_markers_loop`): the first by id, until a
-        # block of chain 0 is cut by another validator's marker (one that stood in while it was down or
-        # late), which then takes over. Every validator learns it from the same log.
+        # The validator that writes every chain's time cuts (`_markers_loop`): the first by id, until
+        # another validator's marker for chain 0's current height (one that stood in while it was down
+        # or late) takes over (`takes_over_time_cuts`). Every validator learns it from the same log.
         self.time_cutter = ordered[0]
         self._validators = len(ordered)
         self._results_partitions = 1
@@ -364,11 +377,11 @@ class Validator:
                 block = chain.on_transaction(record.offset, record.aggregate_id, record.tx)
             elif record.kind == "cut":
                 assert record.marker is not None
-                block = chain.on_time_to_cut(record.offset, record.marker)
-                # Chain 0's log alone decides (chains are not ordered with each other): every
-                # validator sees the same succession of time cutters.
-                if block is not None and chain.chain_id == 0 and record.producer in self.config.validator_keys:
+                if chain.chain_id == 0 and takes_over_time_cuts(
+                    record.marker, chain.height, record.producer, self.config.validator_keys
+                ):
                     self.time_cutter = record.producer
+                block = chain.on_time_to_cut(record.offset, record.marker)
             elif record.kind == "key":
                 assert record.registration is not None
                 chain.on_registration(record.offset, record.registration)
@@ -943,8 +956,8 @@ class Validator:
             now = time.monotonic()
             # One validator cuts every chain on time (`time_cutter`), so their cuts can coincide
             # (`chains_to_mark`); the others step in only if it is down, after long enough for its
-            # marker's round trip through a loaded broker. The first stand-in whose marker cuts a
-            # block takes over.
+            # marker's round trip through a loaded broker. A stand-in whose claim chain 0's log takes
+            # becomes the time cutter.
             designated = self.time_cutter == self.config.validator_id
             due: dict[int, float] = {}
             unmarked: set[int] = set()
@@ -962,8 +975,15 @@ class Validator:
                     due[chain_id] = max(due[chain_id], sent_at + resend_s)
                 else:
                     unmarked.add(chain_id)
-            # Only the time cutter brings pending chains along; a stand-in marks the overdue ones.
-            for chain_id in chains_to_mark(due, unmarked if designated else set(), now):
+            # Only the time cutter brings pending chains along; a stand-in marks the overdue ones, and
+            # claims the time cuts with a marker for chain 0's current height (`takes_over_time_cuts`),
+            # even if chain 0 has nothing pending: its log alone moves the role, so without the claim
+            # the other chains would wait the stand-in time for every block while chain 0 is idle.
+            to_mark = chains_to_mark(due, unmarked if designated else set(), now)
+            if to_mark and not designated and 0 not in to_mark and 0 in self.chains:
+                if self.last_marker.get(0, (-1, 0.0))[0] != self.chains[0].height:
+                    to_mark.insert(0, 0)
+            for chain_id in to_mark:
                 height = self.chains[chain_id].height
                 self.last_marker[chain_id] = (height, now)
                 await self._send_marker(chain_id, height)

@@ -9,9 +9,10 @@ import random
 
 import asyncpg
 import pytest
+from fapiao.common.v1 import envelope_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import unpack
-from fapiao_runtime.invoice_ids import invoice_id_for_number
+from fapiao_runtime.invoice_ids import chain_of, invoice_id_for_number
 from fapiao_runtime.kafka import new_producer
 from fapiao_runtime.ledger_client import LedgerResultWaiter, SigningKey
 from fapiao_runtime.ledger_trust import format_key_list
@@ -281,6 +282,15 @@ async def test_divergent_validator_is_reported_and_quorum_still_finalizes(stack:
         await net.stop()
 
 
+def marker_writers(records: list[envelope_pb2.EventEnvelope]) -> list[tuple[str, str, int]]:
+    """(writer, chain, height) of every time-to-cut marker in the transaction log, in log order per chain."""
+    return [
+        (envelope.producer, envelope.aggregate_id, record.time_to_cut.height)
+        for envelope in records
+        if (record := unpack(envelope, ledger_pb2.LedgerRecord)).WhichOneof("record") == "time_to_cut"
+    ]
+
+
 async def test_when_the_time_cutter_is_down_the_first_stand_in_takes_over(stack: StackUnderTest) -> None:
     """validator-1 (the first by id) writes the time cuts. Killed, the others stand in after the
     stand-in wait; the first whose marker cuts a block of chain 0 then writes every time cut alone."""
@@ -296,13 +306,43 @@ async def test_when_the_time_cutter_is_down_the_first_stand_in_takes_over(stack:
         records = await read_envelopes(stack.kafka_bootstrap, stack.topic("ledger.tx.v1"))
     finally:
         await net.stop()
-    writers = [
-        (envelope.producer, envelope.aggregate_id, record.time_to_cut.height)
-        for envelope in records
-        if (record := unpack(envelope, ledger_pb2.LedgerRecord)).WhichOneof("record") == "time_to_cut"
-    ]
+    writers = marker_writers(records)
     assert writers and "validator-1" not in {writer for writer, _, _ in writers}
     # The stand-ins of the first round(s); then one validator alone, on time, for both chains.
     last = {chain: max(h for _, c, h in writers if c == chain) for _, chain, _ in writers}
     taken_over = {writer for writer, chain, height in writers if height > last[chain] - 4}
     assert len(last) == 2 and len(taken_over) == 1, " ".join(map(str, writers))
+
+
+async def test_with_the_time_cutter_down_and_chain_0_idle_a_stand_in_still_takes_over(stack: StackUnderTest) -> None:
+    """Only chain 0's log moves the time cuts. With validator-1 killed and transactions on chain 1 only,
+    the stand-ins claim the role with markers for chain 0's current height that cut nothing there;
+    then one validator writes chain 1's time cuts alone instead of a stand-in per block."""
+    net = LedgerNetwork(stack, extra_env={"FAPIAO_LEDGER_CUT_MS": "20"})
+    await net.start()
+    try:
+        net.processes[1].kill()
+        numbers = [
+            number for n in range(200) if chain_of(invoice_id_for_number(number := f"2644{8:04d}{n:012d}"), 2) == 1
+        ]
+        txs = [issue(net.issuer, invoice_id_for_number(number), number) for number in numbers[:40]]
+        for first in range(0, len(txs), 5):
+            await net.submit(txs[first : first + 5])
+            await wait_all_final(net, [2, 3, 4], first + 5, timeout_s=30)
+        records = await read_envelopes(stack.kafka_bootstrap, stack.topic("ledger.tx.v1"))
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            chain_0_blocks = await conn.fetchval(f"SELECT count(*) FROM {net.schema(2)}.blocks WHERE chain_id = 0")
+        finally:
+            await conn.close()
+    finally:
+        await net.stop()
+    assert chain_0_blocks == 0
+    writers = marker_writers(records)
+    claims = [(writer, height) for writer, chain, height in writers if chain == "chain-0"]
+    assert claims and {height for _, height in claims} == {1}, " ".join(map(str, writers))
+    chain_1 = [(writer, height) for writer, chain, height in writers if chain == "chain-1"]
+    assert "validator-1" not in {writer for writer, _ in chain_1 + claims}
+    last = max(height for _, height in chain_1)
+    taken_over = {writer for writer, height in chain_1 if height > last - 4}
+    assert len(taken_over) == 1 and taken_over <= {writer for writer, _ in claims}, " ".join(map(str, writers))

@@ -162,9 +162,52 @@ async def test_the_validator_whose_marker_cut_a_block_takes_over_the_time_cuts()
     assert await apply(tx(10, 1), marker(11, "stranger", 1)) == 1
     assert v.time_cutter == IDS[0]  # not a validator: ignored
     assert await apply(tx(12, 2), marker(13, IDS[2], 2), marker(14, IDS[3], 2)) == 1
-    assert v.time_cutter == IDS[2]  # its marker cut block 2; the later one for height 2 cut nothing
-    assert await apply(marker(15, IDS[1], 3)) == 0  # nothing pending: no cut, no change
+    assert v.time_cutter == IDS[2]  # its marker cut block 2; the later one for height 2 is stale
+    assert await apply(marker(15, IDS[1], 2)) == 0  # stale: no cut, no change
     assert v.time_cutter == IDS[2]
+    # A claim: a marker for the current height with nothing pending cuts nothing, but takes over.
+    assert await apply(marker(16, IDS[1], 3)) == 0
+    assert v.time_cutter == IDS[1]
+    assert await apply(tx(17, 3), marker(18, IDS[3], 3)) == 1
+    assert v.time_cutter == IDS[3]
+
+
+async def test_another_chains_markers_do_not_move_the_time_cuts() -> None:
+    """Chains are not ordered with each other: only chain 0's log decides who writes the time cuts."""
+    v = unit_validator(None, _Producer())
+    chain = new_chain(chain_id=1)
+    v.chains = {1: chain}
+    signed = issue(ISSUER, iid(1), f"2644{1:016d}")
+    records = [
+        LogRecord(10, iid(1), "tx", tx=parse_transaction(signed)),
+        decode_record(11, marker_envelope(IDS[2], 1, 1).SerializeToString()),
+    ]
+    assert len(await v._apply_batch(chain, records)) == 1
+    assert v.time_cutter == IDS[0]
+
+
+async def test_a_stand_in_claims_the_time_cuts_on_an_idle_chain_0() -> None:
+    """With the time cutter down and only chain 1 busy, a stand-in marks chain 1 and sends a marker for
+    chain 0's current height, which cuts nothing there but makes it the time cutter for everyone."""
+    producer = _Producer()
+    v = unit_validator(None, producer)
+    v.time_cutter = IDS[1]
+    v.chains = {0: SimpleNamespace(has_pending=False, height=4), 1: SimpleNamespace(has_pending=True, height=9)}  # type: ignore[dict-item]
+    now = time.monotonic()
+    v.pending_since = {1: now}
+    stop = asyncio.Event()
+    loop = asyncio.ensure_future(v._markers_loop(stop))
+    try:
+        async with asyncio.timeout(5):
+            while len(producer.markers) < 2:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # nothing more until the markers are read back
+    finally:
+        stop.set()
+        v.pending_started.set()
+        await asyncio.wait_for(loop, timeout=5)
+    assert sorted((chain, height) for chain, height, _ in producer.markers) == [(0, 4), (1, 9)]
+    assert min(at for _, _, at in producer.markers) - now >= 0.25
 
 
 @pytest.mark.parametrize(
