@@ -61,6 +61,12 @@ EQUIVOCATIONS = Counter(
     "fapiao_ledger_equivocations_total", "Second, different headers a validator signed for one height", ["validator"]
 )
 HEIGHT = Gauge("fapiao_ledger_height", "Last stored block height", ["chain"])
+TIME_CUTS_SENT = Counter(
+    "fapiao_ledger_time_cuts_sent_total", "Time-to-cut markers sent, as the time cutter or standing in", ["role"]
+)
+TIME_CUTTER_CHANGES = Counter(
+    "fapiao_ledger_time_cutter_changes_total", "Another validator took over the time cuts (read in chain 0's log)"
+)
 
 FETCH_MAX_RECORDS = 5000
 HELD_SIGNATURES_LIMIT = 20_000
@@ -377,10 +383,13 @@ class Validator:
                 block = chain.on_transaction(record.offset, record.aggregate_id, record.tx)
             elif record.kind == "cut":
                 assert record.marker is not None
-                if chain.chain_id == 0 and takes_over_time_cuts(
-                    record.marker, chain.height, record.producer, self.config.validator_keys
+                if (
+                    chain.chain_id == 0
+                    and takes_over_time_cuts(record.marker, chain.height, record.producer, self.config.validator_keys)
+                    and record.producer != self.time_cutter
                 ):
                     self.time_cutter = record.producer
+                    TIME_CUTTER_CHANGES.inc()
                 block = chain.on_time_to_cut(record.offset, record.marker)
             elif record.kind == "key":
                 assert record.registration is not None
@@ -987,6 +996,7 @@ class Validator:
                 height = self.chains[chain_id].height
                 self.last_marker[chain_id] = (height, now)
                 await self._send_marker(chain_id, height)
+                TIME_CUTS_SENT.labels("time_cutter" if designated else "stand_in").inc()
                 due[chain_id] = now + resend_s
             next_due = min(due.values(), default=None)
             timeout = None if next_due is None else max(0.001, next_due - time.monotonic())

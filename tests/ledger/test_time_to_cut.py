@@ -15,6 +15,7 @@ from ledger.devnet import issue
 from ledger.records import LogRecord, decode_record, marker_envelope
 from ledger.state_machine import parse_transaction
 from ledger.validator import chains_to_mark, cut_interval_start, time_to_cut_due
+from prometheus_client import REGISTRY
 
 from tests.ledger.support import IDS, unit_validator
 from tests.ledger.test_state_machine import ISSUER, iid, new_chain
@@ -22,6 +23,10 @@ from tests.ledger.test_state_machine import ISSUER, iid, new_chain
 pytestmark = pytest.mark.unit
 
 CUT_S, IDLE_S = 0.050, 0.005
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_a_chain_never_cut_waits_only_the_idle_time() -> None:
@@ -99,6 +104,7 @@ async def test_the_designated_validator_cuts_the_chains_together() -> None:
     # Chain 0 is under load (cut just now: due after cut_ms, 20 ms); chain 1 alone would be due in 80 ms.
     v.last_cut[0] = now
     v.pending_since = {0: now, 1: now + 0.075}
+    on_time = _sample("fapiao_ledger_time_cuts_sent_total", role="time_cutter")
     stop = asyncio.Event()
     loop = asyncio.ensure_future(v._markers_loop(stop))
     try:
@@ -115,6 +121,7 @@ async def test_the_designated_validator_cuts_the_chains_together() -> None:
     # Chain 1 went out with chain 0, at chain 0's time, in the same round.
     assert now + 0.015 <= min(sent) and max(sent) < now + 0.075
     assert max(sent) - min(sent) < 0.005
+    assert _sample("fapiao_ledger_time_cuts_sent_total", role="time_cutter") == on_time + 2
 
 
 async def test_the_other_validators_only_stand_in() -> None:
@@ -159,6 +166,7 @@ async def test_the_validator_whose_marker_cut_a_block_takes_over_the_time_cuts()
         return decode_record(offset, marker_envelope(writer, 0, height).SerializeToString())
 
     assert marker(0, IDS[2], 1).producer == IDS[2]
+    changes = _sample("fapiao_ledger_time_cutter_changes_total")
     assert await apply(tx(10, 1), marker(11, "stranger", 1)) == 1
     assert v.time_cutter == IDS[0]  # not a validator: ignored
     assert await apply(tx(12, 2), marker(13, IDS[2], 2), marker(14, IDS[3], 2)) == 1
@@ -170,6 +178,7 @@ async def test_the_validator_whose_marker_cut_a_block_takes_over_the_time_cuts()
     assert v.time_cutter == IDS[1]
     assert await apply(tx(17, 3), marker(18, IDS[3], 3)) == 1
     assert v.time_cutter == IDS[3]
+    assert _sample("fapiao_ledger_time_cutter_changes_total") == changes + 3
 
 
 async def test_another_chains_markers_do_not_move_the_time_cuts() -> None:
@@ -195,6 +204,7 @@ async def test_a_stand_in_claims_the_time_cuts_on_an_idle_chain_0() -> None:
     v.chains = {0: SimpleNamespace(has_pending=False, height=4), 1: SimpleNamespace(has_pending=True, height=9)}  # type: ignore[dict-item]
     now = time.monotonic()
     v.pending_since = {1: now}
+    stand_ins = _sample("fapiao_ledger_time_cuts_sent_total", role="stand_in")
     stop = asyncio.Event()
     loop = asyncio.ensure_future(v._markers_loop(stop))
     try:
@@ -208,6 +218,7 @@ async def test_a_stand_in_claims_the_time_cuts_on_an_idle_chain_0() -> None:
         await asyncio.wait_for(loop, timeout=5)
     assert sorted((chain, height) for chain, height, _ in producer.markers) == [(0, 4), (1, 9)]
     assert min(at for _, _, at in producer.markers) - now >= 0.25
+    assert _sample("fapiao_ledger_time_cuts_sent_total", role="stand_in") == stand_ins + 2
 
 
 @pytest.mark.parametrize(
