@@ -990,7 +990,8 @@ class Validator:
             # the other chains would wait the stand-in time for every block while chain 0 is idle.
             to_mark = chains_to_mark(due, unmarked if designated else set(), now)
             if to_mark and not designated and 0 not in to_mark and 0 in self.chains:
-                if self.last_marker.get(0, (-1, 0.0))[0] != self.chains[0].height:
+                claimed_height, claimed_at = self.last_marker.get(0, (-1, 0.0))
+                if claimed_height != self.chains[0].height or now >= claimed_at + resend_s:
                     to_mark.insert(0, 0)
             for chain_id in to_mark:
                 height = self.chains[chain_id].height

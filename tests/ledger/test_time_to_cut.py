@@ -195,30 +195,38 @@ async def test_another_chains_markers_do_not_move_the_time_cuts() -> None:
     assert v.time_cutter == IDS[0]
 
 
-async def test_a_stand_in_claims_the_time_cuts_on_an_idle_chain_0() -> None:
+@pytest.mark.parametrize(
+    ("claimed_ago_s", "claims"),
+    [(None, True), (0.0, False), (2.0, True)],  # never; just now, at this height; over the 1 s re-send time
+)
+async def test_a_stand_in_claims_the_time_cuts_on_an_idle_chain_0(claimed_ago_s: float | None, claims: bool) -> None:
     """With the time cutter down and only chain 1 busy, a stand-in marks chain 1 and sends a marker for
-    chain 0's current height, which cuts nothing there but makes it the time cutter for everyone."""
+    chain 0's current height, which cuts nothing there but makes it the time cutter for everyone. A
+    claim it already sent at that height is repeated only after the re-send time, like any marker."""
     producer = _Producer()
     v = unit_validator(None, producer)
     v.time_cutter = IDS[1]
     v.chains = {0: SimpleNamespace(has_pending=False, height=4), 1: SimpleNamespace(has_pending=True, height=9)}  # type: ignore[dict-item]
     now = time.monotonic()
     v.pending_since = {1: now}
+    if claimed_ago_s is not None:
+        v.last_marker[0] = (4, now - claimed_ago_s)
     stand_ins = _sample("fapiao_ledger_time_cuts_sent_total", role="stand_in")
     stop = asyncio.Event()
     loop = asyncio.ensure_future(v._markers_loop(stop))
     try:
         async with asyncio.timeout(5):
-            while len(producer.markers) < 2:
+            while not producer.markers:
                 await asyncio.sleep(0.005)
         await asyncio.sleep(0.05)  # nothing more until the markers are read back
     finally:
         stop.set()
         v.pending_started.set()
         await asyncio.wait_for(loop, timeout=5)
-    assert sorted((chain, height) for chain, height, _ in producer.markers) == [(0, 4), (1, 9)]
+    expected = [(0, 4), (1, 9)] if claims else [(1, 9)]
+    assert sorted((chain, height) for chain, height, _ in producer.markers) == expected
     assert min(at for _, _, at in producer.markers) - now >= 0.25
-    assert _sample("fapiao_ledger_time_cuts_sent_total", role="stand_in") == stand_ins + 2
+    assert _sample("fapiao_ledger_time_cuts_sent_total", role="stand_in") == stand_ins + len(expected)
 
 
 @pytest.mark.parametrize(
