@@ -965,8 +965,8 @@ class Validator:
             now = time.monotonic()
             # One validator cuts every chain on time (`time_cutter`), so their cuts can coincide
             # (`chains_to_mark`); the others step in only if it is down, after long enough for its
-            # marker's round trip through a loaded broker. A stand-in whose claim chain 0's log takes
-            # becomes the time cutter.
+            # marker's round trip through a loaded broker. A stand-in's claim, once read in chain 0's
+            # log, makes it the time cutter.
             designated = self.time_cutter == self.config.validator_id
             due: dict[int, float] = {}
             unmarked: set[int] = set()

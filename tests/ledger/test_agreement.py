@@ -291,9 +291,9 @@ def marker_writers(records: list[envelope_pb2.EventEnvelope]) -> list[tuple[str,
     ]
 
 
-async def test_when_the_time_cutter_is_down_the_first_stand_in_takes_over(stack: StackUnderTest) -> None:
+async def test_when_the_time_cutter_is_down_a_stand_in_takes_over(stack: StackUnderTest) -> None:
     """validator-1 (the first by id) writes the time cuts. Killed, the others stand in after the
-    stand-in wait; the first whose marker cuts a block of chain 0 then writes every time cut alone."""
+    stand-in wait; one whose marker for chain 0's current height is read then writes every time cut alone."""
     net = LedgerNetwork(stack, extra_env={"FAPIAO_LEDGER_CUT_MS": "20"})
     await net.start()
     try:

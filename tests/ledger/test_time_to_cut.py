@@ -146,10 +146,11 @@ async def test_the_other_validators_only_stand_in() -> None:
     assert producer.markers[0][2] - now >= 0.25  # the stand-in wait, max(5 x cut_ms, 250 ms)
 
 
-async def test_the_validator_whose_marker_cut_a_block_takes_over_the_time_cuts() -> None:
-    """The first by id writes the time cuts until another validator's marker cuts a block (it stood in
-    while the first was down or late): every validator reads that in the log, and the new one cuts on
-    time from then on. Markers from unknown writers or that cut nothing change nothing."""
+async def test_a_validators_marker_for_chain_0s_current_height_takes_over_the_time_cuts() -> None:
+    """The first by id writes the time cuts until another validator's marker for chain 0's current
+    height is read (it stood in while the first was down or late, and cut a block or only claimed the
+    role): every validator reads that in the log, and the new one cuts on time from then on. Markers
+    from unknown writers and stale ones (for a height already cut) change nothing."""
     v = unit_validator(None, _Producer())
     assert v.time_cutter == IDS[0] == v.config.validator_id
     chain = new_chain()
