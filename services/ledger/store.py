@@ -175,6 +175,9 @@ async def _insert_blocks(
                 block.state_bytes[invoice_id],
                 block.height,
             )
+    state_chains, state_numbers, state_last_ids, state_bytes, state_heights = (
+        [list(column) for column in zip(*states.values(), strict=True)] if states else [[]] * 5
+    )
     fresh = await conn.fetchval(
         "WITH ok AS (SELECT NOT EXISTS (SELECT 1 FROM blocks x"
         " JOIN unnest($1::int[], $2::bigint[]) AS u(chain_id, height) USING (chain_id, height)) AS fresh),"
@@ -206,12 +209,12 @@ async def _insert_blocks(
         [signature.signature.signature for _, signature in blocks],
         *(list(column) for column in zip(*transactions, strict=True)) if transactions else [[]] * 11,
         list(states),
-        [chain_id for chain_id, _, _, _, _ in states.values()],
-        [number for _, number, _, _, _ in states.values()],
+        state_chains,
+        state_numbers,
         [issue_ids.get(invoice_id, "") for invoice_id in states],
-        [last_id for _, _, last_id, _, _ in states.values()],
-        [state for _, _, _, state, _ in states.values()],
-        [height for _, _, _, _, height in states.values()],
+        state_last_ids,
+        state_bytes,
+        state_heights,
     )
     return bool(fresh)
 
