@@ -5,9 +5,33 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
+from fapiao_stack import procs
 from fapiao_stack.procs import free_port, port_bindable, wait_bindable
+
+
+def test_free_port_never_hands_out_one_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may bind the port just released again; free_port then asks for another."""
+    given = iter([40_001, 40_001, 40_001, 40_002])
+
+    class _Socket:
+        def __enter__(self) -> _Socket:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(given)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(procs, "_HANDED_OUT", set())
+    monkeypatch.setattr(procs, "socket", SimpleNamespace(socket=_Socket))
+    assert [procs.free_port(), procs.free_port()] == [40_001, 40_002]
 
 
 def test_waits_until_a_held_port_is_released() -> None:

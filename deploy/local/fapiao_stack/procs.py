@@ -11,12 +11,23 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now and that this process has not handed out before.
+
+    The kernel may give the port it just released back to the next bind, so two calls in a row (a
+    broker's client and controller ports) could otherwise return one port, and the second server would
+    fail to start.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
