@@ -75,3 +75,40 @@ def reason_of(error: grpc.aio.AioRpcError | grpc.RpcError) -> str:
     """Extract the reason code from a client-side gRPC error raised by a Fapiao server."""
     details = error.details() if hasattr(error, "details") else ""
     return (details or "").split(":", 1)[0]
+
+
+def unavailable_cause(exc: BaseException) -> str | None:
+    """The dependency whose loss `exc` shows ("database", "kafka" or "upstream"), else None.
+
+    A lost dependency is not a defect: callers answer UNAVAILABLE (gRPC) or 503 (HTTP) and retry later,
+    where any other unexpected exception is INTERNAL / 500. The exception's causes are followed, so a
+    wrapped connection error is recognised too.
+    """
+    import asyncpg
+    from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(
+            current,
+            asyncpg.PostgresConnectionError
+            | asyncpg.exceptions.OperatorInterventionError
+            | asyncpg.exceptions.InsufficientResourcesError
+            | asyncpg.exceptions.ConnectionDoesNotExistError,
+        ):
+            return "database"
+        if isinstance(current, asyncpg.InterfaceError) and ("connection" in str(current) or "pool" in str(current)):
+            return "database"
+        if isinstance(current, KafkaTimeoutError) or (isinstance(current, KafkaError) and current.retriable):
+            return "kafka"
+        if isinstance(current, grpc.aio.AioRpcError) and current.code() in _UPSTREAM_CODES:
+            return "upstream"
+        if isinstance(current, ConnectionError | TimeoutError):
+            return "upstream"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+_UPSTREAM_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})

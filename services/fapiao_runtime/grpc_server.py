@@ -19,7 +19,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fapiao_runtime.errors import FapiaoError, PermissionDenied
+from fapiao_runtime.errors import FapiaoError, PermissionDenied, unavailable_cause
 from fapiao_runtime.logs import request_id_var
 from fapiao_runtime.metrics import GRPC_LATENCY, GRPC_REQUESTS, REJECTIONS
 from fapiao_runtime.pki import service_name
@@ -216,10 +216,20 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy) -> 
             except grpc.aio.AbortError:
                 code = (context.code() or grpc.StatusCode.UNKNOWN).name
                 raise
-            except Exception:
-                code = "INTERNAL"
-                log.exception("unhandled error", extra={"method": method})
-                await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL: internal error")
+            except Exception as exc:
+                cause = unavailable_cause(exc)
+                if cause is None:
+                    code = "INTERNAL"
+                    log.exception("unhandled error", extra={"method": method})
+                    await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL: internal error")
+                code = "UNAVAILABLE"
+                reason = f"{cause.upper()}_UNAVAILABLE"
+                log.warning("dependency unavailable", extra={"method": method, "reason": reason, "error": repr(exc)})
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{reason}: the {cause} is unavailable; retry later",
+                    trailing_metadata=(("fapiao-reason", reason),),
+                )
             finally:
                 (ok if code == "OK" else GRPC_REQUESTS.labels(method=method, code=code)).inc()
                 latency.observe(time.perf_counter() - started)

@@ -7,6 +7,7 @@ import unicodedata
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao_runtime.errors import InvalidArgument
 from fapiao_runtime.tax_id import validate_uscc
+from fapiao_runtime.text import bad_character
 
 # The national buyer-name field holds 100 characters (code points, not bytes).
 MAX_NAME_CHARS = 100
@@ -14,16 +15,10 @@ MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 
 def check_text(value: str, field: str) -> None:
-    """Reject control / format characters, unpaired surrogates and other non-printables.
-
-    Raises InvalidArgument("INVALID_CHARACTERS"). (Bytes that are not UTF-8 never reach this function:
-    the request decoder rejects them with the same reason; see grpc_api.)
-    """
-    for char in value:
-        category = unicodedata.category(char)
-        # Cc control, Cf format (bidi overrides, zero-width), Cs surrogates, Co private use, Cn unassigned.
-        if category.startswith("C") or category in ("Zl", "Zp"):
-            raise InvalidArgument("INVALID_CHARACTERS", f"{field} contains a control or non-printable character")
+    """Reject control / format characters, unpaired surrogates and other non-printables
+    (fapiao_runtime.text). Raises InvalidArgument("INVALID_CHARACTERS")."""
+    if bad_character(value) is not None:
+        raise InvalidArgument("INVALID_CHARACTERS", f"{field} contains a control or non-printable character")
 
 
 def normalise_buyer(buyer: invoice_pb2.Party) -> invoice_pb2.Party:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import asyncpg
 import grpc
 import pytest
 from fapiao.payments.v1 import payment_intake_service_pb2 as service_pb2
@@ -31,6 +32,8 @@ class _Servicer(service_grpc.PaymentIntakeServiceServicer):
     ) -> service_pb2.GetPaymentResponse:
         if request.merchant_id == "bad":
             raise InvalidArgument("BAD_MERCHANT", "merchant_id is bad")
+        if request.merchant_id == "db-down":
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
         raise RuntimeError("secret internals")
 
 
@@ -74,6 +77,14 @@ async def test_unexpected_errors_are_internal_without_details(stub: service_grpc
         await stub.GetPayment(service_pb2.GetPaymentRequest(merchant_id="other"))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (caught.value.details() or "")
+
+
+async def test_a_lost_database_is_unavailable_with_its_reason(stub: service_grpc.PaymentIntakeServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetPayment(service_pb2.GetPaymentRequest(merchant_id="db-down"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ("fapiao-reason", "DATABASE_UNAVAILABLE") in tuple(caught.value.trailing_metadata() or ())
+    assert "middle of operation" not in (caught.value.details() or "")
 
 
 async def test_request_id_comes_from_the_caller_or_is_new() -> None:
