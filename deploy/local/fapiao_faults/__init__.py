@@ -1,0 +1,1 @@
+"""The fault suite: a workload of real clients, a seeded nemesis and a checker over the recorded history."""

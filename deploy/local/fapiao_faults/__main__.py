@@ -1,0 +1,14 @@
+"""python -m fapiao_faults: the fault suite (see fapiao_faults.run)."""
+
+import os
+import sys
+from pathlib import Path
+
+# The suite runs its own stack: its own run directory and ports, so it never faults a stack of `make up`.
+_REPO = Path(__file__).resolve().parents[3]
+os.environ.setdefault("FAPIAO_RUN_DIR", str(_REPO / "build" / "faults" / "run"))
+os.environ.setdefault("FAPIAO_PORT_OFFSET", "600")
+
+from fapiao_faults.run import main  # noqa: E402
+
+sys.exit(main())
