@@ -14,7 +14,7 @@ BUF := .cache/buf/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
 PYTEST_ARGS ?=
 
-.PHONY: help setup protos kafka-jars buf browser up down status demo test test-unit lint fmt bench clean
+.PHONY: help setup protos kafka-jars buf browser up down status demo test test-unit lint fmt bench faults clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ fmt: setup ## format the code
 
 bench: setup ## run the benchmarks; writes build/bench/results.json
 	$(PY) -m fapiao_bench
+
+faults: setup ## fault suite: 10 min of workload under >= 20 seeded faults, then the checker (SEED=n reproduces a run)
+	$(PY) -m fapiao_faults $(if $(SEED),--seed $(SEED)) $(FAULTS_ARGS)
 
 clean: down ## remove generated code, caches and local state
 	rm -rf build .run .cache/buf $(VENV)

@@ -6,15 +6,16 @@ observations are gathered after the faults are healed (fapiao_faults.observe); t
 it is tested on synthetic histories.
 
 Figures (all must be 0 for a run to pass; docs/faults.md):
-- lost: acknowledged writes that are missing (a payment without its row or its claim offer, a claimed
-  invoice that is not issued on the ledger, a lock, unlock or close acknowledged but not on the ledger);
+- lost: acknowledged writes that are missing, each counted once (a payment without its row or its claim
+  offer, a claimed invoice not issued on every validator, a lock, unlock or close acknowledged but not on
+  the ledger);
 - duplicated: a payment recorded twice, two claim offers or two invoices for one payment, an invoice
   number issued twice;
 - double_reimbursed: an invoice closed twice on the ledger or by two organisations, or two close
   requests both acknowledged;
 - diverged_heights: (chain, height) pairs at which validators hold different blocks;
 - audit_failures: AuditChain findings (or no answer) per validator and chain;
-- validators_behind: validators that did not catch up with the others' final blocks;
+- validators_behind: validators that did not catch up with the others' final blocks (or did not answer);
 - internal_or_unknown_seen: client calls answered INTERNAL, UNKNOWN or HTTP 500;
 - services_not_serving: services not SERVING at the end, without an operator's help.
 """
@@ -59,6 +60,8 @@ class Observations:
     # Per validator: chain -> [header hash per height, from height 1]; and its transaction results.
     headers: dict[str, dict[int, list[str]]] = field(default_factory=dict)
     results: dict[str, list[LedgerResult]] = field(default_factory=dict)
+    # Validators that did not answer (their blocks are not judged; each counts as behind).
+    unreachable: list[str] = field(default_factory=list)
     # Per validator: chain -> AuditChain findings ("" when it passed, else what was wrong).
     audits: dict[str, dict[int, str]] = field(default_factory=dict)
     # Service process -> health ("SERVING", "NOT_SERVING", "DOWN", ...).
@@ -180,18 +183,18 @@ def _check_reimbursements(history: list[Op], seen: Observations, details: dict[s
     for kind in (LOCK, UNLOCK, CLOSE):
         for op in acknowledged(history, kind):
             tx_id = str(op.result.get("transaction_id", ""))
+            missing, other_holder = [], []
             for validator, by_tx in sorted(accepted.items()):
                 result = by_tx.get(tx_id)
                 if result is None or result.tx_type != _TX_OF_OP[kind] or result.invoice_id != op.key["invoice_id"]:
-                    details["lost"].append(
-                        f"{kind} of {op.key['invoice_number']} by {op.key['org']} acknowledged ({tx_id}) "
-                        f"but not accepted on {validator}"
-                    )
+                    missing.append(validator)
                 elif kind != UNLOCK and result.lock_holder != op.key["org"]:
-                    details["lost"].append(
-                        f"{kind} of {op.key['invoice_number']} acknowledged to {op.key['org']}, "
-                        f"ledger holder {result.lock_holder} on {validator}"
-                    )
+                    other_holder.append(f"{validator} (holder {result.lock_holder})")
+            if missing or other_holder:
+                details["lost"].append(
+                    f"{kind} of {op.key['invoice_number']} by {op.key['org']} acknowledged ({tx_id}) but not "
+                    f"accepted as such on {', '.join(missing + other_holder)}"
+                )
     for validator, results in sorted(seen.results.items()):
         closes: dict[str, list[LedgerResult]] = defaultdict(list)
         for result in results:
@@ -226,6 +229,8 @@ def _check_chains(seen: Observations, details: dict[str, list[str]]) -> None:
                 details["validators_behind"].append(
                     f"{validator} chain {chain}: {len(column)} final blocks, others {longest}"
                 )
+    for validator in sorted(seen.unreachable):
+        details["validators_behind"].append(f"{validator} did not answer: its blocks could not be compared")
     for validator, per_chain in sorted(seen.audits.items()):
         for chain, problem in sorted(per_chain.items()):
             if problem:

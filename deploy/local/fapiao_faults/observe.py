@@ -74,6 +74,7 @@ class ChainReader:
         """Read every final block past those already read (until the stream is idle for `idle_s`)."""
         async with internal_channel(self.address) as channel:
             stub = ledger_grpc.LedgerServiceStub(channel)
+            answered = True
             for chain in range(self.chains):
                 column = self.headers[chain]
                 call = stub.StreamBlocks(
@@ -85,13 +86,13 @@ class ChainReader:
                         if message is grpc.aio.EOF:
                             break
                         self._add(chain, message.block)  # type: ignore[union-attr]
-                    self.reachable = True
                 except TimeoutError:
-                    self.reachable = True
+                    pass  # idle: every final block so far is read
                 except grpc.aio.AioRpcError:
-                    self.reachable = False
+                    answered = False
                 finally:
                     call.cancel()
+            self.reachable = answered
 
     def _add(self, chain: int, block: ledger_pb2.Block) -> None:
         header = ledger_pb2.BlockHeader.FromString(block.header)
@@ -141,7 +142,9 @@ async def ledger_facts(ledgers: dict[str, str], seen: Observations, catch_up_s: 
         if not behind or time.monotonic() > deadline:
             break
         await asyncio.sleep(3.0)
-    for reader in readers:
+    answering = [reader for reader in readers if reader.reachable]
+    seen.unreachable = [reader.name for reader in readers if not reader.reachable]
+    for reader in answering:
         seen.headers[reader.name] = reader.headers
         seen.results[reader.name] = reader.results
     audits = await asyncio.gather(*(reader.audit() for reader in readers))

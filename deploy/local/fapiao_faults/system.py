@@ -25,6 +25,8 @@ from fapiao_stack.services import (
     service_health,
 )
 
+RESTART_TIMEOUT_S = 300.0
+
 # What a process is, for the nemesis: it picks faults by these kinds.
 SERVICE = "service"
 VALIDATOR = "validator"
@@ -161,7 +163,7 @@ class LocalSystem(System):
     def processes(self) -> dict[str, str]:
         kinds = {name: VALIDATOR if spec.module == "ledger" else SERVICE for name, spec in self._specs.items()}
         kinds["kafka"] = BROKER
-        if not os.environ.get("DATABASE_URL"):
+        if f"@127.0.0.1:{POSTGRES_PORT}/" in self.state["database_url"]:  # the embedded server, not an external one
             kinds["postgres"] = POSTGRES
         return kinds
 
@@ -192,7 +194,8 @@ class LocalSystem(System):
         if name == "postgres":
             from fapiao_stack.postgres import LocalPostgres
 
-            LocalPostgres(self.run_dir / "postgres", POSTGRES_PORT, self.run_dir / "logs" / "postgres.log").start()
+            pg = LocalPostgres(self.run_dir / "postgres", POSTGRES_PORT, self.run_dir / "logs" / "postgres.log")
+            pg.start(timeout_s=RESTART_TIMEOUT_S)
             return
         if name == "kafka":
             from fapiao_stack.kafka import KafkaBroker
@@ -201,9 +204,12 @@ class LocalSystem(System):
                 self.run_dir / "kafka", KAFKA_PORT, KAFKA_CONTROLLER_PORT, self.run_dir / "logs" / "kafka.log"
             )
             wait_bindable([KAFKA_PORT, KAFKA_CONTROLLER_PORT])
-            broker.start()
-            assert broker.proc is not None
-            (self.pid_dir / "kafka.pid").write_text(str(broker.proc.pid))
+            try:
+                # A broker recovering its logs after kill -9 on a busy machine may take minutes to listen.
+                broker.start(timeout_s=RESTART_TIMEOUT_S)
+            finally:
+                if broker.proc is not None:  # tracked even when slow, so it is never started twice
+                    (self.pid_dir / "kafka.pid").write_text(str(broker.proc.pid))
             return
         self._spawn_service(self._specs[name])
 
