@@ -199,7 +199,6 @@ class Nemesis:
         if self.system.signal(name, signal.SIGKILL):
             self.killed.add(name)
             fault.injected = True
-            fault.target = name if fault.kind != KILL_LEADER else fault.target
         else:
             fault.note = (fault.note + "; " if fault.note else "") + f"{name} not running"
 

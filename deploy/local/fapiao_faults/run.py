@@ -60,7 +60,8 @@ def multi_host_unavailable() -> str:
         return "the multi-host cluster (fapiao_stack.cluster, fapiao_stack.hosts) is not part of this checkout"
     if os.geteuid() != 0:
         return "the multi-host cluster needs root (network namespaces)"
-    return ""
+    available, why = importlib.import_module("fapiao_stack.hosts").netns_available()
+    return "" if available else f"the multi-host cluster cannot run here: {why}"
 
 
 def start_system(args: argparse.Namespace) -> tuple[System, str, str, bool]:
@@ -69,16 +70,22 @@ def start_system(args: argparse.Namespace) -> tuple[System, str, str, bool]:
     if args.hosts == "yes" and why:
         raise SystemExit(f"fapiao_faults: {why}")
     if not why:
-        cluster = importlib.import_module("fapiao_faults.cluster_system")
-        system, started = cluster.start_cluster_system()
-        return system, "multi-host", "", started
+        from fapiao_faults.cluster_system import start_cluster_system
+
+        if (RUN_DIR / "stack.json").exists() and '"mode": "hosts"' not in (RUN_DIR / "stack.json").read_text():
+            from fapiao_stack import stack
+
+            say("stopped the single-host stack of an earlier run: " + ", ".join(stack.down()))
+        say(f"starting the multi-host cluster in {RUN_DIR} ...")
+        cluster_system, started = start_cluster_system()
+        return cluster_system, "multi-host", "", started
     from fapiao_stack import stack
 
     started = not (RUN_DIR / "stack.json").exists()
-    if started:
-        shutil.rmtree(RUN_DIR, ignore_errors=True)
-        say(f"starting the local stack in {RUN_DIR} ...")
-        stack.up(timeout_s=240)
+    if started and RUN_DIR.is_relative_to(OUT_DIR):
+        shutil.rmtree(RUN_DIR, ignore_errors=True)  # the suite's own state: every run starts afresh
+    say(f"starting the local stack in {RUN_DIR} ..." if started else f"using the local stack in {RUN_DIR}")
+    stack.up(timeout_s=240)  # starts whatever is not running
     if args.hosts != "no":
         say(f"network faults skipped: {why}; running on the single-host stack")
     return LocalSystem(RUN_DIR), "single-host", why, started
@@ -92,7 +99,9 @@ def stop_system(system: System, started: bool) -> None:
 
         say("stopped: " + ", ".join(stack.down()))
     else:
-        importlib.import_module("fapiao_faults.cluster_system").stop_cluster_system()
+        from fapiao_faults.cluster_system import stop_cluster_system
+
+        say("stopped: " + ", ".join(stop_cluster_system()))
 
 
 async def run_faults(args: argparse.Namespace, system: System, seed: int, merchant_id: str, orgs: list) -> int:  # type: ignore[type-arg]

@@ -230,7 +230,7 @@ class Workload:
     ) -> Op:
         """Run `call` (returning outcome, code, reason, result) until it is not unknown, the attempts
         run out or the story's deadline passes; record every attempt; return the last."""
-        op = Op(kind, key, time.time())
+        op = Op(kind, key, time.time())  # replaced by the first attempt
         for attempt in range(1, RETRY_ATTEMPTS + 1):
             op = Op(kind, key, time.time(), worker=worker, attempt=attempt)
             try:
@@ -240,13 +240,10 @@ class Workload:
             except TimeoutError:
                 op.outcome, op.code, op.reason = UNKNOWN, "TIMEOUT", "client timeout"
             self.history.record(op)
-            if op.outcome != UNKNOWN or time.monotonic() > deadline or self._stop_retrying():
+            if op.outcome != UNKNOWN or time.monotonic() > deadline:
                 return op
             await asyncio.sleep(RETRY_BACKOFF_S[min(attempt - 1, len(RETRY_BACKOFF_S) - 1)])
         return op
-
-    def _stop_retrying(self) -> bool:
-        return False
 
     async def _grpc(self, call: Awaitable[Any]) -> tuple[str, str, str, Any]:
         try:
