@@ -258,3 +258,10 @@ def test_history_lines_round_trip() -> None:
     again = list(parse_history(op.to_json() for op in history))
     assert again == history
     assert json.loads(history[0].to_json())["outcome"] == UNKNOWN
+
+
+def test_what_could_not_be_read_fails_the_run() -> None:
+    history, seen = clean_world()
+    seen.errors.append("database: ConnectionRefusedError")
+    verdict = check(history, seen)
+    assert verdict.counts["unobservable"] == 1 and not verdict.passed

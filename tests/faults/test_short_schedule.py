@@ -37,6 +37,7 @@ def test_a_short_schedule_loses_nothing(tmp_path: Path) -> None:
     finally:
         subprocess.run([sys.executable, "-m", "fapiao_stack", "down"], env=env, capture_output=True, timeout=120)
     report = done.stdout[-6000:] + done.stderr[-3000:]
+    assert (out / "summary.json").exists(), report
     summary = json.loads((out / "summary.json").read_text())
     injected = set(summary["faults_by_kind"])
     assert injected >= set(PROCESS_KINDS), report

@@ -17,7 +17,8 @@ Figures (all must be 0 for a run to pass; docs/faults.md):
 - audit_failures: AuditChain findings (or no answer) per validator and chain;
 - validators_behind: validators that did not catch up with the others' final blocks (or did not answer);
 - internal_or_unknown_seen: client calls answered INTERNAL, UNKNOWN or HTTP 500;
-- services_not_serving: services not SERVING at the end, without an operator's help.
+- services_not_serving: services not SERVING at the end, without an operator's help;
+- unobservable: what the checker could not read at all (a database that did not answer).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class Observations:
     audits: dict[str, dict[int, str]] = field(default_factory=dict)
     # Service process -> health ("SERVING", "NOT_SERVING", "DOWN", ...).
     health: dict[str, str] = field(default_factory=dict)
+    # What could not be read at all (a database that did not answer): nothing about it can be vouched for.
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +90,7 @@ FIGURES = (
     "validators_behind",
     "internal_or_unknown_seen",
     "services_not_serving",
+    "unobservable",
 )
 
 
@@ -116,6 +120,7 @@ def check(history: list[Op], seen: Observations) -> Verdict:
     for name, state in sorted(seen.health.items()):
         if state != "SERVING":
             details["services_not_serving"].append(f"{name} is {state}")
+    details["unobservable"] = list(seen.errors)
     return Verdict({name: len(items) for name, items in details.items()}, details)
 
 

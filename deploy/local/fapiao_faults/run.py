@@ -131,12 +131,20 @@ async def run_faults(args: argparse.Namespace, system: System, seed: int, mercha
     say(f"workload done: {len(history.ops)} operations; everything healed; letting the system settle ...")
     seen = checker.Observations()
     acked = [op for op in history.ops if op.kind in (PAY_GRPC, PAY_WEBHOOK) and op.outcome == "ok"]
-    await observe.health_facts(system, seen, timeout_s=args.settle)
     payment_ids = {str(op.result["payment_id"]) for op in acked if op.result.get("payment_id")}
-    await observe.wait_for_offers(endpoints.database_url, merchant_id, payment_ids, timeout_s=args.settle / 2)
-    await observe.database_facts(endpoints.database_url, merchant_id, seen)
-    await observe.ledger_facts(endpoints.ledgers, seen, catch_up_s=args.settle / 2)
-    await observe.health_facts(system, seen, timeout_s=10)
+    steps = (
+        ("health", observe.health_facts(system, seen, timeout_s=args.settle)),
+        ("offers", observe.wait_for_offers(endpoints.database_url, merchant_id, payment_ids, args.settle / 2)),
+        ("database", observe.database_facts(endpoints.database_url, merchant_id, seen)),
+        ("ledger", observe.ledger_facts(endpoints.ledgers, seen, catch_up_s=args.settle / 2)),
+        ("health", observe.health_facts(system, seen, timeout_s=10)),
+    )
+    for name, step in steps:
+        try:
+            await step
+        except Exception as exc:  # what cannot be read fails the run, with its reason
+            seen.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            say(f"could not read the {name}: {type(exc).__name__}: {exc}")
     verdict = checker.check(history.ops, seen)
     ended = time.time()
     data = report.summary(
