@@ -30,7 +30,7 @@ def test_a_short_schedule_loses_nothing(tmp_path: Path) -> None:
         }
     )
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "fapiao_faults", "--seed", "11", "--duration", "100", "--faults", "6",
+    argv = [sys.executable, "-m", "fapiao_faults", "--seed", "11", "--duration", "80", "--faults", "6",
             "--rate", "1", "--settle", "120", "--out", str(out)]  # fmt: skip
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=840)

@@ -78,11 +78,14 @@ def plan(
     *,
     network: bool,
     hosts: list[str] | None = None,
-    warmup_s: float = 15.0,
-    quiet_tail_s: float = 30.0,
+    warmup_s: float | None = None,
+    quiet_tail_s: float | None = None,
 ) -> list[Fault]:
-    """The schedule: `count` faults (at least one of every kind available) spread over `duration_s`."""
+    """The schedule: `count` faults (at least one of every kind available) spread over `duration_s`,
+    after a quiet warm-up (15 s, a tenth of a shorter run) and before a quiet tail (30 s, a fifth)."""
     rng = random.Random(seed)
+    warmup_s = min(15.0, duration_s / 10) if warmup_s is None else warmup_s
+    quiet_tail_s = min(30.0, duration_s / 5) if quiet_tail_s is None else quiet_tail_s
     kinds = [k for k in PROCESS_KINDS if k not in _KILL_TARGETS or _targets(processes, _KILL_TARGETS[k])]
     if network:
         kinds += list(NETWORK_KINDS)
