@@ -70,7 +70,7 @@ class WorkloadSettings:
     duration_s: float = 600.0  # stories start during this long
     max_stories: int = 100_000
     concurrency: int = 24  # stories in flight at most
-    story_deadline_s: float = 150.0  # a story gives up (its last operation recorded) after this long
+    story_deadline_s: float = 120.0  # a story gives up (its last operation recorded) after this long
     organisations: int = 3
     seed: int = 1
 
