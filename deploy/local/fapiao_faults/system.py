@@ -102,7 +102,7 @@ class System:
         return await service_health(port, health, processes)
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """`pid` and every process below it (from /proc), parents first."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -128,7 +128,7 @@ def signal_tree(pid: int, sig: int) -> bool:
     """Send `sig` to `pid` and all its descendants; False when `pid` is not running."""
     if not pid_alive(pid):
         return False
-    for target in _descendants(pid):
+    for target in descendants(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(target, sig)
     return True
