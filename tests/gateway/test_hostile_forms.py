@@ -36,7 +36,7 @@ HOSTILE: dict[str, tuple[str, bytes, bytes | None, int, str]] = {
     "multipart without a name": (
         "multipart/form-data; boundary=zz",
         b"",
-        b'--zz\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--zz--\r\n',
+        b"--zz\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--zz--\r\n",
         400,
         "MALFORMED_FORM",
     ),
