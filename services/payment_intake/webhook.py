@@ -54,16 +54,20 @@ _NONCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # Unix seconds, ASCII digits only (str.isdigit() takes "²")
 _SERIAL = re.compile(r"[A-Za-z0-9]{1,64}")  # as platform key serials are registered
 _MERCHANT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+# One pass, left to right: a string (to its end, or to the end of the text when unterminated) or a bracket.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
 
 
 def _nesting(data: bytes) -> int:
-    """The deepest nesting of arrays and objects in the JSON text `data` (strings skipped)."""
+    """The deepest nesting of arrays and objects in the JSON text `data` (brackets in strings skipped)."""
     depth = deepest = 0
-    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", data)):
-        depth += 1 if match.group() in b"[{" else -1
-        deepest = max(deepest, depth)
+    for match in _JSON_TOKEN.finditer(data):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
     return deepest
 
 

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from fapiao_runtime.errors import InvalidArgument
+from gateway.money import parse_yuan
 
 from tests.gateway.conftest import RunningGateway, settings_for, start_gateway
 from tests.gateway.fake_backends import FakeBackends
@@ -141,3 +143,21 @@ async def test_no_form_request_was_a_500(roomy: RunningGateway, http: aiohttp.Cl
         text = await response.text()
     assert 'route="/verify",status="4' in text
     assert 'status="500"' not in text
+
+
+async def test_only_ascii_digits_make_a_number_and_full_width_ones_are_read_as_ascii(
+    roomy: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """`\\d` takes any script's digits and `$` a final newline: the fields use [0-9] and fullmatch, after
+    NFKC (a Chinese input method types full-width digits)."""
+    fields = {"number": "١" * 20, "date": "20261124", "total": "1.00"}
+    async with http.post(f"{roomy.url}/verify", data=fields) as response:
+        html = await response.text()
+    assert response.status == 400 and 'id="number-error" data-reason="INVALID_INVOICE_NUMBER"' in html
+    full_width = {"number": "１" * 20, "date": "２０２６１１２４", "total": "１.００"}
+    async with http.post(f"{roomy.url}/verify", data=full_width) as response:
+        html = await response.text()
+    assert response.status == 200 and 'data-outcome="NO_MATCH"' in html
+    assert parse_yuan("１１２.５０") == 11_250 and parse_yuan("￥7.10") == 710
+    with pytest.raises(InvalidArgument):
+        parse_yuan("١١٢")
