@@ -209,6 +209,8 @@ async def invoice_pdf(request: web.Request) -> web.Response:
     try:
         ctx, invoice, _ = await _invoice_of(request)
     except FapiaoError as error:
+        if error.http_status >= 500:
+            return error_page(error)
         status = 410 if error.reason == "VIEW_TOKEN_EXPIRED" else 404 if "VIEW_TOKEN" in error.reason else None
         return message_page("Not available", error.message, status=status or error.http_status, reason=error.reason)
     if invoice.status == invoice_pb2.INVOICE_STATUS_PENDING:

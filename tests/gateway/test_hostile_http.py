@@ -8,9 +8,15 @@ import logging
 import uuid
 
 import aiohttp
+import grpc
 import pytest
+from aiohttp import web
+from fapiao_runtime.http_edge import SERVER_ARGS
+from gateway.app import METRICS, observe
+from gateway.metrics import GatewayMetrics
+from gateway.view_tokens import ViewTokens
 
-from tests.gateway.conftest import RunningGateway, settings_for, start_gateway
+from tests.gateway.conftest import TEST_SECRET, RunningGateway, settings_for, start_gateway
 from tests.gateway.fake_backends import FakeBackends
 from tests.gateway.raw_http import assert_no_traceback, send_raw
 
@@ -113,10 +119,13 @@ async def test_lost_backends_are_503_with_retry_after(
     token = uuid.uuid4().hex
     backends.minting.add_offer(token, [("Oolong tea", 1, 1000)])
     form = {"buyer_kind": "person", "name": "Li Si", "tax_id": "", "idempotency_key": "k"}
+    view = ViewTokens(TEST_SECRET, 600).issue(str(uuid.uuid4()))
     try:
         for method, path, data in (
             ("GET", f"/claim/{token}", None),
             ("POST", f"/claim/{token}", form),
+            ("GET", f"/invoice/{view}", None),
+            ("GET", f"/invoice/{view}/pdf", None),
             ("POST", "/verify", {"number": "1" * 20, "date": "20261124", "total": "1"}),
             ("POST", "/v1/notify/wechatpay/m1", b"{}"),
         ):
@@ -126,3 +135,36 @@ async def test_lost_backends_are_503_with_retry_after(
     finally:
         await down.runner.cleanup()
     assert_no_traceback(caplog)
+
+
+async def test_an_unexpected_error_is_503_for_a_lost_dependency_else_500_logged_once(
+    http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway's last line (its middleware): an exception no handler expected."""
+    caplog.set_level(logging.INFO)
+
+    async def lost(_: web.Request) -> web.Response:
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
+
+    async def defect(_: web.Request) -> web.Response:
+        raise RuntimeError("a defect")
+
+    app = web.Application(middlewares=[observe])
+    app[METRICS] = GatewayMetrics()
+    app.router.add_get("/lost", lost)
+    app.router.add_get("/defect", defect)
+    runner = web.AppRunner(app, access_log=None, **SERVER_ARGS)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        async with http.get(f"{url}/lost") as response:
+            assert response.status == 503 and int(response.headers["Retry-After"]) >= 1
+            assert 'data-reason="UPSTREAM_UNAVAILABLE"' in await response.text()
+        assert_no_traceback(caplog)
+        async with http.get(f"{url}/defect") as response:
+            assert response.status == 500
+    finally:
+        await runner.cleanup()
+    assert len([record for record in caplog.records if record.exc_info]) == 1
