@@ -10,8 +10,10 @@ the values with `fapiao_runtime.text.check_text`.
 from __future__ import annotations
 
 import logging
+import warnings
 
 from aiohttp import web
+from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 from fapiao_runtime.errors import InvalidArgument
 from fapiao_runtime.http_edge import content_encoding
 
@@ -21,6 +23,10 @@ log = logging.getLogger(__name__)
 MAX_FORM_BYTES = 16 * 1024
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 UTF8 = frozenset({"utf-8", "utf8"})
+# aiohttp warns (on stderr, the log) about each malformed Content-Disposition it reads; such a part
+# has no name and the form is refused as MALFORMED_FORM, so the warning would only flood the log.
+warnings.filterwarnings("ignore", category=BadContentDispositionHeader)
+warnings.filterwarnings("ignore", category=BadContentDispositionParam)
 
 
 class FormRefused(InvalidArgument):
