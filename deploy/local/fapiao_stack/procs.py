@@ -155,7 +155,14 @@ def pid_file_process(pid_file: Path, marker: str) -> int | None:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) and marker in command_line(pid) else None
+    for _ in range(50):
+        if not pid_alive(pid):
+            return None
+        arguments = command_line(pid)
+        if arguments:
+            return pid if marker in arguments else None
+        time.sleep(0.01)  # none yet: a process just started (its exec not done) or a zombie
+    return None
 
 
 def stop_pid_file(pid_file: Path, timeout_s: float = 20.0, marker: str | None = None) -> bool:
