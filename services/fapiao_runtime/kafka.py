@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import InvalidReplicationFactorError, KafkaConnectionError, TopicAlreadyExistsError, for_code
 
 from fapiao_runtime.config import env_int
 from fapiao_runtime.topics import ALL_TOPICS, TopicSpec
@@ -106,7 +106,7 @@ class ReplicationSettings:
 # Kafka's codes for a topic that exists already and for a replication factor larger than the brokers
 # registered so far (a cluster still starting: worth a retry).
 _TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
-_INVALID_REPLICATION_FACTOR = 38
+_INVALID_REPLICATION_FACTOR = InvalidReplicationFactorError.errno
 _TOPIC_OVERRIDE = 1  # DescribeConfigs config_source: set on the topic itself
 
 
@@ -124,7 +124,7 @@ async def ensure_topics(
     A topic that exists with other settings is logged as a warning naming each difference; the settings
     that only make it safer are corrected (a larger min.insync.replicas it has the replicas for, a longer
     retention, unclean leader election off, compaction off on a topic kept forever). Partition counts and
-    replication factors are never changed here, and nothing is weakened: see docs/runbook.md.
+    replication factors are never changed here, and nothing is weakened: see docs/events.md.
     """
     settings = settings or ReplicationSettings.from_env()
     specs = list(specs)
