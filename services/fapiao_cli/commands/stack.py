@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 
-from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, command_epilog
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,12 +18,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     restart = subparsers.add_parser(
         "restart",
         help="stop and start one process of the running stack (a service, kafka or postgres); wait until it serves",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog("fapiao restart ledger-2", "fapiao restart postgres", "fapiao restart kafka"),
     )
     restart.add_argument("process", metavar="PROCESS", help="e.g. ledger-2, gateway, kafka, postgres")
     restart.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for SERVING (default 120)")
     restart.set_defaults(handler=_restart)
     status = subparsers.add_parser(
-        "status", help="the brokers and PostgreSQL servers, and the health and consumer lag of every service"
+        "status",
+        help="the brokers and PostgreSQL servers, and the health and consumer lag of every service",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog("fapiao status", "fapiao status --json"),
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
@@ -64,14 +68,11 @@ def _restart(args: argparse.Namespace) -> int:
     try:
         address = stack.restart(args.process, timeout_s=args.timeout)
     except stack.UnknownProcess as exc:
-        print(f"fapiao: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise CliError(str(exc), EXIT_USAGE) from None
     except stack.StackNotRunning as exc:
-        print(f"fapiao: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CliError(str(exc), EXIT_FAILED) from None
     except (RuntimeError, TimeoutError) as exc:
-        print(f"fapiao: {args.process} did not come back: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CliError(f"{args.process} did not come back: {exc}", EXIT_FAILED) from None
     print(f"{args.process:<16} SERVING on {address}")
     return EXIT_OK
 
