@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fapiao_stack.paths import RUN_DIR
-from fapiao_stack.procs import pid_alive, spawn, wait_bindable
+from fapiao_stack.postgres import LocalPostgres
+from fapiao_stack.procs import pid_alive, pid_file_process, spawn, wait_bindable
 from fapiao_stack.services import (
     GATEWAY_PORT,
     KAFKA_CONTROLLER_PORT,
@@ -163,23 +164,23 @@ class LocalSystem(System):
     def processes(self) -> dict[str, str]:
         kinds = {name: VALIDATOR if spec.module == "ledger" else SERVICE for name, spec in self._specs.items()}
         kinds["kafka"] = BROKER
-        if f"@127.0.0.1:{POSTGRES_PORT}/" in self.state["database_url"]:  # the embedded server, not an external one
+        if not any(entry.get("external") for entry in self.state.get("postgres", [])):  # the embedded server
             kinds["postgres"] = POSTGRES
         return kinds
 
+    def _postgres(self) -> LocalPostgres:
+        return LocalPostgres(self.run_dir / "postgres", POSTGRES_PORT, self.run_dir / "logs" / "postgres.log")
+
     def _pid(self, name: str) -> int | None:
+        """The live pid of process `name`; None when it is not running (a pid file whose pid now belongs
+        to another program does not count: that process is never signalled)."""
         if name == "postgres":
-            pid_file = self.run_dir / "postgres" / "postmaster.pid"
-        else:
-            pid_file = self.pid_dir / f"{name}.pid"
-        try:
-            return int(pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+            return self._postgres().server_pid()
+        marker = "kafka.Kafka" if name == "kafka" else self._specs[name].module
+        return pid_file_process(self.pid_dir / f"{name}.pid", marker)
 
     def running(self, name: str) -> bool:
-        pid = self._pid(name)
-        return pid is not None and pid_alive(pid)
+        return self._pid(name) is not None
 
     def signal(self, name: str, sig: int) -> bool:
         pid = self._pid(name)
@@ -192,10 +193,7 @@ class LocalSystem(System):
         if self.running(name):
             return
         if name == "postgres":
-            from fapiao_stack.postgres import LocalPostgres
-
-            pg = LocalPostgres(self.run_dir / "postgres", POSTGRES_PORT, self.run_dir / "logs" / "postgres.log")
-            pg.start(timeout_s=RESTART_TIMEOUT_S)
+            self._postgres().start(timeout_s=RESTART_TIMEOUT_S)
             return
         if name == "kafka":
             from fapiao_stack.kafka import KafkaBroker
