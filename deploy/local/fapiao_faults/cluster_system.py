@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from pathlib import Path
 from typing import Any
 
 from fapiao_stack.paths import LOG_DIR, RUN_DIR
-from fapiao_stack.procs import pid_alive, spawn
+from fapiao_stack.procs import pid_file_process, spawn
 from fapiao_stack.services import REIMBURSEMENT_TLS_PORT, grpc_health, local_services
 
 from fapiao_faults.system import (
@@ -82,18 +81,16 @@ class ClusterSystem(System):
         return kinds
 
     def _pid(self, name: str) -> int | None:
+        """The live pid of process `name` (None when it is not running or its pid file names another program)."""
+        cluster = self.cluster
         if name in self.databases:
-            pid_file = self.cluster.HOSTS_DIR / name / "data" / "postmaster.pid"
-        else:
-            pid_file = self.cluster.PID_DIR / f"{name}.pid"
-        try:
-            return int(Path(pid_file).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+            pid: int | None = cluster.postgres_servers(self.network, cluster.HOSTS_DIR, LOG_DIR)[name].server_pid()
+            return pid
+        marker = "kafka.Kafka" if name in self.brokers or name in self.controllers else self._specs[name].module
+        return pid_file_process(cluster.PID_DIR / f"{name}.pid", marker)
 
     def running(self, name: str) -> bool:
-        pid = self._pid(name)
-        return pid is not None and pid_alive(pid)
+        return self._pid(name) is not None
 
     def signal(self, name: str, sig: int) -> bool:
         pid = self._pid(name)
