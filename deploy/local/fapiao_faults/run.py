@@ -23,7 +23,7 @@ from fapiao_faults import checker, nemesis, observe, report
 from fapiao_faults.history import PAY_GRPC, PAY_WEBHOOK, HistoryWriter
 from fapiao_faults.nemesis import Nemesis, say
 from fapiao_faults.system import LocalSystem, System
-from fapiao_faults.workload import Clients, Workload, WorkloadSettings, register_participants
+from fapiao_faults.workload import Clients, Organisation, Workload, WorkloadSettings, register_participants
 
 OUT_DIR = REPO_ROOT / "build" / "faults"
 
@@ -104,7 +104,9 @@ def stop_system(system: System, started: bool) -> None:
         say("stopped: " + ", ".join(stop_cluster_system()))
 
 
-async def run_faults(args: argparse.Namespace, system: System, seed: int, merchant_id: str, orgs: list) -> int:  # type: ignore[type-arg]
+async def run_faults(
+    args: argparse.Namespace, system: System, seed: int, merchant_id: str, orgs: list[Organisation]
+) -> int:
     out: Path = args.out
     endpoints = system.endpoints()
     history = HistoryWriter(out / "history.jsonl")
@@ -149,8 +151,8 @@ async def run_faults(args: argparse.Namespace, system: System, seed: int, mercha
     ended = time.time()
     data = report.summary(
         seed=seed,
-        system=getattr(system, "name", "single-host"),
-        system_note=getattr(system, "note", ""),
+        system=system.name,
+        system_note=system.note,
         settings=dataclasses.asdict(settings),
         started=started,
         ended=ended,
@@ -170,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
     system, name, why, started = start_system(args)
-    system.name = name  # type: ignore[attr-defined]
-    system.note = why  # type: ignore[attr-defined]
+    system.name, system.note = name, why
     try:
         merchant_id, orgs = register_participants(system.endpoints(), secrets.token_hex(3), 3)
         return asyncio.run(run_faults(args, system, seed, merchant_id, orgs))

@@ -63,6 +63,8 @@ class System:
     """What the nemesis and the checker need from a running stack."""
 
     supports_network = False
+    name = "single-host"  # how the run's summary names the system
+    note = ""  # why the run is not on the multi-host cluster
 
     def endpoints(self) -> Endpoints:
         raise NotImplementedError
