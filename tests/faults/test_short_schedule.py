@@ -26,6 +26,7 @@ def test_a_short_schedule_loses_nothing(tmp_path: Path) -> None:
         {
             "FAPIAO_RUN_DIR": str(tmp_path / "run"),
             "FAPIAO_PORT_OFFSET": str(_free_offset()),
+            "FAPIAO_CLUSTER_PREFIX": f"fapiao-f{os.getpid() % 100000}-",
             "PYTHONUNBUFFERED": "1",
         }
     )
