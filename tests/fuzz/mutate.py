@@ -54,7 +54,11 @@ def markup(rng: random.Random) -> str:
 
 def hostile_text(rng: random.Random, base: str) -> tuple[str, str]:
     """A string derived from `base` (a valid value) that an edge must refuse or accept precisely."""
-    choice = rng.randrange(18)
+    choice = rng.randrange(19)
+    if choice == 18:
+        size = rng.choice((1, 20, 32, 64, 100, 128, 200))
+        unit = base or "9"
+        return (unit * (size // len(unit) + 1))[:size] + "\n", f"{size} chars and a newline"
     if choice == 0:
         return base + rng.choice(("\n", "\r\n", "\r", "\x00", " ", "\t")), "suffix"
     if choice == 1:
@@ -195,7 +199,7 @@ _INT_RANGE = {
 
 
 def _is_repeated(field: pb_descriptor.FieldDescriptor) -> bool:
-    return bool(field.label == pb_descriptor.FieldDescriptor.LABEL_REPEATED)
+    return bool(field.is_repeated)
 
 
 def _fields_with_paths(

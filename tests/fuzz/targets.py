@@ -382,6 +382,14 @@ def grpc_targets(seeds: Seeds) -> list[GrpcTarget]:
         targets += [
             GrpcTarget("grpc health+reflection", endpoint, HEALTH + "Check", "unary", health_check, 0.4),
             GrpcTarget("grpc health+reflection", endpoint, HEALTH + "Watch", "server_stream", health_check, 0.2),
+            GrpcTarget(
+                "grpc health+reflection",
+                endpoint,
+                HEALTH + "List",
+                "unary",
+                lambda r: [health_pb2.HealthListRequest()],
+                0.2,
+            ),
             GrpcTarget("grpc health+reflection", endpoint, REFLECTION, "bidi", reflect, 0.4),
         ]
     return targets
