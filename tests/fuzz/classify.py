@@ -38,10 +38,10 @@ class Outcome:
         return self.response_class in FAILING_CLASSES
 
 
-def grpc_outcome(code_name: str, details: str, elapsed_s: float, reason: str = "") -> Outcome:
+def grpc_outcome(code_name: str, details: str, elapsed_s: float, reason: str = "", hang_s: float = HANG_S) -> Outcome:
     """A finished gRPC call. A deadline the client ran into at HANG_S is a hang, not an answer (unless
     the server itself answered DEADLINE_EXCEEDED with a reason, in time: it was waiting on purpose)."""
-    if code_name == "DEADLINE_EXCEEDED" and elapsed_s >= HANG_S - 0.05 and not reason:
+    if code_name == "DEADLINE_EXCEEDED" and elapsed_s >= hang_s - 0.05 and not reason:
         return Outcome("HANG", details, reason, elapsed_s)
     return Outcome(code_name, details, reason or (details or "").split(":", 1)[0][:60], elapsed_s)
 
@@ -51,11 +51,18 @@ def http_class(status: int) -> str:
 
 
 def http_outcome(
-    status: int | None, content_type: str, body: bytes, elapsed_s: float, *, wellformed: bool, reason: str = ""
+    status: int | None,
+    content_type: str,
+    body: bytes,
+    elapsed_s: float,
+    *,
+    wellformed: bool,
+    reason: str = "",
+    hang_s: float = HANG_S,
 ) -> Outcome:
     """A finished HTTP exchange (status None: the connection closed without an answer)."""
     if status is None:
-        if elapsed_s >= HANG_S - 0.05:
+        if elapsed_s >= hang_s - 0.05:
             return Outcome("HANG", "no answer", "", elapsed_s)
         return Outcome("NO_RESPONSE" if wellformed else "CLOSED", "connection closed without an answer", "", elapsed_s)
     snippet = body[:300].decode("utf-8", "replace")

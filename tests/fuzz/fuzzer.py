@@ -106,6 +106,7 @@ class Fuzzer:
         self.tally = Tally()
         self.channels: dict[str, Any] = {}
         self.callables: dict[tuple[str, str, str], Any] = {}
+        self.hang_s = HANG_S
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -186,10 +187,10 @@ class Fuzzer:
         call = None
         try:
             if target.kind == "unary":
-                await multicallable(payload, timeout=HANG_S)
-                return grpc_outcome("OK", "", time.perf_counter() - started)
+                await multicallable(payload, timeout=self.hang_s)
+                return grpc_outcome("OK", "", time.perf_counter() - started, hang_s=self.hang_s)
             if target.kind == "server_stream":
-                call = multicallable(payload, timeout=HANG_S)
+                call = multicallable(payload, timeout=self.hang_s)
                 wanted = rng.choice((0, 1, 1, 3))
                 if wanted == 0:  # a client that goes away at once
                     await asyncio.sleep(rng.random() * 0.05)
@@ -206,15 +207,16 @@ class Fuzzer:
                         return grpc_outcome(code.name, await call.details() or "", time.perf_counter() - started)
                 call.cancel()
                 return grpc_outcome("OK", f"{wanted} messages, then cancelled", time.perf_counter() - started)
-            call = multicallable(timeout=HANG_S)
+            call = multicallable(timeout=self.hang_s)
             await call.write(payload)
             await call.done_writing()
             async for _ in call:
                 pass
-            return grpc_outcome("OK", "", time.perf_counter() - started)
+            return grpc_outcome("OK", "", time.perf_counter() - started, hang_s=self.hang_s)
         except grpc.aio.AioRpcError as error:
             reason = dict(error.trailing_metadata() or ()).get("fapiao-reason", "")
-            return grpc_outcome(error.code().name, error.details() or "", time.perf_counter() - started, str(reason))
+            elapsed = time.perf_counter() - started
+            return grpc_outcome(error.code().name, error.details() or "", elapsed, str(reason), self.hang_s)
 
     async def one(self, index: int, targets: list[Any], weights: list[float], ports: dict[str, int]) -> None:
         from tests.fuzz.http_requests import exchange
@@ -231,7 +233,7 @@ class Fuzzer:
             else:
                 request, mutation = target.build(rng)
                 request_bytes = request.render()
-                answer = await exchange("127.0.0.1", ports[target.port], request, HANG_S)
+                answer = await exchange("127.0.0.1", ports[target.port], request, self.hang_s)
                 outcome = http_outcome(
                     answer.status,
                     answer.content_type,
@@ -239,6 +241,7 @@ class Fuzzer:
                     answer.elapsed_s,
                     wellformed=request.wellformed,
                     reason=_reason_of(answer.body, answer.content_type),
+                    hang_s=self.hang_s,
                 )
         except Exception as error:  # a harness failure is counted, never hidden
             outcome = Outcome("CLIENT_ERROR", repr(error)[:300])
