@@ -14,7 +14,7 @@ BUF := .cache/buf/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
 PYTEST_ARGS ?=
 
-.PHONY: help setup protos kafka-jars buf browser up down status demo test test-unit lint fmt bench clean
+.PHONY: help setup protos kafka-jars buf browser up down status demo test test-unit lint fmt bench fuzz clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -90,6 +90,10 @@ fmt: setup ## format the code
 
 bench: setup ## run the benchmarks; writes build/bench/results.json
 	$(PY) -m fapiao_bench
+
+FUZZ_ARGS ?=
+fuzz: setup ## 100,000 mutated and random inputs against a private stack; writes build/fuzz/summary.json
+	$(PY) -m tests.fuzz --inputs 100000 $(FUZZ_ARGS)
 
 clean: down ## remove generated code, caches and local state
 	rm -rf build .run .cache/buf $(VENV)
