@@ -184,13 +184,14 @@ class Fuzzer:
 
         started = time.perf_counter()
         multicallable = self._callable(target.endpoint, target.method, target.kind)
+        hang_s = self.hang_s + target.asked_wait_s
         call = None
         try:
             if target.kind == "unary":
-                await multicallable(payload, timeout=self.hang_s)
-                return grpc_outcome("OK", "", time.perf_counter() - started, hang_s=self.hang_s)
+                await multicallable(payload, timeout=hang_s)
+                return grpc_outcome("OK", "", time.perf_counter() - started, hang_s=hang_s)
             if target.kind == "server_stream":
-                call = multicallable(payload, timeout=self.hang_s)
+                call = multicallable(payload, timeout=hang_s)
                 wanted = rng.choice((0, 1, 1, 3))
                 if wanted == 0:  # a client that goes away at once
                     await asyncio.sleep(rng.random() * 0.05)
@@ -207,16 +208,16 @@ class Fuzzer:
                         return grpc_outcome(code.name, await call.details() or "", time.perf_counter() - started)
                 call.cancel()
                 return grpc_outcome("OK", f"{wanted} messages, then cancelled", time.perf_counter() - started)
-            call = multicallable(timeout=self.hang_s)
+            call = multicallable(timeout=hang_s)
             await call.write(payload)
             await call.done_writing()
             async for _ in call:
                 pass
-            return grpc_outcome("OK", "", time.perf_counter() - started, hang_s=self.hang_s)
+            return grpc_outcome("OK", "", time.perf_counter() - started, hang_s=hang_s)
         except grpc.aio.AioRpcError as error:
             reason = dict(error.trailing_metadata() or ()).get("fapiao-reason", "")
             elapsed = time.perf_counter() - started
-            return grpc_outcome(error.code().name, error.details() or "", elapsed, str(reason), self.hang_s)
+            return grpc_outcome(error.code().name, error.details() or "", elapsed, str(reason), hang_s)
 
     async def one(self, index: int, targets: list[Any], weights: list[float], ports: dict[str, int]) -> None:
         from tests.fuzz.http_requests import exchange

@@ -228,6 +228,8 @@ def mutate_field(rng: random.Random, request: Message) -> tuple[bytes, str]:
     value is representable, else appended at the wire level (invalid UTF-8, out-of-range varints,
     a second member of a oneof, wrong wire types)."""
     candidates = _fields_with_paths(request, [], [])
+    if not candidates:  # a message without fields (HealthListRequest): only its bytes can vary
+        return mutate_structure(rng, request)
     path, names, owner, field = rng.choice(candidates)
     label = ".".join([request.DESCRIPTOR.name, *names, field.name])
     base_bytes = request.SerializeToString()
