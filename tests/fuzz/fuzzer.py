@@ -40,6 +40,7 @@ RELAXED_LIMITS = {
     "FAPIAO_VERIFY_INVOICE_FAILURES_PER_DAY": "1000000",
 }
 STREAM_FIRST_MESSAGE_S = 3.0
+CHANNELS_PER_ENDPOINT = 4
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -104,22 +105,31 @@ class Fuzzer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tally = Tally()
-        self.channels: dict[str, Any] = {}
-        self.callables: dict[tuple[str, str, str], Any] = {}
+        self.channels: dict[str, list[Any]] = {}
+        self.callables: dict[tuple[str, str, str, int], Any] = {}
         self.hang_s = HANG_S
 
     # --- set-up ---------------------------------------------------------------------------------
 
     def _open_channels(self, seeds: Any) -> None:
+        """CHANNELS_PER_ENDPOINT connections to every gRPC port (a service run as several worker
+        processes shares its port: each connection lands on one of them)."""
         import grpc
         from fapiao_stack.services import REIMBURSEMENT_TLS_PORT, local_services
 
         from tests.fuzz.seeds import pki_dir
 
-        options = [("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20)]
+        options = [
+            ("grpc.max_send_message_length", 16 << 20),
+            ("grpc.max_receive_message_length", 16 << 20),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
         for spec in local_services():
             if spec.health == "grpc":
-                self.channels[spec.name] = grpc.aio.insecure_channel(f"127.0.0.1:{spec.port}", options=options)
+                self.channels[spec.name] = [
+                    grpc.aio.insecure_channel(f"127.0.0.1:{spec.port}", options=options)
+                    for _ in range(CHANNELS_PER_ENDPOINT)
+                ]
         pki = pki_dir()
         for name, tax_id in (
             ("reimbursement-tls", seeds.org_tax_id),
@@ -130,7 +140,10 @@ class Fuzzer:
                 private_key=(pki / f"org-{tax_id}.key").read_bytes(),
                 certificate_chain=(pki / f"org-{tax_id}.crt").read_bytes(),
             )
-            self.channels[name] = grpc.aio.secure_channel(f"127.0.0.1:{REIMBURSEMENT_TLS_PORT}", credentials, options)
+            self.channels[name] = [
+                grpc.aio.secure_channel(f"127.0.0.1:{REIMBURSEMENT_TLS_PORT}", credentials, options)
+                for _ in range(CHANNELS_PER_ENDPOINT)
+            ]
 
     def _notifier(self, seeds: Any) -> Any:
         from fapiao_cli.local import load_merchant_credentials
@@ -150,7 +163,7 @@ class Fuzzer:
         covered = {(t.endpoint, t.method) for t in targets}
         missing = []
         for endpoint in ("payment_intake", "invoice_minting", "ledger-1", "reimbursement", "reimbursement-tls"):
-            stub = reflection_pb2_grpc.ServerReflectionStub(self.channels[endpoint])
+            stub = reflection_pb2_grpc.ServerReflectionStub(self.channels[endpoint][0])
             call = stub.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(list_services="*")]), timeout=10
             )
@@ -166,11 +179,12 @@ class Fuzzer:
 
     # --- one input ------------------------------------------------------------------------------
 
-    def _callable(self, endpoint: str, method: str, kind: str) -> Any:
-        key = (endpoint, method, kind)
+    def _callable(self, endpoint: str, method: str, kind: str, connection: int) -> Any:
+        channels = self.channels[endpoint]
+        key = (endpoint, method, kind, connection % len(channels))
         found = self.callables.get(key)
         if found is None:
-            channel = self.channels[endpoint]
+            channel = channels[connection % len(channels)]
             factory = {
                 "unary": channel.unary_unary,
                 "server_stream": channel.unary_stream,
@@ -183,7 +197,9 @@ class Fuzzer:
         import grpc
 
         started = time.perf_counter()
-        multicallable = self._callable(target.endpoint, target.method, target.kind)
+        multicallable = self._callable(
+            target.endpoint, target.method, target.kind, rng.randrange(CHANNELS_PER_ENDPOINT)
+        )
         hang_s = self.hang_s + target.asked_wait_s
         call = None
         try:
@@ -298,8 +314,9 @@ class Fuzzer:
         done.set()
         await reporter
         fuzz_s = time.monotonic() - fuzz_began
-        for channel in self.channels.values():
-            await channel.close()
+        for channels in self.channels.values():
+            for channel in channels:
+                await channel.close()
 
         await asyncio.sleep(1.0)  # let the services finish writing what the last inputs made them log
         processes = await _processes()

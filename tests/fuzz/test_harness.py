@@ -193,7 +193,7 @@ async def test_a_method_that_raises_is_internal_and_a_refusal_is_not() -> None:
     port = await server.start("127.0.0.1", 0)
     fuzzer = Fuzzer(parse_args(["--seed", "3", "--replay", "0"]))
     fuzzer.hang_s = 1.0
-    fuzzer.channels["ledger-1"] = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    fuzzer.channels["ledger-1"] = [grpc.aio.insecure_channel(f"127.0.0.1:{port}")]
     service = "/fapiao.ledger.v1.LedgerService/"
     try:
         for method, expected in (
@@ -210,7 +210,7 @@ async def test_a_method_that_raises_is_internal_and_a_refusal_is_not() -> None:
         await fuzzer.one(0, [target], [1.0], {})
         assert fuzzer.tally.failures() == {"INTERNAL": 1}
     finally:
-        await fuzzer.channels["ledger-1"].close()
+        await fuzzer.channels["ledger-1"][0].close()
         await server.stop(0)
 
 
