@@ -93,6 +93,7 @@ class Tally:
     by_target: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     reasons: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     examples: dict[tuple[str, str, str], list[Example]] = field(default_factory=lambda: defaultdict(list))
+    seconds: Counter[str] = field(default_factory=Counter)  # time spent answering, by target
     inputs: int = 0
 
     def add(self, index: int, surface: str, target: str, mutation: str, request: bytes, outcome: Outcome) -> None:
@@ -101,6 +102,7 @@ class Tally:
         self.inputs += 1
         self.by_surface[surface][outcome.response_class] += 1
         self.by_target[target][outcome.response_class] += 1
+        self.seconds[target] += outcome.elapsed_s
         if outcome.reason:
             self.reasons[target][f"{outcome.response_class} {outcome.reason}"] += 1
         if outcome.failed:
@@ -118,6 +120,13 @@ class Tally:
                         len(request),
                     )
                 )
+
+    def mean_ms(self) -> dict[str, float]:
+        """Mean time to an answer by target, in milliseconds."""
+        return {
+            target: round(1000 * self.seconds[target] / max(1, sum(counts.values())), 1)
+            for target, counts in sorted(self.by_target.items())
+        }
 
     def failures(self) -> Counter[str]:
         total: Counter[str] = Counter()

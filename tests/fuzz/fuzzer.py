@@ -370,6 +370,7 @@ class Fuzzer:
             "by_surface": {s: dict(c) for s, c in sorted(self.tally.by_surface.items())},
             "by_target": {t: dict(c) for t, c in sorted(self.tally.by_target.items())},
             "reasons": {t: dict(c.most_common(15)) for t, c in sorted(self.tally.reasons.items())},
+            "mean_ms": self.tally.mean_ms(),
             "examples": [asdict(e) for examples in self.tally.examples.values() for e in examples],
             "processes": processes,
             "tracebacks": tracebacks,
