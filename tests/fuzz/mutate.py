@@ -54,7 +54,12 @@ def markup(rng: random.Random) -> str:
 
 def hostile_text(rng: random.Random, base: str) -> tuple[str, str]:
     """A string derived from `base` (a valid value) that an edge must refuse or accept precisely."""
-    choice = rng.randrange(19)
+    choice = rng.randrange(20)
+    if choice == 19:
+        token = reencoded_token(rng, base)
+        if token is not None:
+            return token, "token re-encoded with an out-of-range number"
+        choice = 0
     if choice == 18:
         size = rng.choice((1, 20, 32, 64, 100, 128, 200))
         unit = base or "9"
@@ -105,6 +110,22 @@ def hostile_text(rng: random.Random, base: str) -> tuple[str, str]:
     if choice == 16:
         return base + markup(rng), "markup suffix"
     return base + "\u00a0", "NBSP suffix"
+
+
+def reencoded_token(rng: random.Random, base: str) -> str | None:
+    """`base` read as a base64 token holding a number (a page token, say), re-encoded with its last
+    number replaced by one out of range or malformed; None when `base` is no such token."""
+    import base64
+    import re
+
+    try:
+        text = base64.urlsafe_b64decode(base + "=" * (-len(base) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not re.search(r"[0-9]", text):
+        return None
+    number = rng.choice(("99999999999999999999", "-1", "9223372036854775808", "1e400", "0x10", "٣"))
+    return base64.urlsafe_b64encode(re.sub(r"[0-9]+(?=[^0-9]*\Z)", number, text, count=1).encode()).decode()
 
 
 def invalid_utf8(rng: random.Random, base: str) -> tuple[bytes, str]:
