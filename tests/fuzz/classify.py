@@ -4,6 +4,7 @@ the services' logs for tracebacks, and the table and summary of a run."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,8 @@ class Tally:
     reasons: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     examples: dict[tuple[str, str, str], list[Example]] = field(default_factory=lambda: defaultdict(list))
     seconds: Counter[str] = field(default_factory=Counter)  # time spent answering, by target
+    # What the failing inputs of each target and class were, numbers folded: which mutations fail.
+    failing_kinds: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     inputs: int = 0
 
     def add(self, index: int, surface: str, target: str, mutation: str, request: bytes, outcome: Outcome) -> None:
@@ -106,6 +109,9 @@ class Tally:
         if outcome.reason:
             self.reasons[target][f"{outcome.response_class} {outcome.reason}"] += 1
         if outcome.failed:
+            self.failing_kinds[f"{target} {outcome.response_class}"][
+                re.sub(r"[0-9a-f]{4,}|[0-9]+", "N", mutation)[:100]
+            ] += 1
             bucket = self.examples[(surface, target, outcome.response_class)]
             if len(bucket) < MAX_EXAMPLES:
                 bucket.append(

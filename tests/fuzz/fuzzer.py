@@ -371,6 +371,7 @@ class Fuzzer:
             "by_target": {t: dict(c) for t, c in sorted(self.tally.by_target.items())},
             "reasons": {t: dict(c.most_common(15)) for t, c in sorted(self.tally.reasons.items())},
             "mean_ms": self.tally.mean_ms(),
+            "failing_mutations": {k: dict(c.most_common(12)) for k, c in sorted(self.tally.failing_kinds.items())},
             "examples": [asdict(e) for examples in self.tally.examples.values() for e in examples],
             "processes": processes,
             "tracebacks": tracebacks,
