@@ -100,3 +100,16 @@ def _check_map(field: FieldDescriptor, entries: object, multiline_fields: frozen
                 )
         elif value_field.message_type is not None:
             _check_nested(value, f"{field.name}[{key!r}]", multiline_fields)
+
+
+def lone_surrogate(value: str) -> bool:
+    """Whether `value` holds a lone UTF-16 surrogate (from a "\\ud800" JSON escape, or bytes that are
+    not UTF-8 read with surrogateescape): no UTF-8 text can hold one. For text passed on unchecked
+    (fields of a document that are not kept), where `bad_character` would refuse too much."""
+    if value.isascii():
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
