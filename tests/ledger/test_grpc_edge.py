@@ -113,3 +113,20 @@ async def test_text_postgresql_refuses_never_reaches_it(served: Served, request_
         await method(request_)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert ("fapiao-reason", reason) in tuple(caught.value.trailing_metadata() or ())
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        (ledger_service_pb2.GetInvoiceStateRequest(), "MISSING_LOOKUP"),
+        (ledger_service_pb2.GetInvoiceStateRequest(invoice_id="i" * 129), "INVALID_INVOICE_ID"),
+        (ledger_service_pb2.GetInvoiceStateRequest(invoice_number=""), "INVALID_INVOICE_NUMBER"),
+        (ledger_service_pb2.GetTransactionResultRequest(transaction_id="t" * 129), "INVALID_TRANSACTION_ID"),
+    ],
+)
+async def test_empty_and_oversized_ids_have_their_own_reason(served: Served, request_: Any, reason: str) -> None:
+    method = served.stub.GetInvoiceState if "Invoice" in type(request_).__name__ else served.stub.GetTransactionResult
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await method(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ("fapiao-reason", reason) in tuple(caught.value.trailing_metadata() or ())
