@@ -1,4 +1,5 @@
-"""gRPC server bootstrap on grpc.aio: health service, reflection, request ids, error mapping, TLS."""
+"""gRPC server bootstrap on grpc.aio: one request decoding policy, health service, reflection, request ids, error
+mapping, TLS."""
 
 from __future__ import annotations
 
