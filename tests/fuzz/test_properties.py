@@ -522,7 +522,7 @@ def test_minting_page_token_is_a_bigint_position_or_refused(token: str) -> None:
     assert 0 <= seq <= BIGINT
 
 
-@given(st.integers(-(2**63), BIGINT), st.integers(-(2**31), 2**31 - 1))
+@given(st.integers(0, BIGINT), st.integers(0, 2**31 - 1))
 def test_reimbursement_page_token_round_trips(request_id: int, position: int) -> None:
     assert _parse_page_token(reimbursement_page_token(request_id, position)) == (request_id, position)
 
@@ -534,7 +534,7 @@ def test_reimbursement_page_token_of_anything_is_a_position_or_refused(token: st
     except InvalidArgument as error:
         assert error.reason == "INVALID_PAGE_TOKEN"
         return
-    assert parsed is None or struct.pack(">qi", *parsed)
+    assert parsed is None or (parsed[0] >= 0 and parsed[1] >= 0 and struct.pack(">qi", *parsed))
 
 
 VIEW_TOKENS = ViewTokens(b"s" * 32, 3600)
