@@ -17,6 +17,7 @@ import os
 import re
 import string
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from gateway import money, qr_content
 from gateway.view_tokens import ViewTokens
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from invoice_minting import invoice_format
 from invoice_minting.buyer import check_idempotency_key, normalise_buyer
 from invoice_minting.invoice_store import _after_seq, _page_token
@@ -39,6 +41,8 @@ from reimbursement.servicer import _parse_page_token
 
 pytestmark = pytest.mark.unit
 
+# Hypothesis's caches go under build/, with everything else a run writes.
+set_hypothesis_home_dir(str(Path(__file__).resolve().parents[2] / "build" / "hypothesis"))
 settings.register_profile(
     "fapiao",
     max_examples=150,
