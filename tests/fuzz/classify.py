@@ -134,6 +134,24 @@ class Tally:
             for target, counts in sorted(self.by_target.items())
         }
 
+    def without_reason(self) -> dict[str, dict[str, int]]:
+        """Refusals that named no reason, by target and class, failures aside (informational: a gRPC
+        status from the transport or the standard health service, an HTTP error of the framework)."""
+        answers = {"OK", "HTTP_2XX", "HTTP_3XX", "CLOSED", "STREAM_OPEN"}
+        found: dict[str, dict[str, int]] = {}
+        for target, counts in sorted(self.by_target.items()):
+            named: Counter[str] = Counter()
+            for key, count in self.reasons.get(target, {}).items():
+                named[key.split(" ", 1)[0]] += count
+            missing = {
+                c: n - named[c]
+                for c, n in counts.items()
+                if c not in answers and c not in FAILING_CLASSES and n > named[c]
+            }
+            if missing:
+                found[target] = missing
+        return found
+
     def failures(self) -> Counter[str]:
         total: Counter[str] = Counter()
         for counts in self.by_surface.values():

@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -371,6 +372,7 @@ class Fuzzer:
             "by_target": {t: dict(c) for t, c in sorted(self.tally.by_target.items())},
             "reasons": {t: dict(c.most_common(15)) for t, c in sorted(self.tally.reasons.items())},
             "mean_ms": self.tally.mean_ms(),
+            "without_reason": self.tally.without_reason(),
             "failing_mutations": {k: dict(c.most_common(12)) for k, c in sorted(self.tally.failing_kinds.items())},
             "examples": [asdict(e) for examples in self.tally.examples.values() for e in examples],
             "processes": processes,
@@ -388,11 +390,8 @@ def _reason_of(body: bytes, content_type: str) -> str:
         except ValueError:
             return ""
         return str(data.get("code", ""))[:60] if isinstance(data, dict) else ""
-    at = body.find(b'data-reason="')
-    if at < 0:
-        return ""
-    end = body.find(b'"', at + 13)
-    return body[at + 13 : end].decode("utf-8", "replace")[:60]
+    found = re.search(rb'data-reason="([^"]+)"', body)
+    return found[1].decode("utf-8", "replace")[:60] if found else ""
 
 
 async def _processes() -> dict[str, dict[str, Any]]:

@@ -141,9 +141,12 @@ def test_tally_counts_by_surface_and_keeps_examples_of_failures() -> None:
     tally.add(1, "grpc x", "x.M", "valid", b"\x01", Outcome("OK"))
     tally.add(2, "grpc x", "x.M", "NUL", b"\x02", Outcome("INTERNAL", "INTERNAL: internal error"))
     tally.add(3, "http y", "GET /", "junk", b"GET /", Outcome("HTTP_5XX", "500"))
-    assert tally.inputs == 3
     assert tally.failures() == {"INTERNAL": 1, "HTTP_5XX": 1}
+    assert tally.inputs == 3
     assert [e.index for e in tally.examples[("grpc x", "x.M", "INTERNAL")]] == [2]
+    tally.add(4, "grpc x", "x.M", "junk", b"\x04", Outcome("INVALID_ARGUMENT", "", "MALFORMED_REQUEST"))
+    tally.add(5, "grpc x", "x.M", "junk", b"\x05", Outcome("NOT_FOUND", "unknown service"))
+    assert tally.without_reason() == {"x.M": {"NOT_FOUND": 1}}
     text = table(tally)
     assert "grpc x" in text and "http y" in text and "INTERNAL!" in text and "TOTAL" in text
 
