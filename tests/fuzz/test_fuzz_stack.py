@@ -35,6 +35,7 @@ def test_short_fuzz_run_finds_nothing(tmp_path: Path) -> None:
     )
     table_at = run.stdout.find("| surface")
     report = run.stdout[table_at if table_at >= 0 else -20000 :][:20000] + run.stderr[-3000:]
+    assert summary_file.exists(), f"the fuzzer did not finish: {run.stdout[-3000:]}{run.stderr[-5000:]}"
     summary = json.loads(summary_file.read_text())
     assert summary["inputs"] == SHORT_RUN_INPUTS, report
     assert len(summary["by_surface"]) >= 10, "every surface got inputs"
