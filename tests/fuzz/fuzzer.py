@@ -326,6 +326,8 @@ class Fuzzer:
             count, samples = scan_log(path, offsets[name])
             if count:
                 tracebacks[name] = {"count": count, "samples": samples}
+        if not self.args.replay:
+            uncovered += [f"{name} (no answer)" for name in self.tally.unreached([t.name for t in targets])]
         return self._summary(seeds, fuzz_s, seeding_s, processes, tracebacks, uncovered)
 
     def _summary(

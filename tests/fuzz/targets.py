@@ -542,10 +542,14 @@ def http_targets(seeds: Seeds, notifier: Notifier) -> list[HttpTarget]:
             0.3,
         ),
         HttpTarget("http gateway other", "gateway", "GET /healthz", lambda r: _get(r, "/healthz"), 0.3),
-        HttpTarget("http gateway other", "gateway", "other routes", other),
-        HttpTarget("http gateway other", "gateway", "not HTTP", garbage_request, 0.4),
-        HttpTarget("http gateway webhook", "gateway", "POST /v1/notify/wechatpay/{merchant}", gateway_notify, 2.0),
-        HttpTarget("http intake webhook", "webhook", "POST /v1/notify/wechatpay[/{merchant}]", intake_notify, 2.5),
-        HttpTarget("http intake webhook", "webhook", "other routes", intake_other, 0.3),
-        HttpTarget("http intake webhook", "webhook", "not HTTP", garbage_request, 0.3),
+        HttpTarget("http gateway other", "gateway", "gateway: other routes", other),
+        HttpTarget("http gateway other", "gateway", "gateway: not HTTP", garbage_request, 0.4),
+        HttpTarget(
+            "http gateway webhook", "gateway", "gateway: POST /v1/notify/wechatpay/{merchant}", gateway_notify, 2.0
+        ),
+        HttpTarget(
+            "http intake webhook", "webhook", "intake: POST /v1/notify/wechatpay[/{merchant}]", intake_notify, 2.5
+        ),
+        HttpTarget("http intake webhook", "webhook", "intake: other routes", intake_other, 0.3),
+        HttpTarget("http intake webhook", "webhook", "intake: not HTTP", garbage_request, 0.3),
     ]

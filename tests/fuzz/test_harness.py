@@ -147,6 +147,8 @@ def test_tally_counts_by_surface_and_keeps_examples_of_failures() -> None:
     tally.add(4, "grpc x", "x.M", "junk", b"\x04", Outcome("INVALID_ARGUMENT", "", "MALFORMED_REQUEST"))
     tally.add(5, "grpc x", "x.M", "junk", b"\x05", Outcome("NOT_FOUND", "unknown service"))
     assert tally.without_reason() == {"x.M": {"NOT_FOUND": 1}}
+    tally.add(6, "grpc z", "z.M", "valid", b"", Outcome("UNAVAILABLE", "failed to connect"))
+    assert tally.unreached(["x.M", "z.M", "never.sent"]) == ["z.M", "never.sent"]
     text = table(tally)
     assert "grpc x" in text and "http y" in text and "INTERNAL!" in text and "TOTAL" in text
 
