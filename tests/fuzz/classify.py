@@ -155,7 +155,7 @@ class Tally:
     def unreached(self, targets: list[str]) -> list[str]:
         """Targets no input reached: none sent, or every one unanswered or refused by the transport
         (UNAVAILABLE: a channel that cannot connect would otherwise pass for a quiet surface)."""
-        silent = {"UNAVAILABLE", "CANCELLED", "HANG", "CLIENT_ERROR", "NO_RESPONSE", "CLOSED"}
+        silent = {"UNAVAILABLE", "CANCELLED", "HANG", "CLIENT_ERROR", "NO_RESPONSE"}
         return [t for t in targets if not set(self.by_target.get(t, {})) - silent]
 
     def failures(self) -> Counter[str]:

@@ -174,7 +174,7 @@ class Fuzzer:
                     for method in descriptor.methods:
                         path = f"/{service.name}/{method.name}"
                         if (endpoint, path) not in covered:
-                            missing.append(f"{endpoint} {path}")
+                            missing.append(f"{endpoint} {path}: no inputs")
                 break
         return missing
 
@@ -327,7 +327,7 @@ class Fuzzer:
             if count:
                 tracebacks[name] = {"count": count, "samples": samples}
         if not self.args.replay:
-            uncovered += [f"{name} (no answer)" for name in self.tally.unreached([t.name for t in targets])]
+            uncovered += [f"{name}: no answer" for name in self.tally.unreached([t.name for t in targets])]
         return self._summary(seeds, fuzz_s, seeding_s, processes, tracebacks, uncovered)
 
     def _summary(
@@ -359,7 +359,7 @@ class Fuzzer:
         for name, found in tracebacks.items():
             print(f"FAIL {found['count']} traceback(s) in the log of {name}, e.g. {found['samples'][0][:200]}")
         for method in uncovered:
-            print(f"FAIL no inputs for {method}")
+            print(f"FAIL not covered: {method}")
         print("PASSED" if passed else "FAILED")
         return {
             "passed": passed,
