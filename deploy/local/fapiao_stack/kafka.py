@@ -5,7 +5,7 @@ Maven copies org.apache.kafka:kafka_2.13 and its runtime dependencies into .cach
 
 A broker runs alone (the local stack, the tests: one node that is broker and controller, internal
 topics with one replica) or as one member of a cluster (`fapiao up --hosts`, fapiao_stack.cluster:
-three nodes that are each broker and controller, one cluster id, internal topics with three replicas
+three brokers and a quorum of three controllers, one cluster id, internal topics with three replicas
 and two in sync). Its log4j 2 output (INFO for the broker's own lifecycle: start, controller and
 leadership changes, shutdown) goes to `log_file`.
 """
@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,12 +60,14 @@ def new_cluster_id() -> str:
 
 @dataclass
 class KafkaBroker:
-    """One KRaft node, broker and controller. `start()` formats the data dir on first use.
+    """One KRaft node (`roles`: broker and controller, or either alone). `start()` formats the data
+    dir on first use.
 
-    Alone by default: on `host` (loopback), its own single-voter quorum, internal topics with one
-    replica. In a cluster: `node_id`, the `voters` of the quorum ("ID@HOST:PORT" of every member), the
-    `cluster_id` shared by all, `replication` 3 (internal topics with 3 replicas and min ISR 2, the
-    broker default min ISR 2), and `netns` to run it inside that network namespace (fapiao_stack.hosts).
+    Alone by default: broker and controller on `host` (loopback), its own single-voter quorum, internal
+    topics with one replica. In a cluster: `node_id`, the `voters` of the controller quorum
+    ("ID@HOST:PORT" of every controller), the `cluster_id` shared by all, `replication` 3 (internal
+    topics with 3 replicas and min ISR 2, the brokers' default min ISR 2), and `netns` to run it inside
+    that network namespace (fapiao_stack.hosts).
     """
 
     data_dir: Path
@@ -78,7 +80,11 @@ class KafkaBroker:
     voters: Sequence[str] = ()
     cluster_id: str = ""
     replication: int = 1
+    roles: str = "broker,controller"
     netns: str | None = None
+    # Extra JVM options and server properties (a cluster of small nodes sharing a few cores).
+    jvm_options: Sequence[str] = ()
+    overrides: Mapping[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -87,36 +93,59 @@ class KafkaBroker:
 
     @property
     def voter(self) -> str:
-        """This node's entry in `controller.quorum.voters`."""
+        """This node's entry in `controller.quorum.voters` (when it is a controller)."""
         return f"{self.node_id}@{self.host}:{self.controller_port}"
 
+    @property
+    def listen_port(self) -> int:
+        """The port that answers once the node is up: the client listener, or a controller's own."""
+        return self.controller_port if self.roles == "controller" else self.port
+
     def properties(self) -> dict[str, str]:
-        """The broker's server.properties."""
+        """The node's server.properties."""
         replicas = str(self.replication)
         min_isr = str(min(2, self.replication))
-        return {
-            "process.roles": "broker,controller",
+        client = f"PLAINTEXT://{self.host}:{self.port}"
+        controller = f"CONTROLLER://{self.host}:{self.controller_port}"
+        listeners = {"broker,controller": f"{client},{controller}", "broker": client, "controller": controller}
+        if self.roles not in listeners:
+            raise ValueError(f"roles must be one of {sorted(listeners)}, got {self.roles!r}")
+        properties = {
+            "process.roles": self.roles,
             "node.id": str(self.node_id),
             "controller.quorum.voters": ",".join(self.voters) if self.voters else self.voter,
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "listeners": listeners[self.roles],
             "controller.listener.names": "CONTROLLER",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(self.data_dir / "logs"),
-            "num.partitions": "1",
-            "auto.create.topics.enable": "false",
-            "default.replication.factor": replicas,
-            "min.insync.replicas": min_isr,
-            "unclean.leader.election.enable": "false",
-            "offsets.topic.replication.factor": replicas,
-            "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": replicas,
-            "transaction.state.log.min.isr": min_isr,
-            "transaction.state.log.num.partitions": "4",
-            "group.initial.rebalance.delay.ms": "0",
-            "log.retention.hours": "168",
         }
+        if self.roles == "controller":
+            properties.update(self.overrides)
+            return properties
+        properties.update(
+            {
+                "advertised.listeners": client,
+                "inter.broker.listener.name": "PLAINTEXT",
+                "num.partitions": "1",
+                "auto.create.topics.enable": "false",
+                "default.replication.factor": replicas,
+                "min.insync.replicas": min_isr,
+                "unclean.leader.election.enable": "false",
+                "offsets.topic.replication.factor": replicas,
+                "offsets.topic.num.partitions": "4",
+                "transaction.state.log.replication.factor": replicas,
+                "transaction.state.log.min.isr": min_isr,
+                "transaction.state.log.num.partitions": "4",
+                "group.initial.rebalance.delay.ms": "0",
+                "log.retention.hours": "168",
+            }
+        )
+        if self.replication > 1:
+            # A follower that stops fetching leaves the ISR after 10 s (default 30 s): acks=all writes
+            # wait that long for a lost follower before going on with the others.
+            properties["replica.lag.time.max.ms"] = "10000"
+        properties.update(self.overrides)
+        return properties
 
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +161,7 @@ class KafkaBroker:
             f"-Xmx{self.heap}",
             f"-Xms{min(256, _megabytes(self.heap))}m",
             "-XX:+UseG1GC",
+            *self.jvm_options,
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}",
             "-cp",
             f"{libs}/*",
@@ -140,8 +170,8 @@ class KafkaBroker:
     def listening(self) -> bool:
         """True when the client listener accepts connections (probed from inside `netns` when set)."""
         if self.netns is not None:
-            return port_open_in(self.netns, self.host, self.port)
-        return port_open(self.port, self.host)
+            return port_open_in(self.netns, self.host, self.listen_port)
+        return port_open(self.listen_port, self.host)
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Launch the broker and wait until it listens (a cluster member: `launch` every member, then
@@ -171,11 +201,13 @@ class KafkaBroker:
         while not self.listening():
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"Kafka broker exited with code {self.proc.returncode} before listening on {self.bootstrap};"
-                    f" see {self.log_file}"
+                    f"Kafka {self.roles} exited with code {self.proc.returncode} before listening on"
+                    f" {self.host}:{self.listen_port}; see {self.log_file}"
                 )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Kafka broker did not listen on {self.bootstrap} within {timeout_s}s")
+                raise TimeoutError(
+                    f"Kafka {self.roles} did not listen on {self.host}:{self.listen_port} within {timeout_s}s"
+                )
             time.sleep(0.2)
 
     def stop(self) -> None:
