@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -194,6 +195,19 @@ def postgres_servers(network: Network, run_dir: Path, log_dir: Path) -> dict[str
         )
         for host in hosts
     }
+
+
+def allow_subnet(server: LocalPostgres, subnet: str) -> None:
+    """Let the other hosts of the cluster connect (trust, as on loopback): a line in pg_hba.conf for the
+    subnet, read by the running server on SIGHUP."""
+    hba = server.data_dir / "pg_hba.conf"
+    line = f"host all all {subnet} trust"
+    if line in hba.read_text().splitlines():
+        return
+    with hba.open("a") as handle:
+        handle.write(f"{line}\n")
+    pid = int((server.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    os.kill(pid, signal.SIGHUP)
 
 
 def database_of(spec: ServiceSpec, databases: Mapping[str, str]) -> str:
@@ -393,9 +407,9 @@ def up(timeout_s: float = 600.0) -> dict[str, object]:
     create_topics(network, bootstrap)
     databases = {}
     for host, server in postgres_servers(network, HOSTS_DIR, LOG_DIR).items():
-        if not _postgres_running(server):
-            _say(f"starting PostgreSQL on {host} ({server.host}) ...")
-            server.start()
+        _say(f"starting PostgreSQL on {host} ({server.host}) ...")
+        server.start()  # returns at once when it runs already
+        allow_subnet(server, network.subnet)
         databases[host] = server.create_database("fapiao")
     envs = _service_env(network, RUN_DIR, bootstrap, databases)
     validators = [s for s in local_services() if s.module == "ledger"]
@@ -414,16 +428,6 @@ def up(timeout_s: float = 600.0) -> dict[str, object]:
             )
         _wait_serving(network, group, max(30.0, deadline - time.monotonic()))
     return _write_state(network, bootstrap, databases)
-
-
-def _postgres_running(server: LocalPostgres) -> bool:
-    pid_file = server.data_dir / "postmaster.pid"
-    if not pid_file.exists():
-        return False
-    try:
-        return pid_alive(int(pid_file.read_text().splitlines()[0]))
-    except (ValueError, IndexError, PermissionError):
-        return False
 
 
 def down() -> list[str]:
@@ -450,7 +454,7 @@ def down() -> list[str]:
     return stopped
 
 
-def status() -> dict[str, dict[str, str]]:
+def status() -> dict[str, dict[str, object]]:
     """Health of every process of the cluster, seen from the ops host: name -> {health, address, kind}."""
     state = read_state()
     if state is None:

@@ -15,8 +15,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     up.set_defaults(handler=_up)
     down = subparsers.add_parser("down", help="stop everything `fapiao up` started")
     down.set_defaults(handler=_down)
+    for command, text in ((up, "each process on a host of its own (network namespaces; root)"),
+                          (down, "the multi-host cluster, its namespaces included")):  # fmt: skip
+        command.add_argument("--hosts", action="store_true", help=f"the multi-host cluster: {text}")
     status = subparsers.add_parser("status", help="health and consumer lag of every process")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--hosts", action="store_true", help="the multi-host cluster, seen from its ops host")
     status.set_defaults(handler=_status)
     demo = subparsers.add_parser("demo", help="start the stack, walk the end-to-end story, stop the stack")
     demo.add_argument("--keep-running", action="store_true", help="leave the stack running afterwards")
@@ -32,6 +36,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from fapiao_stack import stack
 
+    if args.hosts:
+        return _cluster_up(args)
     endpoints = stack.up(timeout_s=args.timeout)
     print(f"Kafka       {endpoints.kafka_bootstrap}")
     print(f"PostgreSQL  {endpoints.database_url}")
@@ -40,10 +46,10 @@ def _up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _down(_: argparse.Namespace) -> int:
-    from fapiao_stack import stack
+def _down(args: argparse.Namespace) -> int:
+    from fapiao_stack import cluster, stack
 
-    stopped = stack.down()
+    stopped = cluster.down() if args.hosts else stack.down()
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return EXIT_OK
 
@@ -51,7 +57,12 @@ def _down(_: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from fapiao_stack import stack
 
-    report = asyncio.run(stack.detailed_status())
+    if args.hosts:
+        from fapiao_stack import cluster
+
+        report: dict[str, dict[str, object]] = dict(cluster.status())
+    else:
+        report = asyncio.run(stack.detailed_status())
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -65,3 +76,19 @@ def _status(args: argparse.Namespace) -> int:
                 extra += f"  outbox {int(backlog)}"
             print(f"{name:<16} {entry['health']:<12}{extra}")
     return EXIT_OK if all(e["health"] == "SERVING" for e in report.values()) else EXIT_FAILED
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from fapiao_stack import cluster
+
+    state = cluster.up(timeout_s=max(args.timeout, 600.0))
+    print(f"Kafka       {state['kafka_bootstrap']}")
+    print(f"PostgreSQL  {state['database_url']}")
+    services = state["services"]
+    assert isinstance(services, dict)
+    for name, address in services.items():
+        print(f"{name:<16} {address}")
+    hosts = state["hosts"]
+    assert isinstance(hosts, dict)
+    print(f"operator    ip netns exec {hosts[cluster.OPS]['namespace']} COMMAND")
+    return EXIT_OK
