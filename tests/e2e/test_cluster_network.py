@@ -245,3 +245,20 @@ def test_down_removes_every_namespace_even_with_processes_left_inside() -> None:
     network.down()
     assert network.namespaces() == []
     assert orphan.wait(timeout=30) is not None
+
+
+@needs_netns
+def test_a_cluster_whose_prefix_extends_another_is_not_the_others() -> None:
+    outer = Network(prefix=f"fapiao-o{uuid.uuid4().hex[:6]}-")
+    inner = Network(prefix=f"{outer.prefix}in-")
+    try:
+        outer.up({"a": 2})
+        inner.up({"a": 2})
+        assert sorted(outer.namespaces()) == sorted([outer.switch, outer.namespace("a")])
+        assert list(outer.hosts()) == ["a"]
+        outer.down()
+        assert sorted(inner.namespaces()) == sorted([inner.switch, inner.namespace("a")])
+    finally:
+        inner.down()
+        outer.down()
+    assert outer.namespaces() == [] and inner.namespaces() == []

@@ -39,7 +39,7 @@ from pathlib import Path
 from fapiao_runtime.kafka import ensure_topics
 
 from fapiao_stack.config import process_environment, stack_environment
-from fapiao_stack.hosts import DEFAULT_PREFIX, Network, run_in_netns, subnet_from_env
+from fapiao_stack.hosts import Network, prefix_from_env, run_in_netns, subnet_from_env
 from fapiao_stack.kafka import KafkaBroker, new_cluster_id
 from fapiao_stack.paths import LOG_DIR, RUN_DIR
 from fapiao_stack.postgres import LocalPostgres
@@ -96,7 +96,7 @@ def host_layout() -> dict[str, int]:
 
 
 def network_from_env() -> Network:
-    return Network(prefix=os.environ.get("FAPIAO_CLUSTER_PREFIX", "") or DEFAULT_PREFIX, subnet=subnet_from_env())
+    return Network(prefix=prefix_from_env(), subnet=subnet_from_env())
 
 
 def addresses(network: Network) -> dict[str, str]:

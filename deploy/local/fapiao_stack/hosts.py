@@ -134,6 +134,10 @@ def subnet_from_env() -> str:
     return os.environ.get("FAPIAO_CLUSTER_SUBNET", "") or DEFAULT_SUBNET
 
 
+def prefix_from_env() -> str:
+    return os.environ.get("FAPIAO_CLUSTER_PREFIX", "") or DEFAULT_PREFIX
+
+
 @dataclass(frozen=True)
 class Network:
     """The hosts of one cluster: namespaces `prefix + name`, addresses in `subnet`.
@@ -172,10 +176,17 @@ class Network:
     # -- the namespaces ---------------------------------------------------------------------------
 
     def namespaces(self) -> list[str]:
-        """Every existing namespace with this prefix (the switch included)."""
+        """Every existing namespace of this cluster (the switch included): those named with its prefix,
+        but for another cluster's whose prefix extends it (`fapiao-` and `fapiao-t1-` are two clusters:
+        each has its switch, `fapiao-switch` and `fapiao-t1-switch`)."""
         done = _ip("netns", "list", check=False)
         names = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
-        return [name for name in names if name.startswith(self.prefix)]
+        others = [
+            name.removesuffix(SWITCH)
+            for name in names
+            if name.endswith(SWITCH) and name != self.switch and name.startswith(self.prefix)
+        ]
+        return [name for name in names if name.startswith(self.prefix) and not any(name.startswith(o) for o in others)]
 
     def hosts(self) -> dict[str, str]:
         """Host name -> address of every host that exists now."""
@@ -315,3 +326,44 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+_USAGE = """usage: python -m fapiao_stack.hosts COMMAND   (namespaces FAPIAO_CLUSTER_PREFIX*, default fapiao-*)
+  list                      every host, its address, and the faults in force
+  isolate HOST              HOST's link down
+  heal HOST                 HOST's link up
+  cut HOST,HOST HOST,HOST   no traffic between the two groups, both ways
+  heal-all                  every link up, every cut removed"""
+
+
+def main(argv: list[str]) -> int:
+    network = Network(prefix=prefix_from_env(), subnet=subnet_from_env())
+    command, args = (argv[0], argv[1:]) if argv else ("list", [])
+    try:
+        if command == "list" and not args:
+            isolated = set(network.isolated())
+            for host, address in sorted(network.hosts().items(), key=lambda item: ipaddress.ip_address(item[1])):
+                cut = network.blackholes(host)
+                faults = ("isolated " if host in isolated else "") + (f"cut from {', '.join(cut)}" if cut else "")
+                print(f"{host:<16} {address:<15} {faults}".rstrip())
+        elif command == "isolate" and len(args) == 1:
+            network.isolate(args[0])
+        elif command == "heal" and len(args) == 1:
+            network.heal(args[0])
+        elif command == "cut" and len(args) == 2:
+            network.cut(args[0].split(","), args[1].split(","))
+        elif command == "heal-all" and not args:
+            network.heal_all()
+        else:
+            print(_USAGE)
+            return 2
+    except (HostsError, ValueError) as exc:
+        print(f"hosts: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
