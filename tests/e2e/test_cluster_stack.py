@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,24 @@ def test_the_stack_serves_across_hosts_and_a_payment_goes_end_to_end(tmp_path: P
         assert json.loads(verified.stdout)["status"] == "INVOICE_LEDGER_STATUS_ISSUED"
         audit = fapiao("audit", on_ops=True)
         assert audit.returncode == 0 and "FINDINGS" not in audit.stdout, audit.stdout + audit.stderr
+
+        # A broker and a validator killed with -9 come back with `restart --hosts`; the broker's log
+        # shows both of its starts.
+        for name in ("kafka-2", "ledger-3"):
+            pid = int((tmp_path / "run" / "pids" / f"{name}.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            restarted = subprocess.run(
+                [sys.executable, "-m", "fapiao_stack", "restart", "--hosts", name],
+                env=env, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            assert restarted.returncode == 0 and "SERVING" in restarted.stdout, restarted.stdout + restarted.stderr
+            pids.append(int((tmp_path / "run" / "pids" / f"{name}.pid").read_text()))
+        broker_log = (tmp_path / "run" / "logs" / "kafka-2.log").read_text()
+        assert broker_log.count("Kafka Server started") == 2
+        again = fapiao("status", "--hosts", "--json")
+        assert again.returncode == 0, again.stdout + again.stderr
+        paid_again = fapiao("pay", "--merchant-id", "1900000001", "--amount-fen", "500", on_ops=True)
+        assert paid_again.returncode == 0, paid_again.stdout + paid_again.stderr
     finally:
         down = fapiao("down", "--hosts", timeout_s=600)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -454,6 +454,42 @@ def down() -> list[str]:
     return stopped
 
 
+def process_names() -> list[str]:
+    """Every process of the cluster by name (its host's name), in start order."""
+    return [host for host in host_layout() if host != OPS]
+
+
+def restart(name: str, timeout_s: float = 300.0) -> str:
+    """Stop process `name` if it runs (a controller, broker, PostgreSQL server or service), start it
+    again as `up` does and wait until it serves; return its address. Also starts one that died."""
+    state = read_state()
+    if state is None:
+        raise ConnectionError("no multi-host cluster is running: start it with `fapiao up --hosts`")
+    network = _network_of(state)
+    nodes = {node.data_dir.name: node for node in kafka_nodes(network, HOSTS_DIR, LOG_DIR)}
+    servers = postgres_servers(network, HOSTS_DIR, LOG_DIR)
+    specs = {spec.name: spec for spec in local_services()}
+    if name in nodes:
+        stop_pid_file(PID_DIR / f"{name}.pid", timeout_s=30)
+        start_kafka([nodes[name]], PID_DIR, timeout_s)
+        return f"{nodes[name].host}:{nodes[name].listen_port}"
+    if name in servers:
+        servers[name].stop()
+        servers[name].start(timeout_s)
+        return f"{servers[name].host}:{POSTGRES_PORT}"
+    if name not in specs:
+        raise KeyError(f"no process {name!r} in the cluster; one of: {', '.join(process_names())}")
+    stop_pid_file(PID_DIR / f"{name}.pid", timeout_s=15)
+    databases = {
+        host: f"postgresql://postgres@{server.host}:{POSTGRES_PORT}/fapiao" for host, server in servers.items()
+    }
+    env = _service_env(network, RUN_DIR, str(state["kafka_bootstrap"]), databases)[name]
+    spawn([*network.launcher(name), *specs[name].argv()], log_file=LOG_DIR / f"{name}.log", env=env,
+          pid_file=PID_DIR / f"{name}.pid")  # fmt: skip
+    _wait_serving(network, [specs[name]], timeout_s)
+    return f"{addresses(network)[name]}:{specs[name].port}"
+
+
 def status() -> dict[str, dict[str, object]]:
     """Health of every process of the cluster, seen from the ops host: name -> {health, address, kind}."""
     state = read_state()
@@ -493,12 +529,23 @@ def main(argv: list[str]) -> int:
         stopped = down()
         _say("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
         return 0
+    if command == "restart":
+        if len(argv) != 2:
+            _say(f"usage: restart --hosts NAME (one of: {', '.join(process_names())})")
+            return 2
+        try:
+            address = restart(argv[1])
+        except KeyError as exc:
+            _say(str(exc.args[0]))
+            return 2
+        _say(f"{argv[1]} restarted: SERVING on {address}")
+        return 0
     if command == "status":
         report = status()
         for name, entry in report.items():
             _say(f"{name:<16} {entry['kind']:<11} {entry['address']:<22} {entry['health']}")
         return 0 if all(e["health"] == "SERVING" for e in report.values()) else 1
-    _say(f"unknown command {command!r}; use up, down or status (with --hosts)")
+    _say(f"unknown command {command!r}; use up, down, status or restart (with --hosts)")
     return 2
 
 
