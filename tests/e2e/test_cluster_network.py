@@ -8,7 +8,9 @@ runs on the cluster's ops host. Needs root and `ip netns`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -211,6 +213,9 @@ def test_a_cut_separates_two_groups_both_ways_and_heals(network: Network) -> Non
     listener = _listen(network, two, where[two])
     try:
         assert port_open_in(ops, where[two], 7000)
+        with socket.socket() as sock:  # the machine itself has no way in, and sends nothing out for them
+            sock.settimeout(2)
+            assert sock.connect_ex((where[two], 7000)) == errno.EHOSTUNREACH
         network.cut([one], [two, SERVICES_DB_HOST])
         assert set(network.blackholes(one)) == {where[two], where[SERVICES_DB_HOST]}
         assert network.blackholes(two) == [where[one]]
@@ -238,13 +243,19 @@ def _listen(network: Network, host: str, address: str) -> subprocess.Popen[bytes
 
 @needs_netns
 def test_down_removes_every_namespace_even_with_processes_left_inside() -> None:
-    network = Network(prefix=f"fapiao-d{uuid.uuid4().hex[:6]}-")
+    network = Network(prefix=f"fapiao-d{uuid.uuid4().hex[:6]}-", subnet="10.231.77.0/24")
     network.up({"a": 2, "b": 3})
+    assert "unreachable 10.231.77.0/24" in _root_routes()
     assert network.up({"a": 2, "b": 3}) == {"a": network.address(2), "b": network.address(3)}  # idempotent
     orphan = _listen(network, "a", network.address(2))
     network.down()
     assert network.namespaces() == []
     assert orphan.wait(timeout=30) is not None
+    assert "10.231.77.0/24" not in _root_routes()
+
+
+def _root_routes() -> str:
+    return subprocess.run(["ip", "route", "show"], capture_output=True, text=True, check=True).stdout
 
 
 @needs_netns

@@ -3,8 +3,9 @@
 Each host is a network namespace `PREFIX + name` (`fapiao-kafka-1`, ...) with its loopback up and one
 interface, eth0, holding its address in the cluster's subnet (FAPIAO_CLUSTER_SUBNET, default
 10.231.0.0/24). The other end of every host's veth pair is a port of one bridge that lives in a
-namespace of its own, `PREFIX + "switch"`: nothing is added to the machine's own (root) namespace,
-neither an interface nor a route, so the cluster's addresses are reachable only from its hosts. A
+namespace of its own, `PREFIX + "switch"`: the machine's own (root) namespace gets no interface on
+it, only an `unreachable` route for the subnet (removed by `down`), so the cluster's addresses are
+reachable only from its hosts and nothing sent to them from the machine leaves it. A
 process runs on a host when started with `netns_launcher(namespace)` (`ip netns exec NAMESPACE ...`);
 the root namespace reaches a host through `run_in_netns` (one thread joined to the namespace).
 
@@ -220,6 +221,9 @@ class Network:
     def up(self, hosts: Mapping[str, int]) -> dict[str, str]:
         """Create the switch and every host (name -> offset) that does not exist yet; return name -> address."""
         existing = set(self.namespaces())
+        # The machine's own namespace would send packets for the subnet out of its default route: an
+        # unreachable route keeps them on this machine (connecting from there fails at once).
+        _ip("route", "replace", "unreachable", self.subnet)
         if self.switch not in existing:
             _ip("netns", "add", self.switch)
             _ip("-n", self.switch, "link", "set", "lo", "up")
@@ -264,7 +268,20 @@ class Network:
                 _ip("netns", "del", namespace, check=False)
         if self.switch in namespaces:
             _ip("netns", "del", self.switch, check=False)
+        if not self._subnet_used_elsewhere():
+            _ip("route", "del", "unreachable", self.subnet, check=False)
         return namespaces
+
+    def _subnet_used_elsewhere(self) -> bool:
+        """Whether a host of another cluster still has an address in this cluster's subnet."""
+        subnet = ipaddress.ip_network(self.subnet)
+        done = _ip("netns", "list", check=False)
+        for line in done.stdout.splitlines():
+            name = line.split()[0] if line.strip() else ""
+            address = self._host_address(name) if name and not name.endswith(SWITCH) else None
+            if address is not None and ipaddress.ip_address(address) in subnet:
+                return True
+        return False
 
     def pids(self, namespace: str) -> list[int]:
         done = _ip("netns", "pids", namespace, check=False)
