@@ -54,6 +54,10 @@ BROKERS = 3
 CONTROLLERS = 3
 REPLICATION_FACTOR = 3
 MIN_INSYNC_REPLICAS = 2
+REPLICATION_ENV = {
+    "FAPIAO_KAFKA_REPLICATION_FACTOR": str(REPLICATION_FACTOR),
+    "FAPIAO_KAFKA_MIN_INSYNC_REPLICAS": str(MIN_INSYNC_REPLICAS),
+}
 BROKER_HEAP = "384m"
 CONTROLLER_HEAP = "256m"
 # JVM thread pools sized for one core and no optimising compiler: six Kafka nodes share the
@@ -170,12 +174,10 @@ def start_kafka(nodes: list[KafkaBroker], pid_dir: Path, timeout_s: float = 120.
 
 
 def create_topics(network: Network, bootstrap: str, prefix: str = "") -> None:
-    """Fapiao's topics with 3 replicas and min ISR 2, created from the ops host."""
-    os.environ.setdefault("FAPIAO_KAFKA_REPLICATION_FACTOR", str(REPLICATION_FACTOR))
-    os.environ.setdefault("FAPIAO_KAFKA_MIN_INSYNC_REPLICAS", str(MIN_INSYNC_REPLICAS))
-    run_in_netns(
-        network.namespace(OPS), asyncio.run, ensure_topics(bootstrap, prefix, replication_factor=REPLICATION_FACTOR)
-    )
+    """Fapiao's topics with 3 replicas and min ISR 2 (FAPIAO_KAFKA_REPLICATION_FACTOR and
+    FAPIAO_KAFKA_MIN_INSYNC_REPLICAS, as the services get them), created from the ops host."""
+    os.environ.update(REPLICATION_ENV)
+    run_in_netns(network.namespace(OPS), asyncio.run, ensure_topics(bootstrap, prefix))
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------
@@ -237,7 +239,9 @@ def service_targets(network: Network) -> list[Target]:
 
 def infrastructure_targets(network: Network) -> list[Target]:
     where = addresses(network)
-    targets = [Target(controller_host(i), "tcp", where[controller_host(i)], CONTROLLER_PORT) for i in range(1, 4)]
+    targets = [
+        Target(controller_host(i), "tcp", where[controller_host(i)], CONTROLLER_PORT) for i in range(1, CONTROLLERS + 1)
+    ]
     targets += [Target(broker_host(i), "tcp", where[broker_host(i)], KAFKA_PORT) for i in range(1, BROKERS + 1)]
     targets.append(Target(SERVICES_DB_HOST, "tcp", where[SERVICES_DB_HOST], POSTGRES_PORT))
     targets += [
@@ -304,18 +308,12 @@ def _service_env(
     """The environment of each service process (the local stack's, at the hosts' addresses)."""
     where = addresses(network)
     base = stack_environment(run_dir, bootstrap, databases[SERVICES_DB_HOST], where)
-    base.update(
-        {
-            "FAPIAO_KAFKA_REPLICATION_FACTOR": str(REPLICATION_FACTOR),
-            "FAPIAO_KAFKA_MIN_INSYNC_REPLICAS": str(MIN_INSYNC_REPLICAS),
-            # One process per host: the machine's cores are shared by every host.
-            "FAPIAO_INTAKE_PROCESSES": "1",
-        }
-    )
+    base.update(REPLICATION_ENV)
     envs = {}
     for spec in local_services():
         env = process_environment(spec, run_dir, base, where[spec.name])
         env["DATABASE_URL"] = database_of(spec, databases)
+        # One worker process per host: the machine's cores are shared by every host.
         env["FAPIAO_INTAKE_PROCESSES"] = "1"
         envs[spec.name] = env
     return envs
