@@ -15,16 +15,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     up.set_defaults(handler=_up)
     down = subparsers.add_parser("down", help="stop everything `fapiao up` started")
     down.set_defaults(handler=_down)
-    for command, text in ((up, "each process on a host of its own (network namespaces; root)"),
-                          (down, "the multi-host cluster, its namespaces included")):  # fmt: skip
-        command.add_argument("--hosts", action="store_true", help=f"the multi-host cluster: {text}")
     status = subparsers.add_parser("status", help="health and consumer lag of every process")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--hosts", action="store_true", help="the multi-host cluster, seen from its ops host")
     status.set_defaults(handler=_status)
     demo = subparsers.add_parser("demo", help="start the stack, walk the end-to-end story, stop the stack")
     demo.add_argument("--keep-running", action="store_true", help="leave the stack running afterwards")
     demo.set_defaults(handler=_demo)
+    for command, text in ((up, "each process on a host of its own (network namespaces; root)"),
+                          (down, "the multi-host cluster, its namespaces included"),
+                          (status, "the multi-host cluster, seen from its ops host")):  # fmt: skip
+        command.add_argument("--hosts", action="store_true", help=f"the multi-host cluster: {text}")
 
 
 def _demo(args: argparse.Namespace) -> int:
