@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_stack.hosts import Network, netns_available
+from fapiao_stack.paths import KAFKA_LIBS
 from fapiao_stack.procs import pid_alive
 
 pytestmark = pytest.mark.e2e
@@ -56,6 +57,16 @@ def test_the_stack_serves_across_hosts_and_a_payment_goes_end_to_end(tmp_path: P
         assert [b["name"] for b in state["brokers"]] == ["kafka-1", "kafka-2", "kafka-3"]
         assert len(state["postgres"]) == 5 and len({p["address"] for p in state["postgres"]}) == 5
         assert len(set(state["services"].values())) == 8
+
+        # The ledger's topic: three replicas, two of them in sync for a write to be acknowledged.
+        described = subprocess.run(
+            ["ip", "netns", "exec", f"{prefix}ops", "java", "-cp", f"{KAFKA_LIBS}/*",
+             "org.apache.kafka.tools.TopicCommand", "--bootstrap-server", state["kafka_bootstrap"],
+             "--describe", "--topic", "ledger.tx.v1"],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert described.returncode == 0, described.stdout + described.stderr
+        assert "ReplicationFactor: 3" in described.stdout and "min.insync.replicas=2" in described.stdout
 
         status = fapiao("status", "--hosts", "--json")
         assert status.returncode == 0, status.stdout + status.stderr
