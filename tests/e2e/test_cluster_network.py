@@ -31,6 +31,7 @@ from fapiao_stack.cluster import (
     controller_host,
     host_layout,
     kafka_nodes,
+    partition_leaders,
     start_kafka,
 )
 from fapiao_stack.hosts import Network, netns_available, port_open_in, run_in_netns
@@ -179,6 +180,7 @@ def test_a_replicated_topic_writes_with_one_broker_isolated_and_refuses_below_mi
     outcome = run_in_netns(ops, asyncio.run, _scenario(network, bootstrap_of(network)))
     assert isinstance(outcome["refusal"], NotEnoughReplicasError | NotEnoughReplicasAfterAppendError)
     assert set(outcome["acknowledged"]) <= set(outcome["read"])  # type: ignore[arg-type]
+    assert set(partition_leaders(network, bootstrap_of(network), TOPIC)) == {0}
 
 
 @needs_netns

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from fapiao_runtime.tax_id import uscc_check_char
+from fapiao_stack.cluster import partition_leaders
 from fapiao_stack.hosts import Network, netns_available
 from fapiao_stack.paths import KAFKA_LIBS
 from fapiao_stack.procs import pid_alive
@@ -67,6 +68,10 @@ def test_the_stack_serves_across_hosts_and_a_payment_goes_end_to_end(tmp_path: P
         )  # fmt: skip
         assert described.returncode == 0, described.stdout + described.stderr
         assert "ReplicationFactor: 3" in described.stdout and "min.insync.replicas=2" in described.stdout
+
+        network = Network(prefix=prefix)
+        leaders = partition_leaders(network, state["kafka_bootstrap"], "ledger.tx.v1")
+        assert leaders and set(leaders.values()) <= {"kafka-1", "kafka-2", "kafka-3"}
 
         status = fapiao("status", "--hosts", "--json")
         assert status.returncode == 0, status.stdout + status.stderr

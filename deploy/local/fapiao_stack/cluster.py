@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiokafka.admin import AIOKafkaAdminClient
 from fapiao_runtime.kafka import ensure_topics
 
 from fapiao_stack.config import process_environment, stack_environment
@@ -178,6 +179,27 @@ def create_topics(network: Network, bootstrap: str, prefix: str = "") -> None:
     FAPIAO_KAFKA_MIN_INSYNC_REPLICAS, as the services get them), created from the ops host."""
     os.environ.update(REPLICATION_ENV)
     run_in_netns(network.namespace(OPS), asyncio.run, ensure_topics(bootstrap, prefix))
+
+
+def partition_leaders(network: Network, bootstrap: str, topic: str) -> dict[int, str]:
+    """Partition -> the host of its leader (`kafka-N`), as the cluster's metadata says, read from the
+    ops host; a partition without a leader is left out."""
+
+    async def leaders() -> dict[int, str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fapiao-ops")
+        await admin.start()
+        try:
+            described = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        return {
+            int(partition["partition"]): broker_host(int(partition["leader"]))
+            for entry in described
+            for partition in entry["partitions"]
+            if int(partition["leader"]) in range(1, BROKERS + 1)
+        }
+
+    return run_in_netns(network.namespace(OPS), asyncio.run, leaders())
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------
