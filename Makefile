@@ -12,6 +12,9 @@ KAFKA_LIBS := .cache/kafka/libs
 BUF_VERSION := 1.75.0
 BUF := .cache/buf/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
+# What `buf breaking` compares protos/ with: the last release tag (v*) in HEAD's history, else main.
+BUF_AGAINST ?= .git\#$(shell tag=$$(git describe --tags --abbrev=0 --match 'v[0-9]*' 2>/dev/null || true); \
+	if [ -n "$$tag" ]; then echo "tag=$$tag"; else echo branch=main; fi),subdir=protos
 PYTEST_ARGS ?=
 
 .PHONY: help setup protos kafka-jars buf browser up down status demo cluster-up cluster-down cluster-status test test-unit test-cluster lint fmt bench clean
@@ -90,8 +93,9 @@ test-unit: setup ## unit tests only (no broker, no database)
 test-cluster: setup ## the whole multi-host cluster up, one payment across its hosts, down (root; a few minutes)
 	FAPIAO_TEST_CLUSTER=1 $(PY) -m pytest --basetemp=build/pytest-cluster tests/e2e/test_cluster_stack.py $(PYTEST_ARGS)
 
-lint: setup $(BUF) ## buf lint, ruff check, ruff format --check, mypy
+lint: setup $(BUF) ## buf lint (comments required), buf breaking against the last release or main, ruff, mypy
 	$(BUF) lint protos
+	$(BUF) breaking protos --against '$(BUF_AGAINST)'
 	$(PY) -m ruff check services deploy/local tests
 	$(PY) -m ruff format --check services deploy/local tests
 	$(PY) -m mypy services deploy/local
