@@ -107,10 +107,7 @@ def test_the_stack_serves_across_hosts_and_a_payment_goes_end_to_end(tmp_path: P
         for name in ("kafka-2", "ledger-3"):
             pid = int((tmp_path / "run" / "pids" / f"{name}.pid").read_text())
             os.kill(pid, signal.SIGKILL)
-            restarted = subprocess.run(
-                [sys.executable, "-m", "fapiao_stack", "restart", "--hosts", name],
-                env=env, capture_output=True, text=True, timeout=600,
-            )  # fmt: skip
+            restarted = fapiao("restart", "--hosts", name, timeout_s=600)
             assert restarted.returncode == 0 and "SERVING" in restarted.stdout, restarted.stdout + restarted.stderr
             pids.append(int((tmp_path / "run" / "pids" / f"{name}.pid").read_text()))
         broker_log = (tmp_path / "run" / "logs" / "kafka-2.log").read_text()
