@@ -44,8 +44,16 @@ from fapiao_stack.hosts import Network, prefix_from_env, run_in_netns, subnet_fr
 from fapiao_stack.kafka import KafkaBroker, new_cluster_id
 from fapiao_stack.paths import LOG_DIR, RUN_DIR
 from fapiao_stack.postgres import LocalPostgres
-from fapiao_stack.procs import pid_alive, spawn, stop_pid_file
-from fapiao_stack.services import GATEWAY_PORT, INTAKE_WEBHOOK_PORT, LEDGER_VALIDATORS, ServiceSpec, local_services
+from fapiao_stack.procs import pid_alive, port_open, spawn, stop_pid_file
+from fapiao_stack.services import (
+    GATEWAY_PORT,
+    INTAKE_WEBHOOK_PORT,
+    LEDGER_VALIDATORS,
+    ServiceSpec,
+    grpc_health,
+    http_health,
+    local_services,
+)
 
 OPS = "ops"
 KAFKA_PORT = 9092
@@ -230,8 +238,9 @@ def allow_subnet(server: LocalPostgres, subnet: str) -> None:
         return
     with hba.open("a") as handle:
         handle.write(f"{line}\n")
-    pid = int((server.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-    os.kill(pid, signal.SIGHUP)
+    pid = server.server_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
 
 
 def database_of(spec: ServiceSpec, databases: Mapping[str, str]) -> str:
@@ -292,24 +301,10 @@ def probe(network: Network, targets: list[Target], window_s: float = 0.0) -> dic
 
 async def _check(target: Target, timeout_s: float = 1.0) -> str:
     if target.kind == "grpc":
-        from fapiao_stack.services import grpc_health
-
         return await grpc_health(target.port, timeout_s, host=target.address)
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(target.address, target.port), timeout_s)
-    except (OSError, TimeoutError):
-        return "DOWN"
-    try:
-        if target.kind == "tcp":
-            return "SERVING"
-        writer.write(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), timeout_s)
-        return "SERVING" if b" 200 " in status_line else "NOT_SERVING"
-    except (OSError, TimeoutError):
-        return "DOWN"
-    finally:
-        writer.close()
+    if target.kind == "http":
+        return await http_health(target.port, timeout_s, host=target.address)
+    return "SERVING" if port_open(target.port, target.address) else "DOWN"
 
 
 async def _probe_main(targets: list[Target], window_s: float) -> dict[str, str]:
@@ -463,8 +458,7 @@ def down() -> list[str]:
         if stop_pid_file(PID_DIR / f"{name}.pid", timeout_s=30):
             stopped.append(name)
     for host, server in postgres_servers(network, HOSTS_DIR, LOG_DIR).items():
-        if (server.data_dir / "postmaster.pid").exists():
-            server.stop()
+        if server.stop():
             stopped.append(host)
     removed = network.down()
     if removed:
