@@ -368,6 +368,20 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
     return handler
 
 
+class HealthServicer(health.aio.HealthServicer):
+    """The standard health service, with `List` (which grpcio-health-checking's asyncio servicer leaves
+    unimplemented although the service, and so reflection, declares it): every service's status."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status) for name, status in self._server_status.items()
+            }
+        )
+
+
 class GrpcServer:
     """A grpc.aio server with the standard health service and reflection.
 
@@ -394,7 +408,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self._service_names = list(service_names)
         self.client_policy = ClientPolicy()
         # Health and reflection decode requests as every other method does, open to any client.

@@ -10,7 +10,8 @@ from typing import TypeVar
 import asyncpg
 import grpc
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
-from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from fapiao_runtime.admission import AdmissionGate
+from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 
 from ledger import reads
 from ledger.audit import audit_chain
@@ -34,6 +35,11 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         self._validator = validator
         self._pool = validator.pool
         self._trees = reads.BlockTrees()
+        # An audit re-verifies a whole chain (every hash and signature): one at a time per validator, two
+        # more may wait, and any further one is refused, so no caller can tie up the validator's CPU.
+        self._audits = AdmissionGate(
+            1, 2, lambda: ResourceExhausted("AUDIT_BUSY", "an audit of this validator is running; retry later")
+        )
 
     async def _read_settled(
         self, read: Callable[[asyncpg.Connection], Awaitable[T]], missing: Callable[[T], bool]
@@ -146,6 +152,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_service_pb2.AuditChainResponse:
         self._check_chain(request.chain_id)
         config = self._validator.config
-        return await audit_chain(
-            self._pool, request.chain_id, config.validator_keys, config.quorum, config.authority_keys
-        )
+        async with self._audits.enter():
+            return await audit_chain(
+                self._pool, request.chain_id, config.validator_keys, config.quorum, config.authority_keys
+            )

@@ -130,3 +130,40 @@ async def test_empty_and_oversized_ids_have_their_own_reason(served: Served, req
         await method(request_)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert ("fapiao-reason", reason) in tuple(caught.value.trailing_metadata() or ())
+
+
+async def test_audits_run_one_at_a_time_and_a_crowd_is_refused_at_once(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight concurrent AuditChain calls: one runs, two wait, five are refused AUDIT_BUSY without waiting."""
+    import ledger.grpc_api as grpc_api
+
+    release = asyncio.Event()
+    running = 0
+    most = 0
+
+    async def held_audit(*args: Any) -> ledger_service_pb2.AuditChainResponse:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+        return ledger_service_pb2.AuditChainResponse()
+
+    monkeypatch.setattr(grpc_api, "audit_chain", held_audit)
+    calls = [
+        asyncio.ensure_future(served.stub.AuditChain(ledger_service_pb2.AuditChainRequest(chain_id=0), timeout=30))
+        for _ in range(8)
+    ]
+    refused = []
+    for _ in range(5):
+        done = next(iter((await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED))[0]))
+        calls.remove(done)
+        refused.append(done)
+    release.set()
+    answered = await asyncio.gather(*calls)
+    assert len(answered) == 3 and most == 1
+    for call in refused:
+        error = call.exception()
+        assert isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert ("fapiao-reason", "AUDIT_BUSY") in tuple(error.trailing_metadata() or ())
