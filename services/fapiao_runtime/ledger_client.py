@@ -17,6 +17,7 @@ import uuid
 from collections import OrderedDict
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fapiao.common.v1 import signature_pb2
@@ -24,7 +25,8 @@ from fapiao.ledger.v1 import ledger_pb2
 from google.protobuf.message import DecodeError
 
 from fapiao_runtime.envelope import OutgoingEvent, make_envelope, outgoing, parse_envelope, unpack
-from fapiao_runtime.errors import DeadlineExceeded, FapiaoError, InvalidArgument, ResourceExhausted
+from fapiao_runtime.errors import DeadlineExceeded, FapiaoError, InvalidArgument, ResourceExhausted, unavailable_cause
+from fapiao_runtime.resilience import Backoff
 from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_TRANSACTIONS
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,17 @@ def result_event_id(transaction_id: str) -> uuid.UUID:
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 10.0) -> list[int]:
     """Partition ids of `topic`, fetched from the brokers (a consumer without subscriptions has no
-    metadata cached yet). Raises RuntimeError if the topic does not appear within timeout_s."""
+    metadata cached yet). Raises RuntimeError if the topic does not appear within timeout_s, and
+    KafkaConnectionError (a lost broker: `errors.unavailable_cause`) if no broker answered at all."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        cluster = await consumer._client.fetch_all_metadata()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+        except KafkaError as exc:  # "Unable to get cluster metadata over all known brokers"
+            if asyncio.get_running_loop().time() > deadline:
+                raise KafkaConnectionError(f"no broker answered for the partitions of {topic}") from exc
+            await asyncio.sleep(0.5)
+            continue
         partitions = cluster.partitions_for_topic(topic)
         if partitions:
             return sorted(partitions)
@@ -233,15 +242,27 @@ class LedgerResultWaiter:
         self._waiters.clear()
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        backoff = Backoff(0.2, 5.0)
+        failing = False
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("reading ledger results failed; retrying")
-                await asyncio.sleep(0.5)
+            except Exception as exc:
+                # Logged once per outage (with a traceback only when it is not a lost broker).
+                if not failing:
+                    failing = True
+                    if unavailable_cause(exc) is None:
+                        log.exception("reading ledger results failed; retrying")
+                    else:
+                        log.warning("reading ledger results failed; retrying", extra={"error": repr(exc)[:300]})
+                await asyncio.sleep(backoff.next_delay())
                 continue
+            if failing:
+                failing = False
+                backoff.reset()
+                log.info("reading ledger results again")
             for records in batch.values():
                 for record in records:
                     # Every validator publishes a copy keyed by transaction id: decode only the first,
