@@ -130,6 +130,7 @@ async def keep_running(
     *,
     backoff: Backoff | None = None,
     settle_s: float = 5.0,
+    lost: Callable[[], Awaitable[str | None]] | None = None,
 ) -> None:
     """Run the background task `run()` until `stop`; when it fails for a lost dependency, run it again
     after a back-off, so the task rides out the outage. `run` must resume from durable state (the
@@ -137,7 +138,10 @@ async def keep_running(
 
     Logged once per outage: a warning when the task first fails, then (once a restarted run lasted
     `settle_s` without failing) one line that it resumed. An exception that is not a lost dependency is
-    raised: it is a defect, and the process stops so that its supervisor restarts it.
+    raised: it is a defect, and the process stops so that its supervisor restarts it. `lost()` names a
+    dependency that is down right now, if any: a failure unclassified by `unavailable_cause` that comes
+    with a lost dependency (asyncpg reports a connection dropped mid-statement as an InternalClientError)
+    counts as that dependency's loss.
     """
     backoff = backoff or Backoff(0.2, 10.0)
     outage: str | None = None
@@ -158,6 +162,8 @@ async def keep_running(
             raise
         except Exception as exc:
             cause = unavailable_cause(exc)
+            if cause is None and lost is not None:
+                cause = await lost()
             if cause is None:
                 raise
             if stop.is_set():

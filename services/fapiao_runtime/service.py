@@ -130,9 +130,13 @@ async def _start_producer(config: RuntimeConfig, linger_ms: int) -> AIOKafkaProd
     return producer
 
 
-def _as_task(item: Awaitable[None] | Task, stop: asyncio.Event) -> asyncio.Future[None]:
+def _as_task(item: Awaitable[None] | Task, ctx: ServiceContext) -> asyncio.Future[None]:
     if isinstance(item, Task):
-        return asyncio.ensure_future(keep_running(item.name, item.run, stop))
+
+        async def lost() -> str | None:
+            return "database" if await _probe_database(ctx.pool) is not None else None
+
+        return asyncio.ensure_future(keep_running(item.name, item.run, ctx.stop, lost=lost))
     return asyncio.ensure_future(item)
 
 
@@ -198,10 +202,10 @@ async def run_service(
     server = GrpcServer(service_names, interceptors=server_interceptors, reuse_port=config.reuse_port)
     background = await wire(ctx, server)
     tasks: list[asyncio.Future[None]] = [
-        _as_task(Task("outbox relay", lambda: relay.run(stop)), stop),
+        _as_task(Task("outbox relay", lambda: relay.run(stop)), ctx),
         asyncio.ensure_future(_refresh_gauges(ctx)),
     ]
-    tasks += [_as_task(item, stop) for item in background]
+    tasks += [_as_task(item, ctx) for item in background]
     await server.start(
         config.grpc_host, config.grpc_port, tls if tls is not None else TlsConfig.from_env(), ready=ctx.ready
     )
