@@ -162,8 +162,8 @@ async def keep_running(
             raise
         except Exception as exc:
             cause = unavailable_cause(exc)
-            if cause is None and lost is not None:
-                cause = await lost()
+            if lost is not None and cause in (None, "upstream"):  # a refused connection: to what?
+                cause = await lost() or cause
             if cause is None:
                 raise
             if stop.is_set():

@@ -97,7 +97,13 @@ async def _track_health(ctx: ServiceContext, server: GrpcServer, service_names: 
     reloading its chains), SERVING again once it does: readiness follows the dependency every request
     path needs, without an operator. A broker outage leaves health SERVING: writes go to the outbox and
     are published after the broker is back."""
-    serving: bool | None = None
+    if ctx.ready is not None:  # until the service is first ready, GrpcServer.start keeps it NOT_SERVING
+        ready = asyncio.ensure_future(ctx.ready.wait())
+        stopped = asyncio.ensure_future(ctx.stop.wait())
+        await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        stopped.cancel()
+    serving = True
     database_down = False
     while not ctx.stop.is_set():
         failure = await _probe_database(ctx.pool)
@@ -108,13 +114,12 @@ async def _track_health(ctx: ServiceContext, server: GrpcServer, service_names: 
             else:
                 log.info("database reachable again")
         healthy = not database_down and (ctx.ready is None or ctx.ready.is_set())
-        # The first round only reports an outage: until then GrpcServer.start set the health.
-        if healthy != serving and (serving is not None or not healthy) and not ctx.stop.is_set():
+        if healthy != serving and not ctx.stop.is_set():
             status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ["", *service_names]:
                 await server.health.set(name, status)
             log.info("health %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
-        serving = healthy
+            serving = healthy
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.stop.wait(), timeout=DATABASE_PROBE_S)
 
