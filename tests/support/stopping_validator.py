@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -41,3 +42,6 @@ async def main(port: int, entered: Path) -> None:
 
 if __name__ == "__main__":
     asyncio.run(main(int(sys.argv[1]), Path(sys.argv[2])))
+    # The calls were cancelled with the event loop; their streams are reset (CANCELLED) before the
+    # process closes its connections (which a client would see as UNAVAILABLE instead).
+    time.sleep(1.0)
