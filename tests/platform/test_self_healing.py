@@ -21,7 +21,7 @@ from tests.support.outages import eventually, health, log_lines, logged, own_pos
 pytestmark = pytest.mark.integration
 
 
-def _intake(stack: StackUnderTest, **extra_env: str) -> Intake:
+def new_intake(stack: StackUnderTest, **extra_env: str) -> Intake:
     return Intake(
         stack=stack,
         process=None,  # type: ignore[arg-type]
@@ -44,7 +44,7 @@ async def test_payment_intake_rides_out_a_killed_postgres_and_loses_nothing_it_a
 ) -> None:
     async with own_postgres(stack.tmp_path) as postgres:
         own = stack_on(stack, postgres)
-        intake = _intake(own)
+        intake = new_intake(own)
         await intake.restart()
         try:
             await register(own, intake.secrets_key, intake.merchant_id, intake.apiv3_key)
@@ -92,7 +92,7 @@ async def test_a_service_started_while_postgres_is_down_waits_for_it_then_serves
     async with own_postgres(stack.tmp_path) as postgres:
         own = stack_on(stack, postgres)
         await asyncio.to_thread(postgres.server.stop)
-        intake = _intake(own, FAPIAO_STARTUP_DEADLINE_S="120")
+        intake = new_intake(own, FAPIAO_STARTUP_DEADLINE_S="120")
         starting = asyncio.ensure_future(own.start_service("payment_intake", timeout_s=120, **intake.env()))
         try:
             # Down for several of the start-up's retries; the process must not give up meanwhile.
@@ -119,7 +119,7 @@ async def test_start_up_gives_up_after_its_deadline_with_a_clear_message(stack: 
     async with own_postgres(stack.tmp_path) as postgres:
         own = stack_on(stack, postgres)
         await asyncio.to_thread(postgres.server.stop)
-        intake = _intake(own)
+        intake = new_intake(own)
         env = own.env(FAPIAO_STARTUP_DEADLINE_S="3", FAPIAO_GRPC_PORT=str(free_port()), **intake.env())
         log_file = own.tmp_path / "intake-deadline.log"
         proc = spawn([sys.executable, "-m", "payment_intake"], log_file=log_file, env=env)
