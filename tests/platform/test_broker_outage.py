@@ -47,7 +47,7 @@ async def test_payment_intake_rides_out_a_killed_broker_and_publishes_what_it_ac
                 assert not during.duplicate
                 assert await health(intake.process) == "SERVING"
                 # The relay's round waits for the broker (the producer retries its sends), and stays up.
-                await asyncio.sleep(8)
+                await asyncio.sleep(4)
                 assert intake.process.proc.poll() is None, intake.process.log_text()[-3000:]  # type: ignore[attr-defined]
                 client_lines = [line for line in log_lines(intake.process) if line["logger"].startswith("aiokafka")]
                 assert len(client_lines) <= 10, [line["msg"] for line in client_lines]
