@@ -69,3 +69,24 @@ async def topic_prefix(kafka_bootstrap: str) -> str:
 def stack(kafka_bootstrap: str, database_url: str, topic_prefix: str, tmp_path: Path) -> StackUnderTest:
     """Everything a test needs to run services against the real broker and database."""
     return StackUnderTest(kafka_bootstrap, database_url, topic_prefix, tmp_path)
+
+
+TIERS = ("unit", "integration", "e2e", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test module declares exactly one tier (`pytestmark = pytest.mark.<tier>`), so `-m unit`
+    and the other tier selections never skip a file silently."""
+    wrong: dict[str, list[str]] = {}
+    for item in items:
+        module = item.module
+        if module is None or module.__name__ in wrong:
+            continue
+        declared = getattr(module, "pytestmark", [])
+        marks = declared if isinstance(declared, list) else [declared]
+        tiers = sorted({m.name for m in marks if m.name in TIERS})
+        if len(tiers) != 1:
+            wrong[module.__name__] = tiers
+    if wrong:
+        listing = "; ".join(f"{name}: {tiers or 'none'}" for name, tiers in sorted(wrong.items()))
+        raise pytest.UsageError(f"each test module needs exactly one tier marker of {TIERS}, found {listing}")

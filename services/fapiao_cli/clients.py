@@ -73,6 +73,11 @@ async def wait_for_claim_offer(
         await asyncio.sleep(0.2)
 
 
+def describe_refusal(exc: grpc.aio.AioRpcError) -> str:
+    """`CODE REASON: message` of a refused call (the details already start with the reason)."""
+    return f"{exc.code().name} {exc.details() or ''}".rstrip()
+
+
 def claim_token_of(url_or_token: str) -> str:
     """Accept a claim URL (…/claim/<token>) or the bare token."""
     return url_or_token.rstrip("/").rsplit("/", 1)[-1]

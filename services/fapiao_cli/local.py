@@ -93,7 +93,10 @@ def save_merchant_credentials(credentials: MerchantCredentials) -> None:
 def load_merchant_credentials(merchant_id: str) -> MerchantCredentials:
     path = _credentials_file(merchant_id)
     if not path.exists():
-        raise KeyError(f"no platform credentials for merchant {merchant_id}: register it with `fapiao merchant add`")
+        raise LookupError(
+            f"unknown merchant {merchant_id}: this machine holds no platform keys for it; register it first with"
+            " `fapiao merchant add`"
+        )
     data = json.loads(path.read_text())
     return MerchantCredentials(
         data["merchant_id"], data["apiv3_key"], data["platform_serial"], Path(data["platform_key_file"])

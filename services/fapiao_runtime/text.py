@@ -36,3 +36,16 @@ def check_text(value: str, field: str, *, max_chars: int, multiline: bool = Fals
     if len(normal) > max_chars:
         raise InvalidArgument("FIELD_TOO_LONG", f"{field} has more than {max_chars} characters")
     return normal
+
+
+def lone_surrogate(value: str) -> bool:
+    """Whether `value` holds a lone UTF-16 surrogate (from a "\\ud800" JSON escape, or bytes that are
+    not UTF-8 read with surrogateescape): no UTF-8 text can hold one. For text passed on unchecked
+    (fields of a document that are not kept), where `bad_character` would refuse too much."""
+    if value.isascii():
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from fapiao_runtime import collector, event_loop
 from fapiao_runtime.config import env_str
+from fapiao_runtime.http_edge import SERVER_ARGS
 from fapiao_runtime.logs import configure_logging
 from fapiao_runtime.metrics import serve_metrics
 from prometheus_client import REGISTRY
@@ -41,6 +42,7 @@ def main() -> None:
         access_log=None,
         print=None,
         loop=event_loop.new_event_loop(),
+        **SERVER_ARGS,
     )
 
 

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from fapiao_runtime.errors import FapiaoError, unavailable_cause
+from fapiao_runtime.http_edge import retry_later
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import claim, verify_page, webhook
@@ -15,6 +17,7 @@ from gateway.backends import LedgerClient, MintingClient
 from gateway.context import CONTEXT, GatewayContext
 from gateway.layout import message_page
 from gateway.metrics import GatewayMetrics
+from gateway.pdf import PdfRenderer
 from gateway.rate_limit import RateLimiter
 from gateway.settings import GatewaySettings
 from gateway.view_tokens import ViewTokens
@@ -43,7 +46,20 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as http_error:
         status = http_error.status
         raise
-    except Exception:
+    except FapiaoError as error:
+        # A handler left a service's answer unhandled: still the answer, with its reason.
+        log.info("%s %s refused: %s", request.method, route, error.reason)
+        status = error.http_status
+        response = message_page("Request refused", error.message, status=status, reason=error.reason)
+        return retry_later(response) if status == 503 else response
+    except Exception as error:
+        cause = unavailable_cause(error)
+        if cause is not None:
+            # A lost dependency, not a defect: the client is asked to come back.
+            log.warning("%s %s: %s unavailable (%s)", request.method, route, cause, type(error).__name__)
+            status = 503
+            reason = f"{cause.upper()}_UNAVAILABLE"
+            return retry_later(message_page("Service busy", "Please try again in a moment.", status=503, reason=reason))
         log.exception("unhandled error on %s %s", request.method, route)
         status = 500
         return message_page("Something went wrong", "Please try again.", status=500, reason="INTERNAL")
@@ -80,6 +96,12 @@ def build_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         minting = MintingClient(settings.minting_endpoint, settings.grpc_timeout_s)
         ledger = LedgerClient(settings.ledger_endpoints, settings.grpc_timeout_s)
+        pdf = PdfRenderer(
+            settings.pdf_font,
+            renders=settings.pdf_renders,
+            queue=settings.pdf_queue,
+            cache_entries=settings.pdf_cache_entries,
+        )
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
             auto_decompress=False,
@@ -99,10 +121,12 @@ def build_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) 
             ),
             http=http,
             metrics=metrics,
+            pdf=pdf,
         )
         try:
             yield
         finally:
+            pdf.close()
             await http.close()
             await minting.close()
             await ledger.close()

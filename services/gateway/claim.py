@@ -18,16 +18,19 @@ from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_pb2
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.errors import FailedPrecondition, FapiaoError, InvalidArgument
+from fapiao_runtime.http_edge import retry_later
 from fapiao_runtime.ledger_trust import ReceiptInvalid, verify_receipt
+from fapiao_runtime.text import bad_character, check_text
 
 from gateway.claim_pages import claim_form_page, invoice_page
 from gateway.context import CONTEXT, GatewayContext
+from gateway.forms import read_form
 from gateway.layout import message_page
-from gateway.pdf import render_invoice_pdf
+from gateway.pdf import PdfBusy
 
 log = logging.getLogger(__name__)
 
-CLAIM_TOKEN = re.compile(r"^[A-Za-z0-9_\-=.~]{8,200}$")
+CLAIM_TOKEN = re.compile(r"[A-Za-z0-9_\-=.~]{8,200}")
 MAX_FIELD_CHARS = 400
 BUYER_KINDS = {"person": invoice_pb2.PARTY_KIND_PERSON, "company": invoice_pb2.PARTY_KIND_COMPANY}
 
@@ -78,15 +81,16 @@ def error_page(error: FapiaoError) -> web.Response:
         status, title, text = _TOKEN_PAGES[error.reason]
         return message_page(title, text, status=status, reason=error.reason)
     if error.http_status >= 500:
-        return message_page(
-            "Service busy", "Please try again in a moment.", status=error.http_status, reason=error.reason
+        log.warning("page could not reach a service: %s", error.reason)
+        return retry_later(
+            message_page("Service busy", "Please try again in a moment.", status=error.http_status, reason=error.reason)
         )
     return message_page("Request refused", error.message, status=error.http_status, reason=error.reason)
 
 
 def _claim_token(request: web.Request) -> str:
     token = request.match_info["claim_token"]
-    if not CLAIM_TOKEN.match(token):
+    if not CLAIM_TOKEN.fullmatch(token):
         raise InvalidArgument("UNKNOWN_TOKEN", "malformed claim token")
     return token
 
@@ -117,16 +121,23 @@ async def claim_post(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     try:
         token = _claim_token(request)
+        form = await read_form(request)
     except FapiaoError as error:
         return error_page(error)
-    posted = await request.post()
-    form = {key: value for key, value in posted.items() if isinstance(value, str)}
     values = _form_values(form)
     idempotency_key = form.get("idempotency_key", "")[:MAX_FIELD_CHARS]
     errors: dict[str, tuple[str, str]] = {}
     status = 400
     if values["buyer_kind"] not in BUYER_KINDS:
         errors["buyer_kind"] = ("INVALID_BUYER_KIND", _FRIENDLY["INVALID_BUYER_KIND"])
+    for input_name, label in (("name", "buyer name"), ("tax_id", "buyer tax id")):
+        try:
+            check_text(values[input_name], label, max_chars=MAX_FIELD_CHARS)
+        except InvalidArgument as error:
+            values[input_name] = ""
+            errors[input_name] = (error.reason, f"{_FRIENDLY.get(error.reason, 'Not accepted')}: {error.message}")
+    if bad_character(idempotency_key) is not None:
+        idempotency_key = ""
     if not idempotency_key:
         errors["form"] = ("IDEMPOTENCY_KEY_REQUIRED", "The form was incomplete; please submit it again.")
     if not errors:
@@ -198,6 +209,8 @@ async def invoice_pdf(request: web.Request) -> web.Response:
     try:
         ctx, invoice, _ = await _invoice_of(request)
     except FapiaoError as error:
+        if error.http_status >= 500:
+            return error_page(error)
         status = 410 if error.reason == "VIEW_TOKEN_EXPIRED" else 404 if "VIEW_TOKEN" in error.reason else None
         return message_page("Not available", error.message, status=status or error.http_status, reason=error.reason)
     if invoice.status == invoice_pb2.INVOICE_STATUS_PENDING:
@@ -207,8 +220,11 @@ async def invoice_pdf(request: web.Request) -> web.Response:
             status=409,
             reason="INVOICE_PENDING",
         )
-    # fpdf2 is CPU work: keep the event loop free for other requests.
-    pdf = await asyncio.get_running_loop().run_in_executor(None, render_invoice_pdf, invoice, ctx.settings.pdf_font)
+    try:
+        pdf = await ctx.pdf.render(invoice)
+    except PdfBusy as busy:
+        log.info("PDF download refused: %s", busy.reason)
+        return retry_later(message_page("Busy", busy.message, status=busy.http_status, reason=busy.reason))
     number = invoice.body.invoice_number
     return web.Response(
         body=pdf,

@@ -13,6 +13,7 @@ from fapiao_runtime.ledger_trust import public_key_from_raw
 
 from gateway.backends import LedgerClient, MintingClient
 from gateway.metrics import GatewayMetrics
+from gateway.pdf import PdfRenderer
 from gateway.rate_limit import RateLimiter
 from gateway.settings import GatewaySettings
 from gateway.view_tokens import ViewTokens
@@ -30,6 +31,7 @@ class GatewayContext:
     invoice_failures: RateLimiter
     http: aiohttp.ClientSession
     metrics: GatewayMetrics
+    pdf: PdfRenderer
     _issuer_keys: OrderedDict[tuple[str, str], Ed25519PublicKey] = field(default_factory=OrderedDict)
 
     async def issuer_key(self, merchant_id: str, key_id: str) -> Ed25519PublicKey | None:

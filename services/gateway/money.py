@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from fapiao_runtime.errors import InvalidArgument
 
 # Ten billion fen (一亿元) is far above any single invoice; bigger inputs are typos or probes.
 MAX_ABS_FEN = 10**10
-_YUAN = re.compile(r"^(-?)(\d{1,9})(?:\.(\d{1,2}))?$")
+_YUAN = re.compile(r"(-?)([0-9]{1,9})(?:\.([0-9]{1,2}))?")
 
 
 def yuan_text(fen: int) -> str:
@@ -29,10 +30,11 @@ def parse_yuan(text: str) -> int:
     """Parse "112", "112.5", "112.50", "-3.00" (also with "¥" or thousands commas) into fen.
 
     Raises InvalidArgument("INVALID_AMOUNT") for anything else: more than two decimals, exponents,
-    empty input, or an absolute value above MAX_ABS_FEN.
+    empty input, or an absolute value above MAX_ABS_FEN. Full-width digits and signs (as a Chinese input
+    method types them) count as their ASCII forms.
     """
-    cleaned = text.strip().replace(",", "").removeprefix("¥").removeprefix("￥").strip()
-    match = _YUAN.match(cleaned)
+    cleaned = unicodedata.normalize("NFKC", text).strip().replace(",", "").removeprefix("¥").removeprefix("￥").strip()
+    match = _YUAN.fullmatch(cleaned)
     if match is None:
         raise InvalidArgument("INVALID_AMOUNT", "amount must be yuan with at most two decimals, e.g. 112.00")
     sign, whole, decimals = match.groups()

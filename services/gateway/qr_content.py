@@ -11,13 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from fapiao_runtime.errors import InvalidArgument
 
 from gateway.money import parse_yuan
 
-INVOICE_NUMBER = re.compile(r"^\d{20}$")
+INVOICE_NUMBER = re.compile(r"[0-9]{20}")
 MAX_QR_CHARS = 200
 # 32 = 数电 ordinary invoice, 31 = 数电 special VAT invoice.
 KNOWN_KINDS = frozenset({"31", "32"})
@@ -33,17 +34,18 @@ class VerificationQuery:
 
 
 def parse_invoice_number(text: str) -> str:
-    """20 digits (spaces tolerated); raises InvalidArgument("INVALID_INVOICE_NUMBER")."""
-    number = re.sub(r"\s+", "", text)
-    if not INVOICE_NUMBER.match(number):
+    """20 digits (spaces tolerated, full-width digits read as ASCII); raises InvalidArgument with reason
+    INVALID_INVOICE_NUMBER."""
+    number = re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
+    if not INVOICE_NUMBER.fullmatch(number):
         raise InvalidArgument("INVALID_INVOICE_NUMBER", "the invoice number has 20 digits")
     return number
 
 
 def parse_issue_date(text: str) -> str:
     """yyyymmdd (or yyyy-mm-dd) of a real calendar day -> yyyymmdd; raises InvalidArgument("INVALID_DATE")."""
-    compact = text.strip().replace("-", "")
-    if not re.fullmatch(r"\d{8}", compact):
+    compact = unicodedata.normalize("NFKC", text).strip().replace("-", "")
+    if not re.fullmatch(r"[0-9]{8}", compact):
         raise InvalidArgument("INVALID_DATE", "the issue date is yyyymmdd, e.g. 20260215")
     try:
         dt.date(int(compact[:4]), int(compact[4:6]), int(compact[6:]))

@@ -37,6 +37,10 @@ class GatewaySettings:
     validator_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict, repr=False)
     quorum: int = 0
     pdf_font: str = ""
+    # PDFs rendered at once, downloads waiting for a turn beyond those, PDFs kept rendered.
+    pdf_renders: int = 2
+    pdf_queue: int = 16
+    pdf_cache_entries: int = 128
     metrics_port: int = 0
 
     @classmethod
@@ -70,5 +74,8 @@ class GatewaySettings:
             validator_keys=validator_keys,
             quorum=quorum,
             pdf_font=env_str("FAPIAO_PDF_FONT", ""),
+            pdf_renders=env_int("FAPIAO_PDF_RENDERS", 2),
+            pdf_queue=env_int("FAPIAO_PDF_QUEUE", 16),
+            pdf_cache_entries=env_int("FAPIAO_PDF_CACHE_ENTRIES", 128),
             metrics_port=env_int("FAPIAO_METRICS_PORT", 0),
         )

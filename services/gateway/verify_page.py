@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 from aiohttp import web
 from fapiao_runtime.errors import FapiaoError, InvalidArgument, NotFound
+from fapiao_runtime.http_edge import retry_later
+from fapiao_runtime.text import check_text
 
-from gateway.context import CONTEXT
+from gateway.context import CONTEXT, GatewayContext
+from gateway.forms import FormRefused, read_form
 from gateway.layout import esc, message_page, page
 from gateway.money import yuan_display
 from gateway.qr_content import parse_qr_content, parse_typed_query
@@ -41,6 +45,7 @@ _VERDICT_TEXT = {
     ),
 }
 _FIELDS = ("qr", "number", "date", "total")
+MAX_FIELD_CHARS = 300
 
 
 def _input(name: str, label: str, value: str, errors: dict[str, tuple[str, str]], hint: str) -> str:
@@ -99,21 +104,54 @@ def verify_form(
     return page("Verify an invoice", body, status=status)
 
 
+def _rate_limited(ctx: GatewayContext, client: str) -> web.Response | None:
+    """A 429 page when `client` has no check left, else None (a check is taken)."""
+    allowed, retry_after = ctx.verify_limiter.allow(client)
+    if allowed:
+        return None
+    ctx.metrics.rate_limited.inc()
+    response = message_page(
+        "Too many checks", "Please wait a little before verifying again.", status=429, reason="RATE_LIMITED"
+    )
+    response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
+
+
+def _values(source: Mapping[str, object]) -> dict[str, str]:
+    return {name: str(source.get(name, ""))[:MAX_FIELD_CHARS] for name in _FIELDS}
+
+
 async def verify(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    source = await request.post() if request.method == "POST" else request.query
-    values = {name: str(source.get(name, ""))[:300] for name in _FIELDS}
-    if not any(values.values()):
-        return verify_form(values, {})
     # The edge itself is the client's peer: a forwarded-for header would let anyone pick their bucket.
-    allowed, retry_after = ctx.verify_limiter.allow(request.remote or "unknown")
-    if not allowed:
-        ctx.metrics.rate_limited.inc()
-        response = message_page(
-            "Too many checks", "Please wait a little before verifying again.", status=429, reason="RATE_LIMITED"
-        )
-        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-        return response
+    client = request.remote or "unknown"
+    if request.method == "POST":
+        # A posted form is a check: the rate limit comes before any work on its body.
+        if not request.body_exists:
+            return verify_form({}, {})
+        limited = _rate_limited(ctx, client)
+        if limited is not None:
+            return limited
+        try:
+            values = _values(await read_form(request))
+        except FormRefused as error:
+            return verify_form({}, {"form": (error.reason, error.message)}, status=error.http_status)
+        if not any(values.values()):
+            ctx.verify_limiter.give_back(client)
+            return verify_form(values, {})
+    else:
+        values = _values(request.query)
+        if not any(values.values()):
+            return verify_form(values, {})
+        limited = _rate_limited(ctx, client)
+        if limited is not None:
+            return limited
+    for name, value in values.items():
+        try:
+            values[name] = check_text(value, name, max_chars=MAX_FIELD_CHARS)
+        except InvalidArgument as error:
+            values[name] = ""
+            return verify_form(values, {name: (error.reason, error.message)}, status=400)
     try:
         if values["qr"].strip():
             query = parse_qr_content(values["qr"])
@@ -155,8 +193,13 @@ async def verify(request: web.Request) -> web.Response:
             )
     except FapiaoError as error:
         ctx.invoice_failures.give_back(query.invoice_number)
+        if error.http_status < 500:
+            log.info("verification refused by the ledger: %s", error.reason)
+            return message_page("Request refused", error.message, status=error.http_status, reason=error.reason)
         log.warning("verification could not reach a service: %s", error.reason)
-        return message_page("Service busy", "Please try again in a moment.", status=503, reason=error.reason)
+        return retry_later(
+            message_page("Service busy", "Please try again in a moment.", status=503, reason=error.reason)
+        )
     ctx.metrics.verifications.labels(verdict.outcome.value).inc()
     if verdict.outcome is not Outcome.NO_MATCH:
         ctx.invoice_failures.give_back(query.invoice_number)

@@ -46,7 +46,7 @@ def test_cli_drives_the_whole_stack(fapiao: FapiaoCommand, tmp_path: Path) -> No
     merchant_tax = _tax_id("91440300MA5C00001")
     bad = fapiao("merchant", "add", "--merchant-id", "1900000001", "--legal-name", "X", "--tax-id",
                  "91440300MA5C000010", "--region-code", "44")  # fmt: skip
-    assert bad.returncode == 2 and "INVALID_TAX_ID" in bad.stdout
+    assert bad.returncode == 2 and "INVALID_TAX_ID" in bad.stderr, bad.stdout + bad.stderr
     added = fapiao("merchant", "add", "--merchant-id", "1900000001", "--legal-name", "深圳测试餐饮有限公司",
                    "--tax-id", merchant_tax, "--region-code", "44")  # fmt: skip
     assert added.returncode == 0, added.stdout + added.stderr
@@ -81,7 +81,7 @@ def test_cli_drives_the_whole_stack(fapiao: FapiaoCommand, tmp_path: Path) -> No
     assert "INVOICE_STATUS_ISSUED" in claimed.stdout
     number = re.search(r'"invoiceNumber": "(\d{20})"', claimed.stdout).group(1)  # type: ignore[union-attr]
     again = fapiao("claim", claim_url, "--buyer-name", "someone else", "--person")
-    assert again.returncode == 1 and "ALREADY_CLAIMED" in again.stdout
+    assert again.returncode == 1 and again.stderr.count("ALREADY_CLAIMED") == 1, again.stdout + again.stderr
 
     receipt_file = tmp_path / "receipt.json"
     verified = fapiao("verify", "--invoice-number", number, "--save", str(receipt_file))

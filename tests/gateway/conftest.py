@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from fapiao_runtime.http_edge import SERVER_ARGS
 from fapiao_runtime.ledger_trust import parse_key_list, quorum_for
 from gateway.app import build_app
 from gateway.settings import GatewaySettings
@@ -46,7 +47,7 @@ class RunningGateway:
 
 
 async def start_gateway(settings: GatewaySettings) -> RunningGateway:
-    runner = web.AppRunner(build_app(settings), access_log=None)
+    runner = web.AppRunner(build_app(settings), access_log=None, **SERVER_ARGS)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -18,7 +18,7 @@ from fapiao_stack.harness import StackUnderTest
 from tests.gateway.conftest import SCREENSHOTS
 from tests.gateway.realstack import MERCHANT_NAME, MERCHANT_TAX_ID, RealStack
 
-pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+pytestmark = pytest.mark.browser
 
 PHONE = {"viewport": {"width": 393, "height": 851}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
 BUYER_TAX_ID = "91110108MA01ABCD1" + uscc_check_char("91110108MA01ABCD1")

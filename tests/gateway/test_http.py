@@ -101,7 +101,8 @@ async def test_webhook_timeout_and_unreachable_intake(
     down = await start_gateway(settings_for(backends, intake_webhook_url="http://127.0.0.1:1"))
     try:
         async with http.post(f"{down.url}/v1/notify/wechatpay/m1", data=b"{}") as response:
-            assert response.status == 502 and (await response.json())["code"] == "UPSTREAM_UNAVAILABLE"
+            assert response.status == 503 and (await response.json())["code"] == "UPSTREAM_UNAVAILABLE"
+            assert response.headers["Retry-After"] == "5", "the payment platform is told to come back"
         async with http.post(f"{down.url}/v1/notify/wechatpay/m1", data=b"x" * 70_000) as response:
             assert response.status == 413
         async with http.post(f"{down.url}/v1/notify/wechatpay/..%2Fadmin", data=b"{}") as response:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from ledger.presence import PresenceFilter
+
+pytestmark = pytest.mark.unit
 
 
 def test_every_added_id_is_reported_present() -> None:

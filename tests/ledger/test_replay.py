@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from ledger.replay import ReplayPoint
+
+pytestmark = pytest.mark.unit
 
 
 def test_the_point_is_what_was_read_when_nothing_is_held() -> None:

@@ -25,6 +25,8 @@ from ledger.validator import SignatureRecord, Validator
 
 from tests.ledger.support import IDS, unit_validator
 
+pytestmark = pytest.mark.unit
+
 OURS = b"\x01" * 32
 THEIRS = b"\x02" * 32
 

@@ -18,6 +18,8 @@ from ledger.devnet import BUYER_TAX_ID, T, issue, reimburse
 from tests.ledger.support import IDS, unit_validator
 from tests.ledger.test_state_machine import ISSUER, REIMBURSER, Feeder, iid, new_chain
 
+pytestmark = pytest.mark.integration
+
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 
 

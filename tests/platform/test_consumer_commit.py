@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from fapiao_runtime.consumer import commit_applied
+
+pytestmark = pytest.mark.unit
 
 A = TopicPartition("t", 0)
 B = TopicPartition("t", 1)

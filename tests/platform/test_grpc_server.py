@@ -16,6 +16,8 @@ from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.logs import request_id_var
 from fapiao_stack.services import grpc_health
 
+pytestmark = pytest.mark.unit
+
 SERVICE = "fapiao.payments.v1.PaymentIntakeService"
 
 

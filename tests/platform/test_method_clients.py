@@ -20,6 +20,8 @@ from fapiao_runtime.tax_id import uscc_check_char
 
 from tests.platform.test_grpc_server import SERVICE, _Servicer
 
+pytestmark = pytest.mark.unit
+
 
 def _write(directory: Path, name: str, pem: bytes) -> str:
     path = directory / f"{name}.pem"

@@ -11,6 +11,8 @@ import pytest
 from fapiao_stack import procs
 from fapiao_stack.procs import free_port, port_bindable, wait_bindable
 
+pytestmark = pytest.mark.unit
+
 
 def test_free_port_never_hands_out_one_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel may bind the port just released again; free_port then asks for another."""

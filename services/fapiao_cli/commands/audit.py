@@ -11,12 +11,17 @@ from fapiao_runtime.topics import LEDGER_TRANSACTIONS
 
 from fapiao_cli import clients
 from fapiao_cli.local import ledger_addresses
-from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, command_epilog
 from fapiao_cli.progress import ProgressBar
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    audit = subparsers.add_parser("audit", help="re-verify every block, transaction and signature on each validator")
+    audit = subparsers.add_parser(
+        "audit",
+        help="re-verify every block, transaction and signature on each validator",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog("fapiao audit", "fapiao audit --chains 2 --timeout 60"),
+    )
     audit.add_argument("--chains", type=int, default=LEDGER_TRANSACTIONS.partitions, help="number of chains")
     audit.add_argument("--timeout", type=float, default=300.0, help="seconds per chain audit")
     audit.set_defaults(handler=_audit)

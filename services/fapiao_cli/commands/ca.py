@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fapiao_cli.local import PKI_DIR
-from fapiao_cli.main import EXIT_OK, EXIT_USAGE
+from fapiao_cli.main import EXIT_OK, EXIT_USAGE, CliError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -32,8 +32,7 @@ def _run(args: argparse.Namespace) -> int:
         argv = ["ca", "init", "--dir", args.dir] + (["--force"] if args.force else [])
     elif args.org_tax_id:
         if not args.name:
-            print("fapiao: --name is required with --org-tax-id")
-            return EXIT_USAGE
+            raise CliError("--name is required with --org-tax-id")
         argv = ["ca", "issue-org", "--dir", args.dir, "--tax-id", args.org_tax_id, "--name", args.name]
     elif args.service:
         argv = ["ca", "issue-service", "--dir", args.dir, "--name", args.service]
@@ -42,5 +41,4 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return EXIT_OK if reimbursement_cli.main(argv) == 0 else EXIT_USAGE
     except ValueError as exc:
-        print(f"fapiao: {exc}")
-        return EXIT_USAGE
+        raise CliError(str(exc)) from None

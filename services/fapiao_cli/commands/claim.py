@@ -10,16 +10,24 @@ import uuid
 import grpc
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_api
 from fapiao.invoicing.v1 import invoice_pb2
-from fapiao_runtime.errors import reason_of
 from google.protobuf import json_format
 
 from fapiao_cli import clients
 from fapiao_cli.local import load_stack_environment
-from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, command_epilog
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    claim = subparsers.add_parser("claim", help="claim an invoice with a claim URL or token")
+    claim = subparsers.add_parser(
+        "claim",
+        help="claim an invoice with a claim URL or token",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog(
+            'fapiao claim http://127.0.0.1:8080/claim/TOKEN --buyer-name "深圳测试科技有限公司"'
+            " --buyer-tax-id 91440300MA5G4LPE1D",
+            'fapiao claim TOKEN --person --buyer-name "张三"',
+        ),
+    )
     claim.add_argument("claim", help="the claim page URL (from the QR code) or the bare claim token")
     claim.add_argument("--buyer-name", required=True)
     claim.add_argument("--buyer-tax-id", default="", help="unified social credit code (required for a company)")
@@ -64,8 +72,8 @@ def _claim(args: argparse.Namespace) -> int:
         try:
             invoice = await claim_invoice(clients.claim_token_of(args.claim), buyer, args.idempotency_key or None)
         except grpc.aio.AioRpcError as exc:
-            print(f"claim refused: {exc.code().name} {reason_of(exc)}: {exc.details()}")
-            return EXIT_USAGE if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED
+            code = EXIT_USAGE if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED
+            raise CliError(f"claim refused: {clients.describe_refusal(exc)}", code) from None
         invoice = await wait_until_committed(invoice.body.invoice_id, args.wait)
         print(json_format.MessageToJson(invoice.body, ensure_ascii=False, indent=2))
         print(f"status: {invoice_pb2.InvoiceStatus.Name(invoice.status)}")

@@ -15,7 +15,7 @@ from fapiao_cli.local import (
     load_stack_environment,
     save_merchant_credentials,
 )
-from fapiao_cli.main import EXIT_OK, EXIT_USAGE
+from fapiao_cli.main import EXIT_OK, EXIT_USAGE, CliError, command_epilog
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,6 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="register or update a merchant; prints what the payment system needs",
         description="Registers the merchant; unless --platform-key is given, also creates a payment-platform "
         "signing key under .run/platform so that `fapiao pay` can act as the platform.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog(
+            'fapiao merchant add --merchant-id 1900000001 --legal-name "深圳示例餐饮有限公司"'
+            " --tax-id 91440300MA5F7QXC22 --region-code 44"
+        ),
     )
     add.add_argument("--merchant-id", required=True, help="the payment platform's merchant number (mchid)")
     add.add_argument("--legal-name", required=True)
@@ -119,13 +124,12 @@ def _add(args: argparse.Namespace) -> int:
             args.rotate_apiv3_key,
         )
     except ValueError as exc:
-        print(f"fapiao: merchant rejected: {exc}")
-        return EXIT_USAGE
+        raise CliError(f"merchant rejected: {exc}") from None
     print(json.dumps(answer, ensure_ascii=False, indent=2))
     if "apiv3_key" not in answer:
         try:
             load_merchant_credentials(args.merchant_id)
-        except KeyError:
+        except LookupError:
             print(
                 "fapiao: the merchant's APIv3 key was kept and this machine has no copy of it, so `fapiao pay`"
                 " cannot act for it; --rotate-apiv3-key sets a new one (the payment system must then use it)",

@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 
 from fapiao_cli.local import load_stack_environment
-from fapiao_cli.main import EXIT_OK, EXIT_USAGE
+from fapiao_cli.main import EXIT_OK, EXIT_USAGE, command_epilog
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    org = subparsers.add_parser("org", help="register or revoke reimbursing organisations")
+    org = subparsers.add_parser(
+        "org",
+        help="register or revoke reimbursing organisations",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog(
+            'fapiao org add --tax-id 91440300MA5G4LPE1D --name "深圳测试科技有限公司"',
+            "fapiao ca issue --org-tax-id 91440300MA5G4LPE1D --name 深圳测试科技有限公司",
+            "fapiao org revoke --tax-id 91440300MA5G4LPE1D",
+        ),
+    )
     commands = org.add_subparsers(dest="org_command", required=True)
     add = commands.add_parser("add", help="register (or re-activate) an organisation")
     add.add_argument("--tax-id", required=True, help="unified social credit code")

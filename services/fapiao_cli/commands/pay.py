@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -16,15 +17,27 @@ from fapiao_stack.paths import RUN_DIR
 
 from fapiao_cli import clients
 from fapiao_cli.local import gateway_url, load_stack_environment
-from fapiao_cli.main import EXIT_FAILED, EXIT_OK
-from fapiao_cli.platform import PaymentPlatform
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, CliError, command_epilog
+from fapiao_cli.platform import NotificationOutcome, PaymentPlatform
 from fapiao_cli.progress import ProgressBar
 
 MAX_COUNT = 1_000_000
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    pay = subparsers.add_parser("pay", help="act as the payment platform: post payment / refund notifications")
+    pay = subparsers.add_parser(
+        "pay",
+        help="act as the payment platform: post payment / refund notifications",
+        description="Acts as the payment platform for a merchant registered with `fapiao merchant add` "
+        "(which keeps the platform's keys for it under .run/platform).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog(
+            "fapiao pay --merchant-id 1900000001 --amount-fen 11200",
+            "fapiao pay --merchant-id 1900000001 --amount-fen 500 --count 1000 --rate 200",
+            "fapiao pay --merchant-id 1900000001 refund --transaction-id 4200... --out-trade-no order-..."
+            " --refund-fen 11200 --total-fen 11200",
+        ),
+    )
     pay.add_argument("--merchant-id", required=True)
     pay.add_argument("--amount-fen", type=int, default=0, help="amount paid, in fen")
     pay.add_argument("--count", type=int, default=1, help="number of payments (load generation)")
@@ -43,16 +56,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def _platform(args: argparse.Namespace) -> PaymentPlatform:
     load_stack_environment()
-    return PaymentPlatform.for_merchant(args.merchant_id, args.webhook_url or gateway_url())
+    try:
+        return PaymentPlatform.for_merchant(args.merchant_id, args.webhook_url or gateway_url())
+    except LookupError as exc:
+        raise CliError(str(exc.args[0] if exc.args else exc)) from None
+
+
+def _answer(outcome: NotificationOutcome) -> str:
+    """The webhook's answer as the platform received it: JSON."""
+    return json.dumps(outcome.answer, ensure_ascii=False)
 
 
 def _pay(args: argparse.Namespace) -> int:
     if args.amount_fen <= 0:
-        print("fapiao: --amount-fen must be a positive number of fen")
-        return 2
+        raise CliError("--amount-fen must be a positive number of fen")
     if not 1 <= args.count <= MAX_COUNT:
-        print(f"fapiao: --count must be within 1..{MAX_COUNT}")
-        return 2
+        raise CliError(f"--count must be within 1..{MAX_COUNT}")
     platform = _platform(args)
     if args.count > 1:
         return asyncio.run(_load(platform, args.amount_fen, args.count, args.rate))
@@ -62,9 +81,9 @@ def _pay(args: argparse.Namespace) -> int:
 async def _single(platform: PaymentPlatform, args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         outcome = await platform.pay(session, args.amount_fen)
-    print(f"notification for transaction {outcome.transaction_id}: HTTP {outcome.status} {outcome.answer}")
+    print(f"notification for transaction {outcome.transaction_id}: HTTP {outcome.status} {_answer(outcome)}")
     if not outcome.accepted:
-        return EXIT_FAILED
+        raise CliError(f"the webhook refused the notification: HTTP {outcome.status} {_answer(outcome)}", EXIT_FAILED)
     payment = (await clients.payment_of(args.merchant_id, outcome.transaction_id)).payment
     offer = await clients.wait_for_claim_offer(args.merchant_id, payment.payment_id)
     png = Path(args.qr_png or RUN_DIR / "claims" / f"{payment.payment_id}.png")
@@ -125,7 +144,9 @@ def _refund(args: argparse.Namespace) -> int:
                 refund_fen=args.refund_fen,
                 total_fen=args.total_fen,
             )
-        print(f"refund notification: HTTP {outcome.status} {outcome.answer}")
-        return EXIT_OK if outcome.accepted else EXIT_FAILED
+        print(f"refund notification: HTTP {outcome.status} {_answer(outcome)}")
+        if not outcome.accepted:
+            raise CliError(f"the webhook refused the refund: HTTP {outcome.status} {_answer(outcome)}", EXIT_FAILED)
+        return EXIT_OK
 
     return asyncio.run(go())

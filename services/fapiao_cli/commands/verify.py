@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
+from fapiao_runtime.invoice_ids import is_invoice_number
 from fapiao_runtime.ledger_trust import (
     PublicKeys,
     ReceiptInvalid,
@@ -28,11 +29,19 @@ from fapiao_runtime.ledger_trust import (
 from google.protobuf import json_format
 
 from fapiao_cli import clients
-from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, command_epilog
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    verify = subparsers.add_parser("verify", help="verify a receipt file, or an invoice number, offline")
+    verify = subparsers.add_parser(
+        "verify",
+        help="verify a receipt file, or an invoice number, offline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog(
+            "fapiao verify receipt.json",
+            "fapiao verify --invoice-number 44260000000000000001 --save receipt.json",
+        ),
+    )
     verify.add_argument("receipt", nargs="?", type=Path, help="receipt file (JSON or binary protobuf)")
     verify.add_argument("--invoice-number", default="", help="fetch this invoice's receipts from a validator")
     verify.add_argument("--save", type=Path, help="with --invoice-number: write the latest receipt here")
@@ -74,12 +83,12 @@ def verify_invoice_receipts(
 
 def _verify(args: argparse.Namespace) -> int:
     if bool(args.receipt) == bool(args.invoice_number):
-        print("fapiao: give a receipt file or --invoice-number (not both)")
-        return EXIT_USAGE
+        raise CliError("give a receipt file or --invoice-number (not both)")
+    if args.invoice_number and not is_invoice_number(args.invoice_number):
+        raise CliError(f"--invoice-number must be the invoice's 20 digits, got {args.invoice_number!r}")
     keys = _keys(args)
     if not keys:
-        print("fapiao: no validator keys (use --validator-keys or FAPIAO_LEDGER_VALIDATOR_KEYS)")
-        return EXIT_USAGE
+        raise CliError("no validator keys (use --validator-keys or FAPIAO_LEDGER_VALIDATOR_KEYS)")
     if args.receipt:
         from ledger.verify import load_receipt
 
@@ -87,8 +96,7 @@ def _verify(args: argparse.Namespace) -> int:
             receipt = load_receipt(args.receipt.read_bytes())
             result = verify_receipt(receipt, keys)
         except (OSError, ValueError) as exc:
-            print(f"fapiao: {exc}")
-            return EXIT_USAGE if not isinstance(exc, ReceiptInvalid) else EXIT_FAILED
+            raise CliError(str(exc), EXIT_FAILED if isinstance(exc, ReceiptInvalid) else EXIT_USAGE) from None
         print(json.dumps({"verified": True, "result": json_format.MessageToDict(result)}, ensure_ascii=False))
         return EXIT_OK
     try:
@@ -97,8 +105,7 @@ def _verify(args: argparse.Namespace) -> int:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             print(json.dumps({"verified": False, "reason": "NOT_ON_LEDGER"}))
             return EXIT_FAILED
-        print(f"fapiao: validator unreachable: {exc.code().name}")
-        return EXIT_UNREACHABLE
+        raise CliError(f"no validator answered: {exc.code().name}", EXIT_UNREACHABLE) from None
     if args.save:
         args.save.write_text(json_format.MessageToJson(state.receipt if state.receipt.header else state.issue_receipt))
     try:
