@@ -12,6 +12,9 @@ KAFKA_LIBS := .cache/kafka/libs
 BUF_VERSION := 1.75.0
 BUF := .cache/buf/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
+# What `buf breaking` compares protos/ with: the last release tag (v*) in HEAD's history, else main.
+BUF_AGAINST ?= .git\#$(shell tag=$$(git describe --tags --abbrev=0 --match 'v[0-9]*' 2>/dev/null || true); \
+	if [ -n "$$tag" ]; then echo "tag=$$tag"; else echo branch=main; fi),subdir=protos
 PYTEST_ARGS ?=
 
 .PHONY: help setup protos kafka-jars buf browser up down status demo test test-unit lint fmt bench clean
@@ -78,8 +81,9 @@ test: setup $(BUF) browser ## run the whole test suite against a real Kafka and 
 test-unit: setup ## unit tests only (no broker, no database)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-lint: setup $(BUF) ## buf lint, ruff check, ruff format --check, mypy
+lint: setup $(BUF) ## buf lint (comments required), buf breaking against the last release or main, ruff, mypy
 	$(BUF) lint protos
+	$(BUF) breaking protos --against '$(BUF_AGAINST)'
 	$(PY) -m ruff check services deploy/local tests
 	$(PY) -m ruff format --check services deploy/local tests
 	$(PY) -m mypy services deploy/local

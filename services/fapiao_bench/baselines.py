@@ -6,7 +6,7 @@ of one hop through the broker, the floor of every hop in Fapiao: small records s
 steady rate by an idempotent producer without linger, from just before the send to their arrival at a
 consumer that long-polls, as the services' consumers do. ed25519_verify_per_s: signature verifications per
 second with `cryptography` (OpenSSL) on one core; ed25519_verify_libsodium_per_s: the same with libsodium
-(PyNaCl), the rule Fapiao applied before ZIP 215; ed25519_verify_fapiao_per_s: the same through
+(PyNaCl), for comparison with the ZIP 215 rule; ed25519_verify_fapiao_per_s: the same through
 `ledger_trust.ed25519_verify` (ZIP 215 by ed25519-zebra, the key's check cached), the check every
 Fapiao service and validator runs.
 """

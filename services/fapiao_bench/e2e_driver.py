@@ -36,8 +36,8 @@ from fapiao_bench.stats import percentile
 
 # Invoices in flight in the closed loop. By Little's law a closed loop delivers at most
 # CONCURRENCY / latency, so it must exceed the target rate times the latency under load (seconds on a
-# saturated 2-core machine): with 64 in flight the loop itself capped the figure near 120/s. Measured
-# here (40 s runs): 256 -> 188/s, 512 -> 223/s, 1,024 -> 248/s, 2,048 -> 240/s with time-outs.
+# saturated 2-core machine): fewer in flight cap the figure below the stack's capacity, and 2,048 bring
+# time-outs (docs/benchmarks.md, "Where the CPU of an invoice goes").
 CONCURRENCY = int(os.environ.get("FAPIAO_BENCH_E2E_CONCURRENCY", "1024"))
 MERCHANTS = 8
 

@@ -222,6 +222,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy) -> 
                     code = "INTERNAL"
                     log.exception("unhandled error", extra={"method": method})
                     await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL: internal error")
+                    raise  # abort raises AbortError; never reached
                 code = "UNAVAILABLE"
                 reason = f"{cause.upper()}_UNAVAILABLE"
                 log.warning("dependency unavailable", extra={"method": method, "reason": reason, "error": repr(exc)})

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 class TopicSpec:
     name: str
     partitions: int
-    # Topic settings given at creation (name -> value), e.g. the ledger's logs never expire.
+    # Topic settings that hold whatever the configuration says (name -> value), e.g. the ledger's logs
+    # never expire. The configured ones (replication, retention) come from fapiao_runtime.kafka.
     configs: tuple[tuple[str, str], ...] = ()
 
 
 # The ledger's ordered log and its signatures are the chain itself: a validator that lost its database,
-# or a new one, replays them from offset 0, so the broker never deletes them.
-KEEP_FOREVER = (("retention.ms", "-1"), ("retention.bytes", "-1"))
+# or a new one, replays them from offset 0, so the broker never deletes them, nor compacts them.
+KEEP_FOREVER = (("retention.ms", "-1"), ("retention.bytes", "-1"), ("cleanup.policy", "delete"))
 
 
 # PaymentSucceeded / PaymentRefunded, key merchant_id:out_trade_no.

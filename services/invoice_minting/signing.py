@@ -21,6 +21,15 @@ from invoice_minting.invoice_format import verification_qr
 from invoice_minting.tax import totals_of
 
 
+def red_letter_reason_code(reason: str) -> invoice_pb2.RedLetterReason.ValueType:
+    """The RedLetterReason of a reason code ("SALES_RETURN" -> RED_LETTER_REASON_SALES_RETURN), carried beside
+    the string; UNSPECIFIED for "" (an ordinary invoice) or a code without an enum value."""
+    name = f"RED_LETTER_REASON_{reason}"
+    if not reason or name not in invoice_pb2.RedLetterReason.keys():
+        return invoice_pb2.RED_LETTER_REASON_UNSPECIFIED
+    return invoice_pb2.RedLetterReason.Value(name)
+
+
 def build_body(
     *,
     invoice_id: uuid.UUID,
@@ -55,6 +64,7 @@ def build_body(
         verification_qr=verification_qr(invoice_number, totals.total_fen, issue_date),
         original_invoice_number=original_invoice_number,
         red_letter_reason=red_letter_reason,
+        red_letter_reason_code=red_letter_reason_code(red_letter_reason),
     )
 
 
@@ -113,11 +123,20 @@ def red_letter_submission(
     body.submitted_at.CopyFrom(_now())
     if full:
         body.type = ledger_pb2.TRANSACTION_TYPE_CANCEL
-        body.cancel.CopyFrom(ledger_pb2.CancelAction(reason=reason, red_letter_invoice=red_letter))
+        body.cancel.CopyFrom(
+            ledger_pb2.CancelAction(
+                reason=reason, reason_code=red_letter_reason_code(reason), red_letter_invoice=red_letter
+            )
+        )
     else:
         body.type = ledger_pb2.TRANSACTION_TYPE_PARTIAL_RED_LETTER
         body.partial_red_letter.CopyFrom(
-            ledger_pb2.PartialRedLetterAction(amount_fen=amount_fen, reason=reason, red_letter_invoice=red_letter)
+            ledger_pb2.PartialRedLetterAction(
+                amount_fen=amount_fen,
+                reason=reason,
+                reason_code=red_letter_reason_code(reason),
+                red_letter_invoice=red_letter,
+            )
         )
     event = transaction_event(sign_transaction(body, key), str(original_invoice_id), producer)
     return transaction_id, body.type, event

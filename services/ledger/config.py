@@ -25,8 +25,8 @@ DEFAULT_CUT_IDLE_MS = 5
 # Per chain, the latest heights whose header hash, finality and votes a validator keeps in memory. Older
 # blocks are only in its database: a signature for one of them (a validator catching up from far
 # behind, or the signature topic re-read after a restart) is checked against the stored header.
-# Unbounded, these maps grew by every block for the life of the process (252 bytes per block, measured;
-# at 40 blocks per second about 0.9 GB a day) and a restart read every block ever stored.
+# Unbounded, these maps would grow by about 252 bytes per block for the life of the process (about
+# 0.9 GB a day at 40 blocks per second) and a restart would read every block ever stored.
 DEFAULT_RECENT_HEIGHTS = 10_000
 
 

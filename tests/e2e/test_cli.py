@@ -25,7 +25,8 @@ def _tax_id(body17: str) -> str:
 def test_every_command_has_help() -> None:
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    expected = {"up", "down", "status", "demo", "merchant", "org", "ca", "pay", "claim", "verify", "audit", "bench"}
+    expected = {"up", "down", "restart", "status", "demo", "merchant", "org", "ca", "pay", "claim", "verify", "audit",
+                "bench"}  # fmt: skip
     assert expected <= commands
     for name in expected:
         with pytest.raises(SystemExit) as exit_info:

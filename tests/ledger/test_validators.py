@@ -61,6 +61,10 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
         for signed, reason in steps:
             got = await waiter.submit_and_wait(net.producer, signed, inv, timeout_s=30)
             assert got.rejection_reason == reason, (reason, got)
+            assert (
+                ledger_pb2.RejectionReason.Name(got.rejection_reason_code)
+                == f"REJECTION_REASON_{reason or 'UNSPECIFIED'}"
+            )
             assert got.accepted == (reason == "")
         with pytest.raises(DeadlineExceeded) as late:
             await waiter.wait(str(uuid.uuid4()), timeout_s=0.2)

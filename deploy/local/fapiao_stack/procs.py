@@ -139,8 +139,35 @@ def stop_pid(pid: int, timeout_s: float = 20.0, sig: int = signal.SIGTERM) -> No
             time.sleep(0.1)
 
 
-def stop_pid_file(pid_file: Path, timeout_s: float = 20.0) -> bool:
-    """Stop the process named in `pid_file` (if alive) and remove the file; True if one was running."""
+def command_line(pid: int) -> list[str]:
+    """The arguments process `pid` was started with; empty when it is gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def pid_file_process(pid_file: Path, marker: str) -> int | None:
+    """The pid in `pid_file` when that process is alive and `marker` is one of its arguments (its module
+    or main class): after a crash the pid may belong to another process by now, which is not ours."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    for _ in range(50):
+        if not pid_alive(pid):
+            return None
+        arguments = command_line(pid)
+        if arguments:
+            return pid if marker in arguments else None
+        time.sleep(0.01)  # none yet: a process just started (its exec not done) or a zombie
+    return None
+
+
+def stop_pid_file(pid_file: Path, timeout_s: float = 20.0, marker: str | None = None) -> bool:
+    """Stop the process named in `pid_file` (if alive, and with `marker` among its arguments when given)
+    and remove the file; True if one was running. A pid reused by another process is left alone."""
     if not pid_file.exists():
         return False
     try:
@@ -148,7 +175,7 @@ def stop_pid_file(pid_file: Path, timeout_s: float = 20.0) -> bool:
     except ValueError:
         pid_file.unlink()
         return False
-    running = pid_alive(pid)
+    running = pid_alive(pid) if marker is None else pid_file_process(pid_file, marker) is not None
     if running:
         stop_pid(pid, timeout_s)
     pid_file.unlink(missing_ok=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -97,9 +99,9 @@ async def grpc_health(port: int, timeout_s: float = 1.0, host: str = "127.0.0.1"
         return "DOWN"
 
 
-async def http_health(port: int, timeout_s: float = 1.0) -> str:
+async def http_health(port: int, timeout_s: float = 1.0, host: str = "127.0.0.1") -> str:
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
         writer.write(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), timeout_s)
@@ -109,14 +111,54 @@ async def http_health(port: int, timeout_s: float = 1.0) -> str:
         return "DOWN"
 
 
-async def service_health(port: int, health: str = "grpc", processes: int = 1) -> str:
+async def service_health(port: int, health: str = "grpc", processes: int = 1, host: str = "127.0.0.1") -> str:
     """A service's health ("grpc" or "http" check); STARTING while it is SERVING but fewer than
-    `processes` sockets listen on its port (a service run as several workers: not all of them yet)."""
-    status = await (grpc_health(port) if health == "grpc" else http_health(port))
-    if status == "SERVING" and listening_sockets(port) < processes:
+    `processes` sockets listen on its port (a service run as several workers: not all of them yet; counted
+    on this host's loopback only)."""
+    status = await (grpc_health(port, host=host) if health == "grpc" else http_health(port, host=host))
+    if status == "SERVING" and host == "127.0.0.1" and listening_sockets(port) < processes:
         return "STARTING"
     return status
 
 
-async def health_of(spec: ServiceSpec) -> str:
-    return await service_health(spec.port, spec.health, spec.processes)
+async def health_of(spec: ServiceSpec, host: str = "127.0.0.1") -> str:
+    return await service_health(spec.port, spec.health, spec.processes, host)
+
+
+async def kafka_health(address: str, timeout_s: float = 3.0) -> tuple[str, int]:
+    """("SERVING", brokers in the cluster's metadata) when the broker at `address` answers a metadata
+    request, else ("DOWN", 0)."""
+    from aiokafka import AIOKafkaClient
+    from aiokafka.errors import KafkaError
+
+    client = AIOKafkaClient(bootstrap_servers=address, request_timeout_ms=int(timeout_s * 1000))
+    # A broker that is down is the answer here, not an error for the client's log.
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+        return "SERVING", len(client.cluster.brokers())
+    except (KafkaError, OSError, TimeoutError):
+        return "DOWN", 0
+    finally:
+        await client.close()
+        client_log.setLevel(level)
+
+
+async def postgres_health(url: str, timeout_s: float = 3.0) -> str:
+    """SERVING when the PostgreSQL server of `url` accepts a connection and answers a query, else DOWN."""
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(url, timeout=timeout_s)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return "DOWN"
+    try:
+        await asyncio.wait_for(connection.fetchval("SELECT 1"), timeout_s)
+        return "SERVING"
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return "DOWN"
+    finally:
+        with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await connection.close(timeout=timeout_s)

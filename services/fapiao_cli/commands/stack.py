@@ -1,4 +1,4 @@
-"""fapiao up | down | status: the local stack."""
+"""fapiao up | down | restart | status: the local stack."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 
-from fapiao_cli.main import EXIT_FAILED, EXIT_OK
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, command_epilog
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -15,7 +15,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     up.set_defaults(handler=_up)
     down = subparsers.add_parser("down", help="stop everything `fapiao up` started")
     down.set_defaults(handler=_down)
-    status = subparsers.add_parser("status", help="health and consumer lag of every process")
+    restart = subparsers.add_parser(
+        "restart",
+        help="stop and start one process of the running stack (a service, kafka or postgres); wait until it serves",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog("fapiao restart ledger-2", "fapiao restart postgres", "fapiao restart kafka"),
+    )
+    restart.add_argument("process", metavar="PROCESS", help="e.g. ledger-2, gateway, kafka, postgres")
+    restart.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for SERVING (default 120)")
+    restart.set_defaults(handler=_restart)
+    status = subparsers.add_parser(
+        "status",
+        help="the brokers and PostgreSQL servers, and the health and consumer lag of every service",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog("fapiao status", "fapiao status --json"),
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
     demo = subparsers.add_parser("demo", help="start the stack, walk the end-to-end story, stop the stack")
@@ -48,6 +62,21 @@ def _down(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _restart(args: argparse.Namespace) -> int:
+    from fapiao_stack import stack
+
+    try:
+        address = stack.restart(args.process, timeout_s=args.timeout)
+    except stack.UnknownProcess as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except stack.StackNotRunning as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
+    except (RuntimeError, TimeoutError) as exc:
+        raise CliError(f"{args.process} did not come back: {exc}", EXIT_FAILED) from None
+    print(f"{args.process:<16} SERVING on {address}")
+    return EXIT_OK
+
+
 def _status(args: argparse.Namespace) -> int:
     from fapiao_stack import stack
 
@@ -63,5 +92,7 @@ def _status(args: argparse.Namespace) -> int:
                 extra += f"  lag {int(lag)}"
             if isinstance(backlog, float):
                 extra += f"  outbox {int(backlog)}"
-            print(f"{name:<16} {entry['health']:<12}{extra}")
+            if isinstance(entry.get("brokers_in_cluster"), int):
+                extra += f"  brokers {entry['brokers_in_cluster']}"
+            print(f"{name:<16} {entry['kind']:<9} {entry['health']:<12} {entry['address']:<22}{extra}")
     return EXIT_OK if all(e["health"] == "SERVING" for e in report.values()) else EXIT_FAILED
