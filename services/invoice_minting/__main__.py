@@ -12,6 +12,7 @@ import functools
 from collections.abc import Awaitable
 from pathlib import Path
 
+from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as api_grpc
 from fapiao_runtime import event_loop
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.consumer import EventConsumer
@@ -24,7 +25,7 @@ from fapiao_runtime.topics import LEDGER_RESULTS, MERCHANTS, PAYMENTS
 from invoice_minting.claims import ClaimPipeline
 from invoice_minting.deps import MintingDeps
 from invoice_minting.events import on_merchant_event, on_payment_event, on_payment_events
-from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer, add_servicer
+from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer
 from invoice_minting.issuer_keys import IssuerKeyStore
 from invoice_minting.ledger_results import on_result, on_results
 from invoice_minting.offer_waiter import OfferWaiter
@@ -51,7 +52,8 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
         deps = build_deps(settings, cfg.service_name)
         claims = ClaimPipeline(ctx.pool, deps)
         offers = OfferWaiter(cfg.database_url)
-        server.add_servicer(add_servicer, InvoiceMintingServicer(ctx.pool, deps, claims, offers))
+        servicer = InvoiceMintingServicer(ctx.pool, deps, claims, offers)
+        server.add_servicer(api_grpc.add_InvoiceMintingServiceServicer_to_server, servicer)
 
         async def merchant_handler(conn, envelope):  # type: ignore[no-untyped-def]
             await on_merchant_event(conn, envelope, deps)

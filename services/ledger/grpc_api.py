@@ -23,8 +23,10 @@ STREAM_POLL_S = 0.5
 
 
 def _check_id(value: str, field: str) -> None:
+    """INVALID_<FIELD> (INVALID_INVOICE_ID, INVALID_INVOICE_NUMBER, INVALID_TRANSACTION_ID) unless 1 to
+    MAX_ID_LENGTH characters; which characters a request may hold at all is the runtime's check."""
     if not value or len(value) > MAX_ID_LENGTH:
-        raise InvalidArgument("INVALID_ARGUMENT", f"{field} must be 1..{MAX_ID_LENGTH} characters")
+        raise InvalidArgument(f"INVALID_{field.upper()}", f"{field} must be 1..{MAX_ID_LENGTH} characters")
 
 
 class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
@@ -66,7 +68,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_service_pb2.GetInvoiceStateResponse:
         lookup = request.WhichOneof("lookup")
         if lookup is None:
-            raise InvalidArgument("INVALID_ARGUMENT", "invoice_id or invoice_number is required")
+            raise InvalidArgument("MISSING_LOOKUP", "invoice_id or invoice_number is required")
         _check_id(getattr(request, lookup), lookup)
         row = await self._read_settled(
             lambda conn: reads.invoice_row(conn, request.invoice_id, request.invoice_number), lambda r: r is None
