@@ -8,6 +8,7 @@ FAPIAO_CLAIM_BASE_URL, FAPIAO_CLAIM_OFFER_TTL_S, FAPIAO_INVOICE_CHANNEL; see set
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from fapiao_runtime.consumer import EventConsumer
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.kafka import BATCHED_FETCH
 from fapiao_runtime.ledger_client import SigningKey
-from fapiao_runtime.service import ServiceContext, run_service
+from fapiao_runtime.service import ServiceContext, Task, run_service
 from fapiao_runtime.topics import LEDGER_RESULTS, MERCHANTS, PAYMENTS
 
 from invoice_minting.claims import ClaimPipeline
@@ -46,7 +47,7 @@ def build_deps(settings: MintingSettings, producer: str) -> MintingDeps:
 
 
 def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
-    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None]]:
+    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None] | Task]:
         cfg = ctx.config
         deps = build_deps(settings, cfg.service_name)
         claims = ClaimPipeline(ctx.pool, deps)
@@ -104,7 +105,11 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
             ),
         ]
         ctx.consumers.extend(consumers)
-        return [claims.run(ctx.stop), offers.run(ctx.stop), *(c.run(ctx.stop) for c in consumers)]
+        return [
+            claims.run(ctx.stop),  # its workers answer each claim, failed or not, and never end
+            offers.run(ctx.stop),  # reconnects by itself
+            *(Task(f"consumer {c.name}", functools.partial(c.run, ctx.stop)) for c in consumers),
+        ]
 
     return wire
 
