@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
+from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
@@ -345,7 +346,13 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
                 responses = inner_stream(_accepted_stream(request) if streamed_in else _accepted(request), context)
                 if inspect.isasyncgen(responses):
                     async for item in responses:
-                        await context.write(item)
+                        try:
+                            await context.write(item)
+                        except cygrpc.ExecuteBatchError:
+                            # The call ended under us (the client cancelled or went away): nothing to answer.
+                            code = "CANCELLED"
+                            log.info("stream ended by the client", extra={"method": method})
+                            break
                 else:  # a method that writes its responses itself (context.write), as health's Watch
                     await responses
             except grpc.aio.AbortError:

@@ -35,10 +35,10 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         self._validator = validator
         self._pool = validator.pool
         self._trees = reads.BlockTrees()
-        # An audit re-verifies a whole chain (every hash and signature): one at a time per validator, two
-        # more may wait, and any further one is refused, so no caller can tie up the validator's CPU.
+        # An audit re-verifies a whole chain (every hash and signature): one at a time per validator, and
+        # any other is refused while it runs, so no caller can tie up the validator's CPU or wait long.
         self._audits = AdmissionGate(
-            1, 2, lambda: ResourceExhausted("AUDIT_BUSY", "an audit of this validator is running; retry later")
+            1, 0, lambda: ResourceExhausted("AUDIT_BUSY", "an audit of this validator is running; retry later")
         )
 
     async def _read_settled(
