@@ -17,7 +17,7 @@ BUF_AGAINST ?= .git\#$(shell tag=$$(git describe --tags --abbrev=0 --match 'v[0-
 	if [ -n "$$tag" ]; then echo "tag=$$tag"; else echo branch=main; fi),subdir=protos
 PYTEST_ARGS ?=
 
-.PHONY: help setup protos kafka-jars buf browser up down status demo test test-unit lint fmt bench faults clean
+.PHONY: help setup protos kafka-jars buf browser up down status demo cluster-up cluster-down cluster-status test test-unit test-cluster lint fmt bench fuzz faults clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -74,12 +74,24 @@ status: setup ## health of every process of the local stack
 demo: setup ## start the stack, walk the end-to-end story, stop the stack
 	$(PY) -m fapiao_stack demo
 
+cluster-up: setup ## the multi-host cluster: every process on its own network namespace (root); wait for SERVING
+	$(PY) -m fapiao_stack up --hosts
+
+cluster-down: ## stop the multi-host cluster and delete its namespaces
+	@if [ -x $(PY) ]; then $(PY) -m fapiao_stack down --hosts; fi
+
+cluster-status: setup ## health of every host of the multi-host cluster, seen from its ops host
+	$(PY) -m fapiao_stack status --hosts
+
 test: setup $(BUF) browser ## run the whole test suite against a real Kafka and PostgreSQL (browser tests included)
 	$(BUF) lint protos
 	$(PY) -m pytest --basetemp=build/pytest $(PYTEST_ARGS)
 
 test-unit: setup ## unit tests only (no broker, no database)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-cluster: setup ## the whole multi-host cluster up, one payment across its hosts, down (root; a few minutes)
+	FAPIAO_TEST_CLUSTER=1 $(PY) -m pytest --basetemp=build/pytest-cluster tests/e2e/test_cluster_stack.py $(PYTEST_ARGS)
 
 lint: setup $(BUF) ## buf lint (comments required), buf breaking against the last release or main, ruff, mypy
 	$(BUF) lint protos
@@ -94,6 +106,10 @@ fmt: setup ## format the code
 
 bench: setup ## run the benchmarks; writes build/bench/results.json
 	$(PY) -m fapiao_bench
+
+FUZZ_ARGS ?=
+fuzz: setup ## 100,000 mutated and random inputs against a private stack; writes build/fuzz/summary.json
+	$(PY) -m tests.fuzz --inputs 100000 $(FUZZ_ARGS)
 
 faults: setup ## fault suite: 10 min of workload under >= 20 seeded faults, then the checker (SEED=n reproduces a run)
 	$(PY) -m fapiao_faults $(if $(SEED),--seed $(SEED)) $(FAULTS_ARGS)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fapiao_stack.config import service_address
 from fapiao_stack.paths import RUN_DIR
 from fapiao_stack.services import INTAKE_WEBHOOK_PORT, REIMBURSEMENT_TLS_PORT, local_services
 
@@ -29,21 +30,33 @@ def load_stack_environment() -> dict[str, str]:
     from fapiao_stack.config import stack_environment
 
     state = json.loads(STATE_FILE.read_text())
-    env = stack_environment(RUN_DIR, state["kafka_bootstrap"], state["database_url"])
+    env = stack_environment(RUN_DIR, state["kafka_bootstrap"], state["database_url"], host_addresses())
     for key, value in env.items():
         os.environ.setdefault(key, value)
     return env
 
 
+def host_addresses() -> dict[str, str]:
+    """Host name -> address when the running stack is the multi-host cluster (`fapiao up --hosts`: the
+    commands then run on its ops host, `ip netns exec fapiao-ops fapiao ...`); empty for loopback."""
+    if not STATE_FILE.exists():
+        return {}
+    state = json.loads(STATE_FILE.read_text())
+    if state.get("mode") != "hosts":
+        return {}
+    return {host: entry["address"] for host, entry in state["hosts"].items()}
+
+
 def grpc_address(service: str) -> str:
     for spec in local_services():
         if spec.name == service:
-            return f"127.0.0.1:{spec.port}"
+            return f"{service_address(spec.name, host_addresses())}:{spec.port}"
     raise KeyError(service)
 
 
 def ledger_addresses() -> list[str]:
-    return [f"127.0.0.1:{s.port}" for s in local_services() if s.module == "ledger"]
+    addresses = host_addresses()
+    return [f"{service_address(s.name, addresses)}:{s.port}" for s in local_services() if s.module == "ledger"]
 
 
 def gateway_url() -> str:
@@ -51,11 +64,11 @@ def gateway_url() -> str:
 
 
 def intake_webhook_url() -> str:
-    return f"http://127.0.0.1:{INTAKE_WEBHOOK_PORT}"
+    return f"http://{service_address('payment_intake', host_addresses())}:{INTAKE_WEBHOOK_PORT}"
 
 
 def reimbursement_address() -> str:
-    return f"127.0.0.1:{REIMBURSEMENT_TLS_PORT}"
+    return f"{service_address('reimbursement', host_addresses())}:{REIMBURSEMENT_TLS_PORT}"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,11 @@ def env_bool(name: str, default: bool) -> bool:
     raise ValueError(f"environment variable {name} must be a boolean, got {raw!r}")
 
 
+def metrics_host() -> str:
+    """The address /metrics listens on (FAPIAO_METRICS_HOST), as gRPC's is FAPIAO_GRPC_HOST."""
+    return env_str("FAPIAO_METRICS_HOST", "127.0.0.1")
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Settings every service process shares.

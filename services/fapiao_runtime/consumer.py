@@ -6,6 +6,9 @@ together share one transaction; if any of them fails, they are re-applied one tr
 Kafka offsets are committed only after the transactions of every record up to them have committed,
 so a crash replays, never skips.
 A record whose handler keeps failing after bounded retries is stored in dead_letters with the error.
+A lost database or broker (`errors.unavailable_cause`) is never the record's fault: the failure is
+raised without dead-lettering or committing anything, and the consumer is run again from the last
+committed offset once the dependency is back (`service.Task`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from aiokafka.errors import (
 from fapiao.common.v1 import envelope_pb2
 
 from fapiao_runtime.envelope import parse_envelope
-from fapiao_runtime.errors import FapiaoError
+from fapiao_runtime.errors import FapiaoError, unavailable_cause
 from fapiao_runtime.logs import event_id_var
 
 log = logging.getLogger(__name__)
@@ -216,6 +219,8 @@ class EventConsumer:
                 else:
                     applied = await self._apply_each(conn, envelopes)
         except Exception as exc:
+            if unavailable_cause(exc) is not None:
+                raise  # nothing was applied; the records are read again once the dependency is back
             log.info("batch of %d records failed; applying them one by one", len(records), extra={"err": repr(exc)})
             for record in records:
                 await self._apply(record)
@@ -256,14 +261,12 @@ class EventConsumer:
                 except FapiaoError as exc:
                     await self._dead_letter(record, envelope.event_id, exc.details)
                     return
-                except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError, OSError) as exc:
-                    if attempt == self._max_attempts:
-                        await self._dead_letter(record, envelope.event_id, repr(exc))
-                        return
-                    await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
                 except Exception as exc:
+                    if unavailable_cause(exc) is not None:
+                        raise  # not the record's fault: never dead-letter it for a lost dependency
                     if attempt == self._max_attempts:
-                        log.exception("event handler failed; dead-lettered")
+                        if not isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError | OSError):
+                            log.exception("event handler failed; dead-lettered")
                         await self._dead_letter(record, envelope.event_id, repr(exc))
                         return
                     await asyncio.sleep(min(2.0, 0.05 * 2**attempt))

@@ -17,6 +17,12 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
+# Bounds on waiting for PostgreSQL, so that a request made while the server is down or unreachable fails
+# (UNAVAILABLE) instead of hanging: opening a connection (also when the pool replaces a broken one), and
+# any one statement.
+CONNECT_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 30.0
+
 _RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -42,7 +48,7 @@ async def keep_session(_conn: asyncpg.Connection) -> None:
 async def create_pool(database_url: str, schema: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     """Pool whose connections use `schema` first on the search path. Creates the schema if needed."""
     check_schema_name(schema)
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT_S)
     try:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     except asyncpg.UniqueViolationError:
@@ -54,7 +60,8 @@ async def create_pool(database_url: str, schema: str, *, min_size: int = 2, max_
         min_size=min_size,
         max_size=max_size,
         server_settings={"search_path": f"{schema},public", "application_name": schema},
-        command_timeout=30,
+        command_timeout=COMMAND_TIMEOUT_S,
+        timeout=CONNECT_TIMEOUT_S,
         reset=keep_session,
     )
     assert pool is not None

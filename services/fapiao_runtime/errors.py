@@ -101,14 +101,34 @@ def unavailable_cause(exc: BaseException) -> str | None:
             return "database"
         if isinstance(current, asyncpg.InterfaceError) and ("connection" in str(current) or "pool" in str(current)):
             return "database"
+        if isinstance(current, asyncpg.exceptions.InternalClientError) or (
+            isinstance(current, asyncpg.exceptions.ObjectNotInPrerequisiteStateError)
+            and "accepting connections" in str(current)
+        ):
+            return "database"  # a connection cut mid-statement, or a database closed to connections
         if isinstance(current, KafkaTimeoutError) or (isinstance(current, KafkaError) and current.retriable):
             return "kafka"
         if isinstance(current, grpc.aio.AioRpcError) and current.code() in _UPSTREAM_CODES:
             return "upstream"
         if isinstance(current, ConnectionError | TimeoutError):
-            return "upstream"
+            # A refused or reset connection names no peer: the code that raised it does.
+            origin = _raised_in(current)
+            return "database" if origin == "asyncpg" else "kafka" if origin == "aiokafka" else "upstream"
         current = current.__cause__ or current.__context__
     return None
+
+
+def _raised_in(exc: BaseException) -> str | None:
+    """ "asyncpg" or "aiokafka" when `exc` was raised through that client library, else None."""
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        for library in ("asyncpg", "aiokafka"):
+            if module == library or module.startswith(library + "."):
+                found = library
+        tb = tb.tb_next
+    return found
 
 
 _UPSTREAM_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})

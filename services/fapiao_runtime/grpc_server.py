@@ -1,28 +1,33 @@
-"""gRPC server bootstrap on grpc.aio: health service, reflection, request ids, error mapping, TLS."""
+"""gRPC server bootstrap on grpc.aio: one request decoding policy, health service, reflection, request ids, error
+mapping, TLS."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import itertools
 import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
+from google.protobuf.message import Message
+from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from fapiao_runtime.errors import FapiaoError, PermissionDenied, unavailable_cause
+from fapiao_runtime.errors import FapiaoError, InvalidArgument, PermissionDenied, unavailable_cause
 from fapiao_runtime.logs import request_id_var
 from fapiao_runtime.metrics import GRPC_LATENCY, GRPC_REQUESTS, REJECTIONS
 from fapiao_runtime.pki import service_name
+from fapiao_runtime.text import check_message_text
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +153,7 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 class _WrappingGenericHandler(grpc.GenericRpcHandler):
     """Wraps the handlers a generic handler returns, once per method."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler, policy: ClientPolicy) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, policy: ClientPolicy | None) -> None:
         self._inner = inner
         self._policy = policy
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -168,14 +173,16 @@ class _WrappingGenericHandler(grpc.GenericRpcHandler):
 class _Registrar:
     """The `server` that generated `add_*Servicer_to_server` functions register on.
 
-    Each method handler is wrapped once, at registration, with the request id, the error mapping and
-    the metrics: no server interceptor, which grpc.aio would await on every call. The generated code
+    Each method handler is wrapped once, at registration, with the request decoding policy, the
+    request id, the error mapping and the metrics (`_wrap`): no server interceptor, which grpc.aio
+    would await on every call. `policy` None: the methods are open to every client the transport
+    accepted (health and reflection). The generated code
     registers a generic handler, then the same methods by name; the named ones are registered wrapped,
     for both lookups. A generic handler not followed by named methods is wrapped per method on first
     use.
     """
 
-    def __init__(self, server: grpc.aio.Server, policy: ClientPolicy) -> None:
+    def __init__(self, server: grpc.aio.Server, policy: ClientPolicy | None) -> None:
         self._server = server
         self._policy = policy
         self._pending: list[grpc.GenericRpcHandler] = []
@@ -195,73 +202,191 @@ class _Registrar:
             self._pending.clear()
 
 
-def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy) -> grpc.RpcMethodHandler:
-    if handler.unary_unary:
-        inner_unary = handler.unary_unary
-        latency = GRPC_LATENCY.labels(method=method)
-        ok = GRPC_REQUESTS.labels(method=method, code="OK")
+class _Refused:
+    """What the decoding policy hands a method in place of a request it refused: the error to answer."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+def _decoding(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The one request decoding policy of every method: bytes that are not a valid message give
+    MALFORMED_REQUEST, a string that is not UTF-8 or holds a character no text may hold (NUL, other
+    control or invisible characters: `fapiao_runtime.text.check_message_text`) INVALID_CHARACTERS,
+    never the decoder's own text. A refusal reaches the method wrapper as a `_Refused`, which answers
+    INVALID_ARGUMENT (grpc would answer UNKNOWN for a raising deserializer and log a traceback)."""
+    if deserialize is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            request = deserialize(raw)
+        except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
+            if "UTF-8" in str(exc):
+                return _Refused(InvalidArgument("INVALID_CHARACTERS", "a text field is not valid UTF-8"))
+            return _Refused(InvalidArgument("MALFORMED_REQUEST", "the request is not a valid protobuf message"))
+        if isinstance(request, Message):
+            try:
+                check_message_text(request)
+            except InvalidArgument as exc:
+                return _Refused(exc)
+        return request
+
+    return decode
+
+
+def _accepted(request: Any) -> Any:
+    if type(request) is _Refused:
+        raise request.error
+    return request
+
+
+async def _accepted_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _accepted(request)
+
+
+async def _answer(method: str, exc: Exception, context: grpc.aio.ServicerContext) -> None:
+    """Abort the call for `exc` (raises AbortError). A FapiaoError is its status with the reason, one log
+    line at info; a lost dependency UNAVAILABLE; anything else INTERNAL without its text (logged with
+    its traceback)."""
+    if isinstance(exc, FapiaoError):
+        REJECTIONS.labels(method=method, reason=exc.reason).inc()
+        log.info("request refused", extra={"method": method, "code": exc.status_code.name, "reason": exc.reason})
+        await context.abort(exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),))
+        return
+    cause = unavailable_cause(exc)
+    if cause is None:
+        log.error("unhandled error", extra={"method": method}, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL: internal error")
+        return
+    reason = f"{cause.upper()}_UNAVAILABLE"
+    log.warning("dependency unavailable", extra={"method": method, "reason": reason, "error": repr(exc)})
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE,
+        f"{reason}: the {cause} is unavailable; retry later",
+        trailing_metadata=(("fapiao-reason", reason),),
+    )
+
+
+async def _close(method: str, responses: AsyncGenerator[Any, Any]) -> None:
+    try:
+        await responses.aclose()
+    except Exception:
+        log.exception("closing a response stream failed", extra={"method": method})
+
+
+def _status_of(exc: Exception) -> str:
+    if isinstance(exc, FapiaoError):
+        return str(exc.status_code.name)
+    return "INTERNAL" if unavailable_cause(exc) is None else "UNAVAILABLE"
+
+
+def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | None) -> grpc.RpcMethodHandler:
+    """`handler` with the decoding policy, the client policy (None: open to every client the transport
+    accepted, as health and reflection), the request id, the error mapping and the metrics."""
+    decode = _decoding(handler.request_deserializer)
+    latency = GRPC_LATENCY.labels(method=method)
+    ok = GRPC_REQUESTS.labels(method=method, code="OK")
+
+    def admit(context: grpc.aio.ServicerContext) -> None:
+        if policy is not None and policy.active:
+            policy.check(context, method)
+
+    def count(code: str, started: float) -> None:
+        (ok if code == "OK" else GRPC_REQUESTS.labels(method=method, code=code)).inc()
+        latency.observe(time.perf_counter() - started)
+
+    def failed(context: grpc.aio.ServicerContext) -> str:
+        return str((context.code() or grpc.StatusCode.UNKNOWN).name)
+
+    if handler.unary_unary or handler.stream_unary:
+        inner_unary = handler.unary_unary or handler.stream_unary
+        streamed_in = handler.unary_unary is None
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = request_id_var.set(_request_id(context))
             started = time.perf_counter()
             code = "OK"
             try:
-                if policy.active:
-                    policy.check(context, method)
-                return await inner_unary(request, context)
-            except FapiaoError as exc:
-                code = exc.status_code.name
-                REJECTIONS.labels(method=method, reason=exc.reason).inc()
-                await context.abort(exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),))
+                admit(context)
+                return await inner_unary(_accepted_stream(request) if streamed_in else _accepted(request), context)
             except grpc.aio.AbortError:
-                code = (context.code() or grpc.StatusCode.UNKNOWN).name
+                code = failed(context)
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
                 raise
             except Exception as exc:
-                cause = unavailable_cause(exc)
-                if cause is None:
-                    code = "INTERNAL"
-                    log.exception("unhandled error", extra={"method": method})
-                    await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL: internal error")
-                    raise  # abort raises AbortError; never reached
-                code = "UNAVAILABLE"
-                reason = f"{cause.upper()}_UNAVAILABLE"
-                log.warning("dependency unavailable", extra={"method": method, "reason": reason, "error": repr(exc)})
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"{reason}: the {cause} is unavailable; retry later",
-                    trailing_metadata=(("fapiao-reason", reason),),
-                )
+                code = _status_of(exc)
+                await _answer(method, exc, context)
             finally:
-                (ok if code == "OK" else GRPC_REQUESTS.labels(method=method, code=code)).inc()
-                latency.observe(time.perf_counter() - started)
+                count(code, started)
                 request_id_var.reset(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream:
-        inner_stream = handler.unary_stream
+        make = grpc.stream_unary_rpc_method_handler if streamed_in else grpc.unary_unary_rpc_method_handler
+        return make(unary, request_deserializer=decode, response_serializer=handler.response_serializer)
+    if handler.unary_stream or handler.stream_stream:
+        inner_stream = handler.unary_stream or handler.stream_stream
+        streamed_in = handler.unary_stream is None
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> None:
+            # Responses are written here (context.write), not yielded: a generator grpc stops consuming
+            # when the client cancels would be closed later by the garbage collector, in another task
+            # and context (its cleanup failing as "Task exception was never retrieved"). The method's
+            # own generator is closed here, in this call's task, whatever ends the call.
             token = request_id_var.set(_request_id(context))
+            started = time.perf_counter()
+            code = "OK"
+            responses: Any = None
             try:
-                if policy.active:
-                    policy.check(context, method)
-                async for item in inner_stream(request, context):
-                    yield item
-            except FapiaoError as exc:
-                await context.abort(exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),))
+                admit(context)
+                responses = inner_stream(_accepted_stream(request) if streamed_in else _accepted(request), context)
+                if inspect.isasyncgen(responses):
+                    async for item in responses:
+                        try:
+                            await context.write(item)
+                        except cygrpc.ExecuteBatchError:
+                            # The call ended under us (the client cancelled or went away): nothing to answer.
+                            code = "CANCELLED"
+                            log.info("stream ended by the client", extra={"method": method})
+                            break
+                else:  # a method that writes its responses itself (context.write), as health's Watch
+                    await responses
+            except grpc.aio.AbortError:
+                code = failed(context)
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as exc:
+                code = _status_of(exc)
+                await _answer(method, exc, context)
             finally:
+                if inspect.isasyncgen(responses):
+                    await _close(method, responses)
+                count(code, started)
                 request_id_var.reset(token)
 
-        return grpc.unary_stream_rpc_method_handler(
-            stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        make = grpc.stream_stream_rpc_method_handler if streamed_in else grpc.unary_stream_rpc_method_handler
+        return make(stream, request_deserializer=decode, response_serializer=handler.response_serializer)
     return handler
+
+
+class HealthServicer(health.aio.HealthServicer):
+    """The standard health service, with `List` (which grpcio-health-checking's asyncio servicer leaves
+    unimplemented although the service, and so reflection, declares it): every service's status."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status) for name, status in self._server_status.items()
+            }
+        )
 
 
 class GrpcServer:
@@ -290,19 +415,18 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
-        self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.health = HealthServicer()
         self._service_names = list(service_names)
-        reflection.enable_server_reflection(
-            [
-                *self._service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self.server,
+        self.client_policy = ClientPolicy()
+        # Health and reflection decode requests as every other method does, open to any client.
+        self._register(health_pb2_grpc.add_HealthServicer_to_server, self.health, None)
+        reflected = [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        self._register(
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+            reflection.aio.ReflectionServicer([*reflected, reflection.SERVICE_NAME]),
+            None,
         )
         self.port = 0
-        self.client_policy = ClientPolicy()
         self._ready_task: asyncio.Future[None] | None = None
 
     def _check_method_names(self, rules: Mapping[str, frozenset[str]]) -> None:
@@ -316,7 +440,12 @@ class GrpcServer:
     def add_servicer(self, add_to_server: Callable[[Any, Any], None], servicer: object) -> None:
         """Register `servicer` with its generated `add_*Servicer_to_server` function, every method
         wrapped with the request id, the FapiaoError mapping and the metrics."""
-        registrar = _Registrar(self.server, self.client_policy)
+        self._register(add_to_server, servicer, self.client_policy)
+
+    def _register(
+        self, add_to_server: Callable[[Any, Any], None], servicer: object, policy: ClientPolicy | None
+    ) -> None:
+        registrar = _Registrar(self.server, policy)
         add_to_server(servicer, registrar)
         registrar.close()
 

@@ -12,19 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
+import grpc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fapiao.common.v1 import signature_pb2
-from fapiao.ledger.v1 import ledger_pb2
+from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2_grpc
 from google.protobuf.message import DecodeError
 
 from fapiao_runtime.envelope import OutgoingEvent, make_envelope, outgoing, parse_envelope, unpack
-from fapiao_runtime.errors import DeadlineExceeded, FapiaoError, InvalidArgument, ResourceExhausted
+from fapiao_runtime.errors import DeadlineExceeded, FapiaoError, InvalidArgument, ResourceExhausted, unavailable_cause
+from fapiao_runtime.grpc_client import internal_channel, internal_credentials
+from fapiao_runtime.resilience import Backoff
 from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_TRANSACTIONS
 
 log = logging.getLogger(__name__)
@@ -45,10 +52,17 @@ def result_event_id(transaction_id: str) -> uuid.UUID:
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 10.0) -> list[int]:
     """Partition ids of `topic`, fetched from the brokers (a consumer without subscriptions has no
-    metadata cached yet). Raises RuntimeError if the topic does not appear within timeout_s."""
+    metadata cached yet). Raises RuntimeError if the topic does not appear within timeout_s, and
+    KafkaConnectionError (a lost broker: `errors.unavailable_cause`) if no broker answered at all."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        cluster = await consumer._client.fetch_all_metadata()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+        except KafkaError as exc:  # "Unable to get cluster metadata over all known brokers"
+            if asyncio.get_running_loop().time() > deadline:
+                raise KafkaConnectionError(f"no broker answered for the partitions of {topic}") from exc
+            await asyncio.sleep(0.5)
+            continue
         partitions = cluster.partitions_for_topic(topic)
         if partitions:
             return sorted(partitions)
@@ -233,15 +247,27 @@ class LedgerResultWaiter:
         self._waiters.clear()
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        backoff = Backoff(0.2, 5.0)
+        failing = False
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("reading ledger results failed; retrying")
-                await asyncio.sleep(0.5)
+            except Exception as exc:
+                # Logged once per outage (with a traceback only when it is not a lost broker).
+                if not failing:
+                    failing = True
+                    if unavailable_cause(exc) is None:
+                        log.exception("reading ledger results failed; retrying")
+                    else:
+                        log.warning("reading ledger results failed; retrying", extra={"error": repr(exc)[:300]})
+                await asyncio.sleep(backoff.next_delay())
                 continue
+            if failing:
+                failing = False
+                backoff.reset()
+                log.info("reading ledger results again")
             for records in batch.values():
                 for record in records:
                     # Every validator publishes a copy keyed by transaction id: decode only the first,
@@ -356,3 +382,59 @@ class LedgerResultWaiter:
             self._unregister(transaction_id, future)
             raise
         return await self._await(transaction_id, future, timeout_s)
+
+
+# Worth asking another validator: the one asked is down (UNAVAILABLE), stopping (its in-flight calls end
+# CANCELLED) or too slow (DEADLINE_EXCEEDED).
+FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class NoValidatorAnswered(Exception):
+    """Every validator asked failed with a failover code; `errors` in the order they were asked."""
+
+    def __init__(self, method: str, errors: list[grpc.aio.AioRpcError]) -> None:
+        super().__init__(f"no validator answered {method}: {', '.join(e.code().name for e in errors)}")
+        self.errors = errors
+
+
+class ValidatorClient:
+    """LedgerService of several validators, the one client every caller of the validators uses.
+
+    Each call goes to the next validator in turn and fails over to the others on `FAILOVER_CODES` (a
+    validator that is down, stopping or slow), each attempt bounded by `timeout_s`. Nothing a validator
+    answers is trusted blindly: callers verify receipts against the validators' keys.
+    """
+
+    def __init__(self, endpoints: Sequence[str], timeout_s: float) -> None:
+        if not endpoints:
+            raise ValueError("at least one ledger endpoint is required (FAPIAO_LEDGER_ENDPOINTS)")
+        credentials = internal_credentials()
+        self._channels = [internal_channel(endpoint, credentials) for endpoint in endpoints]
+        self.stubs = [ledger_service_pb2_grpc.LedgerServiceStub(channel) for channel in self._channels]
+        self._next = itertools.cycle(range(len(self.stubs)))
+        self.timeout_s = timeout_s
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+    def in_turn(self, count: int | None = None) -> list[ledger_service_pb2_grpc.LedgerServiceStub]:
+        """`count` stubs (default: all), starting with the next validator in turn."""
+        start = next(self._next)
+        total = len(self.stubs)
+        wanted = total if count is None else min(max(1, count), total)
+        return [self.stubs[(start + k) % total] for k in range(wanted)]
+
+    async def call(self, method: str, request: Any, *, failover: frozenset[grpc.StatusCode] = FAILOVER_CODES) -> Any:
+        """The first answer of the validators asked in turn. An error with a code outside `failover` is
+        raised at once (the validator answered: NOT_FOUND, INVALID_ARGUMENT ...); NoValidatorAnswered
+        when every validator failed with one of `failover`."""
+        errors: list[grpc.aio.AioRpcError] = []
+        for stub in self.in_turn():
+            try:
+                return await getattr(stub, method)(request, timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in failover:
+                    raise
+                errors.append(error)
+        raise NoValidatorAnswered(method, errors)

@@ -6,6 +6,8 @@ import contextvars
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from fapiao_runtime.workers import worker_index
@@ -41,6 +43,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# Client libraries that log every retry of a lost connection (aiokafka every 100 ms while a broker is
+# down, asyncpg each time it fails to refill its pool): each of their messages once per window.
+REPEATING_LOGGERS = ("aiokafka", "asyncpg")
+REPEAT_WINDOW_S = 60.0
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a message of `REPEATING_LOGGERS` through once per `window_s` (by logger and message template),
+    so an outage leaves a few lines in the log instead of one per retry."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(REPEATING_LOGGERS):
+            return True
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._window_s:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
 def configure_logging(service_name: str, level: str = "INFO") -> None:
     """Send JSON lines to stderr for the whole process. Safe to call more than once."""
     _SERVICE["name"] = service_name
@@ -49,6 +81,7 @@ def configure_logging(service_name: str, level: str = "INFO") -> None:
     _WORKER.update({} if index is None else {"worker": index})
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,8 +1,11 @@
-"""Prometheus metrics shared by every service, served on FAPIAO_METRICS_PORT when it is set."""
+"""Prometheus metrics shared by every service, served on FAPIAO_METRICS_HOST:FAPIAO_METRICS_PORT when
+the port is set (the host defaults to 127.0.0.1)."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from fapiao_runtime.config import metrics_host
 
 GRPC_REQUESTS = Counter("fapiao_grpc_requests_total", "gRPC requests by method and status code", ["method", "code"])
 GRPC_LATENCY = Histogram(
@@ -21,7 +24,7 @@ EVENTS_APPLIED = Counter("fapiao_events_applied_total", "Events applied by idemp
 EVENTS_DEAD_LETTERED = Counter("fapiao_events_dead_lettered_total", "Events moved to dead_letters", ["consumer"])
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose /metrics on `port` (0 disables)."""
+def serve_metrics(port: int, host: str | None = None) -> None:
+    """Expose /metrics on `host` (default: metrics_host()) and `port` (0 disables)."""
     if port:
-        start_http_server(port, addr=host)
+        start_http_server(port, addr=host or metrics_host())

@@ -28,7 +28,7 @@ from fapiao_runtime.tax_id import validate_uscc
 ORGANISATION_UNIT = "fapiao-organisation"
 SERVICE_UNIT = "fapiao-service"
 # Unified social credit code: 18 characters of digits and upper-case letters (I, O, S, V, Z excluded).
-TAX_ID_PATTERN = re.compile(r"^[0-9A-HJ-NPQRTUWXY]{18}$")
+TAX_ID_PATTERN = re.compile(r"[0-9A-HJ-NPQRTUWXY]{18}")
 DEFAULT_VALIDITY_DAYS = 365
 CA_VALIDITY_DAYS = 3650
 
@@ -214,7 +214,7 @@ def organisation_tax_id(cert_pem: bytes) -> str | None:
         return None
     value = serials[0].value
     tax_id = value if isinstance(value, str) else value.decode()
-    return tax_id if TAX_ID_PATTERN.match(tax_id) else None
+    return tax_id if TAX_ID_PATTERN.fullmatch(tax_id) else None
 
 
 def write_pem_pair(issued: IssuedCertificate, directory: Path, stem: str) -> tuple[Path, Path]:

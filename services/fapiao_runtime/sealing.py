@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_BYTES = 12
 _TAG_BYTES = 16
-_HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 PREVIOUS_KEYS_ENV = "FAPIAO_SECRETS_KEY_PREVIOUS"
 
 
@@ -37,7 +37,7 @@ def decode_secret_key(text: str, *, name: str = "FAPIAO_SECRETS_KEY") -> bytes:
     Raises ValueError naming the variable `name` otherwise.
     """
     text = text.strip()
-    if _HEX_KEY.match(text):
+    if _HEX_KEY.fullmatch(text):
         return bytes.fromhex(text)
     padded = text + "=" * (-len(text) % 4)
     for decode in (base64.b64decode, base64.urlsafe_b64decode):

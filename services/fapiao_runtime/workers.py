@@ -48,9 +48,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def _serve_summed_metrics(port: int, directory: str) -> None:
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
+    from fapiao_runtime.config import metrics_host
+
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    start_http_server(port, addr="127.0.0.1", registry=registry)
+    start_http_server(port, addr=metrics_host(), registry=registry)
 
 
 def _forget_metrics_of(pid: int, directory: str) -> None:

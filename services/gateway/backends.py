@@ -7,7 +7,6 @@ them back into the matching FapiaoError so page handlers deal with one error typ
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -16,7 +15,7 @@ from typing import TypeVar
 import grpc
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_pb2
 from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as minting_grpc
-from fapiao.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
+from fapiao.ledger.v1 import ledger_service_pb2
 from fapiao_runtime.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -30,7 +29,8 @@ from fapiao_runtime.errors import (
     Unavailable,
     reason_of,
 )
-from fapiao_runtime.grpc_client import internal_channel, internal_credentials
+from fapiao_runtime.grpc_client import internal_channel
+from fapiao_runtime.ledger_client import FAILOVER_CODES, NoValidatorAnswered, ValidatorClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,8 +47,8 @@ _BY_CODE: dict[grpc.StatusCode, type[FapiaoError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
 }
-# Worth asking another validator: the one we asked is down, slow, or has not caught up yet.
-_TRY_NEXT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND}
+# Worth asking another validator: the one we asked is down, stopping, slow, or has not caught up yet.
+_TRY_NEXT = FAILOVER_CODES | {grpc.StatusCode.NOT_FOUND}
 
 
 def as_fapiao_error(error: grpc.aio.AioRpcError, service: str) -> FapiaoError:
@@ -102,7 +102,8 @@ class MintingClient:
 
 
 class LedgerClient:
-    """LedgerService of several validators: each read goes to the next validator in turn and fails over.
+    """LedgerService of several validators (`ValidatorClient`): each read goes to the next validator in
+    turn and fails over when one is down, stopping, slow or has not caught up yet (NOT_FOUND).
 
     Nothing a validator answers is trusted blindly: callers verify receipts against the validators'
     public keys (gateway.verification), so no validator can forge an answer. One can still be behind,
@@ -111,17 +112,11 @@ class LedgerClient:
     """
 
     def __init__(self, endpoints: tuple[str, ...], timeout_s: float) -> None:
-        if not endpoints:
-            raise ValueError("at least one ledger endpoint is required")
-        credentials = internal_credentials()
-        self._channels = [internal_channel(endpoint, credentials) for endpoint in endpoints]
-        self._stubs = [ledger_service_pb2_grpc.LedgerServiceStub(channel) for channel in self._channels]
-        self._next = itertools.cycle(range(len(self._stubs)))
+        self._validators = ValidatorClient(endpoints, timeout_s)
         self._timeout_s = timeout_s
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
+        await self._validators.close()
 
     async def get_invoice_states(
         self, readers: int, *, invoice_number: str = ""
@@ -130,8 +125,7 @@ class LedgerClient:
         those that fail are left out. With readers = f + 1, at least one answer is an honest validator's.
         NotFound (or the failure) only when no validator asked answered."""
         request = ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number)
-        start = next(self._next)
-        stubs = [self._stubs[(start + k) % len(self._stubs)] for k in range(min(max(1, readers), len(self._stubs)))]
+        stubs = self._validators.in_turn(readers)
         outcomes = await asyncio.gather(
             *(stub.GetInvoiceState(request, timeout=self._timeout_s) for stub in stubs), return_exceptions=True
         )
@@ -154,19 +148,14 @@ class LedgerClient:
             request = ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number)
         else:
             request = ledger_service_pb2.GetInvoiceStateRequest(invoice_id=invoice_id)
-        start = next(self._next)
-        errors: list[grpc.aio.AioRpcError] = []
-        for offset in range(len(self._stubs)):
-            stub = self._stubs[(start + offset) % len(self._stubs)]
-            try:
-                answer: ledger_service_pb2.GetInvoiceStateResponse = await stub.GetInvoiceState(
-                    request, timeout=self._timeout_s
-                )
-                return answer
-            except grpc.aio.AioRpcError as error:
-                errors.append(error)
-                if error.code() not in _TRY_NEXT:
-                    break
-        # A validator that answered "not found" outranks one that could not be reached.
-        answered = [error for error in errors if error.code() == grpc.StatusCode.NOT_FOUND]
-        raise as_fapiao_error((answered or errors)[-1], "ledger")
+        try:
+            answer: ledger_service_pb2.GetInvoiceStateResponse = await self._validators.call(
+                "GetInvoiceState", request, failover=_TRY_NEXT
+            )
+            return answer
+        except grpc.aio.AioRpcError as error:
+            raise as_fapiao_error(error, "ledger") from None
+        except NoValidatorAnswered as failed:
+            # A validator that answered "not found" outranks one that could not be reached.
+            answered = [error for error in failed.errors if error.code() == grpc.StatusCode.NOT_FOUND]
+            raise as_fapiao_error((answered or failed.errors)[-1], "ledger") from None

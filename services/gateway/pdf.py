@@ -30,6 +30,7 @@ from pathlib import Path
 
 import segno
 from fapiao.invoicing.v1 import invoice_pb2
+from fapiao_runtime.admission import AdmissionGate
 from fapiao_runtime.errors import Unavailable
 from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
 from fpdf import FPDF
@@ -234,9 +235,9 @@ class PdfRenderer:
             raise ValueError("renders must be positive, queue and cache_entries not negative")
         self._font = preferred_font
         self._render = render or render_invoice_pdf
-        self._slots = asyncio.Semaphore(renders)
-        self._capacity = renders + queue
-        self._admitted = 0
+        self._gate = AdmissionGate(
+            renders, queue, lambda: PdfBusy("PDF_BUSY", "too many PDFs are being rendered; try again in a moment")
+        )
         self._executor = ThreadPoolExecutor(max_workers=renders, thread_name_prefix="pdf")
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._cache_entries = cache_entries
@@ -255,13 +256,10 @@ class PdfRenderer:
         shared = self._inflight.get(version)
         if shared is not None:
             return await asyncio.shield(shared)
-        if self._admitted >= self._capacity:
-            raise PdfBusy("PDF_BUSY", "too many PDFs are being rendered; try again in a moment")
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[version] = future
-        self._admitted += 1
         try:
-            async with self._slots:
+            async with self._gate.enter():
                 pdf = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._render, invoice, self._font
                 )
@@ -277,7 +275,6 @@ class PdfRenderer:
                     self._cache.popitem(last=False)
             return pdf
         finally:
-            if not future.done():  # cancelled: those waiting for it are cancelled too
+            if not future.done():  # cancelled (or refused): those waiting for it get the same
                 future.cancel()
-            self._admitted -= 1
             del self._inflight[version]

@@ -8,22 +8,24 @@ FAPIAO_CLAIM_BASE_URL, FAPIAO_CLAIM_OFFER_TTL_S, FAPIAO_INVOICE_CHANNEL; see set
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable
 from pathlib import Path
 
+from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as api_grpc
 from fapiao_runtime import event_loop
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.consumer import EventConsumer
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.kafka import BATCHED_FETCH
 from fapiao_runtime.ledger_client import SigningKey
-from fapiao_runtime.service import ServiceContext, run_service
+from fapiao_runtime.service import ServiceContext, Task, run_service
 from fapiao_runtime.topics import LEDGER_RESULTS, MERCHANTS, PAYMENTS
 
 from invoice_minting.claims import ClaimPipeline
 from invoice_minting.deps import MintingDeps
 from invoice_minting.events import on_merchant_event, on_payment_event, on_payment_events
-from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer, add_servicer
+from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer
 from invoice_minting.issuer_keys import IssuerKeyStore
 from invoice_minting.ledger_results import on_result, on_results
 from invoice_minting.offer_waiter import OfferWaiter
@@ -45,12 +47,13 @@ def build_deps(settings: MintingSettings, producer: str) -> MintingDeps:
 
 
 def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
-    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None]]:
+    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None] | Task]:
         cfg = ctx.config
         deps = build_deps(settings, cfg.service_name)
         claims = ClaimPipeline(ctx.pool, deps)
         offers = OfferWaiter(cfg.database_url)
-        server.add_servicer(add_servicer, InvoiceMintingServicer(ctx.pool, deps, claims, offers))
+        servicer = InvoiceMintingServicer(ctx.pool, deps, claims, offers)
+        server.add_servicer(api_grpc.add_InvoiceMintingServiceServicer_to_server, servicer)
 
         async def merchant_handler(conn, envelope):  # type: ignore[no-untyped-def]
             await on_merchant_event(conn, envelope, deps)
@@ -102,7 +105,11 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
             ),
         ]
         ctx.consumers.extend(consumers)
-        return [claims.run(ctx.stop), offers.run(ctx.stop), *(c.run(ctx.stop) for c in consumers)]
+        return [
+            claims.run(ctx.stop),  # its workers answer each claim, failed or not, and never end
+            offers.run(ctx.stop),  # reconnects by itself
+            *(Task(f"consumer {c.name}", functools.partial(c.run, ctx.stop)) for c in consumers),
+        ]
 
     return wire
 

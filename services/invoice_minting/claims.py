@@ -29,6 +29,7 @@ from fapiao_runtime.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    unavailable_cause,
 )
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.outbox import enqueue
@@ -266,7 +267,10 @@ class ClaimPipeline:
             try:
                 await self._process(batch)
             except Exception as exc:  # a worker must survive anything, or queued claims would hang
-                log.exception("claim worker error")
+                if unavailable_cause(exc) is None:
+                    log.exception("claim worker error")
+                else:  # answered UNAVAILABLE; the runtime logs each such call
+                    log.debug("claim batch failed: a dependency is unavailable", extra={"error": repr(exc)[:300]})
                 for cmd in batch:
                     if cmd.future is not None and not cmd.future.done():
                         cmd.future.set_exception(exc)

@@ -49,7 +49,7 @@ async def on_merchant_event(conn: asyncpg.Connection, envelope: envelope_pb2.Eve
         if len(text) > MAX_TEXT_CHARS:
             raise InvalidArgument("INVALID_MERCHANT", "merchant field too long")
     tax_id = validate_uscc(event.tax_id)
-    if not REGION_CODE.match(event.region_code):
+    if not REGION_CODE.fullmatch(event.region_code):
         raise InvalidArgument("INVALID_REGION_CODE", "region_code must be 2 digits")
     if event.default_tax_rate_bp not in ALLOWED_TAX_RATES_BP:
         raise InvalidArgument("INVALID_TAX_RATE", "default tax rate not allowed")

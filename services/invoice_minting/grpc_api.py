@@ -1,23 +1,19 @@
 """gRPC edge of invoice_minting: parse input, hand it to a handler, map the result.
 
-Requests are decoded leniently: bytes that are not valid protobuf, or strings that are not UTF-8, reach
-the method as an UndecodableRequest and are rejected with INVALID_ARGUMENT (INVALID_CHARACTERS or
-MALFORMED_REQUEST) instead of the library's generic INTERNAL error.
+Requests are decoded by the runtime's policy (fapiao_runtime.grpc_server): undecodable bytes and text
+no field may hold are refused there with INVALID_ARGUMENT before a method runs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable
-from typing import Any
 
 import asyncpg
-import grpc
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as api
+from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as api_grpc
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_minting import red_letter
@@ -30,29 +26,7 @@ from invoice_minting.offer_waiter import OfferWaiter
 from invoice_minting.qr_codes import claim_url, qr_png, qr_svg
 
 SERVICE_NAME = "fapiao.invoicing.v1.InvoiceMintingService"
-TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22,128}$")
-
-
-class UndecodableRequest:
-    def __init__(self, error: str) -> None:
-        self.error = error
-
-
-def _lenient(message_type: type[Message]) -> Callable[[bytes], Any]:
-    def deserialize(raw: bytes) -> Any:
-        try:
-            return message_type.FromString(raw)
-        except DecodeError as exc:
-            return UndecodableRequest(str(exc))
-
-    return deserialize
-
-
-def _check_decoded(request: object) -> None:
-    if isinstance(request, UndecodableRequest):
-        if "UTF-8" in request.error:
-            raise InvalidArgument("INVALID_CHARACTERS", "a text field is not valid UTF-8")
-        raise InvalidArgument("MALFORMED_REQUEST", "the request is not a valid protobuf message")
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,128}")
 
 
 def _timestamp(at: dt.datetime | None) -> Timestamp | None:
@@ -65,7 +39,7 @@ def _timestamp(at: dt.datetime | None) -> Timestamp | None:
 
 def _token_hash(token: str) -> bytes:
     # Anything that cannot be a token we issued is simply unknown: no format oracle.
-    if not TOKEN_PATTERN.match(token):
+    if not TOKEN_PATTERN.fullmatch(token):
         raise NotFound("UNKNOWN_TOKEN", "no claim offer for this token")
     return token_hash(token)
 
@@ -98,7 +72,7 @@ def _key_proto(row: IssuerKeyRow) -> api.IssuerKey:
     )
 
 
-class InvoiceMintingServicer:
+class InvoiceMintingServicer(api_grpc.InvoiceMintingServiceServicer):
     def __init__(
         self, pool: asyncpg.Pool, deps: MintingDeps, claims: ClaimPipeline, offers: OfferWaiter | None = None
     ) -> None:
@@ -109,7 +83,6 @@ class InvoiceMintingServicer:
         self._offers = offers or OfferWaiter("")
 
     async def GetClaimOffer(self, request: api.GetClaimOfferRequest, context: object) -> api.GetClaimOfferResponse:
-        _check_decoded(request)
         hashed = _token_hash(request.claim_token)
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(_OFFER_SELECT + " WHERE o.token_hash = $1", hashed)
@@ -122,7 +95,6 @@ class InvoiceMintingServicer:
         return api.GetClaimOfferResponse(offer=_offer_proto(row))
 
     async def ClaimInvoice(self, request: api.ClaimInvoiceRequest, context: object) -> api.ClaimInvoiceResponse:
-        _check_decoded(request)
         buyer = normalise_buyer(request.buyer)
         key = check_idempotency_key(request.idempotency_key)
         hashed = _token_hash(request.claim_token)
@@ -130,13 +102,11 @@ class InvoiceMintingServicer:
         return api.ClaimInvoiceResponse(invoice=invoice)
 
     async def GetInvoice(self, request: api.GetInvoiceRequest, context: object) -> api.GetInvoiceResponse:
-        _check_decoded(request)
         async with self._pool.acquire() as conn:
             invoice = await get_invoice(conn, invoice_id=request.invoice_id, invoice_number=request.invoice_number)
         return api.GetInvoiceResponse(invoice=invoice)
 
     async def ListInvoices(self, request: api.ListInvoicesRequest, context: object) -> api.ListInvoicesResponse:
-        _check_decoded(request)
         async with self._pool.acquire() as conn:
             invoices, next_token = await list_invoices(
                 conn,
@@ -150,7 +120,6 @@ class InvoiceMintingServicer:
     async def RedLetterInvoice(
         self, request: api.RedLetterInvoiceRequest, context: object
     ) -> api.RedLetterInvoiceResponse:
-        _check_decoded(request)
         key = check_idempotency_key(request.idempotency_key)
         check_text(request.merchant_id, "merchant_id")
         if not request.merchant_id or not request.invoice_number:
@@ -172,7 +141,6 @@ class InvoiceMintingServicer:
     async def GetClaimOfferByPayment(
         self, request: api.GetClaimOfferByPaymentRequest, context: object
     ) -> api.GetClaimOfferByPaymentResponse:
-        _check_decoded(request)
 
         async def fetch() -> asyncpg.Record | None:
             async with self._pool.acquire() as conn:
@@ -202,7 +170,6 @@ class InvoiceMintingServicer:
     async def RotateIssuerKey(
         self, request: api.RotateIssuerKeyRequest, context: object
     ) -> api.RotateIssuerKeyResponse:
-        _check_decoded(request)
         async with self._pool.acquire() as conn, conn.transaction():
             tax_id = await conn.fetchval(
                 "SELECT tax_id FROM merchants WHERE merchant_id = $1 FOR UPDATE", request.merchant_id
@@ -214,25 +181,8 @@ class InvoiceMintingServicer:
         return api.RotateIssuerKeyResponse(key=next(_key_proto(k) for k in keys if k.key_id == key_id))
 
     async def ListIssuerKeys(self, request: api.ListIssuerKeysRequest, context: object) -> api.ListIssuerKeysResponse:
-        _check_decoded(request)
         async with self._pool.acquire() as conn:
             keys = await self._deps.keys.list_keys(conn, request.merchant_id)
         if not keys:
             raise NotFound("MERCHANT_NOT_FOUND", "no issuer keys for this merchant")
         return api.ListIssuerKeysResponse(keys=[_key_proto(k) for k in keys])
-
-
-def add_servicer(servicer: InvoiceMintingServicer, server: grpc.aio.Server) -> None:
-    """Register every RPC of the service with lenient request decoding."""
-    descriptor = api.DESCRIPTOR.services_by_name["InvoiceMintingService"]
-    handlers = {}
-    for method in descriptor.methods:
-        request_type = getattr(api, method.input_type.name)
-        response_type = getattr(api, method.output_type.name)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
-            request_deserializer=_lenient(request_type),
-            response_serializer=response_type.SerializeToString,
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -10,9 +10,9 @@ import re
 BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 SEQUENCE_DIGITS = 15
 MAX_SEQUENCE = 10**SEQUENCE_DIGITS - 1
-INVOICE_NUMBER = re.compile(r"^\d{20}$")
-REGION_CODE = re.compile(r"^\d{2}$")
-CHANNEL_CODE = re.compile(r"^\d$")
+INVOICE_NUMBER = re.compile(r"[0-9]{20}")
+REGION_CODE = re.compile(r"[0-9]{2}")
+CHANNEL_CODE = re.compile(r"[0-9]")
 # Kind code of the 数电 ordinary invoice in the QR content.
 KIND_ORDINARY = "32"
 
@@ -33,14 +33,14 @@ def invoice_number(year: int, region_code: str, channel: str, sequence: int) -> 
 
     Raises ValueError for a malformed region or channel or a sequence outside 1..10^15-1.
     """
-    if not REGION_CODE.match(region_code):
+    if not REGION_CODE.fullmatch(region_code):
         raise ValueError("region code must be 2 digits")
-    if not CHANNEL_CODE.match(channel):
+    if not CHANNEL_CODE.fullmatch(channel):
         raise ValueError("channel must be 1 digit")
     if not 1 <= sequence <= MAX_SEQUENCE:
         raise ValueError("sequence out of range")
     number = f"{year % 100:02d}{region_code}{channel}{sequence:0{SEQUENCE_DIGITS}d}"
-    assert INVOICE_NUMBER.match(number)
+    assert INVOICE_NUMBER.fullmatch(number)
     return number
 
 
@@ -58,7 +58,7 @@ def verification_qr(number: str, total_fen: int, issue_date: str) -> str:
     is not public; ours is the first 2 bytes of SHA-256 over everything before it (upper-case hex), so a
     reader can detect a mistyped or altered QR content.
     """
-    if not INVOICE_NUMBER.match(number):
+    if not INVOICE_NUMBER.fullmatch(number):
         raise ValueError("invoice number must be 20 digits")
     head = f"01,{KIND_ORDINARY},,{number},{yuan_text(total_fen)},{issue_date},,"
     return head + hashlib.sha256(head.encode()).hexdigest()[:4].upper()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from fapiao_runtime.errors import InvalidArgument, NotFound
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
+MAX_BIGINT = 2**63 - 1
+_PAGE_TOKEN_TEXT = re.compile(r"v1:([0-9]{1,19})")
 
 _SELECT = """
 SELECT i.invoice_id, i.status, i.rejection_reason, i.reimbursable_fen, i.signed, i.ledger_chain_id,
@@ -140,17 +143,18 @@ def _page_token(seq: int) -> str:
 
 
 def _after_seq(page_token: str) -> int:
+    """The sequence number a page token continues after: exactly what `_page_token` writes ("v1:"
+    and 1 to 19 ASCII digits, at most the largest bigint), else INVALID_PAGE_TOKEN."""
     if not page_token:
         return 0
     try:
-        text = base64.urlsafe_b64decode(page_token.encode()).decode()
-        prefix, _, value = text.partition(":")
-        seq = int(value)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token was not issued by this service") from None
-    if prefix != "v1" or seq < 0:
+        text = base64.urlsafe_b64decode(page_token.encode()).decode("ascii")
+    except (ValueError, UnicodeError):
+        text = ""
+    issued = _PAGE_TOKEN_TEXT.fullmatch(text)
+    if issued is None or int(issued[1]) > MAX_BIGINT:
         raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token was not issued by this service")
-    return seq
+    return int(issued[1])
 
 
 async def list_invoices(

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
+from fapiao_runtime.db import CONNECT_TIMEOUT_S
+from fapiao_runtime.resilience import Backoff
 
 from invoice_minting.events import OFFERS_CHANNEL
 
@@ -33,12 +35,19 @@ class OfferWaiter:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Keep one LISTEN connection open until `stop`, reconnecting after failures."""
+        """Keep one LISTEN connection open until `stop`, reconnecting after failures with back-off (one
+        warning per outage; waiters poll meanwhile)."""
+        backoff = Backoff(0.5, 10.0)
+        failing = False
         while not stop.is_set():
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._database_url)
+                conn = await asyncpg.connect(self._database_url, timeout=CONNECT_TIMEOUT_S)
                 await conn.add_listener(OFFERS_CHANNEL, self._on_notify)
+                if failing:
+                    log.info("offer listener connected again")
+                    failing = False
+                    backoff.reset()
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())  # type: ignore[misc]
                 stopper = asyncio.ensure_future(stop.wait())
@@ -47,9 +56,11 @@ class OfferWaiter:
                 stopper.cancel()
                 loser.cancel()
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("offer listener connection failed; waiters poll meanwhile", extra={"err": repr(exc)})
+                if not failing:
+                    failing = True
+                    log.warning("offer listener connection failed; waiters poll meanwhile", extra={"err": repr(exc)})
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                    await asyncio.wait_for(stop.wait(), timeout=backoff.next_delay())
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):

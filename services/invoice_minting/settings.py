@@ -57,7 +57,7 @@ class MintingSettings:
 
     def check(self) -> None:
         """Raise ValueError naming the first invalid setting."""
-        if not CHANNEL_CODE.match(self.channel):
+        if not CHANNEL_CODE.fullmatch(self.channel):
             raise ValueError("FAPIAO_INVOICE_CHANNEL must be one digit")
         if self.offer_ttl_s <= 0:
             raise ValueError("FAPIAO_CLAIM_OFFER_TTL_S must be positive")

@@ -9,7 +9,7 @@ from fapiao.ledger.v1 import ledger_service_pb2_grpc
 from fapiao_runtime import event_loop
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.grpc_server import GrpcServer
-from fapiao_runtime.service import ServiceContext, run_service
+from fapiao_runtime.service import ServiceContext, Task, run_service
 
 from ledger.config import LedgerConfig
 from ledger.grpc_api import LedgerServicer
@@ -22,11 +22,12 @@ def main() -> None:
     ledger_config = LedgerConfig.from_env()
     config = RuntimeConfig.from_env("ledger", 50061, db_schema=ledger_config.validator_id.replace("-", "_"))
 
-    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None]]:
+    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None] | Task]:
         validator = Validator(ctx.config, ledger_config, ctx.pool, ctx.producer)
         ctx.ready = validator.loaded  # SERVING once its chains are loaded from the database
         server.add_servicer(ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, LedgerServicer(validator))
-        return [validator.run(ctx.stop)]
+        # After a lost database or broker the validator starts over from its store (Validator.run).
+        return [Task("validator", lambda: validator.run(ctx.stop))]
 
     event_loop.run(
         run_service(

@@ -10,7 +10,8 @@ from typing import TypeVar
 import asyncpg
 import grpc
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
-from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from fapiao_runtime.admission import AdmissionGate
+from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 
 from ledger import reads
 from ledger.audit import audit_chain
@@ -23,8 +24,10 @@ STREAM_POLL_S = 0.5
 
 
 def _check_id(value: str, field: str) -> None:
+    """INVALID_<FIELD> (INVALID_INVOICE_ID, INVALID_INVOICE_NUMBER, INVALID_TRANSACTION_ID) unless 1 to
+    MAX_ID_LENGTH characters; which characters a request may hold at all is the runtime's check."""
     if not value or len(value) > MAX_ID_LENGTH:
-        raise InvalidArgument("INVALID_ARGUMENT", f"{field} must be 1..{MAX_ID_LENGTH} characters")
+        raise InvalidArgument(f"INVALID_{field.upper()}", f"{field} must be 1..{MAX_ID_LENGTH} characters")
 
 
 class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
@@ -32,6 +35,11 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         self._validator = validator
         self._pool = validator.pool
         self._trees = reads.BlockTrees()
+        # An audit re-verifies a whole chain (every hash and signature): one at a time per validator, and
+        # any other is refused while it runs, so no caller can tie up the validator's CPU or wait long.
+        self._audits = AdmissionGate(
+            1, 0, lambda: ResourceExhausted("AUDIT_BUSY", "an audit of this validator is running; retry later")
+        )
 
     async def _read_settled(
         self, read: Callable[[asyncpg.Connection], Awaitable[T]], missing: Callable[[T], bool]
@@ -66,7 +74,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_service_pb2.GetInvoiceStateResponse:
         lookup = request.WhichOneof("lookup")
         if lookup is None:
-            raise InvalidArgument("INVALID_ARGUMENT", "invoice_id or invoice_number is required")
+            raise InvalidArgument("MISSING_LOOKUP", "invoice_id or invoice_number is required")
         _check_id(getattr(request, lookup), lookup)
         row = await self._read_settled(
             lambda conn: reads.invoice_row(conn, request.invoice_id, request.invoice_number), lambda r: r is None
@@ -144,6 +152,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_service_pb2.AuditChainResponse:
         self._check_chain(request.chain_id)
         config = self._validator.config
-        return await audit_chain(
-            self._pool, request.chain_id, config.validator_keys, config.quorum, config.authority_keys
-        )
+        async with self._audits.enter():
+            return await audit_chain(
+                self._pool, request.chain_id, config.validator_keys, config.quorum, config.authority_keys
+            )

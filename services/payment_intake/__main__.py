@@ -12,9 +12,10 @@ from pathlib import Path
 from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
 from fapiao_runtime import event_loop, workers
 from fapiao_runtime.config import RuntimeConfig
+from fapiao_runtime.errors import unavailable_cause
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
 from fapiao_runtime.logs import configure_logging
-from fapiao_runtime.service import ServiceContext, run_service
+from fapiao_runtime.service import ServiceContext, Task, run_service
 
 from payment_intake import store
 from payment_intake.batcher import PaymentBatcher
@@ -33,8 +34,11 @@ async def _purge_nonces(ctx: ServiceContext, retention_s: int) -> None:
         try:
             async with ctx.pool.acquire() as conn:
                 await store.purge_nonces(conn, retention_s)
-        except Exception:
-            log.exception("nonce purge failed; will retry")
+        except Exception as exc:
+            if unavailable_cause(exc) is None:
+                log.exception("nonce purge failed; will retry")
+            else:
+                log.warning("nonce purge skipped: a dependency is unavailable", extra={"error": repr(exc)[:300]})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.stop.wait(), timeout=60)
 
@@ -45,7 +49,7 @@ async def _serve_webhook_until_stop(ctx: ServiceContext, runner: object) -> None
 
 
 def wiring(settings: IntakeSettings):  # type: ignore[no-untyped-def]
-    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None]]:
+    async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None] | Task]:
         directory = MerchantDirectory(ctx.pool, settings.secrets_box(), ttl_s=settings.merchant_cache_ttl_s)
         batcher = PaymentBatcher(
             ctx.pool,

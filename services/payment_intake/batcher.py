@@ -4,7 +4,8 @@ Natural batching: no linger timer; while one batch is in the database, new reque
 form the next batch, so latency stays one round trip at low load and throughput grows with load.
 Bounded: at most `max_pending` queued commands (then RESOURCE_EXHAUSTED), `max_batch` per
 transaction, `workers` transactions in flight. A batch that fails as a whole is retried one command
-at a time, so one bad command never fails its neighbours.
+at a time, so one bad command never fails its neighbours; a batch that fails for a lost database
+fails all its commands at once (their callers get UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import time
 
 import asyncpg
-from fapiao_runtime.errors import FapiaoError, ResourceExhausted
+from fapiao_runtime.errors import FapiaoError, ResourceExhausted, unavailable_cause
 
 from payment_intake import metrics
 from payment_intake.domain import RecordPayment
@@ -102,16 +103,19 @@ class PaymentBatcher:
                     # One statement writes the payments with their events: no BEGIN / COMMIT round trips.
                     outcomes = await record_payments(conn, commands)
         except Exception as exc:
-            if len(batch) > 1:
+            lost = unavailable_cause(exc) is not None
+            if len(batch) > 1 and not lost:
                 log.warning("payment batch failed; retrying one by one", extra={"size": len(batch), "error": repr(exc)})
                 for item in batch:
                     await self._flush([item])
                 return
-            if not isinstance(exc, FapiaoError):
+            # A lost database fails every command of the batch alike (each caller gets UNAVAILABLE and
+            # retries; nothing was recorded): no retry one by one, no traceback per payment.
+            if not isinstance(exc, FapiaoError) and not lost:
                 log.exception("payment could not be recorded")
-            future = batch[0][2]
-            if not future.done():
-                future.set_exception(exc)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
             return
         metrics.BATCH_SIZE.observe(len(batch))
         for (_, _, future), outcome in zip(batch, outcomes, strict=True):

@@ -15,18 +15,17 @@ from datetime import UTC, datetime, timedelta
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.errors import InvalidArgument
 from fapiao_runtime.tax_rates import NATIONAL_VAT_RATES_BP
+from fapiao_runtime.text import bad_character
 
 MAX_AMOUNT_FEN = 10**10  # 100 million yuan: far above any single retail payment
 MAX_ITEMS = 100
 CURRENCY = "CNY"
 # Fixed namespace so payment, refund and event ids are the same on every replica and every retry.
 ID_NAMESPACE = uuid.UUID("6f1d8a52-3c4b-5e7f-9a0b-1c2d3e4f5a6b")
-_MERCHANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-_PLATFORM_ID = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces
-_TAX_CODE = re.compile(r"^[0-9]{19}$")
-# Free text a platform sends (names, reasons, app ids): any characters but control characters, which
-# PostgreSQL's text refuses (NUL) or no invoice should carry.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Whole-string patterns (fullmatch: `$` would also match before a final newline).
+_MERCHANT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_PLATFORM_ID = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces
+_TAX_CODE = re.compile(r"[0-9]{19}")
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _FUTURE_TOLERANCE = timedelta(days=1)
 
@@ -109,17 +108,20 @@ def refund_fingerprint(cmd: RecordRefund) -> bytes:
 
 
 def _check_merchant_id(merchant_id: str) -> None:
-    if not _MERCHANT_ID.match(merchant_id):
+    if not _MERCHANT_ID.fullmatch(merchant_id):
         raise InvalidArgument("INVALID_MERCHANT_ID", "merchant_id must be 1-32 of [A-Za-z0-9_-]")
 
 
 def _check_platform_id(name: str, value: str) -> None:
-    if not _PLATFORM_ID.match(value):
+    if not _PLATFORM_ID.fullmatch(value):
         raise InvalidArgument(f"INVALID_{name.upper()}", f"{name} must be 1-64 printable ASCII characters")
 
 
 def _check_text(name: str, value: str, max_length: int) -> None:
-    if len(value) > max_length or _CONTROL.search(value):
+    """Free text a platform sends (names, reasons, app ids): one line, none of the characters
+    `fapiao_runtime.text.bad_character` names (PostgreSQL's text refuses NUL; no invoice should carry
+    control or invisible characters)."""
+    if len(value) > max_length or bad_character(value) is not None:
         raise InvalidArgument(
             "INVALID_ARGUMENT", f"{name} must be at most {max_length} characters without control characters"
         )
@@ -140,9 +142,9 @@ def _check_items(items: tuple[payments_pb2.PaymentItem, ...], amount_fen: int) -
         raise InvalidArgument("INVALID_ITEMS", f"at most {MAX_ITEMS} items")
     total = 0
     for index, item in enumerate(items):
-        if not _TAX_CODE.match(item.tax_classification_code):
+        if not _TAX_CODE.fullmatch(item.tax_classification_code):
             raise InvalidArgument("INVALID_ITEMS", f"item {index}: tax_classification_code must be 19 digits")
-        if not item.name or len(item.name) > 100 or _CONTROL.search(item.name):
+        if not item.name or len(item.name) > 100 or bad_character(item.name) is not None:
             raise InvalidArgument(
                 "INVALID_ITEMS", f"item {index}: name must be 1-100 characters without control characters"
             )

@@ -19,11 +19,16 @@ SERVICE_NAME = "fapiao.payments.v1.PaymentIntakeService"
 
 
 def _time(stamp: Timestamp, name: str, *, default_now: bool = False) -> datetime:
+    """The request Timestamp as a time zone aware datetime; INVALID_TIME when unset (unless
+    `default_now`) or outside what a Timestamp may hold (nanos 0..999,999,999, years 1..9999)."""
     if stamp.seconds == 0 and stamp.nanos == 0:
         if default_now:
             return datetime.now(UTC)
         raise InvalidArgument("INVALID_TIME", f"{name} is required")
-    return stamp.ToDatetime(tzinfo=UTC)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument("INVALID_TIME", f"{name} is not a valid timestamp") from None
 
 
 def payment_command(request: service_pb2.RecordPaymentRequest, payer_hash_key: bytes) -> RecordPayment:

@@ -31,10 +31,10 @@ from payment_intake.sealing import SealedKeyError, seal, unseal
 from payment_intake.settings import DB_SCHEMA
 from payment_intake.wechatpay import APIV3_KEY_BYTES, load_public_key
 
-_MERCHANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-_SERIAL = re.compile(r"^[A-Za-z0-9]{1,64}$")
-_TAX_CODE = re.compile(r"^[0-9]{19}$")
-_REGION = re.compile(r"^[0-9]{2}$")
+_MERCHANT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_SERIAL = re.compile(r"[A-Za-z0-9]{1,64}")
+_TAX_CODE = re.compile(r"[0-9]{19}")
+_REGION = re.compile(r"[0-9]{2}")
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,14 @@ class MerchantKeys:
 
 def validate_profile(profile: MerchantProfile) -> MerchantProfile:
     """Return the profile with a normalised tax id; InvalidArgument with a precise reason otherwise."""
-    if not _MERCHANT_ID.match(profile.merchant_id):
+    if not _MERCHANT_ID.fullmatch(profile.merchant_id):
         raise InvalidArgument("INVALID_MERCHANT_ID", "merchant_id must be 1-32 of [A-Za-z0-9_-]")
     if not 0 < len(profile.legal_name.strip()) <= 200:
         raise InvalidArgument("INVALID_LEGAL_NAME", "legal_name must be 1-200 characters")
     tax_id = validate_uscc(profile.tax_id)
-    if not _REGION.match(profile.region_code):
+    if not _REGION.fullmatch(profile.region_code):
         raise InvalidArgument("INVALID_REGION_CODE", "region_code must be 2 digits")
-    if not _TAX_CODE.match(profile.default_tax_classification_code):
+    if not _TAX_CODE.fullmatch(profile.default_tax_classification_code):
         raise InvalidArgument("INVALID_TAX_CLASSIFICATION", "default tax classification code must be 19 digits")
     if not 0 < len(profile.default_item_name) <= 100:
         raise InvalidArgument("INVALID_ITEM_NAME", "default item name must be 1-100 characters")
@@ -86,7 +86,7 @@ def validate_profile(profile: MerchantProfile) -> MerchantProfile:
 
 
 def _check_platform_key(serial: str, pem: str) -> None:
-    if not _SERIAL.match(serial):
+    if not _SERIAL.fullmatch(serial):
         raise InvalidArgument("INVALID_SERIAL", "platform key serial must be 1-64 alphanumeric characters")
     try:
         load_public_key(pem)

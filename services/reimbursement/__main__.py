@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
@@ -16,11 +17,12 @@ import asyncpg
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime import event_loop
 from fapiao_runtime.config import RuntimeConfig
-from fapiao_runtime.db import keep_session
+from fapiao_runtime.db import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, keep_session
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
 from fapiao_runtime.ledger_client import LedgerResultWaiter, SigningKey
 from fapiao_runtime.ledger_trust import authority_keys_from_env, validator_keys_from_env
-from fapiao_runtime.service import ServiceContext, run_service
+from fapiao_runtime.resilience import startup_deadline_s, wait_for_dependency
+from fapiao_runtime.service import ServiceContext, Task, run_service
 
 from reimbursement.handlers import HandlerSettings, ReimbursementHandlers
 from reimbursement.invoice_facts import FactsCache
@@ -42,7 +44,8 @@ async def _request_pool(ctx: ServiceContext) -> asyncpg.Pool:
         min_size=2,
         max_size=ctx.config.db_pool_max_size,
         server_settings={"search_path": f"{schema},public", "application_name": f"{schema}-requests"},
-        command_timeout=30,
+        command_timeout=COMMAND_TIMEOUT_S,
+        timeout=CONNECT_TIMEOUT_S,
         reset=keep_session,
     )
     assert pool is not None
@@ -57,20 +60,24 @@ def _signing_key(settings: ReimbursementSettings) -> SigningKey:
     return SigningKey.generate(settings.signing_key_id or f"reimbursement-{uuid.uuid4().hex[:12]}")
 
 
-async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[None]]:
+async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[None] | Task]:
     settings = ReimbursementSettings.from_env()
     validator_keys = validator_keys_from_env()
     if not validator_keys:
         raise ValueError("FAPIAO_LEDGER_VALIDATOR_KEYS is required to verify ledger receipts")
     authority = SigningKey.from_pem(settings.authority_key_id, settings.authority_key_file.read_bytes())
     key = _signing_key(settings)
-    await register_submitter_key(ctx.pool, authority, key)
+    # The runtime waited for the database and the broker; they may have gone again since.
+    deadline = time.monotonic() + startup_deadline_s()
+    await wait_for_dependency(
+        "submitter key registration", lambda: register_submitter_key(ctx.pool, authority, key), deadline
+    )
     log.info("submitter key registered", extra={"key_id": key.key_id})
 
     waiter = LedgerResultWaiter(
         ctx.config.kafka_bootstrap, ctx.config.topic_prefix, client_id=f"reimbursement-{uuid.uuid4().hex[:8]}"
     )
-    await waiter.start()
+    await wait_for_dependency("ledger results reader", waiter.start, deadline)
     ledger = ValidatorLedger(
         settings.ledger_endpoints,
         key,
@@ -79,7 +86,7 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
         settings.quorum,
         call_timeout_s=settings.ledger_call_timeout_ms / 1000,
     )
-    requests_pool = await _request_pool(ctx)
+    requests_pool = await wait_for_dependency("request pool", lambda: _request_pool(ctx), deadline)
     facts = FactsCache()  # VerifyInvoice fills it; LockInvoice's pre-check reads it
     handlers = ReimbursementHandlers(
         requests_pool, ledger, HandlerSettings(max_wait_s=settings.max_wait_ms / 1000), facts_cache=facts
@@ -125,8 +132,8 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
 
     return [
         serve_until_stopped(),
-        recorder.run(ctx.stop),
-        run_pending_resolver(ctx.pool, ledger, ctx.stop),
+        Task("issuer key recorder", lambda: recorder.run(ctx.stop)),
+        run_pending_resolver(ctx.pool, ledger, ctx.stop),  # retries each round by itself
     ]
 
 

@@ -32,15 +32,14 @@ from fapiao_runtime.ledger_client import UNVERIFIED_REJECTIONS
 
 from reimbursement import requests_store as store
 from reimbursement.identity import require_active
-from reimbursement.invoice_facts import FactsCache, InvoiceFacts, facts_of
+from reimbursement.invoice_facts import INVOICE_NUMBER, FactsCache, InvoiceFacts, facts_of
 from reimbursement.ledger_port import LedgerPort
 from reimbursement.organisations import Organisation
 from reimbursement.requests_store import TxRow
 
 log = logging.getLogger(__name__)
 
-INVOICE_NUMBER = re.compile(r"^\d{20}$")
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 MAX_BATCH = 50
 
 _TX_TYPE = {
@@ -179,7 +178,7 @@ class ReimbursementHandlers:
     def _validate(operation: str, invoice_numbers: Sequence[str], key: str) -> list[str]:
         if operation not in _OPERATION_ACTION:
             raise InvalidArgument("UNKNOWN_OPERATION", operation)
-        if not IDEMPOTENCY_KEY.match(key):
+        if not IDEMPOTENCY_KEY.fullmatch(key):
             raise InvalidArgument(
                 "INVALID_IDEMPOTENCY_KEY", "idempotency_key must be 1-128 characters of [A-Za-z0-9._:-]"
             )
@@ -189,7 +188,7 @@ class ReimbursementHandlers:
         if len(numbers) > MAX_BATCH:
             raise InvalidArgument("BATCH_TOO_LARGE", f"at most {MAX_BATCH} invoices per batch")
         for number in numbers:
-            if not INVOICE_NUMBER.match(number):
+            if not INVOICE_NUMBER.fullmatch(number):
                 raise InvalidArgument("INVALID_INVOICE_NUMBER", "an invoice number has 20 digits")
         if len(set(numbers)) != len(numbers):
             raise InvalidArgument("DUPLICATE_INVOICE", "each invoice may appear once per batch")

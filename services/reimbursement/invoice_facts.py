@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -10,7 +11,8 @@ from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from google.protobuf.message import DecodeError
 
-INVOICE_NUMBER_DIGITS = 20
+# An invoice number: 20 ASCII digits (whole string: use fullmatch).
+INVOICE_NUMBER = re.compile(r"[0-9]{20}")
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
 
 import asyncpg
 import grpc
-from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
+from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
 from fapiao_runtime.envelope import OutgoingEvent
 from fapiao_runtime.errors import DeadlineExceeded, Unavailable
-from fapiao_runtime.grpc_client import internal_channel, internal_credentials
 from fapiao_runtime.ledger_client import (
+    FAILOVER_CODES,
     LedgerResultWaiter,
+    NoValidatorAnswered,
     SigningKey,
+    ValidatorClient,
     key_registration_events,
     sign_transaction,
     transaction_event,
@@ -27,15 +28,16 @@ from fapiao_runtime.topics import LEDGER_TRANSACTIONS
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
+# A validator that answers INTERNAL is faulty: another one is asked, as for one that is down or stopping.
+_FAILOVER = FAILOVER_CODES | {grpc.StatusCode.INTERNAL}
 
 
 class ValidatorLedger:
     """LedgerPort against real validators.
 
-    Reads go to one validator at a time (rotating, failing over on transport errors, each call bounded
-    by `call_timeout_s`); results read back from a validator are trusted only with a receipt that
-    verifies against the validators' keys and quorum.
+    Reads go to one validator at a time (`ValidatorClient`: rotating, failing over when one is down,
+    stopping, slow or faulty, each call bounded by `call_timeout_s`); results read back from a validator
+    are trusted only with a receipt that verifies against the validators' keys and quorum.
     """
 
     def __init__(
@@ -49,40 +51,29 @@ class ValidatorLedger:
         producer_name: str = "reimbursement",
         call_timeout_s: float = 2.0,
     ) -> None:
-        if not endpoints:
-            raise ValueError("at least one ledger endpoint is required (FAPIAO_LEDGER_ENDPOINTS)")
-        credentials = internal_credentials()
-        self._channels = [internal_channel(e, credentials) for e in endpoints]
-        self._stubs = [ledger_service_pb2_grpc.LedgerServiceStub(c) for c in self._channels]
-        self._next = itertools.cycle(range(len(self._stubs)))
+        self._validators = ValidatorClient(endpoints, call_timeout_s)
         self._key = signing_key
         self._waiter = waiter
         self._validator_keys = validator_keys
         self._quorum = quorum
         self._producer = producer_name
-        self._timeout_s = call_timeout_s
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
+        await self._validators.close()
 
     async def _call(self, method: str, request: object) -> object | None:
-        """Call `method` on validators in turn until one answers; None for NOT_FOUND / not final yet."""
-        start = next(self._next)
-        last: grpc.aio.AioRpcError | None = None
-        for i in range(len(self._stubs)):
-            stub = self._stubs[(start + i) % len(self._stubs)]
-            try:
-                reply: object = await getattr(stub, method)(request, timeout=self._timeout_s)
-                return reply
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-                    return None
-                if exc.code() not in _RETRYABLE:
-                    raise
-                last = exc
-        log.warning("no validator answered", extra={"method": method, "code": last.code().name if last else ""})
-        raise Unavailable("LEDGER_UNAVAILABLE", "no ledger validator answered")
+        """Call `method` on validators in turn until one answers; None for NOT_FOUND / not final yet.
+        Unavailable(LEDGER_UNAVAILABLE) when none answered."""
+        try:
+            reply: object = await self._validators.call(method, request, failover=_FAILOVER)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                return None
+            raise
+        except NoValidatorAnswered as exc:
+            log.warning("no validator answered", extra={"method": method, "codes": str(exc)})
+            raise Unavailable("LEDGER_UNAVAILABLE", "no ledger validator answered; retry later") from None
+        return reply
 
     async def invoice_state(
         self, invoice_number: str, *, state_only: bool = False

@@ -14,6 +14,7 @@ import contextlib
 import logging
 
 import asyncpg
+from fapiao_runtime.errors import unavailable_cause
 
 from reimbursement import requests_store as store
 from reimbursement.handlers import ask_ledger, submit_compensation
@@ -42,6 +43,15 @@ async def undo_failed_batches(pool: asyncpg.Pool, ledger: LedgerPort, transactio
     return len(requests)
 
 
+def _log_failure(message: str, exc: Exception) -> None:
+    """A lost dependency (the database, the validators) is one warning line; anything else a traceback."""
+    cause = unavailable_cause(exc)
+    if cause is None:
+        log.exception(message)
+    else:
+        log.warning(message, extra={"dependency": cause, "error": repr(exc)[:300]})
+
+
 async def run_pending_resolver(
     pool: asyncpg.Pool,
     ledger: LedgerPort,
@@ -55,14 +65,14 @@ async def run_pending_resolver(
         undone = await undo_failed_batches(pool, ledger, None)
         if undone:
             log.info("undid failed batch locks", extra={"count": undone})
-    except Exception:  # retried at the next start; settling goes on regardless
-        log.exception("undoing failed batch locks at start failed")
+    except Exception as exc:  # retried at the next start; settling goes on regardless
+        _log_failure("undoing failed batch locks at start failed", exc)
     while not stop.is_set():
         try:
             settled = await resolve_pending_once(pool, ledger, older_than_s, batch)
             if settled:
                 log.info("settled pending transactions", extra={"count": settled})
-        except Exception:
-            log.exception("settling pending transactions failed; will retry")
+        except Exception as exc:
+            _log_failure("settling pending transactions failed; will retry", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -51,6 +51,8 @@ def _page_token(request_id: int, position: int) -> str:
 
 
 def _parse_page_token(token: str) -> tuple[int, int] | None:
+    """The (request id, position) cursor of a token `_page_token` wrote; INVALID_PAGE_TOKEN for
+    anything else (not 12 bytes of base64, or a negative id or position, which no token carries)."""
     if not token:
         return None
     try:
@@ -58,6 +60,8 @@ def _parse_page_token(token: str) -> tuple[int, int] | None:
         request_id, position = struct.unpack(">qi", raw)
     except (ValueError, struct.error):
         raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token was not returned by this API") from None
+    if request_id < 0 or position < 0:
+        raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token was not returned by this API")
     return int(request_id), int(position)
 
 

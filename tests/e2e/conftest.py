@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fapiao_stack.procs import port_open
+
+from tests.support.ports import free_port_offset
 
 
 @dataclass
@@ -31,16 +31,6 @@ class FapiaoCommand:
         )
 
 
-def _free_offset() -> int:
-    """A port offset at which none of the stack's ports is taken right now."""
-    bases = [19092, 19093, 15432, 8080, 8081, *range(17051, 17055), *range(17061, 17065), *range(9101, 9115)]
-    for _ in range(50):
-        offset = random.randrange(1000, 9000, 100)
-        if not any(port_open(base + offset) for base in bases):
-            return offset
-    raise RuntimeError("no free port offset for a private stack")
-
-
 @pytest.fixture
 def fapiao(tmp_path: Path) -> Iterator[FapiaoCommand]:
     env = dict(os.environ)
@@ -48,7 +38,7 @@ def fapiao(tmp_path: Path) -> Iterator[FapiaoCommand]:
     env.update(
         {
             "FAPIAO_RUN_DIR": str(tmp_path / "run"),
-            "FAPIAO_PORT_OFFSET": str(_free_offset()),
+            "FAPIAO_PORT_OFFSET": str(free_port_offset()),
             "PYTHONUNBUFFERED": "1",
         }
     )

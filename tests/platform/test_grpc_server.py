@@ -15,6 +15,7 @@ from fapiao_runtime.errors import InvalidArgument
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.logs import request_id_var
 from fapiao_stack.services import grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 pytestmark = pytest.mark.unit
 
@@ -121,3 +122,17 @@ async def test_health_waits_for_the_service_to_be_ready() -> None:
         assert await grpc_health(port) == "SERVING"
     finally:
         await server.stop(0.1)
+
+
+async def test_health_lists_every_service_status() -> None:
+    server = GrpcServer([SERVICE])
+    port = await server.start("127.0.0.1", 0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=5)
+    finally:
+        await server.stop(0)
+    assert {name: status.status for name, status in reply.statuses.items()} == {
+        "": health_pb2.HealthCheckResponse.SERVING,
+        SERVICE: health_pb2.HealthCheckResponse.SERVING,
+    }

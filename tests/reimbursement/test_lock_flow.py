@@ -238,12 +238,18 @@ async def test_a_request_whose_checks_lose_the_race_to_its_twin_returns_the_twin
     numbers = [api.issue(org) for _ in range(2)]
     original = ReimbursementHandlers._precheck_batch_close
     first_done = asyncio.Event()
+    second_arrived = asyncio.Event()
     calls = 0
 
     async def late_second(self: ReimbursementHandlers, *args: object) -> None:
+        # The first delivery's checks wait until the second's have begun (however slowly the second
+        # arrives), and the second's go on only once the first has answered.
         nonlocal calls
         calls += 1
-        if calls == 2:
+        if calls == 1:
+            await asyncio.wait_for(second_arrived.wait(), timeout=30)
+        else:
+            second_arrived.set()
             await first_done.wait()
         await original(self, *args)  # type: ignore[arg-type]
 
@@ -252,7 +258,7 @@ async def test_a_request_whose_checks_lose_the_race_to_its_twin_returns_the_twin
         stub = api.stub(ch)
         await stub.BatchLockInvoices(rpb.BatchLockInvoicesRequest(invoice_numbers=numbers, idempotency_key="l"))
         close = rpb.BatchCloseInvoicesRequest(invoice_numbers=numbers, idempotency_key="c")
-        deliveries = [asyncio.ensure_future(stub.BatchCloseInvoices(close, timeout=5)) for _ in range(2)]
+        deliveries = [asyncio.ensure_future(stub.BatchCloseInvoices(close, timeout=40)) for _ in range(2)]
         await asyncio.wait(deliveries, return_when=asyncio.FIRST_COMPLETED)
         first_done.set()
         replies = await asyncio.gather(*deliveries)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 from fapiao_runtime.pki import create_ca, issue_server_certificate, read_pem_pair, write_pem_pair
@@ -25,6 +26,14 @@ from fapiao_stack.services import (
 )
 
 SECRET_VARIABLES = ("FAPIAO_SECRETS_KEY", "FAPIAO_PAYER_HASH_KEY", "FAPIAO_GATEWAY_SECRET")
+LOOPBACK = "127.0.0.1"
+# The variables naming the address each kind of server of a process listens on.
+LISTEN_HOST_VARIABLES = ("FAPIAO_GRPC_HOST", "FAPIAO_HTTP_HOST", "FAPIAO_WEBHOOK_HOST", "FAPIAO_METRICS_HOST")
+
+
+def service_address(name: str, addresses: Mapping[str, str] | None = None) -> str:
+    """The address of service `name`: its host's in a multi-host cluster, loopback on one host."""
+    return (addresses or {}).get(name, LOOPBACK)
 
 
 def _private_dir(path: Path) -> Path:
@@ -49,23 +58,34 @@ def ensure_secrets(run_dir: Path) -> dict[str, str]:
     return values
 
 
-def ensure_pki(run_dir: Path) -> Path:
-    """The local certificate authority and the reimbursement server's certificate; returns the pki dir."""
+def reimbursement_certificate_name(address: str = LOOPBACK) -> str:
+    """File name (without extension) under .run/pki of the reimbursement server's certificate for `address`."""
+    return "reimbursement" if address == LOOPBACK else f"reimbursement-{address}"
+
+
+def ensure_pki(run_dir: Path, address: str = LOOPBACK) -> Path:
+    """The local certificate authority and the reimbursement server's certificate for `address` (its
+    IP in the certificate); returns the pki dir."""
     pki = _private_dir(run_dir / "pki")
     if not (pki / "ca.crt").exists():
         write_pem_pair(create_ca(), pki, "ca")
-    if not (pki / "reimbursement.crt").exists():
+    name = reimbursement_certificate_name(address)
+    if not (pki / f"{name}.crt").exists():
         ca = read_pem_pair(pki, "ca")
-        write_pem_pair(issue_server_certificate(ca, "reimbursement"), pki, "reimbursement")
+        ips = (LOOPBACK,) if address == LOOPBACK else (address, LOOPBACK)
+        write_pem_pair(issue_server_certificate(ca, "reimbursement", ip_addresses=ips), pki, name)
     return pki
 
 
-def ledger_endpoints() -> str:
-    return ",".join(f"127.0.0.1:{s.port}" for s in local_services() if s.module == "ledger")
+def ledger_endpoints(addresses: Mapping[str, str] | None = None) -> str:
+    return ",".join(f"{service_address(s.name, addresses)}:{s.port}" for s in local_services() if s.module == "ledger")
 
 
-def stack_environment(run_dir: Path, kafka_bootstrap: str, database_url: str) -> dict[str, str]:
-    """Variables every process of the local stack gets (secrets included; never printed)."""
+def stack_environment(
+    run_dir: Path, kafka_bootstrap: str, database_url: str, addresses: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Variables every process of the stack gets (secrets included; never printed). `addresses`: the
+    address of each service by name (a multi-host cluster); loopback for the others."""
     env = dict(os.environ)
     env.update(ensure_secrets(run_dir))
     env.update(ensure_local_keys(run_dir, LEDGER_VALIDATORS))
@@ -73,11 +93,13 @@ def stack_environment(run_dir: Path, kafka_bootstrap: str, database_url: str) ->
         {
             "FAPIAO_KAFKA_BOOTSTRAP": kafka_bootstrap,
             "DATABASE_URL": database_url,
-            "FAPIAO_LEDGER_ENDPOINTS": ledger_endpoints(),
-            "FAPIAO_CLAIM_BASE_URL": f"http://127.0.0.1:{GATEWAY_PORT}/claim",
-            "FAPIAO_INTAKE_WEBHOOK_URL": f"http://127.0.0.1:{INTAKE_WEBHOOK_PORT}",
+            "FAPIAO_LEDGER_ENDPOINTS": ledger_endpoints(addresses),
+            "FAPIAO_CLAIM_BASE_URL": f"http://{service_address('gateway', addresses)}:{GATEWAY_PORT}/claim",
+            "FAPIAO_INTAKE_WEBHOOK_URL": f"http://{service_address('payment_intake', addresses)}:{INTAKE_WEBHOOK_PORT}",
             "FAPIAO_MINTING_ENDPOINT": next(
-                f"127.0.0.1:{s.port}" for s in local_services() if s.module == "invoice_minting"
+                f"{service_address(s.name, addresses)}:{s.port}"
+                for s in local_services()
+                if s.module == "invoice_minting"
             ),
             "FAPIAO_RUN_DIR": str(run_dir),
             "PYTHONUNBUFFERED": "1",
@@ -86,22 +108,27 @@ def stack_environment(run_dir: Path, kafka_bootstrap: str, database_url: str) ->
     return env
 
 
-def process_environment(spec: ServiceSpec, run_dir: Path, base: dict[str, str]) -> dict[str, str]:
-    """`base` plus what this one process needs: its ports, its validator key, its TLS files."""
+def process_environment(
+    spec: ServiceSpec, run_dir: Path, base: dict[str, str], address: str = LOOPBACK
+) -> dict[str, str]:
+    """`base` plus what this one process needs: the address and ports it listens on, its validator
+    key, its TLS files."""
     env = dict(base)
     env.update(spec.env)
+    env.update(dict.fromkeys(LISTEN_HOST_VARIABLES, address))
     env["FAPIAO_GRPC_PORT" if spec.health == "grpc" else "FAPIAO_HTTP_PORT"] = str(spec.port)
     env["FAPIAO_METRICS_PORT"] = str(spec.metrics_port)
     if spec.module == "ledger":
         index = int(spec.name.rsplit("-", 1)[1])
         env.update(validator_env(run_dir, LEDGER_VALIDATORS, index))
     if spec.module == "reimbursement":
-        pki = ensure_pki(run_dir)
+        pki = ensure_pki(run_dir, address)
+        certificate = reimbursement_certificate_name(address)
         env.update(
             {
                 "FAPIAO_REIMBURSEMENT_TLS_PORT": str(REIMBURSEMENT_TLS_PORT),
-                "FAPIAO_REIMBURSEMENT_TLS_CERT_FILE": str(pki / "reimbursement.crt"),
-                "FAPIAO_REIMBURSEMENT_TLS_KEY_FILE": str(pki / "reimbursement.key"),
+                "FAPIAO_REIMBURSEMENT_TLS_CERT_FILE": str(pki / f"{certificate}.crt"),
+                "FAPIAO_REIMBURSEMENT_TLS_KEY_FILE": str(pki / f"{certificate}.key"),
                 "FAPIAO_REIMBURSEMENT_CLIENT_CA_FILE": str(pki / "ca.crt"),
             }
         )

@@ -35,6 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     demo = subparsers.add_parser("demo", help="start the stack, walk the end-to-end story, stop the stack")
     demo.add_argument("--keep-running", action="store_true", help="leave the stack running afterwards")
     demo.set_defaults(handler=_demo)
+    for command, text in ((up, "each process on a host of its own (network namespaces; root)"),
+                          (down, "the multi-host cluster, its namespaces included"),
+                          (restart, "one of its processes: kraft-N, kafka-N, pg-services, pg-ledger-N, a service"),
+                          (status, "the multi-host cluster, seen from its ops host")):  # fmt: skip
+        command.add_argument("--hosts", action="store_true", help=f"the multi-host cluster: {text}")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -46,6 +51,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from fapiao_stack import stack
 
+    if args.hosts:
+        return _cluster_up(args)
     endpoints = stack.up(timeout_s=args.timeout)
     print(f"Kafka       {endpoints.kafka_bootstrap}")
     print(f"PostgreSQL  {endpoints.database_url}")
@@ -54,19 +61,24 @@ def _up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _down(_: argparse.Namespace) -> int:
-    from fapiao_stack import stack
+def _down(args: argparse.Namespace) -> int:
+    from fapiao_stack import cluster, stack
 
-    stopped = stack.down()
+    stopped = cluster.down() if args.hosts else stack.down()
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return EXIT_OK
 
 
 def _restart(args: argparse.Namespace) -> int:
-    from fapiao_stack import stack
+    from fapiao_stack import cluster, stack
 
     try:
-        address = stack.restart(args.process, timeout_s=args.timeout)
+        if args.hosts:
+            address = cluster.restart(args.process, timeout_s=max(args.timeout, 300.0))
+        else:
+            address = stack.restart(args.process, timeout_s=args.timeout)
+    except KeyError as exc:  # no such process in the cluster
+        raise CliError(str(exc.args[0]), EXIT_USAGE) from None
     except stack.UnknownProcess as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except stack.StackNotRunning as exc:
@@ -80,7 +92,12 @@ def _restart(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from fapiao_stack import stack
 
-    report = asyncio.run(stack.detailed_status())
+    if args.hosts:
+        from fapiao_stack import cluster
+
+        report: dict[str, dict[str, object]] = dict(cluster.status())
+    else:
+        report = asyncio.run(stack.detailed_status())
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -96,3 +113,19 @@ def _status(args: argparse.Namespace) -> int:
                 extra += f"  brokers {entry['brokers_in_cluster']}"
             print(f"{name:<16} {entry['kind']:<9} {entry['health']:<12} {entry['address']:<22}{extra}")
     return EXIT_OK if all(e["health"] == "SERVING" for e in report.values()) else EXIT_FAILED
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from fapiao_stack import cluster
+
+    state = cluster.up(timeout_s=max(args.timeout, 600.0))
+    print(f"Kafka       {state['kafka_bootstrap']}")
+    print(f"PostgreSQL  {state['database_url']}")
+    services = state["services"]
+    assert isinstance(services, dict)
+    for name, address in services.items():
+        print(f"{name:<16} {address}")
+    hosts = state["hosts"]
+    assert isinstance(hosts, dict)
+    print(f"operator    ip netns exec {hosts[cluster.OPS]['namespace']} COMMAND")
+    return EXIT_OK
