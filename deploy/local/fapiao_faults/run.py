@@ -77,7 +77,13 @@ def start_system(args: argparse.Namespace) -> tuple[System, str, str, bool]:
 
             say("stopped the single-host stack of an earlier run: " + ", ".join(stack.down()))
         say(f"starting the multi-host cluster in {RUN_DIR} ...")
-        cluster_system, started = start_cluster_system()
+        try:
+            cluster_system, started = start_cluster_system()
+        except BaseException:
+            from fapiao_faults.cluster_system import stop_cluster_system
+
+            say("the cluster did not come up; stopped: " + ", ".join(stop_cluster_system()))
+            raise
         return cluster_system, "multi-host", "", started
     from fapiao_stack import stack
 
@@ -85,7 +91,12 @@ def start_system(args: argparse.Namespace) -> tuple[System, str, str, bool]:
     if started and RUN_DIR.is_relative_to(OUT_DIR):
         shutil.rmtree(RUN_DIR, ignore_errors=True)  # the suite's own state: every run starts afresh
     say(f"starting the local stack in {RUN_DIR} ..." if started else f"using the local stack in {RUN_DIR}")
-    stack.up(timeout_s=240)  # starts whatever is not running
+    try:
+        stack.up(timeout_s=240)  # starts whatever is not running
+    except BaseException:
+        if started:
+            say("the stack did not come up; stopped: " + ", ".join(stack.down()))
+        raise
     if args.hosts != "no":
         say(f"network faults skipped: {why}; running on the single-host stack")
     return LocalSystem(RUN_DIR), "single-host", why, started
