@@ -128,10 +128,9 @@ async def register(stack: StackUnderTest, secrets_key: bytes, merchant_id: str, 
     )
 
 
-@asynccontextmanager
-async def running_intake(stack: StackUnderTest, **extra_env: str) -> AsyncIterator[Intake]:
-    """Start payment_intake as a process, register merchant 1230000109; kill the process afterwards."""
-    intake = Intake(
+def new_intake(stack: StackUnderTest, **extra_env: str) -> Intake:
+    """A payment_intake for merchant 1230000109 with keys of its own, not started yet."""
+    return Intake(
         stack=stack,
         process=None,  # type: ignore[arg-type]
         webhook_port=free_port(),
@@ -141,6 +140,12 @@ async def running_intake(stack: StackUnderTest, **extra_env: str) -> AsyncIterat
         apiv3_key=generate_apiv3_key(),
         extra_env=dict(extra_env),
     )
+
+
+@asynccontextmanager
+async def running_intake(stack: StackUnderTest, **extra_env: str) -> AsyncIterator[Intake]:
+    """Start payment_intake as a process, register merchant 1230000109; kill the process afterwards."""
+    intake = new_intake(stack, **extra_env)
     await intake.restart()
     try:
         await register(stack, intake.secrets_key, intake.merchant_id, intake.apiv3_key)

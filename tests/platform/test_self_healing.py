@@ -5,7 +5,6 @@ acknowledged. Start-up waits for the database within FAPIAO_STARTUP_DEADLINE_S."
 from __future__ import annotations
 
 import asyncio
-import secrets
 import sys
 
 import grpc
@@ -13,25 +12,11 @@ import pytest
 from fapiao_runtime.topics import PAYMENTS
 from fapiao_stack.harness import StackUnderTest, read_envelopes
 from fapiao_stack.procs import free_port, spawn
-from payment_intake.wechatpay import generate_apiv3_key
 
-from tests.payment_intake.support import Intake, new_transaction_id, payment_request, register, stub
+from tests.payment_intake.support import Intake, new_intake, new_transaction_id, payment_request, register, stub
 from tests.support.outages import eventually, health, log_lines, logged, own_postgres, stack_on
 
 pytestmark = pytest.mark.integration
-
-
-def new_intake(stack: StackUnderTest, **extra_env: str) -> Intake:
-    return Intake(
-        stack=stack,
-        process=None,  # type: ignore[arg-type]
-        webhook_port=free_port(),
-        secrets_key=secrets.token_bytes(32),
-        payer_hash_key=secrets.token_bytes(32),
-        merchant_id="1230000109",
-        apiv3_key=generate_apiv3_key(),
-        extra_env=dict(extra_env),
-    )
 
 
 async def _payment_ids(stack: StackUnderTest, expected: int) -> list[str]:
