@@ -11,7 +11,9 @@ their host's launcher; partitions use the hosts' switch ports and blackhole rout
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib
+import os
 from typing import Any
 
 from fapiao_stack.paths import LOG_DIR, RUN_DIR
@@ -30,6 +32,9 @@ from fapiao_faults.system import (
 )
 
 CONTROLLER = "controller"
+_CLONE_NEWNET = 0x40000000
+# The network namespace this process started in (an open file), kept while it is on the ops host.
+_HOME_NAMESPACE: int | None = None
 
 
 def _modules() -> tuple[Any, Any]:
@@ -57,6 +62,9 @@ class ClusterSystem(System):
 
     def join_ops_host(self) -> None:
         """Move this process (its main thread, before any other starts) onto the operator's host."""
+        global _HOME_NAMESPACE
+        if _HOME_NAMESPACE is None:
+            _HOME_NAMESPACE = os.open("/proc/self/ns/net", os.O_RDONLY)
         self.hosts_module._setns(self.network.namespace(self.cluster.OPS))
 
     def endpoints(self) -> Endpoints:
@@ -172,7 +180,19 @@ def start_cluster_system() -> tuple[ClusterSystem, bool]:
     return system, started
 
 
+def _return_home() -> None:
+    """Back to the namespace this process started in: stopping the cluster ends every process on its
+    hosts, the ops host included."""
+    if _HOME_NAMESPACE is None:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(_HOME_NAMESPACE, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns back to the machine's namespace: {os.strerror(err)}")
+
+
 def stop_cluster_system() -> list[str]:
+    _return_home()
     cluster, _ = _modules()
     stopped: list[str] = cluster.down()
     return stopped
