@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fapiao_faults.nemesis import NETWORK_KINDS, PROCESS_KINDS
 
-from tests.e2e.conftest import _free_offset
+from tests.support.ports import free_port_offset
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ def test_a_short_schedule_loses_nothing(tmp_path: Path) -> None:
     env.update(
         {
             "FAPIAO_RUN_DIR": str(tmp_path / "run"),
-            "FAPIAO_PORT_OFFSET": str(_free_offset()),
+            "FAPIAO_PORT_OFFSET": str(free_port_offset()),
             "FAPIAO_CLUSTER_PREFIX": f"fapiao-f{os.getpid() % 100000}-",
             "PYTHONUNBUFFERED": "1",
         }
