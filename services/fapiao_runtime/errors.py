@@ -7,6 +7,8 @@ INTERNAL without leaking the exception text.
 
 from __future__ import annotations
 
+import errno
+
 import grpc
 
 
@@ -110,10 +112,15 @@ def unavailable_cause(exc: BaseException) -> str | None:
             return "kafka"
         if isinstance(current, grpc.aio.AioRpcError) and current.code() in _UPSTREAM_CODES:
             return "upstream"
-        if isinstance(current, ConnectionError | TimeoutError):
-            # A refused or reset connection names no peer: the code that raised it does.
+        if isinstance(current, OSError):
+            # A refused, reset or unroutable connection names no peer: the code that raised it does. Any
+            # socket error inside a database or Kafka client is that dependency's loss (a blackhole route
+            # makes connect fail with EINVAL); elsewhere only the network's own errors count.
             origin = _raised_in(current)
-            return "database" if origin == "asyncpg" else "kafka" if origin == "aiokafka" else "upstream"
+            if origin is not None:
+                return "database" if origin == "asyncpg" else "kafka"
+            if isinstance(current, ConnectionError | TimeoutError) or current.errno in _NETWORK_ERRNOS:
+                return "upstream"
         current = current.__cause__ or current.__context__
     return None
 
@@ -131,4 +138,7 @@ def _raised_in(exc: BaseException) -> str | None:
     return found
 
 
+_NETWORK_ERRNOS = frozenset(
+    {errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.ECONNABORTED}
+)
 _UPSTREAM_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})

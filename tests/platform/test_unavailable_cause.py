@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import asyncpg
 import grpc
@@ -50,3 +51,26 @@ def test_a_wrapped_loss_is_found_through_its_cause() -> None:
             raise RuntimeError("could not store the payment") from inner
     except RuntimeError as outer:
         assert unavailable_cause(outer) == "database"
+
+
+def _raise_inside(module: str, error: OSError) -> OSError:
+    """`error` as raised by code of `module` (its traceback passes through that module)."""
+    namespace: dict[str, object] = {"__name__": module}
+    exec("def connect(error):\n    raise error\n", namespace)  # noqa: S102
+    try:
+        namespace["connect"](error)  # type: ignore[operator]
+    except OSError as raised:
+        return raised
+    raise AssertionError("not raised")
+
+
+@pytest.mark.parametrize(
+    ("module", "cause"), [("asyncpg.connect_utils", "database"), ("aiokafka.conn", "kafka"), ("gateway.app", None)]
+)
+def test_an_unroutable_connect_is_the_loss_of_what_was_being_reached(module: str, cause: str | None) -> None:
+    """A blackhole route makes connect() fail with EINVAL: inside a client library that is its peer's loss."""
+    assert unavailable_cause(_raise_inside(module, OSError(errno.EINVAL, "Invalid argument"))) == cause
+
+
+def test_an_unreachable_network_is_an_upstream() -> None:
+    assert unavailable_cause(OSError(errno.ENETUNREACH, "Network is unreachable")) == "upstream"
