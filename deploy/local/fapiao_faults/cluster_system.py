@@ -28,7 +28,6 @@ from fapiao_faults.system import (
     VALIDATOR,
     Endpoints,
     System,
-    signal_tree,
 )
 
 CONTROLLER = "controller"
@@ -96,13 +95,6 @@ class ClusterSystem(System):
             return pid
         marker = "kafka.Kafka" if name in self.brokers or name in self.controllers else self._specs[name].module
         return pid_file_process(cluster.PID_DIR / f"{name}.pid", marker)
-
-    def running(self, name: str) -> bool:
-        return self._pid(name) is not None
-
-    def signal(self, name: str, sig: int) -> bool:
-        pid = self._pid(name)
-        return pid is not None and signal_tree(pid, sig)
 
     def broker_of_node(self, node_id: int) -> str:
         return str(self.cluster.broker_host(node_id))

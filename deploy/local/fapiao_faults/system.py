@@ -73,12 +73,17 @@ class System:
         """Every process the nemesis may fault: name -> kind (service, validator, broker, postgres)."""
         raise NotImplementedError
 
-    def signal(self, name: str, sig: int) -> bool:
-        """Send `sig` to process `name` and its children; False when it is not running."""
+    def _pid(self, name: str) -> int | None:
+        """The pid of process `name` while it is the stack's own process, else None."""
         raise NotImplementedError
 
+    def signal(self, name: str, sig: int) -> bool:
+        """Send `sig` to process `name` and its children; False when it is not running."""
+        pid = self._pid(name)
+        return pid is not None and signal_tree(pid, sig)
+
     def running(self, name: str) -> bool:
-        raise NotImplementedError
+        return self._pid(name) is not None
 
     def restart(self, name: str) -> None:
         """Start process `name` again, the way the stack starts it (no-op when it runs)."""
@@ -180,13 +185,6 @@ class LocalSystem(System):
             return self._postgres().server_pid()
         marker = "kafka.Kafka" if name == "kafka" else self._specs[name].module
         return pid_file_process(self.pid_dir / f"{name}.pid", marker)
-
-    def running(self, name: str) -> bool:
-        return self._pid(name) is not None
-
-    def signal(self, name: str, sig: int) -> bool:
-        pid = self._pid(name)
-        return pid is not None and signal_tree(pid, sig)
 
     def broker_of_node(self, node_id: int) -> str:
         return "kafka"
