@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +29,14 @@ def server(tmp_path: Path) -> Iterator[LocalPostgres]:
 
 
 def _kill_postmaster(pg: LocalPostgres) -> int:
+    """SIGKILL the postmaster and wait until the kernel has taken it down (the signal is asynchronous)."""
     pid = pg.server_pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pg.server_pid() == pid:
+        assert time.monotonic() < deadline, f"postmaster {pid} outlived SIGKILL by 10 s"
+        time.sleep(0.02)
     return pid
 
 
