@@ -23,8 +23,16 @@ from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from fapiao_runtime.errors import FapiaoError, InvalidArgument, PermissionDenied, unavailable_cause
-from fapiao_runtime.logs import request_id_var
+from fapiao_runtime.errors import (
+    RETRY_AFTER_S,
+    STATUS_DETAILS_KEY,
+    FapiaoError,
+    InvalidArgument,
+    PermissionDenied,
+    rich_status,
+    unavailable_cause,
+)
+from fapiao_runtime.logs import request_id_var, service_label
 from fapiao_runtime.metrics import GRPC_LATENCY, GRPC_REQUESTS, REJECTIONS
 from fapiao_runtime.pki import service_name
 from fapiao_runtime.text import check_message_text
@@ -248,27 +256,42 @@ async def _accepted_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _accepted(request)
 
 
+def _trailers(
+    code: grpc.StatusCode, details: str, reason: str, metadata: Mapping[str, str]
+) -> tuple[tuple[str, str | bytes], ...]:
+    """`fapiao-reason` and the rich status (ErrorInfo; RetryInfo on UNAVAILABLE) of an error answer."""
+    retry = RETRY_AFTER_S if code == grpc.StatusCode.UNAVAILABLE else None
+    return (("fapiao-reason", reason), (STATUS_DETAILS_KEY, rich_status(code, details, reason, metadata, retry)))
+
+
 async def _answer(method: str, exc: Exception, context: grpc.aio.ServicerContext) -> None:
     """Abort the call for `exc` (raises AbortError). A FapiaoError is its status with the reason, one log
     line at info; a lost dependency UNAVAILABLE; anything else INTERNAL without its text (logged with
-    its traceback)."""
+    its traceback). Every answer carries an ErrorInfo (reason, domain, metadata: the service, the method
+    and the error's own fields), UNAVAILABLE a RetryInfo too."""
+    info = {"service": service_label(), "method": method}
     if isinstance(exc, FapiaoError):
         REJECTIONS.labels(method=method, reason=exc.reason).inc()
         log.info("request refused", extra={"method": method, "code": exc.status_code.name, "reason": exc.reason})
-        await context.abort(exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),))
+        await context.abort(
+            exc.status_code,
+            exc.details,
+            trailing_metadata=_trailers(exc.status_code, exc.details, exc.reason, {**exc.metadata, **info}),
+        )
         return
     cause = unavailable_cause(exc)
     if cause is None:
         log.error("unhandled error", extra={"method": method}, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL: internal error")
+        details = "INTERNAL: internal error"
+        code = grpc.StatusCode.INTERNAL
+        await context.abort(code, details, trailing_metadata=_trailers(code, details, "INTERNAL", info))
         return
     reason = f"{cause.upper()}_UNAVAILABLE"
     log.warning("dependency unavailable", extra={"method": method, "reason": reason, "error": repr(exc)})
-    await context.abort(
-        grpc.StatusCode.UNAVAILABLE,
-        f"{reason}: the {cause} is unavailable; retry later",
-        trailing_metadata=(("fapiao-reason", reason),),
-    )
+    details = f"{reason}: the {cause} is unavailable; retry later"
+    code = grpc.StatusCode.UNAVAILABLE
+    trailers = _trailers(code, details, reason, {**info, "dependency": cause})
+    await context.abort(code, details, trailing_metadata=trailers)
 
 
 async def _close(method: str, responses: AsyncGenerator[Any, Any]) -> None:

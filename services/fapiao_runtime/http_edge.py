@@ -21,8 +21,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-# Seconds a client is asked to wait after a 503 (a lost dependency comes back or fails over in seconds).
-RETRY_AFTER_S = 5
+from fapiao_runtime.errors import RETRY_AFTER_S
+
 IDENTITY_ENCODINGS = frozenset({"", "identity"})
 R = TypeVar("R", bound=web.StreamResponse)
 

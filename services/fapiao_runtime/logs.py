@@ -21,6 +21,11 @@ _WORKER: dict[str, int] = {}
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+def service_label() -> str:
+    """The name of the service this process runs (set by `configure_logging`)."""
+    return _SERVICE["name"]
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, service, logger, msg, request_id, event_id, extras."""
 
