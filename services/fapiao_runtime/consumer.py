@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -30,6 +30,7 @@ from aiokafka.errors import (
 )
 from fapiao.common.v1 import envelope_pb2
 
+from fapiao_runtime import tracing
 from fapiao_runtime.envelope import parse_envelope
 from fapiao_runtime.errors import FapiaoError, unavailable_cause
 from fapiao_runtime.logs import event_id_var
@@ -83,6 +84,19 @@ async def mark_all_processed(
             fresh_ids.discard(event_id)
             fresh.append(envelope)
     return fresh
+
+
+@contextlib.contextmanager
+def handling(envelope: envelope_pb2.EventEnvelope) -> Iterator[None]:
+    """Within the block, the event's id is in every log line and its trace continues (`tracing`): what the
+    block logs and the events it makes carry the trace id of the request that caused `envelope`. For
+    consumers outside EventConsumer (the ledger's validators), around the handling of each record."""
+    token = event_id_var.set(envelope.event_id)
+    try:
+        with tracing.continued_from(envelope.traceparent):
+            yield
+    finally:
+        event_id_var.reset(token)
 
 
 async def commit_applied(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
@@ -214,7 +228,12 @@ class EventConsumer:
                 if self._batch_handler is not None:
                     fresh = await mark_all_processed(conn, self._name, envelopes)
                     if fresh:
+                        # Events of several traces share this call: a batch handler that produces events
+                        # or logs per event continues each one's trace with `handling(envelope)`.
                         await self._batch_handler(conn, fresh)
+                        for envelope in fresh:
+                            with handling(envelope):
+                                self._log_applied(envelope)
                     applied = len(fresh)
                 else:
                     applied = await self._apply_each(conn, envelopes)
@@ -232,14 +251,16 @@ class EventConsumer:
         """The handler on each envelope not processed before (in the caller's transaction); how many."""
         applied = 0
         for envelope in envelopes:
-            token = event_id_var.set(envelope.event_id)
-            try:
+            with handling(envelope):
                 if await mark_processed(conn, self._name, envelope.event_id):
                     await self._handler(conn, envelope)
+                    self._log_applied(envelope)
                     applied += 1
-            finally:
-                event_id_var.reset(token)
         return applied
+
+    def _log_applied(self, envelope: envelope_pb2.EventEnvelope) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("event applied", extra={"consumer": self._name, "event_type": envelope.event_type})
 
     async def _apply(self, record: ConsumerRecord) -> None:
         try:
@@ -247,8 +268,7 @@ class EventConsumer:
         except FapiaoError as exc:
             await self._dead_letter(record, "", exc.details)
             return
-        token = event_id_var.set(envelope.event_id)
-        try:
+        with handling(envelope):
             for attempt in range(1, self._max_attempts + 1):
                 try:
                     async with self._pool.acquire() as conn, conn.transaction():
@@ -257,6 +277,7 @@ class EventConsumer:
                             return
                         await self._handler(conn, envelope)
                     self.applied += 1
+                    self._log_applied(envelope)
                     return
                 except FapiaoError as exc:
                     await self._dead_letter(record, envelope.event_id, exc.details)
@@ -270,8 +291,6 @@ class EventConsumer:
                         await self._dead_letter(record, envelope.event_id, repr(exc))
                         return
                     await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
-        finally:
-            event_id_var.reset(token)
 
     async def _dead_letter(self, record: ConsumerRecord, event_id: str, error: str) -> None:
         log.warning("event dead-lettered", extra={"topic": record.topic, "offset": record.offset, "error": error})

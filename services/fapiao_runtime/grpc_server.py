@@ -23,6 +23,7 @@ from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from fapiao_runtime import tracing
 from fapiao_runtime.errors import (
     RETRY_AFTER_S,
     STATUS_DETAILS_KEY,
@@ -151,11 +152,30 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str:
+def _incoming(context: grpc.aio.ServicerContext) -> tuple[str, str]:
+    """The call's request id (the caller's `x-request-id`, else a new one) and its W3C `traceparent`."""
+    request_id = traceparent = ""
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER:
-            return str(value)[:64]
-    return new_request_id()
+            request_id = str(value)[:64]
+        elif key == tracing.TRACEPARENT:
+            traceparent = str(value)
+    return request_id or new_request_id(), traceparent
+
+
+class _CallContext:
+    """The request id and trace context of one call, set for the call's task and reset at its end."""
+
+    __slots__ = ("request_token", "trace_token")
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        request_id, traceparent = _incoming(context)
+        self.request_token = request_id_var.set(request_id)
+        self.trace_token = tracing.begin(traceparent)
+
+    def reset(self) -> None:
+        tracing.end(self.trace_token)
+        request_id_var.reset(self.request_token)
 
 
 class _WrappingGenericHandler(grpc.GenericRpcHandler):
@@ -319,8 +339,11 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
             policy.check(context, method)
 
     def count(code: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
         (ok if code == "OK" else GRPC_REQUESTS.labels(method=method, code=code)).inc()
-        latency.observe(time.perf_counter() - started)
+        latency.observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request handled", extra={"method": method, "code": code, "duration_ms": round(elapsed * 1e3, 3)})
 
     def failed(context: grpc.aio.ServicerContext) -> str:
         return str((context.code() or grpc.StatusCode.UNKNOWN).name)
@@ -330,7 +353,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
         streamed_in = handler.unary_unary is None
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = request_id_var.set(_request_id(context))
+            call = _CallContext(context)
             started = time.perf_counter()
             code = "OK"
             try:
@@ -347,7 +370,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
                 await _answer(method, exc, context)
             finally:
                 count(code, started)
-                request_id_var.reset(token)
+                call.reset()
 
         make = grpc.stream_unary_rpc_method_handler if streamed_in else grpc.unary_unary_rpc_method_handler
         return make(unary, request_deserializer=decode, response_serializer=handler.response_serializer)
@@ -360,7 +383,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
             # when the client cancels would be closed later by the garbage collector, in another task
             # and context (its cleanup failing as "Task exception was never retrieved"). The method's
             # own generator is closed here, in this call's task, whatever ends the call.
-            token = request_id_var.set(_request_id(context))
+            call = _CallContext(context)
             started = time.perf_counter()
             code = "OK"
             responses: Any = None
@@ -391,7 +414,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
                 if inspect.isasyncgen(responses):
                     await _close(method, responses)
                 count(code, started)
-                request_id_var.reset(token)
+                call.reset()
 
         make = grpc.stream_stream_rpc_method_handler if streamed_in else grpc.unary_stream_rpc_method_handler
         return make(stream, request_deserializer=decode, response_serializer=handler.response_serializer)
