@@ -34,7 +34,14 @@ from fapiao_runtime.errors import (
     unavailable_cause,
 )
 from fapiao_runtime.logs import request_id_var, service_label
-from fapiao_runtime.metrics import GRPC_LATENCY, GRPC_REQUESTS, REJECTIONS
+from fapiao_runtime.metrics import (
+    GRPC_HANDLED,
+    GRPC_HANDLING,
+    GRPC_MSG_RECEIVED,
+    GRPC_MSG_SENT,
+    GRPC_STARTED,
+    REJECTIONS,
+)
 from fapiao_runtime.pki import service_name
 from fapiao_runtime.text import check_message_text
 
@@ -271,8 +278,9 @@ def _accepted(request: Any) -> Any:
     return request
 
 
-async def _accepted_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _accepted_stream(requests: AsyncIterator[Any], received: Any) -> AsyncIterator[Any]:
     async for request in requests:
+        received.inc()
         yield _accepted(request)
 
 
@@ -327,21 +335,59 @@ def _status_of(exc: Exception) -> str:
     return "INTERNAL" if unavailable_cause(exc) is None else "UNAVAILABLE"
 
 
+# StatusCode names as Go's codes.Code.String() spells them (the grpc_code label of ready-made dashboards).
+GRPC_CODE_LABELS = {
+    code.name: "OK" if code is grpc.StatusCode.OK else "".join(part.capitalize() for part in code.name.split("_"))
+    for code in grpc.StatusCode
+}
+
+
+def _grpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming:
+        return "bidi_stream" if handler.response_streaming else "client_stream"
+    return "server_stream" if handler.response_streaming else "unary"
+
+
+class _MethodMetrics:
+    """The standard gRPC server metrics of one method, their label sets resolved once."""
+
+    __slots__ = ("_handled", "_labels", "handling", "ok", "received", "sent", "started")
+
+    def __init__(self, method: str, grpc_type: str) -> None:
+        service, _, name = method.lstrip("/").rpartition("/")
+        self._labels = (grpc_type, service, name)
+        self.started = GRPC_STARTED.labels(*self._labels)
+        self.received = GRPC_MSG_RECEIVED.labels(*self._labels)
+        self.sent = GRPC_MSG_SENT.labels(*self._labels)
+        self.handling = GRPC_HANDLING.labels(*self._labels)
+        self.ok = GRPC_HANDLED.labels(*self._labels, "OK")
+
+    def handled(self, code: str) -> Any:
+        if code == "OK":
+            return self.ok
+        return GRPC_HANDLED.labels(*self._labels, GRPC_CODE_LABELS.get(code, "Unknown"))
+
+
 def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | None) -> grpc.RpcMethodHandler:
     """`handler` with the decoding policy, the client policy (None: open to every client the transport
     accepted, as health and reflection), the request id, the error mapping and the metrics."""
     decode = _decoding(handler.request_deserializer)
-    latency = GRPC_LATENCY.labels(method=method)
-    ok = GRPC_REQUESTS.labels(method=method, code="OK")
+    metrics = _MethodMetrics(method, _grpc_type(handler))
 
     def admit(context: grpc.aio.ServicerContext) -> None:
         if policy is not None and policy.active:
             policy.check(context, method)
 
+    def begin(streamed_in: bool) -> float:
+        metrics.started.inc()
+        if not streamed_in:
+            metrics.received.inc()
+        return time.perf_counter()
+
     def count(code: str, started: float) -> None:
         elapsed = time.perf_counter() - started
-        (ok if code == "OK" else GRPC_REQUESTS.labels(method=method, code=code)).inc()
-        latency.observe(elapsed)
+        metrics.handled(code).inc()
+        metrics.handling.observe(elapsed)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request handled", extra={"method": method, "code": code, "duration_ms": round(elapsed * 1e3, 3)})
 
@@ -354,11 +400,14 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _CallContext(context)
-            started = time.perf_counter()
+            started = begin(streamed_in)
             code = "OK"
             try:
                 admit(context)
-                return await inner_unary(_accepted_stream(request) if streamed_in else _accepted(request), context)
+                requests = _accepted_stream(request, metrics.received) if streamed_in else _accepted(request)
+                response = await inner_unary(requests, context)
+                metrics.sent.inc()
+                return response
             except grpc.aio.AbortError:
                 code = failed(context)
                 raise
@@ -384,16 +433,18 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
             # and context (its cleanup failing as "Task exception was never retrieved"). The method's
             # own generator is closed here, in this call's task, whatever ends the call.
             call = _CallContext(context)
-            started = time.perf_counter()
+            started = begin(streamed_in)
             code = "OK"
             responses: Any = None
             try:
                 admit(context)
-                responses = inner_stream(_accepted_stream(request) if streamed_in else _accepted(request), context)
+                requests = _accepted_stream(request, metrics.received) if streamed_in else _accepted(request)
+                responses = inner_stream(requests, context)
                 if inspect.isasyncgen(responses):
                     async for item in responses:
                         try:
                             await context.write(item)
+                            metrics.sent.inc()
                         except cygrpc.ExecuteBatchError:
                             # The call ended under us (the client cancelled or went away): nothing to answer.
                             code = "CANCELLED"

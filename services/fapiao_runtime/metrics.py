@@ -7,13 +7,22 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from fapiao_runtime.config import metrics_host
 
-GRPC_REQUESTS = Counter("fapiao_grpc_requests_total", "gRPC requests by method and status code", ["method", "code"])
-GRPC_LATENCY = Histogram(
-    "fapiao_grpc_latency_seconds",
-    "gRPC handler latency",
-    ["method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+# gRPC server metrics under the names of go-grpc-prometheus / py-grpc-prometheus, which ready-made gRPC
+# dashboards query. grpc_type: unary, client_stream, server_stream or bidi_stream; grpc_code: the status
+# as Go's codes spell it (OK, InvalidArgument, Unavailable, ...).
+_GRPC_LABELS = ["grpc_type", "grpc_service", "grpc_method"]
+GRPC_STARTED = Counter("grpc_server_started_total", "RPCs started on the server", _GRPC_LABELS)
+GRPC_HANDLED = Counter(
+    "grpc_server_handled_total", "RPCs completed on the server, by status code", [*_GRPC_LABELS, "grpc_code"]
 )
+GRPC_HANDLING = Histogram(
+    "grpc_server_handling_seconds",
+    "Time from the start of an RPC to its end (a stream: its whole life)",
+    _GRPC_LABELS,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+GRPC_MSG_RECEIVED = Counter("grpc_server_msg_received_total", "Request messages received", _GRPC_LABELS)
+GRPC_MSG_SENT = Counter("grpc_server_msg_sent_total", "Response messages sent", _GRPC_LABELS)
 REJECTIONS = Counter("fapiao_rejections_total", "Requests rejected with a domain reason", ["method", "reason"])
 # Every worker of a service (fapiao_runtime.workers) reads the same backlog and lag: their maximum,
 # not their sum, when the workers' metrics are served together.
