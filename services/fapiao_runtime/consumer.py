@@ -30,7 +30,7 @@ from aiokafka.errors import (
 )
 from fapiao.common.v1 import envelope_pb2
 
-from fapiao_runtime import tracing
+from fapiao_runtime import metrics, tracing
 from fapiao_runtime.envelope import parse_envelope
 from fapiao_runtime.errors import FapiaoError, unavailable_cause
 from fapiao_runtime.logs import event_id_var
@@ -84,6 +84,75 @@ async def mark_all_processed(
             fresh_ids.discard(event_id)
             fresh.append(envelope)
     return fresh
+
+
+# Positions asked of the client wait for its fetcher; a partition still being positioned is left out.
+_POSITION_TIMEOUT_S = 1.0
+
+
+async def partition_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    """Records not yet consumed per assigned partition: the partition's end offset (the last stable
+    offset for read_committed consumers) minus the consumer's position."""
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return {}
+    ends = await consumer.end_offsets(assigned)
+    lags: dict[TopicPartition, int] = {}
+    for tp in assigned:
+        with contextlib.suppress(Exception):
+            position = await asyncio.wait_for(consumer.position(tp), _POSITION_TIMEOUT_S)
+            lags[tp] = max(0, ends[tp] - position)
+    return lags
+
+
+ConsumerSource = Callable[[], AIOKafkaConsumer | None]
+
+
+class LagWatch:
+    """A Kafka consumer whose lag `report_consumer_lag` publishes as fapiao_consumer_lag{topic, partition,
+    group}; `source` returns the running consumer (None while it is not running)."""
+
+    def __init__(self, group: str, source: ConsumerSource) -> None:
+        self.group = group
+        self.source = source
+
+    def close(self) -> None:
+        """Stop reporting this consumer (its partitions leave the gauge at the next report)."""
+        _WATCHES.pop(id(self), None)
+
+
+_WATCHES: dict[int, LagWatch] = {}
+_REPORTED: set[tuple[str, str, str]] = set()
+
+
+def watch_lag(group: str, source: ConsumerSource) -> LagWatch:
+    """Report the lag of the consumer `source()` returns, under `group` (its consumer group, or a name of
+    its own for a consumer without one), at every gauge refresh of the service (`service.run_service`).
+    EventConsumer and LedgerResultWaiter watch themselves; a component that reads Kafka with its own
+    AIOKafkaConsumer (the ledger's validators) calls this once, and `close()` on the watch when done."""
+    watch = LagWatch(group, source)
+    _WATCHES[id(watch)] = watch
+    return watch
+
+
+async def report_consumer_lag() -> int:
+    """Set fapiao_consumer_lag for every partition of every watched consumer, drop the partitions no
+    watched consumer holds any more (revoked, or the consumer stopped); return the total lag."""
+    global _REPORTED
+    current: dict[tuple[str, str, str], int] = {}
+    for watch in list(_WATCHES.values()):
+        consumer = watch.source()
+        if consumer is None:
+            continue
+        for tp, lag in (await partition_lag(consumer)).items():
+            current[(tp.topic, str(tp.partition), watch.group)] = lag
+    for labels in _REPORTED - current.keys():
+        with contextlib.suppress(KeyError):
+            metrics.CONSUMER_LAG.remove(*labels)
+    for labels, lag in current.items():
+        metrics.CONSUMER_LAG.labels(*labels).set(lag)
+    _REPORTED = set(current)
+    return sum(current.values())
 
 
 @contextlib.contextmanager
@@ -170,6 +239,7 @@ class EventConsumer:
             **self._fetch,
         )
         self._consumer = consumer
+        watch = watch_lag(self._group_id, lambda: self._consumer)
         await consumer.start()
         try:
             while not stop.is_set():
@@ -183,6 +253,7 @@ class EventConsumer:
                 await commit_applied(consumer, offsets)
         finally:
             self._consumer = None
+            watch.close()
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
@@ -192,19 +263,9 @@ class EventConsumer:
         return self._name
 
     async def lag(self) -> int:
-        """Records not yet consumed across assigned partitions (for metrics and `fapiao status`)."""
+        """Records not yet consumed across assigned partitions."""
         consumer = self._consumer
-        if consumer is None:
-            return 0
-        total = 0
-        assigned = consumer.assignment()
-        if not assigned:
-            return 0
-        ends = await consumer.end_offsets(list(assigned))
-        for tp in assigned:
-            with contextlib.suppress(Exception):
-                total += max(0, ends[tp] - await consumer.position(tp))
-        return total
+        return sum((await partition_lag(consumer)).values()) if consumer is not None else 0
 
     async def _apply_all(self, records: list[ConsumerRecord]) -> None:
         """Apply one partition's fetched records in order, in ONE transaction when they all succeed.

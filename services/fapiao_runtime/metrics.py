@@ -28,7 +28,12 @@ REJECTIONS = Counter("fapiao_rejections_total", "Requests rejected with a domain
 # not their sum, when the workers' metrics are served together.
 OUTBOX_BACKLOG = Gauge("fapiao_outbox_backlog", "Outbox rows not yet published", multiprocess_mode="livemax")
 OUTBOX_PUBLISHED = Counter("fapiao_outbox_published_total", "Outbox rows published to Kafka")
-CONSUMER_LAG = Gauge("fapiao_consumer_lag", "Records not yet consumed", ["consumer"], multiprocess_mode="livemax")
+CONSUMER_LAG = Gauge(
+    "fapiao_consumer_lag",
+    "Records of a partition not yet consumed: its end offset minus the consumer's position",
+    ["topic", "partition", "group"],
+    multiprocess_mode="livemax",
+)
 EVENTS_APPLIED = Counter("fapiao_events_applied_total", "Events applied by idempotent consumers", ["consumer"])
 EVENTS_DEAD_LETTERED = Counter("fapiao_events_dead_lettered_total", "Events moved to dead_letters", ["consumer"])
 
