@@ -1,7 +1,10 @@
 """Prometheus metrics shared by every service, served on FAPIAO_METRICS_HOST:FAPIAO_METRICS_PORT when
-the port is set (the host defaults to 127.0.0.1)."""
+the port is set (the host defaults to 127.0.0.1; set it to the pod's or host's address, or 0.0.0.0, for a
+Prometheus elsewhere to scrape). docs/observability.md lists every metric."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -38,7 +41,10 @@ EVENTS_APPLIED = Counter("fapiao_events_applied_total", "Events applied by idemp
 EVENTS_DEAD_LETTERED = Counter("fapiao_events_dead_lettered_total", "Events moved to dead_letters", ["consumer"])
 
 
-def serve_metrics(port: int, host: str | None = None) -> None:
-    """Expose /metrics on `host` (default: metrics_host()) and `port` (0 disables)."""
-    if port:
-        start_http_server(port, addr=host or metrics_host())
+def serve_metrics(port: int, host: str | None = None) -> Any:
+    """Expose /metrics on `host` (default: metrics_host(), FAPIAO_METRICS_HOST) and `port` (0 disables);
+    returns the HTTP server (None when disabled)."""
+    if not port:
+        return None
+    server, _ = start_http_server(port, addr=host or metrics_host())
+    return server
