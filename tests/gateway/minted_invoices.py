@@ -69,23 +69,17 @@ def mint(
 
 
 def ordinary() -> invoice_pb2.Invoice:
+    """A 142.00 meal: 餐费 1 x 112.00 and 茶位费 3 x 10.00, tax included, at 6%."""
     items = [
         payments_pb2.PaymentItem(
             tax_classification_code=MEAL,
-            name="餐费",
-            quantity=1,
-            unit_price_fen=11200,
-            amount_fen=11200,
+            name=name,
+            quantity=n,
+            unit_price_fen=price,
+            amount_fen=n * price,
             tax_rate_bp=600,
-        ),
-        payments_pb2.PaymentItem(
-            tax_classification_code=MEAL,
-            name="茶位费",
-            quantity=3,
-            unit_price_fen=1000,
-            amount_fen=3000,
-            tax_rate_bp=600,
-        ),
+        )
+        for name, n, price in (("餐费", 1, 11200), ("茶位费", 3, 1000))
     ]
     lines = lines_for_payment(14200, items, MEAL, "餐饮服务", 600)
     return mint(invoice_number(2026, "44", "0", 1), lines)
