@@ -16,6 +16,7 @@ import pypdfium2
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.ledger_client import SigningKey
+from gateway.pdf_form import FORM_WIDTH_MM, LABEL_WIDTH_MM, MARGIN_MM
 from invoice_minting.invoice_format import invoice_number
 from invoice_minting.signing import build_body, sign_invoice
 from invoice_minting.tax import lines_for_payment, red_letter_lines
@@ -36,6 +37,11 @@ LINE = re.compile(
     r"(?P<name>\*[^*\s]+\*\S+) (?P<quantity>-?\d+) (?P<unit_price>\d+\.\d+) (?P<amount>-?\d+\.\d{2}) "
     r"(?P<rate>\d+(?:\.\d+)?%) (?P<tax>-?\d+\.\d{2})"
 )
+
+
+def pt(mm: float) -> float:
+    """Millimetres on the form as PDF points (pdfplumber's unit)."""
+    return mm * 72 / 25.4
 
 
 def fen(text: str) -> int:
@@ -122,7 +128,8 @@ def read_back(pdf: bytes, name: str) -> ReadBack:
         text = "\n".join(p.extract_text() for p in document_text.pages)
         labels = "".join(
             char["text"]
-            for column in (page.crop((28, 0, 52, page.height)), page.crop((297, 0, 321, page.height)))
+            for left in (MARGIN_MM, MARGIN_MM + FORM_WIDTH_MM / 2)
+            for column in [page.crop((pt(left), 0, pt(left + LABEL_WIDTH_MM), page.height))]
             for char in sorted(column.chars, key=lambda c: c["top"])
         )
         qr_boxes = [(image_box["x0"], image_box["top"]) for image_box in page.images]

@@ -97,7 +97,9 @@ def test_long_names_wrap_and_many_lines_continue_on_the_next_page() -> None:
     with pdfplumber.open(minted.OUT / "many-lines.pdf") as document:
         pages = document.pages
         assert len(pages) >= 2
-        buyer_box = pages[0].crop((52, 80, 297, 200)).extract_text()
+        # The buyer's box: right of its label column, left of the seller's box, under the header.
+        left, right = minted.MARGIN_MM + minted.LABEL_WIDTH_MM, minted.MARGIN_MM + minted.FORM_WIDTH_MM / 2
+        buyer_box = pages[0].crop((minted.pt(left), minted.pt(38), minted.pt(right), minted.pt(80))).extract_text()
         assert buyer_name in buyer_box.replace("\n", "").replace("名称：", "")
         for page in pages[:2]:
             assert "项目名称 规格型号 单位 数量 单价 金额 税率/征收率 税额" in page.extract_text()
