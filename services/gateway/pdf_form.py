@@ -32,7 +32,7 @@ FORM_INK = (150, 70, 40)
 CONTENT_INK = (0, 0, 0)
 RED_LETTER_INK = (200, 0, 0)
 LINE_HEADINGS = ("项目名称", "规格型号", "单位", "数量", "单价", "金额", "税率/征收率", "税额")
-LINE_WIDTHS_MM = (48.0, 18.0, 11.0, 15.0, 27.0, 24.0, 21.0, 26.0)
+LINE_WIDTHS_MM = (45.0, 18.0, 11.0, 15.0, 27.0, 27.0, 21.0, 26.0)
 LINE_ALIGN = ("LEFT", "LEFT", "CENTER", "RIGHT", "RIGHT", "RIGHT", "CENTER", "RIGHT")
 FONT_NOTE = (
     "Note: this server has no font for some characters (e.g. Chinese names); they are written as "
@@ -213,8 +213,13 @@ def _grand_total(form: _Form, layout: InvoiceLayout) -> None:
     pdf.line(MARGIN_MM + 40, top, MARGIN_MM + 40, top + 9)
     form.style(9, FORM_INK)
     form.write_at(MARGIN_MM, top + 2, 40, "价税合计（大写）", align="C")
-    form.style(10)
-    form.write_at(MARGIN_MM + 43, top + 2, 95, f"ⓧ{layout.total_capitals}")
+    capitals = f"ⓧ{layout.total_capitals}"
+    size = 10.0
+    form.style(size)
+    while size > 6 and pdf.get_string_width(form.text(capitals)) > 95:  # the longest amounts
+        size -= 0.5
+        form.style(size)
+    form.write_at(MARGIN_MM + 43, top + 2, 95, capitals)
     form.style(9, FORM_INK)
     form.write_at(MARGIN_MM + 140, top + 2, 16, "（小写）")
     form.style(10)

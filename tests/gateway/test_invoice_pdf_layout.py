@@ -18,7 +18,7 @@ from gateway.invoice_layout import (
     title_of,
     unit_price_text,
 )
-from invoice_minting.tax import make_line
+from invoice_minting.tax import MAX_AMOUNT_FEN, make_line
 
 from tests.gateway import minted_invoices as minted
 
@@ -123,3 +123,15 @@ def test_without_a_cjk_font_the_pdf_writes_code_points_and_says_so(monkeypatch: 
         text = "\n".join(page.extract_text() for page in document.pages)
     assert "[U+7535][U+5B50][U+53D1][U+7968]" in text  # 电子发票
     assert "105.66" in text and "Install fonts-wqy-microhei" in text.replace("\n", " ")
+
+
+def test_the_largest_amount_an_invoice_may_hold_fits_its_boxes() -> None:
+    if not pdf_module.choose_font().has_cjk:
+        pytest.skip("no CJK font on this machine: run `make browser`")
+    line = make_line(minted.MEAL, "宴会", 1, MAX_AMOUNT_FEN - 1, MAX_AMOUNT_FEN - 1, 1300)
+    invoice = minted.mint("26442000000000000004", [line])
+    read = minted.read_back(pdf_module.render_invoice_pdf(invoice), "largest-amount")
+    rows = [match.groupdict() for match in minted.LINE.finditer(read.text)]
+    assert len(rows) == 1, "the line's cells each fit on one text line"
+    assert minted.check_totals(read.text, rows, invoice.body) == MAX_AMOUNT_FEN - 1
+    assert "ⓧ玖拾玖亿玖仟玖佰玖拾玖万玖仟玖佰玖拾玖圆玖角玖分 （小写） ¥9999999999.99" in read.text
