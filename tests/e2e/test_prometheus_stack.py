@@ -143,7 +143,7 @@ def test_prometheus_scrapes_every_service_and_a_stopped_validator_fires_its_aler
     assert DASHBOARD.is_file()
 
     # The standard gRPC metrics of every gRPC service (the stack's health checks are calls too), and the
-    # consumer lag of invoice_minting's consumers, labelled by topic, partition and group.
+    # consumer lag of invoice_minting's and reimbursement's consumers, by topic, partition and group.
     handled = _until(
         "gRPC metrics of every gRPC service",
         lambda: (
@@ -153,8 +153,16 @@ def test_prometheus_scrapes_every_service_and_a_stopped_validator_fires_its_aler
         60,
     )
     assert handled
-    lag = _until("consumer lag", lambda: _query(prometheus, 'fapiao_consumer_lag{job="invoice_minting"}'), 60)
-    assert {"topic", "partition", "group"} <= set(lag[0]["metric"])
+    lag = _until(
+        "consumer lag of invoice_minting and reimbursement",
+        lambda: (
+            {r["metric"]["job"] for r in _query(prometheus, "fapiao_consumer_lag")}
+            >= {"invoice_minting", "reimbursement"}
+        ),
+        60,
+    )
+    assert lag
+    assert {"topic", "partition", "group"} <= set(_query(prometheus, "fapiao_consumer_lag")[0]["metric"])
 
     # A stopped validator: its target goes down and FapiaoValidatorDown fires for it, for it alone.
     pid = int((fapiao.run_dir / "pids" / "ledger-4.pid").read_text())
