@@ -1,6 +1,7 @@
 """A traceparent sent with a gRPC call or an HTTP request reaches every Kafka record the request causes and
-the log lines of every service it touches (payment_intake, then invoice_minting consuming the payment), and
-continues into the events a consumer produces while it applies a traced record."""
+the log lines of every service it touches (payment_intake, then invoice_minting consuming the payment; a
+claim and its ISSUE transaction), and continues into the events a consumer produces while it applies a
+traced record."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 from fapiao.common.v1 import envelope_pb2
+from fapiao.invoicing.v1 import invoice_minting_service_pb2 as api
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime import tracing
 from fapiao_runtime.consumer import EventConsumer
@@ -20,10 +22,10 @@ from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.envelope import make_envelope, outgoing
 from fapiao_runtime.kafka import new_producer
 from fapiao_runtime.outbox import enqueue
-from fapiao_runtime.topics import MERCHANTS, PAYMENTS
+from fapiao_runtime.topics import LEDGER_TRANSACTIONS, MERCHANTS, PAYMENTS
 from fapiao_stack.harness import ServiceProcess, StackUnderTest, read_envelopes
 
-from tests.invoice_minting.support import minting_service
+from tests.invoice_minting.support import minting_service, person
 from tests.payment_intake.support import new_transaction_id, payment_request, payment_resource, running_intake, stub
 
 pytestmark = pytest.mark.integration
@@ -59,7 +61,7 @@ async def test_a_trace_reaches_the_payment_event_and_the_logs_of_both_services(s
         await minting.wait_merchant_key(intake.merchant_id)
         by_grpc, grpc_trace = _traceparent()
         async with intake.channel() as channel:
-            await stub(channel).RecordPayment(
+            recorded = await stub(channel).RecordPayment(
                 payment_request(intake.merchant_id, new_transaction_id()),
                 metadata=(("traceparent", by_grpc),),
                 timeout=30,
@@ -85,6 +87,21 @@ async def test_a_trace_reaches_the_payment_event_and_the_logs_of_both_services(s
             assert {line["service"] for line in minting_lines} == {"invoice_minting"}
         merchants = await read_envelopes(stack.kafka_bootstrap, stack.topic(MERCHANTS.name), expected=1)
         assert all(tracing.trace_id_of(e.traceparent) not in (grpc_trace, http_trace) for e in merchants)
+
+        # A claim, minted by a group-commit worker, submits its ISSUE in the trace of the claim request.
+        token = await minting.token(intake.merchant_id, recorded.payment.payment_id)
+        by_claim, claim_trace = _traceparent()
+        await minting.stub.ClaimInvoice(
+            api.ClaimInvoiceRequest(claim_token=token, buyer=person(), idempotency_key="traced"),
+            metadata=(("traceparent", by_claim),),
+            timeout=30,
+        )
+        issued = await read_envelopes(
+            stack.kafka_bootstrap, stack.topic(LEDGER_TRANSACTIONS.name), expected=1, timeout_s=30
+        )
+        claims = [e for e in issued if e.aggregate_id and not e.aggregate_id.startswith(("key:", "chain-"))]
+        assert [tracing.trace_id_of(e.traceparent) for e in claims] == [claim_trace]
+        assert await _eventually_logged(minting.service, claim_trace, "request handled")
 
 
 async def test_a_consumer_continues_the_trace_of_the_record_it_applies(stack: StackUnderTest) -> None:
