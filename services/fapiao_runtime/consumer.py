@@ -289,9 +289,12 @@ class EventConsumer:
                 if self._batch_handler is not None:
                     fresh = await mark_all_processed(conn, self._name, envelopes)
                     if fresh:
-                        # Events of several traces share this call: a batch handler that produces events
-                        # or logs per event continues each one's trace with `handling(envelope)`.
-                        await self._batch_handler(conn, fresh)
+                        # A batch of one trace is applied in it; events of several traces share this call,
+                        # so a batch handler that produces events or logs per event continues each one's
+                        # trace with `handling(envelope)`.
+                        traces = {envelope.traceparent for envelope in fresh}
+                        with tracing.continued_from(traces.pop()) if len(traces) == 1 else contextlib.nullcontext():
+                            await self._batch_handler(conn, fresh)
                         for envelope in fresh:
                             with handling(envelope):
                                 self._log_applied(envelope)

@@ -104,19 +104,20 @@ async def test_a_trace_reaches_the_payment_event_and_the_logs_of_both_services(s
         assert await _eventually_logged(minting.service, claim_trace, "request handled")
 
 
-async def test_a_consumer_continues_the_trace_of_the_record_it_applies(stack: StackUnderTest) -> None:
-    """The events a handler writes while it applies a traced record carry that record's trace id."""
-    traceparent, trace_id = _traceparent()
-    source = make_envelope(payments_pb2.PaymentSucceeded(), aggregate_id="a", producer="t", traceparent=traceparent)
-    untraced = make_envelope(payments_pb2.PaymentSucceeded(), aggregate_id="b", producer="t", traceparent="")
-    pool = await create_pool(stack.database_url, "traced")
+async def _caused(
+    stack: StackUnderTest, envelopes: list[envelope_pb2.EventEnvelope], *, batched: bool
+) -> dict[str, envelope_pb2.EventEnvelope]:
+    """Consume `envelopes` with an EventConsumer whose handler (or batch handler) writes one event per
+    record into the outbox; the written events by aggregate id."""
+    schema = f"traced_{uuid.uuid4().hex[:6]}"
+    pool = await create_pool(stack.database_url, schema)
     try:
-        await apply_migrations(pool, "traced", None)
+        await apply_migrations(pool, schema, None)
         producer = new_producer(stack.kafka_bootstrap, client_id="trace-test")
         await producer.start()
         try:
-            for envelope in (source, untraced):
-                await producer.send(stack.topic(PAYMENTS.name), envelope.SerializeToString(), key=b"k")
+            for envelope in envelopes:
+                await producer.send(stack.topic(PAYMENTS.name), envelope.SerializeToString(), key=schema.encode())
             await producer.flush()
         finally:
             await producer.stop()
@@ -125,29 +126,53 @@ async def test_a_consumer_continues_the_trace_of_the_record_it_applies(stack: St
             made = make_envelope(payments_pb2.PaymentRefunded(), aggregate_id=envelope.aggregate_id, producer="t")
             await enqueue(conn, [outgoing("caused.v1", made)])
 
+        async def produce_batch(conn: asyncpg.Connection, batch: list[envelope_pb2.EventEnvelope]) -> None:
+            for envelope in batch:
+                await produce_more(conn, envelope)
+
         consumer = EventConsumer(
             bootstrap=stack.kafka_bootstrap,
             topics=[stack.topic(PAYMENTS.name)],
-            group_id=f"traced-{uuid.uuid4().hex[:6]}",
+            group_id=schema,
             pool=pool,
             handler=produce_more,
+            batch_handler=produce_batch if batched else None,
         )
         stop = asyncio.Event()
         task = asyncio.ensure_future(consumer.run(stop))
         try:
             for _ in range(300):
-                if consumer.applied >= 2:
+                if consumer.applied >= len(envelopes):
                     break
                 await asyncio.sleep(0.1)
         finally:
             stop.set()
             await task
         async with pool.acquire() as conn:
-            rows = await conn.fetch("SELECT kafka_key, payload FROM outbox ORDER BY id")
+            rows = await conn.fetch("SELECT payload FROM outbox ORDER BY id")
     finally:
         await pool.close()
-    caused = {bytes(r["kafka_key"]): envelope_pb2.EventEnvelope.FromString(r["payload"]) for r in rows}
-    assert set(caused) == {b"a", b"b"}
-    assert tracing.trace_id_of(caused[b"a"].traceparent) == trace_id
-    assert caused[b"a"].traceparent != traceparent  # the consumer's own span
-    assert tracing.trace_id_of(caused[b"b"].traceparent) not in ("", trace_id)  # a record without one: a new trace
+    caused = [envelope_pb2.EventEnvelope.FromString(r["payload"]) for r in rows]
+    return {e.aggregate_id: e for e in caused}
+
+
+async def test_a_consumer_continues_the_trace_of_the_record_it_applies(stack: StackUnderTest) -> None:
+    """The events a handler writes while it applies a traced record carry that record's trace id."""
+    traceparent, trace_id = _traceparent()
+    source = make_envelope(payments_pb2.PaymentSucceeded(), aggregate_id="a", producer="t", traceparent=traceparent)
+    untraced = make_envelope(payments_pb2.PaymentSucceeded(), aggregate_id="b", producer="t", traceparent="")
+    caused = await _caused(stack, [source, untraced], batched=False)
+    assert set(caused) == {"a", "b"}
+    assert tracing.trace_id_of(caused["a"].traceparent) == trace_id
+    assert caused["a"].traceparent != traceparent  # the consumer's own span
+    assert tracing.trace_id_of(caused["b"].traceparent) not in ("", trace_id)  # a record without one: a new trace
+
+
+async def test_a_batch_of_one_trace_is_applied_in_that_trace(stack: StackUnderTest) -> None:
+    traceparent, trace_id = _traceparent()
+    records = [
+        make_envelope(payments_pb2.PaymentSucceeded(), aggregate_id=name, producer="t", traceparent=traceparent)
+        for name in ("a", "b", "c")
+    ]
+    caused = await _caused(stack, records, batched=True)
+    assert {name: tracing.trace_id_of(e.traceparent) for name, e in caused.items()} == dict.fromkeys("abc", trace_id)
