@@ -103,7 +103,7 @@ test: setup $(BUF) browser prometheus ## run the whole test suite against a real
 	$(BUF) lint protos
 	$(PY) -m pytest --basetemp=build/pytest --durations=25 $(PYTEST_ARGS)
 
-test-unit: setup ## unit tests only (no broker, no database)
+test-unit: setup prometheus ## unit tests only (no broker, no database)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 test-cluster: setup ## the whole multi-host cluster up, one payment across its hosts, down (root; a few minutes)
