@@ -3,14 +3,11 @@ operation it lists is called and answers what its schemas say, errors are JSON w
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from typing import Any
 
 import aiohttp
 import pytest
-from fapiao.invoicing.v1 import invoice_pb2
 from gateway.api import ROUTES
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
@@ -55,21 +52,6 @@ async def test_the_openapi_document_validates_and_lists_exactly_the_routes(
         (method.upper(), path) for path, item in document["paths"].items() for method in item if method != "parameters"
     }
     assert listed == {(method, path) for method, path, _ in ROUTES}
-
-
-async def _issued(backends: FakeBackends, http: aiohttp.ClientSession, gateway: RunningGateway) -> tuple[str, str]:
-    """(view token, invoice number) of a freshly claimed invoice, once the ledger holds it."""
-    token = _offer(backends)
-    body = {"buyer_kind": "company", "name": "Buyer Co", "tax_id": GOOD_TAX_ID, "idempotency_key": "api-1"}
-    async with http.post(f"{gateway.url}/api/v1/claims/{token}", json=body) as response:
-        assert response.status == 201, await response.text()
-        view_token = (await response.json())["view_token"]
-    invoice_id = backends.minting.offers[token].invoice_id
-    deadline = time.monotonic() + 10
-    while backends.minting.invoices[invoice_id].status != invoice_pb2.INVOICE_STATUS_ISSUED:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
-    return view_token, backends.minting.invoices[invoice_id].body.invoice_number
 
 
 async def test_every_operation_answers_what_the_document_says(
@@ -123,11 +105,7 @@ async def test_every_operation_answers_what_the_document_says(
             "GET", "/api/v1/claimed-invoices/{view_token}/pdf", f"/api/v1/claimed-invoices/{view}/pdf", 409
         )
         assert not_yet["reason"] == "INVOICE_PENDING"
-    invoice_id = backends.minting.offers[token].invoice_id
-    deadline = time.monotonic() + 10
-    while backends.minting.invoices[invoice_id].status != invoice_pb2.INVOICE_STATUS_ISSUED:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await backends.minting.until_issued(backends.minting.offers[token].invoice_id)
     issued = await call("GET", "/api/v1/claimed-invoices/{view_token}", f"/api/v1/claimed-invoices/{view}", 200)
     assert issued["status"] == "ISSUED" and issued["reimbursement_status"] == "NOT_REIMBURSED"
     assert issued["total_amount_fen"] + issued["total_tax_fen"] == issued["total_fen"] == 11200

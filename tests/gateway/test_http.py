@@ -258,12 +258,7 @@ async def _issued_invoice(
     form = {"buyer_kind": "company", "name": "Secret Buyer Ltd", "tax_id": GOOD_TAX_ID, "idempotency_key": "v"}
     async with http.post(f"{gateway.url}/claim/{token}", data=form, allow_redirects=False) as response:
         assert response.status == 303
-    invoice_id = backends.minting.offers[token].invoice_id
-    deadline = time.monotonic() + 10
-    while backends.minting.invoices[invoice_id].status != invoice_pb2.INVOICE_STATUS_ISSUED:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
-    return backends.minting.invoices[invoice_id]
+    return await backends.minting.until_issued(backends.minting.offers[token].invoice_id)
 
 
 async def test_verify_page_genuine_by_fields_and_by_qr(
