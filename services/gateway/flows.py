@@ -263,8 +263,9 @@ def take_check(ctx: GatewayContext, client: str) -> None:
         raise RateLimited("RATE_LIMITED", "too many checks from this client; wait a little", retry_after)
 
 
-def _parse_verification(values: dict[str, str]) -> tuple[str, QrContent | None, str, str, int]:
-    """(number, qr, date, ...) from the form: every field problem at once as FieldErrors."""
+def _parse_verification(values: dict[str, str]) -> tuple[VerificationQuery, QrContent | None]:
+    """What to look up, and the QR it came from (None for typed fields); every problem at once as
+    FieldErrors. `values` keeps what was typed, with text that cannot appear on an invoice cleared."""
     problems: dict[str, FieldProblem] = {}
     for name in VERIFY_FIELDS:
         try:
@@ -279,16 +280,24 @@ def _parse_verification(values: dict[str, str]) -> tuple[str, QrContent | None, 
             qr = parse_qr_content(values["qr"])
         except InvalidArgument as error:
             raise FieldErrors({"qr": FieldProblem(error.reason, error.message)}) from None
-        return qr.invoice_number, qr, qr.issue_date, "qr", qr.amount_fen
-    parsed: dict[str, object] = {}
-    for name, parse in (("number", parse_invoice_number), ("date", parse_issue_date), ("total", parse_yuan)):
-        try:
-            parsed[name] = parse(values[name])
-        except InvalidArgument as error:
-            problems[name] = FieldProblem(error.reason, error.message)
+        return qr.query, qr
+    number = issue_date = ""
+    total_fen = 0
+    try:
+        number = parse_invoice_number(values["number"])
+    except InvalidArgument as error:
+        problems["number"] = FieldProblem(error.reason, error.message)
+    try:
+        issue_date = parse_issue_date(values["date"])
+    except InvalidArgument as error:
+        problems["date"] = FieldProblem(error.reason, error.message)
+    try:
+        total_fen = parse_yuan(values["total"])
+    except InvalidArgument as error:
+        problems["total"] = FieldProblem(error.reason, error.message)
     if problems:
         raise FieldErrors(problems)
-    return str(parsed["number"]), None, str(parsed["date"]), "fields", int(str(parsed["total"]))
+    return VerificationQuery(number, issue_date, total_fen), None
 
 
 def verification_requested(values: Mapping[str, str]) -> bool:
@@ -302,9 +311,11 @@ async def verify(ctx: GatewayContext, values: dict[str, str]) -> VerificationRes
     once; a Fapiao QR whose check field does not match is QR_CHECK_MISMATCH on "qr"),
     TOO_MANY_FAILED_CHECKS, NO_VALIDATOR_KEYS or a lost ledger's Unavailable.
     """
-    number, qr, issue_date, source, total_fen = _parse_verification(values)
+    query, qr = _parse_verification(values)
+    number, source = query.invoice_number, "fields" if qr is None else "qr"
     if qr is not None and not qr.fapiao_shaped:
         # A legacy VAT invoice or another kind: never on this network, nothing to ask the ledger.
+        ctx.metrics.verifications.labels(NOT_ISSUED_HERE).inc()
         return VerificationResult(NOT_ISSUED_HERE, number, source=source)
     # A check of this number takes a token before asking the ledger, so concurrent guesses cannot all
     # pass; it is given back unless the check failed (wrong date or total, an altered QR).
@@ -316,7 +327,6 @@ async def verify(ctx: GatewayContext, values: dict[str, str]) -> VerificationRes
     if not ctx.settings.validator_keys:
         ctx.invoice_failures.give_back(number)
         raise Unavailable("NO_VALIDATOR_KEYS", "no validator keys are configured")
-    query = qr.query if qr is not None else None
     try:
         # f + 1 validators: at least one honest answer, and the freshest verified status wins.
         readers = len(ctx.settings.validator_keys) - ctx.settings.quorum + 1
@@ -338,8 +348,6 @@ async def verify(ctx: GatewayContext, values: dict[str, str]) -> VerificationRes
         raise FieldErrors(
             {"qr": FieldProblem("QR_CHECK_MISMATCH", "the QR check field does not match: mistyped or altered")}
         )
-    if query is None:
-        query = VerificationQuery(number, issue_date, total_fen)
     try:
         verdicts = [
             await verify_invoice(query, answer, ctx.settings.validator_keys, ctx.settings.quorum, ctx.issuer_key)
