@@ -3,6 +3,9 @@ operation it lists is called and answers what its schemas say, errors are JSON w
 
 from __future__ import annotations
 
+import gzip
+import json
+import logging
 import uuid
 from typing import Any
 
@@ -15,6 +18,7 @@ from openapi_spec_validator import validate
 from tests.gateway.conftest import RunningGateway, settings_for, start_gateway
 from tests.gateway.fake_backends import SELLER, FakeBackends, uscc
 from tests.gateway.ledger_world import verification_qr
+from tests.gateway.raw_http import assert_no_traceback, send_raw
 
 pytestmark = pytest.mark.unit
 
@@ -193,3 +197,32 @@ async def test_api_verification_is_rate_limited_with_retry_after(
         assert retry_after is not None and int(retry_after) >= 1
     finally:
         await limited.runner.cleanup()
+
+
+HOSTILE_JSON: dict[str, tuple[bytes, bytes, int, str]] = {
+    "deeply nested": (b"", b"[" * 15_000 + b"]" * 15_000, 413, "BODY_TOO_LARGE"),
+    "nested within the bound": (b"", b'{"qr":' + b"[" * 8000 + b"]" * 8000 + b"}", 400, "MALFORMED_JSON"),
+    "bytes that are not UTF-8": (b"", b'{"qr": "\xff\xfe"}', 400, "MALFORMED_JSON"),
+    "another charset": (b"; charset=latin-1", b'{"qr": "x"}', 415, "UNSUPPORTED_CHARSET"),
+    "a JSON string": (b"", b'"01,32,,1,2,3,,AAAA"', 400, "MALFORMED_JSON"),
+    "a number for the QR": (b"", b'{"qr": 5}', 400, "VERIFICATION_INPUT_REQUIRED"),
+    "a big body": (b"", b'{"qr": "' + b"1" * 20_000 + b'"}', 413, "BODY_TOO_LARGE"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_JSON))
+async def test_hostile_json_bodies_get_a_4xx_with_their_reason(
+    case: str, backends: FakeBackends, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    roomy = await start_gateway(settings_for(backends, verify_burst=1000, verify_per_minute=1000.0))
+    charset, body, status, reason = HOSTILE_JSON[case]
+    try:
+        head = b"POST /api/v1/verifications HTTP/1.1\r\nContent-Type: application/json" + charset
+        response = await send_raw(roomy.url, head, body)
+        gzipped = await send_raw(roomy.url, head + b"\r\nContent-Encoding: gzip", gzip.compress(body))
+    finally:
+        await roomy.runner.cleanup()
+    assert (response.status, json.loads(response.body)["reason"]) == (status, reason)
+    assert (gzipped.status, json.loads(gzipped.body)["reason"]) == (415, "UNSUPPORTED_CONTENT_ENCODING")
+    assert_no_traceback(caplog)
