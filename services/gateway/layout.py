@@ -42,7 +42,7 @@ td,th{padding:6px 4px;border-bottom:1px solid #eee;text-align:left}
 td.num,th.num{text-align:right;white-space:nowrap}
 img.qr{display:block;margin:8px auto;width:180px;height:180px;image-rendering:pixelated}
 footer{color:#9ca3af;font-size:.8rem;text-align:center;padding:16px}
-.taxid{font-family:ui-monospace,Menlo,Consolas,monospace;letter-spacing:.04em}
+.taxid{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em;white-space:nowrap}
 """
 
 # Claim and invoice URLs carry secrets: never send them on as a Referer, never cache the pages,
