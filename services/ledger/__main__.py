@@ -11,15 +11,15 @@ from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.service import ServiceContext, Task, run_service
 
-from ledger.config import LedgerConfig
 from ledger.grpc_api import LedgerServicer
+from ledger.settings import LedgerSettings
 from ledger.validator import Validator
 
 SERVICE_NAME = "fapiao.ledger.v1.LedgerService"
 
 
 def main() -> None:
-    ledger_config = LedgerConfig.from_env()
+    ledger_config = LedgerSettings.from_env()
     config = RuntimeConfig.from_env("ledger", 50061, db_schema=ledger_config.validator_id.replace("-", "_"))
 
     async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None] | Task]:

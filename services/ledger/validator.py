@@ -37,7 +37,6 @@ from prometheus_client import Counter, Gauge
 
 from ledger import store
 from ledger.chain import ChainExecutor, CutBlock, claims_id
-from ledger.config import LedgerConfig
 from ledger.presence import PresenceFilter
 from ledger.records import (
     OWN_SIGNATURE,
@@ -49,6 +48,7 @@ from ledger.records import (
     verified_signature,
 )
 from ledger.replay import ReplayPoint
+from ledger.settings import LedgerSettings
 from ledger.state_machine import DUPLICATE_TRANSACTION
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def chains_to_mark(due: Mapping[int, float], unmarked: set[int], now: float) -> 
 
 class Validator:
     def __init__(
-        self, runtime: RuntimeConfig, config: LedgerConfig, pool: asyncpg.Pool, producer: AIOKafkaProducer
+        self, runtime: RuntimeConfig, config: LedgerSettings, pool: asyncpg.Pool, producer: AIOKafkaProducer
     ) -> None:
         self.runtime = runtime
         self.config = config

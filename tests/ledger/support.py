@@ -6,7 +6,7 @@ from typing import Any
 
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.ledger_client import SigningKey
-from ledger.config import LedgerConfig
+from ledger.settings import LedgerSettings
 from ledger.validator import Validator
 
 IDS = [f"validator-{i}" for i in range(1, 5)]
@@ -16,7 +16,7 @@ def unit_validator(pool: Any, producer: Any = None, *, recent_heights: int = 10_
     """validator-1 of four (quorum 3), with fresh keys, over `pool` and `producer`."""
     own = SigningKey.generate(IDS[0])
     keys = {i: own.public_key if i == IDS[0] else SigningKey.generate(i).public_key for i in IDS}
-    config = LedgerConfig(
+    config = LedgerSettings(
         validator_id=IDS[0],
         signing_key=own,
         validator_keys=keys,

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
+from fapiao_stack.devnet import BUYER_TAX_ID, T, issue, reimburse
 from fapiao_stack.harness import StackUnderTest
 from ledger import reads, store
-from ledger.devnet import BUYER_TAX_ID, T, issue, reimburse
 
 from tests.ledger.support import IDS, unit_validator
 from tests.ledger.test_state_machine import ISSUER, REIMBURSER, Feeder, iid, new_chain

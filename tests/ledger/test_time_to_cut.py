@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import parse_envelope, unpack
-from ledger.config import LedgerConfig
-from ledger.devnet import issue
+from fapiao_stack.devnet import issue
 from ledger.records import LogRecord, decode_record, marker_envelope
+from ledger.settings import LedgerSettings
 from ledger.state_machine import parse_transaction
 from ledger.validator import chains_to_mark, cut_interval_start, time_to_cut_due
 from prometheus_client import REGISTRY
@@ -238,7 +238,7 @@ def test_idle_time_setting(monkeypatch: pytest.MonkeyPatch, cut_ms: str, idle_ms
     monkeypatch.setenv("FAPIAO_LEDGER_CUT_MS", cut_ms)
     if idle_ms is not None:
         monkeypatch.setenv("FAPIAO_LEDGER_CUT_IDLE_MS", idle_ms)
-    assert LedgerConfig.from_env().cut_idle_ms == expected
+    assert LedgerSettings.from_env().cut_idle_ms == expected
 
 
 @pytest.mark.parametrize("idle_ms", ["-1", "51"])
@@ -246,4 +246,4 @@ def test_idle_time_outside_zero_to_the_cut_interval_is_refused(monkeypatch: pyte
     monkeypatch.setenv("FAPIAO_LEDGER_CUT_MS", "50")
     monkeypatch.setenv("FAPIAO_LEDGER_CUT_IDLE_MS", idle_ms)
     with pytest.raises(ValueError, match="FAPIAO_LEDGER_CUT_IDLE_MS"):
-        LedgerConfig.from_env()
+        LedgerSettings.from_env()

@@ -31,7 +31,7 @@ DEFAULT_RECENT_HEIGHTS = 10_000
 
 
 @dataclass(frozen=True)
-class LedgerConfig:
+class LedgerSettings:
     """validator_keys includes this validator; quorum counts identical header signatures (2f+1)."""
 
     validator_id: str
@@ -47,7 +47,7 @@ class LedgerConfig:
     recent_heights: int = DEFAULT_RECENT_HEIGHTS
 
     @classmethod
-    def from_env(cls) -> LedgerConfig:
+    def from_env(cls) -> LedgerSettings:
         validator_id = env_str("FAPIAO_VALIDATOR_ID", "validator-1")
         key_file = os.environ.get("FAPIAO_LEDGER_KEY_FILE", "")
         if key_file:
