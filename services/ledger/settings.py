@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 
 # Shortest time between two time cuts of a chain under load. Every block costs each validator a fixed
 # amount of work (a statement, a signature, four signature reads, finality, results), so on a busy
-# machine a longer wait that makes blocks larger lowers latency rather than raising it (measured:
-# docs/benchmarks.md).
+# machine a longer wait that makes blocks larger lowers latency rather than raising it
+# (docs/benchmarks.md).
 DEFAULT_CUT_MS = 50
 # A chain whose previous cut is at least cut_ms old is not under load: its first pending transaction
 # waits only this long for companions before the marker (latency at light load; see docs/ledger.md).

@@ -18,7 +18,7 @@ from fapiao_runtime.ledger_trust import ReceiptInvalid, validator_keys_from_env,
 from fapiao_stack.devnet import BUYER_TAX_ID, LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 from fapiao_stack.harness import StackUnderTest, read_envelopes
 from google.protobuf.message import DecodeError
-from ledger.validator import result_publishers
+from ledger.publishing import result_publishers
 
 pytestmark = pytest.mark.integration
 
