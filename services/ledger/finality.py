@@ -520,9 +520,6 @@ class FinalityVotes:
         row exists would be lost.
         """
         if newly_final:
-            for key in newly_final:
-                if key not in self._own_hashes:
-                    raise InvariantViolation(f"block {key} made final without our header")
             self._pending.deciding_final(newly_final)
             self._on_final(newly_final)
         concerned = {*newly_final, *(key for key, _, _ in diverging), *((s.chain_id, s.height) for s in signatures)}
