@@ -29,10 +29,11 @@ from fapiao_runtime.errors import (
     Unavailable,
 )
 from fapiao_runtime.ledger_client import UNVERIFIED_REJECTIONS
+from fapiao_runtime.vocabulary import require_invoice_number
 
 from reimbursement import requests_store as store
 from reimbursement.identity import require_active
-from reimbursement.invoice_facts import INVOICE_NUMBER, FactsCache, InvoiceFacts, facts_of
+from reimbursement.invoice_facts import FactsCache, InvoiceFacts, facts_of
 from reimbursement.ledger_port import LedgerPort
 from reimbursement.organisations import Organisation
 from reimbursement.requests_store import TxRow
@@ -188,8 +189,7 @@ class ReimbursementHandlers:
         if len(numbers) > MAX_BATCH:
             raise InvalidArgument("BATCH_TOO_LARGE", f"at most {MAX_BATCH} invoices per batch")
         for number in numbers:
-            if not INVOICE_NUMBER.fullmatch(number):
-                raise InvalidArgument("INVALID_INVOICE_NUMBER", "an invoice number has 20 digits")
+            require_invoice_number(number)
         if len(set(numbers)) != len(numbers):
             raise InvalidArgument("DUPLICATE_INVOICE", "each invoice may appear once per batch")
         return numbers

@@ -8,7 +8,6 @@ the invoice's number, issue date and total; on a mismatch nothing else is reveal
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -17,14 +16,13 @@ from fapiao.ledger.v1 import ledger_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import InvalidArgument, Unavailable
 from fapiao_runtime.ledger_trust import PublicKeys, ReceiptInvalid, verify_receipt
+from fapiao_runtime.vocabulary import ISSUE_DATE, require_invoice_number
 
-from reimbursement.invoice_facts import INVOICE_NUMBER, FactsCache, facts_of, invoice_body, signed_invoice_from_receipt
+from reimbursement.invoice_facts import FactsCache, facts_of, invoice_body, signed_invoice_from_receipt
 from reimbursement.issuer_keys import find_issuer_key, issuer_signature_problem
 from reimbursement.ledger_port import LedgerPort
 from reimbursement.organisations import Organisation
 from reimbursement.rate_limits import OrganisationRateLimiter, count_check, uncount_check
-
-ISSUE_DATE = re.compile(r"[0-9]{8}")
 
 STATUS_FROM_LEDGER = {
     ledger_pb2.INVOICE_LEDGER_STATUS_ISSUED: rpb.REIMBURSEMENT_STATUS_INIT,
@@ -67,8 +65,7 @@ class InvoiceVerifier:
 
         Everything else is an answer: genuine=false with `problem` naming the first failed check.
         """
-        if not INVOICE_NUMBER.fullmatch(request.invoice_number):
-            raise InvalidArgument("INVALID_INVOICE_NUMBER", "an invoice number has 20 digits")
+        require_invoice_number(request.invoice_number)
         if not ISSUE_DATE.fullmatch(request.issue_date):
             raise InvalidArgument("INVALID_ISSUE_DATE", "issue_date is yyyymmdd")
         self._limiter.take(organisation.tax_id)

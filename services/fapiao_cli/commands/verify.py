@@ -18,7 +18,6 @@ from pathlib import Path
 import grpc
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
-from fapiao_runtime.invoice_ids import is_invoice_number
 from fapiao_runtime.ledger_trust import (
     PublicKeys,
     ReceiptInvalid,
@@ -26,6 +25,7 @@ from fapiao_runtime.ledger_trust import (
     validator_keys_from_env,
     verify_receipt,
 )
+from fapiao_runtime.vocabulary import is_invoice_number
 from google.protobuf import json_format
 
 from fapiao_cli import clients
