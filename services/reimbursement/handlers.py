@@ -13,7 +13,6 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
@@ -31,12 +30,13 @@ from fapiao_runtime.errors import (
 from fapiao_runtime.ledger_client import UNVERIFIED_REJECTIONS
 from fapiao_runtime.vocabulary import require_invoice_number
 
-from reimbursement import requests_store as store
+from reimbursement import store
 from reimbursement.identity import require_active
 from reimbursement.invoice_facts import FactsCache, InvoiceFacts, facts_of
 from reimbursement.ledger_port import LedgerPort
 from reimbursement.organisations import Organisation
-from reimbursement.requests_store import TxRow
+from reimbursement.settings import HandlerSettings
+from reimbursement.store import TxRow
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,6 @@ def rejection_error(reason: str, invoice_number: str = "") -> FapiaoError:
     if invoice_number:
         message = f"{message}: {invoice_number}"
     return error_type(code, message)
-
-
-@dataclass(frozen=True)
-class HandlerSettings:
-    max_wait_s: float = 10.0
-    # Stop waiting this long before the client's deadline so DEADLINE_EXCEEDED reaches it as our answer.
-    deadline_margin_s: float = 0.05
 
 
 class ReimbursementHandlers:

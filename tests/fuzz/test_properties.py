@@ -36,8 +36,8 @@ from invoice_minting.invoice_store import _after_seq, _page_token
 from payment_intake import domain
 from payment_intake import wechatpay as wx
 from payment_intake.webhook import NotificationReceiver, load_json_object, payment_from_resource, refund_from_resource
-from reimbursement.servicer import _page_token as reimbursement_page_token
-from reimbursement.servicer import _parse_page_token
+from reimbursement.grpc_api import _page_token as reimbursement_page_token
+from reimbursement.grpc_api import _parse_page_token
 
 pytestmark = pytest.mark.unit
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
+from fapiao_runtime.invoice_verify import NumberOnly, Outcome, Verdict, decide, read_issue
 from fapiao_runtime.ledger_trust import (
     PublicKeys,
     ReceiptInvalid,
@@ -62,23 +63,24 @@ def _keys(args: argparse.Namespace) -> PublicKeys:
 
 
 def verify_invoice_receipts(
-    state: ledger_service_pb2.GetInvoiceStateResponse, keys: PublicKeys
-) -> tuple[invoice_pb2.InvoiceBody, ledger_pb2.TransactionResult]:
-    """Verify the ISSUE and latest receipts offline; return the issued invoice body and the latest result.
+    state: ledger_service_pb2.GetInvoiceStateResponse, keys: PublicKeys, invoice_number: str = ""
+) -> tuple[invoice_pb2.InvoiceBody, Verdict]:
+    """Verify the ISSUE and latest receipts offline (`fapiao_runtime.invoice_verify`, without issuer
+    keys); return the issued invoice body and the verdict with its current status.
 
-    Raises ReceiptInvalid when a receipt does not verify or the ISSUE was not accepted.
+    `invoice_number` defaults to the one the answer's state names. Raises ReceiptInvalid naming the
+    first failed check (ISSUE_NOT_FINAL while the ISSUE is not in a final block).
     """
-    issued = verify_receipt(state.issue_receipt, keys)
-    if not issued.accepted or issued.type != ledger_pb2.TRANSACTION_TYPE_ISSUE:
-        raise ReceiptInvalid("NOT_ISSUED", "the ISSUE transaction was not accepted")
-    transaction = ledger_pb2.TransactionBody.FromString(
-        ledger_pb2.SignedTransaction.FromString(state.issue_receipt.transaction).body
-    )
-    body = invoice_pb2.InvoiceBody.FromString(transaction.issue.invoice.body)
-    latest = verify_receipt(state.receipt, keys) if state.receipt.header else issued
-    if latest.invoice_id != issued.invoice_id:
-        raise ReceiptInvalid("RECEIPT_RESULT_MISMATCH", "the receipts are about different invoices")
-    return body, latest
+    claim = NumberOnly(invoice_number or state.state.invoice_number)
+    issued = read_issue(claim, state, keys, None)
+    if isinstance(issued, Verdict):
+        if issued.outcome is Outcome.FORGED:
+            raise ReceiptInvalid(issued.reason, "the ledger's answer does not verify")
+        raise ReceiptInvalid("ISSUE_NOT_FINAL", "the ISSUE transaction is not in a final block yet")
+    verdict = decide(issued, keys, None, None, check_issuer=False)
+    if not verdict.verified:
+        raise ReceiptInvalid(verdict.reason, "the ledger's answer does not verify")
+    return issued.body, verdict
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -109,7 +111,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.save:
         args.save.write_text(json_format.MessageToJson(state.receipt if state.receipt.header else state.issue_receipt))
     try:
-        body, latest = verify_invoice_receipts(state, keys)
+        body, verdict = verify_invoice_receipts(state, keys, args.invoice_number)
     except ReceiptInvalid as exc:
         print(json.dumps({"verified": False, "reason": exc.reason, "message": exc.message}))
         return EXIT_FAILED
@@ -121,9 +123,9 @@ def _verify(args: argparse.Namespace) -> int:
                 "seller": body.seller.name,
                 "total_fen": body.total_fen,
                 "issue_date": body.issue_date,
-                "status": ledger_pb2.InvoiceLedgerStatus.Name(latest.state.status),
-                "chain": latest.chain_id,
-                "height": latest.height,
+                "status": ledger_pb2.InvoiceLedgerStatus.Name(verdict.status),
+                "chain": verdict.chain_id,
+                "height": verdict.height,
             },
             ensure_ascii=False,
         )

@@ -12,10 +12,10 @@ from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.errors import InvalidArgument
 
-from reimbursement import requests_store as store
+from reimbursement import store
 from reimbursement.handlers import ReimbursementHandlers
 from reimbursement.identity import authenticate, peer_tax_id
-from reimbursement.requests_store import TxRow
+from reimbursement.store import TxRow
 from reimbursement.verification import STATUS_FROM_LEDGER, InvoiceVerifier
 
 MAX_PAGE_SIZE = 500

@@ -1,4 +1,5 @@
-"""Idempotency store: requests and the ledger transactions they submitted, in PostgreSQL.
+"""The reimbursement store, in PostgreSQL: requests and the ledger transactions they submitted
+(idempotency), and the issuer keys learnt from the ledger log.
 
 A request row (UNIQUE organisation + idempotency key) and its transaction ids are inserted in the
 same database transaction that enqueues the signed transactions for the ledger, so a retry always
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 import asyncpg
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import OutgoingEvent
+from fapiao_runtime.issuer_keys import IssuerKey
 from fapiao_runtime.outbox import OUTBOX_INSERT, outbox_arrays, outbox_source
 
 from reimbursement.organisations import Organisation
@@ -311,3 +313,34 @@ async def locked_invoice_ids(
         list(invoice_numbers),
     )
     return {r["invoice_number"]: r["invoice_id"] for r in records}
+
+
+async def store_registration(conn: asyncpg.Connection | asyncpg.Pool, registration: ledger_pb2.KeyRegistration) -> None:
+    """Upsert an ISSUER key (others are ignored). Revocation sticks: a revoked key id is never re-enabled."""
+    if registration.role != ledger_pb2.SUBMITTER_ROLE_ISSUER:
+        return
+    if registration.revoked:
+        await conn.execute(
+            "UPDATE issuer_keys SET revoked = true, updated_at = now() WHERE key_id = $1", registration.key_id
+        )
+        return
+    if len(registration.public_key) != 32:
+        return
+    await conn.execute(
+        "INSERT INTO issuer_keys (key_id, public_key, seller_tax_id, registration_id) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (key_id) DO NOTHING",
+        registration.key_id,
+        registration.public_key,
+        registration.subject,
+        registration.registration_id,
+    )
+
+
+async def find_issuer_key(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> IssuerKey | None:
+    """The issuer key `key_id` as the authority registered it on the ledger, or None if not (yet) stored."""
+    row = await conn.fetchrow(
+        "SELECT key_id, public_key, seller_tax_id, revoked FROM issuer_keys WHERE key_id = $1", key_id
+    )
+    if row is None:
+        return None
+    return IssuerKey(row["key_id"], bytes(row["public_key"]), row["seller_tax_id"], row["revoked"])

@@ -1,5 +1,8 @@
 """A local reimbursement deployment for tests and the benchmark: a CA, 4 validator processes, the
-reimbursement process behind mutual TLS, organisation certificates and invoices issued on the ledger."""
+reimbursement process behind mutual TLS, organisation certificates and invoices issued on the ledger.
+
+A harness, not part of the service: it runs the reimbursement package's processes and migrations.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import reimbursement
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.db import apply_migrations, create_pool
@@ -23,13 +27,13 @@ from fapiao_runtime.pki import (
     write_pem_pair,
 )
 from fapiao_runtime.tax_id import uscc_check_char
-from fapiao_stack.harness import ServiceProcess, StackUnderTest
-from fapiao_stack.procs import free_port
 from ledger.devnet import LedgerNetwork, cancel, issue
-
 from reimbursement.organisations import add_organisation
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+from fapiao_stack.harness import ServiceProcess, StackUnderTest
+from fapiao_stack.procs import free_port
+
+MIGRATIONS = Path(reimbursement.__file__).parent / "migrations"
 
 
 def new_tax_id() -> str:
