@@ -137,8 +137,6 @@ def test_the_status_comes_from_the_latest_accepted_receipt_of_the_same_invoice()
     assert _verdict(world, number, key).outcome is Outcome.LOCKED
     other_id = _answer(world, other).state.invoice_id
     world.invoices[invoice_id].receipt = world.invoices[other_id].receipt  # a faulty validator's answer
-        world.state_response(invoice_number=other).state.invoice_id
-    ].receipt  # type: ignore[union-attr]
     verdict = _verdict(world, number, key)
     assert (verdict.outcome, verdict.reason) == (Outcome.FORGED, STATE_RECEIPT_FOR_ANOTHER_INVOICE)
     assert verdict.status == ledger_pb2.INVOICE_LEDGER_STATUS_UNSPECIFIED
