@@ -19,6 +19,7 @@ import grpc
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
 from fapiao_runtime.invoice_verify import NumberOnly, Outcome, Verdict, decide, read_issue
+from fapiao_runtime.ledger_client import FAILOVER_CODES, NoValidatorAnswered, ValidatorClient
 from fapiao_runtime.ledger_trust import (
     PublicKeys,
     ReceiptInvalid,
@@ -29,8 +30,10 @@ from fapiao_runtime.ledger_trust import (
 from fapiao_runtime.vocabulary import is_invoice_number
 from google.protobuf import json_format
 
-from fapiao_cli import clients
+from fapiao_cli.local import ledger_addresses
 from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, command_epilog
+
+FETCH_TIMEOUT_S = 5.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -107,7 +110,9 @@ def _verify(args: argparse.Namespace) -> int:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             print(json.dumps({"verified": False, "reason": "NOT_ON_LEDGER"}))
             return EXIT_FAILED
-        raise CliError(f"no validator answered: {exc.code().name}", EXIT_UNREACHABLE) from None
+        raise CliError(f"the validator refused: {exc.code().name}", EXIT_UNREACHABLE) from None
+    except NoValidatorAnswered as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
     if args.save:
         args.save.write_text(json_format.MessageToJson(state.receipt if state.receipt.header else state.issue_receipt))
     try:
@@ -134,17 +139,15 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 async def _fetch(invoice_number: str) -> ledger_service_pb2.GetInvoiceStateResponse:
-    """Ask the validators in turn; the answer is verified offline, so any one will do."""
-    last_error: grpc.aio.AioRpcError | None = None
-    for stub in clients.ledgers():
-        try:
-            reply: ledger_service_pb2.GetInvoiceStateResponse = await stub.GetInvoiceState(
-                ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number), timeout=5
-            )
-            return reply
-        except grpc.aio.AioRpcError as exc:
-            last_error = exc
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise
-    assert last_error is not None
-    raise last_error
+    """Ask the validators in turn (`ValidatorClient`, failing over as every service does; a faulty one
+    answering INTERNAL too): the answer is verified offline, so any one will do. NOT_FOUND is an answer."""
+    validators = ValidatorClient(ledger_addresses(), FETCH_TIMEOUT_S)
+    try:
+        reply: ledger_service_pb2.GetInvoiceStateResponse = await validators.call(
+            "GetInvoiceState",
+            ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number),
+            failover=FAILOVER_CODES | {grpc.StatusCode.INTERNAL},
+        )
+        return reply
+    finally:
+        await validators.close()
