@@ -2,8 +2,9 @@
 QR check field and the claim-token hash. One definition each, so a rule cannot drift between the
 service that writes a value and the one that checks it.
 
-Money in words and figures (`yuan_text`, 大写) lives with the invoice document; the QR content parser
-of national codes lives with the verification page; both build on what is here.
+Money in figures and in capitals (`yuan_text`, 大写) is `fapiao_runtime.money_text`; the parser of
+national QR content strings is the verification page's (`gateway.qr_content`), which checks Fapiao's
+own check field with `qr_check` here.
 """
 
 from __future__ import annotations
