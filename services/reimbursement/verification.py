@@ -55,7 +55,7 @@ class InvoiceVerifier:
         self._quorum = quorum
         self._settings = settings or VerificationSettings()
         self._limiter = OrganisationRateLimiter(self._settings.checks_per_second)
-        # IssuerKeyRecorder.caught_up: a key not stored yet may have been registered a moment ago.
+        # IssuerKeyFollower.caught_up: a key not stored yet may have been registered a moment ago.
         self._keys_caught_up = keys_caught_up
         self._facts_cache = facts_cache
 
