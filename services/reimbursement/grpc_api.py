@@ -46,12 +46,13 @@ def outcome_of(row: TxRow) -> rpb.ReimbursementOutcome:
     return outcome
 
 
-def _page_token(request_id: int, position: int) -> str:
+def page_token(request_id: int, position: int) -> str:
+    """ListReimbursements' opaque cursor: the (request id, position) of the last row of a page."""
     return base64.urlsafe_b64encode(struct.pack(">qi", request_id, position)).decode()
 
 
-def _parse_page_token(token: str) -> tuple[int, int] | None:
-    """The (request id, position) cursor of a token `_page_token` wrote; INVALID_PAGE_TOKEN for
+def parse_page_token(token: str) -> tuple[int, int] | None:
+    """The (request id, position) cursor of a token `page_token` wrote; INVALID_PAGE_TOKEN for
     anything else (not 12 bytes of base64, or a negative id or position, which no token carries)."""
     if not token:
         return None
@@ -121,10 +122,10 @@ class ReimbursementServicer(rpb_grpc.ReimbursementServiceServicer):
             raise InvalidArgument("INVALID_PAGE_SIZE", "page_size must not be negative")
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         found = await store.list_transactions(
-            self._pool, organisation.tax_id, _parse_page_token(request.page_token), size + 1
+            self._pool, organisation.tax_id, parse_page_token(request.page_token), size + 1
         )
         reply = rpb.ListReimbursementsResponse(reimbursements=[outcome_of(row) for _, row in found[:size]])
         if len(found) > size:
             request_id, row = found[size - 1]
-            reply.next_page_token = _page_token(request_id, row.position)
+            reply.next_page_token = page_token(request_id, row.position)
         return reply
