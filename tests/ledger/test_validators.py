@@ -15,10 +15,10 @@ from fapiao_runtime.errors import DeadlineExceeded, reason_of
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_runtime.ledger_trust import ReceiptInvalid, validator_keys_from_env, verify_receipt
+from fapiao_stack.devnet import BUYER_TAX_ID, LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 from fapiao_stack.harness import StackUnderTest, read_envelopes
 from google.protobuf.message import DecodeError
-from ledger.devnet import BUYER_TAX_ID, LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
-from ledger.validator import result_publishers
+from ledger.publishing import result_publishers
 
 pytestmark = pytest.mark.integration
 
