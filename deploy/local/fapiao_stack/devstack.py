@@ -156,9 +156,28 @@ class RealStack:
         await self.net.submit([tx])
         result = await self.waiter.wait(ledger_pb2.TransactionBody.FromString(tx.body).transaction_id, 30)
         assert result.accepted, result.rejection_reason
+        await self.final_everywhere(number, ledger_pb2.INVOICE_LEDGER_STATUS_CANCELLED)
+
+    async def final_everywhere(
+        self, number: str, status: ledger_pb2.InvoiceLedgerStatus.ValueType, timeout_s: float = 30.0
+    ) -> None:
+        """Wait until every validator serves a final receipt leaving the invoice in `status`: a result is
+        published once a quorum signed its block, and a validator outside that quorum may still answer
+        with the previous receipt for a moment."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                replies = await self._replies(number)
+                if all(
+                    ledger_pb2.TransactionResult.FromString(r.receipt.result).state.status == status for r in replies
+                ):
+                    return
+                await asyncio.sleep(0.05)
 
     async def states(self, number: str) -> list[ledger_pb2.InvoiceState]:
         """The invoice's state on every validator (one long-lived channel per validator)."""
+        return [r.state for r in await self._replies(number)]
+
+    async def _replies(self, number: str) -> list[ledger_service_pb2.GetInvoiceStateResponse]:
         if not self._validator_channels:
             self._validator_channels = [
                 grpc.aio.insecure_channel(f"127.0.0.1:{p.port}") for p in self.net.processes.values()
@@ -171,4 +190,4 @@ class RealStack:
                 for c in self._validator_channels
             )
         )
-        return [r.state for r in replies]
+        return list(replies)
