@@ -30,7 +30,7 @@ from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from google.protobuf.message import DecodeError
 
-from fapiao_runtime.consumer import commit_applied
+from fapiao_runtime.consumer import commit_applied, watch_lag
 from fapiao_runtime.envelope import parse_envelope
 from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.kafka import BATCHED_FETCH
@@ -139,6 +139,7 @@ class IssuerKeyFollower:
         self.stored = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._committed = asyncio.Event()  # set (and replaced) after each offset commit
+        watch_lag(group_id, lambda: self._consumer)  # fapiao_consumer_lag while it runs
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(

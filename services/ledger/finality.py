@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime.consumer import watch_lag
 from fapiao_runtime.envelope import parse_envelope, unpack
 from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.ledger_client import topic_partitions
@@ -184,6 +185,7 @@ class FinalityVotes:
             max_poll_records=FETCH_MAX_RECORDS,
         )
         await consumer.start()
+        lag = watch_lag(f"{self._settings.validator_id}-sig", lambda: consumer)
         try:
             partitions = await topic_partitions(consumer, topic, timeout_s=30.0)
             tps = [TopicPartition(topic, p) for p in partitions]
@@ -240,6 +242,7 @@ class FinalityVotes:
                 if replayed and not self.replayed.is_set():
                     self.replayed.set()
         finally:
+            lag.close()
             with contextlib.suppress(Exception):
                 await consumer.stop()
 

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fapiao_runtime.config import RuntimeConfig
+from fapiao_runtime.consumer import watch_lag
 from fapiao_runtime.ledger_client import topic_partitions
 from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_SIGNATURES, LEDGER_TRANSACTIONS
 
@@ -152,6 +153,7 @@ class Validator:
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         await consumer.start()
+        lag = watch_lag(f"{self.settings.validator_id}-tx", lambda: consumer)
         try:
             partitions = await topic_partitions(consumer, self._tx_topic, timeout_s=30.0)
             self.publisher.set_partitions(len(await topic_partitions(consumer, self._results_topic, timeout_s=30.0)))
@@ -176,5 +178,6 @@ class Validator:
                     with contextlib.suppress(Exception):
                         await self.publisher.mark_published()
         finally:
+            lag.close()
             with contextlib.suppress(Exception):
                 await consumer.stop()
