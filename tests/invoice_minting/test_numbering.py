@@ -8,8 +8,9 @@ import pytest
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
+from fapiao_runtime.vocabulary import claim_token_hash as token_hash
 from fapiao_stack.harness import StackUnderTest
-from invoice_minting.claims import ClaimCommand, mint_claims, token_hash
+from invoice_minting.claims import ClaimCommand, mint_claims
 from invoice_minting.events import create_offer
 
 from tests.invoice_minting.support import MIGRATIONS, direct_deps, register_direct_merchant
