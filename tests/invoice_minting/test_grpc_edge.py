@@ -4,6 +4,7 @@ tokens with a trailing newline. The real servicer behind the runtime's GrpcServe
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,8 @@ from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as api_grpc
 from fapiao_runtime.errors import InvalidArgument, NotFound
 from fapiao_runtime.grpc_server import GrpcServer
 from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer
-from invoice_minting.invoice_store import list_invoices
+from invoice_minting.handlers import MintingHandlers
+from invoice_minting.store import UnitOfWork
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +29,7 @@ class _NoDatabase:
 
 
 def _servicer() -> InvoiceMintingServicer:
-    return InvoiceMintingServicer(_NoDatabase(), None, None)  # type: ignore[arg-type]
+    return InvoiceMintingServicer(MintingHandlers(UnitOfWork(_NoDatabase()), None, None))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -83,8 +85,18 @@ def _token(text: str | bytes) -> str:
 
 
 class _EmptyTable:
+    """A pool whose every table is empty."""
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        yield self
+
     async def fetch(self, *args: Any) -> list[Any]:
         return []
+
+
+def _handlers() -> MintingHandlers:
+    return MintingHandlers(UnitOfWork(_EmptyTable()), None, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -105,12 +117,12 @@ class _EmptyTable:
 )
 async def test_a_page_token_not_issued_by_the_service_is_invalid(page_token: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        await list_invoices(_EmptyTable(), merchant_id="1230000109", page_token=page_token)  # type: ignore[arg-type]
+        await _handlers().list_invoices(merchant_id="1230000109", page_token=page_token)
     assert caught.value.reason == "INVALID_PAGE_TOKEN"
 
 
 async def test_the_largest_page_token_is_accepted() -> None:
-    found = await list_invoices(_EmptyTable(), merchant_id="m", page_token=_token("v1:9223372036854775807"))  # type: ignore[arg-type]
+    found = await _handlers().list_invoices(merchant_id="m", page_token=_token("v1:9223372036854775807"))
     assert found == ([], "")
 
 
