@@ -1,7 +1,6 @@
 """Gateway benchmark: webhook forwarding through a real gateway process.
 
-`async def run(env) -> dict[str, float]` follows the fapiao_bench contract (wire it with a one-line
-services/fapiao_bench/gateway.py: `from gateway.bench import run`). The upstream is a minimal
+`async def run(env) -> dict[str, float]` follows the fapiao_bench contract. The upstream is a minimal
 in-process HTTP endpoint answering like payment_intake, so the figures are the gateway's own cost:
 
 - gateway_webhook_forwards_per_s: sustained forwards with 64 concurrent senders for DURATION_S;
@@ -9,7 +8,7 @@ in-process HTTP endpoint answering like payment_intake, so the figures are the g
 - gateway_cpu_ms_per_forward: the gateway process's CPU time per forward (1000 / this = forwards per
   second one core could sustain, whatever else the machine is doing).
 
-    python -m gateway.bench   # prints the figures (needs no broker or database)
+    python -m fapiao_bench.gateway   # prints the figures (needs no broker or database)
 """
 
 from __future__ import annotations
@@ -23,10 +22,11 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from fapiao_bench.cpu import cpu_seconds
-from fapiao_bench.stats import percentile
 from fapiao_runtime import event_loop
 from fapiao_stack.harness import StackUnderTest
+
+from fapiao_bench.cpu import cpu_seconds
+from fapiao_bench.stats import percentile
 
 DURATION_S = 15.0
 SENDERS = 64
