@@ -85,7 +85,7 @@ cluster-status: setup ## health of every host of the multi-host cluster, seen fr
 
 test: setup $(BUF) browser ## run the whole test suite against a real Kafka and PostgreSQL (browser tests included)
 	$(BUF) lint protos
-	$(PY) -m pytest --basetemp=build/pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --basetemp=build/pytest --durations=25 $(PYTEST_ARGS)
 
 test-unit: setup ## unit tests only (no broker, no database)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)

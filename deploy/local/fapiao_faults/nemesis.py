@@ -31,9 +31,10 @@ PROCESS_KINDS = (KILL_SERVICE, KILL_VALIDATOR, KILL_BROKER, KILL_POSTGRES, KILL_
 # Network faults: need one host per process.
 ISOLATE_HOST = "isolate_host"
 BROKER_MINORITY = "broker_minority"  # the brokers split into a majority and a minority
+BELOW_MIN_ISR = "below_min_isr"  # two brokers cut off: one replica left, below min.insync.replicas
 VALIDATOR_FROM_KAFKA = "validator_from_kafka"
 SERVICE_FROM_DATABASE = "service_from_database"
-NETWORK_KINDS = (ISOLATE_HOST, BROKER_MINORITY, VALIDATOR_FROM_KAFKA, SERVICE_FROM_DATABASE)
+NETWORK_KINDS = (ISOLATE_HOST, BROKER_MINORITY, BELOW_MIN_ISR, VALIDATOR_FROM_KAFKA, SERVICE_FROM_DATABASE)
 ALL_KINDS = PROCESS_KINDS + NETWORK_KINDS
 
 _KILL_TARGETS = {KILL_SERVICE: SERVICE, KILL_VALIDATOR: VALIDATOR, KILL_BROKER: BROKER, KILL_POSTGRES: POSTGRES}
@@ -47,6 +48,7 @@ _DURATION_S = {
     PAUSE: (3.0, 8.0),
     ISOLATE_HOST: (8.0, 20.0),
     BROKER_MINORITY: (8.0, 20.0),
+    BELOW_MIN_ISR: (10.0, 20.0),
     VALIDATOR_FROM_KAFKA: (8.0, 20.0),
     SERVICE_FROM_DATABASE: (5.0, 15.0),
 }
@@ -115,7 +117,7 @@ def _target(rng: random.Random, kind: str, processes: dict[str, str], hosts: lis
         return f"{LEDGER_TOPIC}:{rng.randrange(2)}"
     if kind == ISOLATE_HOST:
         return rng.choice(sorted(hosts)) if hosts else "any"
-    if kind == BROKER_MINORITY:
+    if kind in (BROKER_MINORITY, BELOW_MIN_ISR):  # the broker cut off, or the one left
         brokers = _targets(processes, BROKER)
         return rng.choice(brokers) if brokers else "any"
     if kind == VALIDATOR_FROM_KAFKA:

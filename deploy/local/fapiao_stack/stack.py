@@ -114,6 +114,21 @@ def _write_state(state: dict[str, Any]) -> None:
     temporary.replace(STATE_FILE)
 
 
+class ClusterRunning(RuntimeError):
+    """The multi-host cluster runs from this run directory."""
+
+
+def _refuse_when_cluster_runs() -> None:
+    """The multi-host cluster records itself in the same run directory: the single-host commands must not
+    take its processes for theirs (nor overwrite its record)."""
+    try:
+        mode = json.loads(STATE_FILE.read_text()).get("mode")
+    except (OSError, ValueError):
+        return
+    if mode == "hosts":
+        raise ClusterRunning("the multi-host cluster runs here: use `fapiao status|restart|down --hosts`")
+
+
 def read_state() -> dict[str, Any]:
     """What `up` recorded in .run/stack.json; StackNotRunning when it has not run."""
     try:
@@ -125,6 +140,7 @@ def read_state() -> dict[str, Any]:
 
 def up(timeout_s: float = 120.0) -> StackEndpoints:
     """Start everything not running yet and wait until every service reports SERVING."""
+    _refuse_when_cluster_runs()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     kafka_bootstrap = _broker().bootstrap
@@ -222,6 +238,7 @@ def restart(name: str, timeout_s: float = 120.0) -> str:
 
 def down() -> list[str]:
     """Stop every process of the stack (services first, then Kafka, then PostgreSQL)."""
+    _refuse_when_cluster_runs()
     stopped = []
     for spec in reversed(local_services()):
         if stop_pid_file(PID_DIR / f"{spec.name}.pid", timeout_s=15, marker=spec.module):
