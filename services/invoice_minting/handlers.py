@@ -30,7 +30,7 @@ from invoice_minting.deps import MintingDeps
 from invoice_minting.invoice_format import REGION_CODE
 from invoice_minting.offer_waiter import OfferWaiter
 from invoice_minting.qr_codes import claim_url
-from invoice_minting.store import IssuerKeyRow, MerchantProfile, MintingStore, SubmissionStatus, UnitOfWork, after_seq
+from invoice_minting.store import IssuerKeyRow, MintingStore, SubmissionStatus, UnitOfWork, after_seq
 from invoice_minting.tax import ALLOWED_TAX_RATES_BP, check_payment_items
 
 PAGE_SIZE_DEFAULT = 50
@@ -184,7 +184,7 @@ async def register_merchant(store: MintingStore, event: payments_pb2.MerchantReg
         raise InvalidArgument("INVALID_TAX_RATE", "default tax rate not allowed")
     previous = await store.lock_merchant_tax_id(event.merchant_id)
     await store.upsert_merchant(
-        MerchantProfile(
+        payments_pb2.MerchantRegistered(
             merchant_id=event.merchant_id,
             legal_name=event.legal_name,
             tax_id=tax_id,

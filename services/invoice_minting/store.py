@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import asyncpg
 from fapiao.invoicing.v1 import invoice_pb2
+from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.envelope import OutgoingEvent
 from fapiao_runtime.errors import InvalidArgument
 from fapiao_runtime.outbox import enqueue
@@ -62,17 +63,6 @@ class NewInvoice:
     # For a red letter: the transaction is about the original invoice; amount is the reversed amount.
     ledger_invoice_id: uuid.UUID
     amount_fen: int
-
-
-@dataclass(frozen=True)
-class MerchantProfile:
-    merchant_id: str
-    legal_name: str
-    tax_id: str
-    region_code: str
-    default_tax_classification_code: str
-    default_item_name: str
-    default_tax_rate_bp: int
 
 
 # The columns of a new claim_offers row, in the order of the tuples insert_offers takes.
@@ -169,7 +159,8 @@ class MintingStore:
         )
         return tax_id
 
-    async def upsert_merchant(self, profile: MerchantProfile) -> None:
+    async def upsert_merchant(self, profile: payments_pb2.MerchantRegistered) -> None:
+        """Insert or replace the issuer profile (validated and normalised by the caller)."""
         await self.conn.execute(
             "INSERT INTO merchants AS m (merchant_id, legal_name, tax_id, region_code, default_tax_classification_code,"
             " default_item_name, default_tax_rate_bp) VALUES ($1, $2, $3, $4, $5, $6, $7)"
