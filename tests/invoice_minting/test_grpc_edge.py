@@ -1,5 +1,6 @@
 """InvoiceMintingService under hostile requests: undecodable bytes, NUL in a lookup, forged page tokens,
-tokens with a trailing newline. The real servicer behind the runtime's GrpcServer; no database is reached."""
+tokens with a trailing newline, requests a handler refuses. The real servicer and handlers behind the runtime's
+GrpcServer; no database is reached."""
 
 from __future__ import annotations
 
@@ -130,3 +131,40 @@ async def test_a_claim_token_with_a_trailing_newline_is_unknown_without_a_lookup
     with pytest.raises(NotFound) as caught:
         await _servicer().GetClaimOffer(api.GetClaimOfferRequest(claim_token="A" * 22 + "\n"), None)
     assert caught.value.reason == "UNKNOWN_TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "reason"),
+    [
+        (api.GetInvoiceRequest(), grpc.StatusCode.INVALID_ARGUMENT, "MISSING_LOOKUP"),
+        (api.GetInvoiceRequest(invoice_id="not-a-uuid"), grpc.StatusCode.NOT_FOUND, "INVOICE_NOT_FOUND"),
+        (api.ListInvoicesRequest(), grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FILTER"),
+        (
+            api.ListInvoicesRequest(merchant_id="m", page_size=201),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PAGE_SIZE",
+        ),
+        (
+            api.RedLetterInvoiceRequest(merchant_id="m", idempotency_key="key-1"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MISSING_FIELD",
+        ),
+        (api.GetClaimOfferRequest(claim_token="short"), grpc.StatusCode.NOT_FOUND, "UNKNOWN_TOKEN"),
+    ],
+    ids=[
+        "MISSING_LOOKUP",
+        "INVOICE_NOT_FOUND",
+        "MISSING_FILTER",
+        "INVALID_PAGE_SIZE",
+        "MISSING_FIELD",
+        "UNKNOWN_TOKEN",
+    ],
+)
+async def test_requests_a_handler_refuses_never_reach_the_database(
+    channel: grpc.aio.Channel, request_: Any, code: grpc.StatusCode, reason: str
+) -> None:
+    stub = api_grpc.InvoiceMintingServiceStub(channel)
+    method = getattr(stub, type(request_).__name__.removesuffix("Request"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await method(request_)
+    assert (caught.value.code(), _reason(caught.value)) == (code, reason)
