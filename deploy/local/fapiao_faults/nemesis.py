@@ -48,10 +48,11 @@ _DURATION_S = {
     PAUSE: (3.0, 8.0),
     ISOLATE_HOST: (8.0, 20.0),
     BROKER_MINORITY: (8.0, 20.0),
-    BELOW_MIN_ISR: (10.0, 20.0),
+    BELOW_MIN_ISR: (25.0, 40.0),  # the brokers are fenced and the ISR shrinks within about 10 s
     VALIDATOR_FROM_KAFKA: (8.0, 20.0),
     SERVICE_FROM_DATABASE: (5.0, 15.0),
 }
+RECOVERY_S = 10.0  # the quiet time a fault's slot adds to its longest duration
 LEDGER_TOPIC = "ledger.tx.v1"
 
 
@@ -94,13 +95,19 @@ def plan(
     chosen = list(kinds) + [rng.choice(kinds) for _ in range(max(0, count - len(kinds)))]
     rng.shuffle(chosen)
     span = max(1.0, duration_s - warmup_s - quiet_tail_s)
-    slot = span / max(1, len(chosen))
+    # Each fault gets a slot in proportion to its longest duration plus a recovery time, so a long kind
+    # keeps its length in a busy schedule; it starts at a random point of its slot.
+    weights = [_DURATION_S[kind][1] + RECOVERY_S for kind in chosen]
+    scale = span / sum(weights)
     faults = []
-    for index, kind in enumerate(chosen):
+    slot_start = warmup_s
+    for kind, weight in zip(chosen, weights, strict=True):
         low, high = _DURATION_S[kind]
-        length = min(rng.uniform(low, high), slot * 0.6)
-        start = warmup_s + index * slot + rng.uniform(0.0, max(0.0, slot * 0.9 - length))
+        slot = weight * scale
+        length = min(rng.uniform(low, high), scale * high)
+        start = slot_start + rng.uniform(0.0, max(0.0, slot * 0.9 - length))
         faults.append(Fault(kind, _target(rng, kind, processes, hosts or []), round(start, 2), round(length, 2)))
+        slot_start += slot
     return faults
 
 

@@ -51,8 +51,8 @@ def summary(
 
 
 def codes_during_faults(faults: list[Fault], history: list[Op]) -> dict[str, dict[str, int]]:
-    """For each kind of fault, what the clients' calls that started inside its windows got: the gRPC code
-    or HTTP status ("OK" for an acknowledgement), so a run shows how each fault looked to a client."""
+    """For each kind of fault, what the clients' calls that overlapped its windows got: the gRPC code or
+    HTTP status ("OK" for an acknowledgement), so a run shows how each fault looked to a client."""
     windows: dict[str, list[tuple[float, float]]] = {}
     for fault in faults:
         if fault.injected:
@@ -60,7 +60,7 @@ def codes_during_faults(faults: list[Fault], history: list[Op]) -> dict[str, dic
     codes: dict[str, Counter[str]] = {kind: Counter() for kind in sorted(windows)}
     for op in history:
         for kind, spans in windows.items():
-            if any(start <= op.start <= end for start, end in spans):
+            if any(op.start <= end and op.end >= start for start, end in spans):
                 codes[kind][op.code or op.outcome.upper()] += 1
     return {kind: dict(counter.most_common()) for kind, counter in codes.items()}
 
