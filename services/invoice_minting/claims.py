@@ -15,7 +15,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
-import secrets
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -52,14 +51,6 @@ CLAIM_BATCH_SIZE = Histogram(
 )
 
 ClaimOutcome = invoice_pb2.Invoice | FapiaoError
-
-
-# 32 random bytes -> 43 URL-safe characters: 256 bits, far above the 128-bit floor.
-TOKEN_BYTES = 32
-
-
-def new_claim_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 def token_hash(token: str) -> bytes:

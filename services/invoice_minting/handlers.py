@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import secrets
 import uuid
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from fapiao_runtime.topics import INVOICES
 
 from invoice_minting import red_letter
 from invoice_minting.buyer import check_text
-from invoice_minting.claims import ClaimCommand, ClaimPipeline, new_claim_token, token_hash
+from invoice_minting.claims import ClaimCommand, ClaimPipeline, token_hash
 from invoice_minting.deps import MintingDeps
 from invoice_minting.invoice_format import REGION_CODE
 from invoice_minting.offer_waiter import OfferWaiter
@@ -33,6 +34,8 @@ from invoice_minting.qr_codes import claim_url
 from invoice_minting.store import IssuerKeyRow, MintingStore, SubmissionStatus, UnitOfWork, after_seq
 from invoice_minting.tax import ALLOWED_TAX_RATES_BP, check_payment_items
 
+# 32 random bytes -> 43 URL-safe characters: 256 bits, far above the 128-bit floor.
+TOKEN_BYTES = 32
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
 MAX_TEXT_CHARS = 200
@@ -215,7 +218,7 @@ def _new_offer(payment: payments_pb2.Payment, deps: MintingDeps) -> tuple[str, t
     paid_at = (
         payment.success_time.ToDatetime(tzinfo=dt.UTC) if payment.HasField("success_time") else dt.datetime.now(dt.UTC)
     )
-    token = new_claim_token()
+    token = secrets.token_urlsafe(TOKEN_BYTES)
     offer_id = uuid.uuid4()
     row = (
         offer_id,
