@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 from fapiao_runtime.errors import FapiaoError, NotFound, Unavailable, unavailable_cause
+from fapiao_runtime.http_edge import trace_context
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import api, claim, i18n, verify_page, webhook
@@ -103,7 +104,7 @@ def build_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) 
     `metrics` defaults to a private registry (tests run several apps in one process); the process
     entry point passes the default registry so FAPIAO_METRICS_PORT shows the same figures.
     """
-    app = web.Application(middlewares=[observe, localise], client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(middlewares=[trace_context, observe, localise], client_max_size=MAX_REQUEST_BYTES)
     metrics = metrics or GatewayMetrics()
     app[METRICS] = metrics
 

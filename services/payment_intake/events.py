@@ -20,13 +20,18 @@ from payment_intake.domain import ID_NAMESPACE, aggregate_id, payment_event_id, 
 PRODUCER = "payment_intake"
 
 
-def payment_succeeded(payment: payments_pb2.Payment, payment_id: uuid.UUID) -> OutgoingEvent:
-    """Keyed by (merchant, out_trade_no): one order's events stay in order."""
+def payment_succeeded(
+    payment: payments_pb2.Payment, payment_id: uuid.UUID, *, traceparent: str | None = None
+) -> OutgoingEvent:
+    """Keyed by (merchant, out_trade_no): one order's events stay in order. `traceparent`: the trace of
+    the request that reported the payment (batched requests each keep their own); by default the
+    current one."""
     envelope = make_envelope(
         payments_pb2.PaymentSucceeded(payment=payment),
         aggregate_id=aggregate_id(payment.merchant_id, payment.out_trade_no),
         producer=PRODUCER,
         event_id=payment_event_id(payment_id),
+        traceparent=traceparent,
     )
     return outgoing(PAYMENTS.name, envelope)
 

@@ -179,7 +179,10 @@ async def _insert_payments(
     ids = [payment_id_for(c.merchant_id, c.transaction_id) for c in ordered]
     # The event of every candidate is built up front; the statement queues only those inserted.
     candidates = [_payment_from_command(cmd, payment_id) for cmd, payment_id in zip(ordered, ids, strict=True)]
-    events = [payment_succeeded(payment, payment_id) for payment_id, payment in zip(ids, candidates, strict=True)]
+    events = [
+        payment_succeeded(payment, payment_id, traceparent=cmd.traceparent)
+        for cmd, payment_id, payment in zip(ordered, ids, candidates, strict=True)
+    ]
     inserted_rows = await conn.fetch(
         f"""WITH input AS (
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
