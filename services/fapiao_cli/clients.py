@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import grpc
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_api
@@ -17,51 +16,37 @@ from fapiao_runtime.grpc_client import internal_channel
 
 from fapiao_cli.local import PKI_DIR, grpc_address, ledger_addresses, reimbursement_address
 
-# A grpc.aio channel is closed when its Python object is collected, and neither a stub nor a call in
-# flight (an intercepted call starts in a task of its own) keeps it alive: the channels live here, one
-# per address and event loop (a channel belongs to the loop it was made in), for the life of the loop.
-_CHANNELS: dict[asyncio.AbstractEventLoop, dict[str, grpc.aio.Channel]] = {}
+# Every channel a command opens stays referenced for the process's life: a stub does not keep its
+# channel, and a channel collected before an intercepted call starts is closed under it.
+_CHANNELS: list[grpc.aio.Channel] = []
 
 
-def _channel(name: str, make: Callable[[], grpc.aio.Channel]) -> grpc.aio.Channel:
-    """The channel `name` of the running loop, made by `make()` the first time. Call inside a coroutine."""
-    loop = asyncio.get_running_loop()
-    for closed in [other for other in _CHANNELS if other.is_closed()]:
-        del _CHANNELS[closed]
-    channels = _CHANNELS.setdefault(loop, {})
-    if name not in channels:
-        channels[name] = make()
-    return channels[name]
-
-
-def _internal(address: str) -> grpc.aio.Channel:
-    return _channel(address, lambda: internal_channel(address))
+def _kept(channel: grpc.aio.Channel) -> grpc.aio.Channel:
+    _CHANNELS.append(channel)
+    return channel
 
 
 def minting() -> minting_grpc.InvoiceMintingServiceStub:
-    return minting_grpc.InvoiceMintingServiceStub(_internal(grpc_address("invoice_minting")))
+    return minting_grpc.InvoiceMintingServiceStub(_kept(internal_channel(grpc_address("invoice_minting"))))
 
 
 def intake() -> intake_grpc.PaymentIntakeServiceStub:
-    return intake_grpc.PaymentIntakeServiceStub(_internal(grpc_address("payment_intake")))
+    return intake_grpc.PaymentIntakeServiceStub(_kept(internal_channel(grpc_address("payment_intake"))))
 
 
 def ledgers() -> list[ledger_grpc.LedgerServiceStub]:
-    return [ledger_grpc.LedgerServiceStub(_internal(a)) for a in ledger_addresses()]
+    return [ledger_grpc.LedgerServiceStub(_kept(internal_channel(a))) for a in ledger_addresses()]
 
 
 def reimbursement_for(org_tax_id: str) -> reimbursement_grpc.ReimbursementServiceStub:
     """Stub authenticated as the organisation whose certificate `fapiao ca issue --org-tax-id` wrote."""
-
-    def make() -> grpc.aio.Channel:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=(PKI_DIR / "ca.crt").read_bytes(),
-            private_key=(PKI_DIR / f"org-{org_tax_id}.key").read_bytes(),
-            certificate_chain=(PKI_DIR / f"org-{org_tax_id}.crt").read_bytes(),
-        )
-        return grpc.aio.secure_channel(reimbursement_address(), credentials)
-
-    return reimbursement_grpc.ReimbursementServiceStub(_channel(f"reimbursement as {org_tax_id}", make))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(PKI_DIR / "ca.crt").read_bytes(),
+        private_key=(PKI_DIR / f"org-{org_tax_id}.key").read_bytes(),
+        certificate_chain=(PKI_DIR / f"org-{org_tax_id}.crt").read_bytes(),
+    )
+    channel = grpc.aio.secure_channel(reimbursement_address(), credentials)
+    return reimbursement_grpc.ReimbursementServiceStub(_kept(channel))
 
 
 async def payment_of(merchant_id: str, transaction_id: str) -> intake_api.GetPaymentResponse:

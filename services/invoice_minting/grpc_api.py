@@ -14,10 +14,11 @@ from fapiao.invoicing.v1 import invoice_minting_service_pb2 as api
 from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as api_grpc
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.errors import NotFound
+from fapiao_runtime.vocabulary import claim_token_hash
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_minting.buyer import check_idempotency_key, check_text, normalise_buyer
-from invoice_minting.claims import ClaimCommand, token_hash
+from invoice_minting.claims import ClaimCommand
 from invoice_minting.handlers import MintingHandlers
 from invoice_minting.qr_codes import qr_png, qr_svg
 from invoice_minting.store import IssuerKeyRow
@@ -40,7 +41,7 @@ def _token_hash(token: str) -> bytes:
     # Anything that cannot be a token we issued is simply unknown: no format oracle.
     if not TOKEN_PATTERN.fullmatch(token):
         raise NotFound("UNKNOWN_TOKEN", "no claim offer for this token")
-    return token_hash(token)
+    return claim_token_hash(token)
 
 
 def _offer_proto(row: asyncpg.Record) -> api.ClaimOffer:

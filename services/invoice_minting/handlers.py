@@ -23,10 +23,11 @@ from fapiao_runtime.envelope import make_envelope, outgoing
 from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from fapiao_runtime.tax_id import validate_uscc
 from fapiao_runtime.topics import INVOICES
+from fapiao_runtime.vocabulary import claim_token_hash
 
 from invoice_minting import red_letter
 from invoice_minting.buyer import check_text
-from invoice_minting.claims import ClaimCommand, ClaimPipeline, token_hash
+from invoice_minting.claims import ClaimCommand, ClaimPipeline
 from invoice_minting.deps import MintingDeps
 from invoice_minting.invoice_format import REGION_CODE
 from invoice_minting.offer_waiter import OfferWaiter
@@ -224,7 +225,7 @@ def _new_offer(payment: payments_pb2.Payment, deps: MintingDeps) -> tuple[str, t
         offer_id,
         payment.payment_id,
         payment.merchant_id,
-        token_hash(token),
+        claim_token_hash(token),
         deps.box.seal(token.encode(), offer_id.bytes),
         payment.amount_fen,
         payment.SerializeToString(deterministic=True),

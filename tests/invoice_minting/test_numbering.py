@@ -8,8 +8,9 @@ import pytest
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
+from fapiao_runtime.vocabulary import claim_token_hash
 from fapiao_stack.harness import StackUnderTest
-from invoice_minting.claims import ClaimCommand, mint_claims, token_hash
+from invoice_minting.claims import ClaimCommand, mint_claims
 from invoice_minting.handlers import create_offer
 from invoice_minting.store import MintingStore
 
@@ -37,7 +38,7 @@ async def test_rolled_back_claim_returns_its_number(stack: StackUnderTest) -> No
             transaction = conn.transaction()
             await transaction.start()
             [first] = await mint_claims(
-                MintingStore(conn), deps, [ClaimCommand(token_hash(tokens[0] or ""), buyer, "k")], now
+                MintingStore(conn), deps, [ClaimCommand(claim_token_hash(tokens[0] or ""), buyer, "k")], now
             )
             await transaction.rollback()
             assert isinstance(first, invoice_pb2.Invoice)
@@ -46,7 +47,7 @@ async def test_rolled_back_claim_returns_its_number(stack: StackUnderTest) -> No
                 outcomes = await mint_claims(
                     MintingStore(conn),
                     deps,
-                    [ClaimCommand(token_hash(t or ""), buyer, "k") for t in reversed(tokens)],
+                    [ClaimCommand(claim_token_hash(t or ""), buyer, "k") for t in reversed(tokens)],
                     now,
                 )
             numbers = [o.body.invoice_number for o in outcomes if isinstance(o, invoice_pb2.Invoice)]

@@ -24,12 +24,13 @@ from fapiao_runtime.kafka import ensure_topics
 
 from fapiao_stack.config import process_environment, stack_environment
 from fapiao_stack.kafka import KafkaBroker
-from fapiao_stack.paths import LOG_DIR, RUN_DIR
+from fapiao_stack.paths import LOG_DIR, RUN_DIR, STATE_FILE
 from fapiao_stack.postgres import LocalPostgres
 from fapiao_stack.procs import pid_file_process, port_bindable, spawn, stop_pid_file, wait_bindable
 from fapiao_stack.services import (
     KAFKA_CONTROLLER_PORT,
     KAFKA_PORT,
+    PORT_OFFSET,
     POSTGRES_PORT,
     ServiceSpec,
     health_of,
@@ -39,7 +40,6 @@ from fapiao_stack.services import (
 )
 
 PID_DIR = RUN_DIR / "pids"
-STATE_FILE = RUN_DIR / "stack.json"
 KAFKA_NAME = "kafka"
 POSTGRES_NAME = "postgres"
 # An argument that tells the broker's JVM from any other process that got its pid after a crash.
@@ -169,6 +169,7 @@ def up(timeout_s: float = 120.0) -> StackEndpoints:
     # Recorded before the wait: `restart` and `status` work on a stack that is still coming up.
     _write_state(
         {
+            "port_offset": PORT_OFFSET,
             "kafka_bootstrap": kafka_bootstrap,
             "database_url": database_url,
             "services": endpoints,
