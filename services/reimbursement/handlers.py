@@ -314,15 +314,24 @@ class ReimbursementHandlers:
             decided += await ask_ledger(self._ledger, {t: r.invoice_id for t, r in pending.items()})
         for result in decided:
             store.apply_result(pending.pop(result.transaction_id), result, now)
-        if pending:
-            arrived = await self._ledger.wait_results(
-                {t: r.invoice_id for t, r in pending.items()}, max(0.0, timeout_s)
-            )
+
+        async def wait(seconds: float) -> None:
+            arrived = await self._ledger.wait_results({t: r.invoice_id for t, r in pending.items()}, seconds)
             arrived = {t: r for t, r in arrived.items() if r.rejection_reason not in NOT_AN_OUTCOME}
             for tx_id in list(pending):
                 if tx_id in arrived:
                     store.apply_result(pending.pop(tx_id), arrived[tx_id], now)
                     decided.append(arrived[tx_id])
+
+        timeout_s = max(0.0, timeout_s)
+        first = min(timeout_s, self._settings.log_check_s)
+        if pending:
+            await wait(first)
+        if pending and timeout_s > first:
+            async with self._pool.acquire() as conn:
+                undelivered = await self._ledger.unsubmitted(conn, list(pending))
+            if not undelivered:  # else Kafka does not take writes: no use waiting (see _finish)
+                await wait(timeout_s - first)
         if pending and not check_ledger_first and timeout_s > 0:
             # The result may have passed before this process was reading (e.g. a restart); ask once before giving up.
             late = await ask_ledger(self._ledger, {t: r.invoice_id for t, r in pending.items()})
