@@ -29,15 +29,15 @@ from pathlib import Path
 # Run from the repository (deploy/local on the path through .venv) or from the image (/app/deploy/local).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
 
-from fapiao_stack.config import (  # noqa: E402
+from fapiao_stack.config import (
     LISTEN_HOST_VARIABLES,
     ensure_pki,
     ensure_secrets,
     ledger_endpoints,
     stack_environment,
 )
-from fapiao_stack.keys import AUTHORITY_KEY_ID, ensure_local_keys, validator_id  # noqa: E402
-from fapiao_stack.services import (  # noqa: E402
+from fapiao_stack.keys import AUTHORITY_KEY_ID, ensure_local_keys, validator_id
+from fapiao_stack.services import (
     INTAKE_WEBHOOK_PORT,
     KAFKA_CONTROLLER_PORT,
     KAFKA_PORT,

@@ -1,8 +1,10 @@
 #!/bin/sh
 # The Kafka broker of the fapiao-kafka image: one KRaft node, formatted on first start.
-#   KAFKA_HOST, KAFKA_PORT (9092)        the client listener (advertised as is)
+#   KAFKA_HOST, KAFKA_PORT (9092)        the client listener, advertised as is
+#   KAFKA_LISTEN_HOST (KAFKA_HOST)       the address the listeners bind (0.0.0.0 in a pod)
 #   KAFKA_CONTROLLER_PORT (9093)         the controller listener
-#   KAFKA_NODE_ID (1), KAFKA_VOTERS      this node and the controller quorum ("1@host:9093,..."; itself alone)
+#   KAFKA_NODE_ID, KAFKA_VOTERS          this node (default: the ordinal ending the host name, kafka-2 -> 2,
+#                                        else 1) and the controller quorum ("0@host:9093,..."; itself alone)
 #   KAFKA_CLUSTER_ID                     the same for every node of a cluster (22 characters)
 #   KAFKA_REPLICATION (1)                internal topics' replicas (3 in a cluster; min ISR min(2, it))
 #   KAFKA_HEAP (512m)
@@ -11,7 +13,11 @@ set -eu
 host="${KAFKA_HOST:-$(hostname -f)}"
 port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-9093}"
-node="${KAFKA_NODE_ID:-1}"
+listen="${KAFKA_LISTEN_HOST:-$host}"
+ordinal="${HOSTNAME:-$(hostname)}"
+ordinal="${ordinal##*-}"
+case "$ordinal" in '' | *[!0-9]*) ordinal=1 ;; esac
+node="${KAFKA_NODE_ID:-$ordinal}"
 voters="${KAFKA_VOTERS:-$node@$host:$controller_port}"
 replicas="${KAFKA_REPLICATION:-1}"
 min_isr=$((replicas < 2 ? replicas : 2))
@@ -23,7 +29,7 @@ cat >"$data/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=$node
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$controller_port
+listeners=PLAINTEXT://$listen:$port,CONTROLLER://$listen:$controller_port
 advertised.listeners=PLAINTEXT://$host:$port
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A container runtime on this machine: Debian's podman with the runc runtime, configured for the project
+# A container runtime on this machine: Debian's podman with the runc runtime (and catatonit for pods), configured for the project
 # under build/containers (containers.conf, storage.conf, image storage). Idempotent; installs podman,
 # runc and debootstrap with apt-get when they are missing (root).
 #
@@ -8,7 +8,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 missing=()
-for tool in podman:podman runc:runc debootstrap:debootstrap; do
+# catatonit: the init of the pods' infra container (podman builds its pause image from it).
+for tool in podman:podman runc:runc debootstrap:debootstrap catatonit:catatonit; do
 	command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
 done
 if ((${#missing[@]})); then
