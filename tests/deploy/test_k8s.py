@@ -176,3 +176,17 @@ def test_played_with_podman_each_workload_keeps_its_probes_on_the_ports_it_is_gi
         ports.add(port)
         kubernetes_validate.validate(workload, KUBERNETES, strict=True)
     assert len(ports) == 8
+
+
+def test_every_service_selects_a_workload_and_forwards_to_ports_it_declares() -> None:
+    declared = {}
+    for workload in workloads().values():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        ports = {p["containerPort"] for p in container_of(workload).get("ports", [])}
+        declared[labels["app"]] = ports
+        assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    for service in (d for d in documents(*MANIFESTS) if d["kind"] == "Service"):
+        app = service["spec"]["selector"]["app"]
+        assert app in declared, service["metadata"]["name"]
+        for port in service["spec"]["ports"]:
+            assert port.get("targetPort", port["port"]) in declared[app], (service["metadata"]["name"], port)
