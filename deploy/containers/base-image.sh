@@ -31,6 +31,6 @@ deb ${mirror%/debian}/debian-security bookworm-security main
 LIST
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 tar -C "$root" --numeric-owner -c . |
-	podman import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' \
+	podman import --quiet --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' \
 		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "$FAPIAO_BASE_IMAGE" >/dev/null
 echo "$FAPIAO_BASE_IMAGE imported"

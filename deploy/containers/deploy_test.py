@@ -1,7 +1,10 @@
 """`make deploy-test`: the demo story against the images, run by podman through compose, then through
 `podman kube play` of the Kubernetes manifests.
 
-    python deploy/containers/deploy_test.py [--only compose|kube] [--keep-going]
+    python deploy/containers/deploy_test.py [--only image|compose|kube]
+
+First the service image itself: the PDF renderer finds a CJK font in it, it runs as a non-root user,
+and holds no dev extra.
 
 The images must exist (`make images`). Each phase starts from nothing (fresh keys, empty volumes), waits
 for every service to be healthy in the start order of deploy/compose/compose.yaml, walks the story of
@@ -439,11 +442,31 @@ def workload_container(workload: str) -> str:
     return "validator" if workload.startswith("ledger-") else workload
 
 
+# What the service image must hold: a CJK font the PDF renderer finds, a non-root user, no dev extra.
+IMAGE_CHECK = """
+import importlib.util, os, sys
+from gateway.pdf import choose_font
+font = choose_font()
+dev = [m for m in ("pytest", "ruff", "mypy", "playwright", "grpc_tools", "hypothesis") if importlib.util.find_spec(m)]
+print(f"  PDF font {font.path} (CJK: {font.has_cjk}); uid {os.getuid()}; dev packages: {dev or 'none'}")
+sys.exit(0 if font.has_cjk and os.getuid() != 0 and not dev else 1)
+"""
+
+
+def phase_image() -> None:
+    image = os.environ.get("FAPIAO_IMAGE", "localhost/fapiao:latest")
+    argv = ["podman", "run", "--rm", "--network", "none", "--health-cmd", "none", "--entrypoint", "python", image]
+    done = run([*argv, "-c", IMAGE_CHECK], check=False)
+    say(done.stdout.rstrip())
+    if done.returncode != 0:
+        raise PhaseFailed(f"{image}: a CJK font, a non-root user and no dev extra expected\n{done.stderr[-2000:]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("compose", "kube"), help="run one phase only")
+    parser.add_argument("--only", choices=("image", "compose", "kube"), help="run one phase only")
     args = parser.parse_args(argv)
-    phases = {"compose": phase_compose, "kube": phase_kube}
+    phases = {"image": phase_image, "compose": phase_compose, "kube": phase_kube}
     results: dict[str, str] = {}
     for name, phase in phases.items():
         if args.only and name != args.only:
