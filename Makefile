@@ -17,7 +17,7 @@ BUF_AGAINST ?= .git\#$(shell tag=$$(git describe --tags --abbrev=0 --match 'v[0-
 	if [ -n "$$tag" ]; then echo "tag=$$tag"; else echo branch=main; fi),subdir=protos
 PYTEST_ARGS ?=
 
-.PHONY: help setup protos kafka-jars buf browser up down status demo cluster-up cluster-down cluster-status test test-unit test-cluster lint fmt bench fuzz faults clean images deploy-test
+.PHONY: help setup protos kafka-jars buf browser prometheus up down status demo cluster-up cluster-down cluster-status test test-unit test-cluster test-prometheus lint fmt bench fuzz faults clean images deploy-test
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,22 @@ browser: ## Debian's Chromium for the browser tests, and a CJK font for PDFs and
 			    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null); fi; \
 	fi
 
+GRPCURL_VERSION := v1.9.4
+GRPCURL := .cache/go/bin/grpcurl
+
+prometheus: ## Debian's Prometheus and promtool, and grpcurl (go install); check deploy/prometheus with promtool
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+		if [ "$$(id -u)" != 0 ]; then echo "prometheus is missing: run 'sudo apt-get install -y prometheus'" >&2; exit 1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+			|| (DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null); \
+	fi
+	@if [ ! -x $(GRPCURL) ]; then \
+		if command -v go >/dev/null; then GOBIN=$(CURDIR)/.cache/go/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION); \
+		else echo "note: no Go toolchain; grpcurl not installed (tests/platform/test_refused_lock_details.py skips it)" >&2; fi; \
+	fi
+	cd deploy/prometheus && promtool check config prometheus.yml >/dev/null && promtool test rules rules/fapiao.rules.test.yml >/dev/null
+
 setup: $(VENV)/.installed $(GEN)/.stamp $(KAFKA_LIBS)/.stamp ## install everything: virtualenv, packages, generated code, Kafka jars
 
 protos: $(GEN)/.stamp ## generate Python code from protos/ into build/gen/python
@@ -83,15 +99,18 @@ cluster-down: ## stop the multi-host cluster and delete its namespaces
 cluster-status: setup ## health of every host of the multi-host cluster, seen from its ops host
 	$(PY) -m fapiao_stack status --hosts
 
-test: setup $(BUF) browser ## run the whole test suite against a real Kafka and PostgreSQL (browser tests included)
+test: setup $(BUF) browser prometheus ## run the whole test suite against a real Kafka and PostgreSQL (browser tests included)
 	$(BUF) lint protos
-	$(PY) -m pytest --basetemp=build/pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --basetemp=build/pytest --durations=25 $(PYTEST_ARGS)
 
-test-unit: setup ## unit tests only (no broker, no database)
+test-unit: setup prometheus ## unit tests only (no broker, no database)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 test-cluster: setup ## the whole multi-host cluster up, one payment across its hosts, down (root; a few minutes)
 	FAPIAO_TEST_CLUSTER=1 $(PY) -m pytest --basetemp=build/pytest-cluster tests/e2e/test_cluster_stack.py $(PYTEST_ARGS)
+
+test-prometheus: setup prometheus ## Debian's Prometheus against a local stack: every target up, the rules load, a stopped validator alerts (a few minutes)
+	FAPIAO_TEST_PROMETHEUS=1 $(PY) -m pytest --basetemp=build/pytest-prometheus tests/e2e/test_prometheus_stack.py $(PYTEST_ARGS)
 
 lint: setup $(BUF) ## buf lint (comments required), buf breaking against the last release or main, ruff, mypy
 	$(BUF) lint protos

@@ -42,6 +42,7 @@ from fapiao_stack.services import (
     KAFKA_CONTROLLER_PORT,
     KAFKA_PORT,
     LEDGER_VALIDATORS,
+    PORT_OFFSET,
     POSTGRES_PORT,
     REIMBURSEMENT_TLS_PORT,
     local_services,
@@ -191,6 +192,7 @@ def generate(out: Path, owner: int | None = None) -> dict[str, Path]:
         "services": {spec.name: f"{HOST}:{spec.port}" for spec in local_services()},
         "brokers": [{"name": "kafka", "address": kafka_bootstrap}],
         "postgres": [{"name": "postgres", "address": f"{HOST}:{POSTGRES_PORT}", "url": database_url, "external": True}],
+        "port_offset": PORT_OFFSET,
         "mode": "containers",
         "webhook": f"{HOST}:{INTAKE_WEBHOOK_PORT}",
     }

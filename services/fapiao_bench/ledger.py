@@ -37,8 +37,8 @@ from fapiao_runtime.envelope import parse_envelope, unpack
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import consumer_at_end, topic_partitions, transaction_event
 from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_SIGNATURES, LEDGER_TRANSACTIONS
+from fapiao_stack.devnet import LedgerNetwork, T, issue, reimburse
 from fapiao_stack.harness import StackUnderTest
-from ledger.devnet import LedgerNetwork, T, issue, reimburse
 from ledger.records import decode_record
 
 from fapiao_bench import ledger_execute

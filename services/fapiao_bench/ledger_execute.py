@@ -22,8 +22,8 @@ from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.invoice_ids import chain_of, invoice_id_for_number
 from fapiao_runtime.ledger_client import SigningKey, sign_key_registration, transaction_event
 from fapiao_runtime.ledger_trust import PublicKeys, verify_signature
+from fapiao_stack.devnet import SELLER_TAX_ID, T, issue, registration, reimburse
 from ledger.chain import ChainExecutor
-from ledger.devnet import SELLER_TAX_ID, T, issue, registration, reimburse
 from ledger.records import decode_record
 
 CHAINS = 2

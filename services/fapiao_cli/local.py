@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fapiao_stack.config import service_address
-from fapiao_stack.paths import RUN_DIR
+from fapiao_stack.paths import RUN_DIR, STATE_FILE
 from fapiao_stack.services import INTAKE_WEBHOOK_PORT, REIMBURSEMENT_TLS_PORT, local_services
 
-STATE_FILE = RUN_DIR / "stack.json"
 PLATFORM_DIR = RUN_DIR / "platform"
 PKI_DIR = RUN_DIR / "pki"
 

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -30,6 +30,7 @@ from aiokafka.errors import (
 )
 from fapiao.common.v1 import envelope_pb2
 
+from fapiao_runtime import metrics, tracing
 from fapiao_runtime.envelope import parse_envelope
 from fapiao_runtime.errors import FapiaoError, unavailable_cause
 from fapiao_runtime.logs import event_id_var
@@ -83,6 +84,88 @@ async def mark_all_processed(
             fresh_ids.discard(event_id)
             fresh.append(envelope)
     return fresh
+
+
+# Positions asked of the client wait for its fetcher; a partition still being positioned is left out.
+_POSITION_TIMEOUT_S = 1.0
+
+
+async def partition_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    """Records not yet consumed per assigned partition: the partition's end offset (the last stable
+    offset for read_committed consumers) minus the consumer's position."""
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return {}
+    ends = await consumer.end_offsets(assigned)
+    lags: dict[TopicPartition, int] = {}
+    for tp in assigned:
+        with contextlib.suppress(Exception):
+            position = await asyncio.wait_for(consumer.position(tp), _POSITION_TIMEOUT_S)
+            lags[tp] = max(0, ends[tp] - position)
+    return lags
+
+
+ConsumerSource = Callable[[], AIOKafkaConsumer | None]
+
+
+class LagWatch:
+    """A Kafka consumer whose lag `report_consumer_lag` publishes as fapiao_consumer_lag{topic, partition,
+    group}; `source` returns the running consumer (None while it is not running)."""
+
+    def __init__(self, group: str, source: ConsumerSource) -> None:
+        self.group = group
+        self.source = source
+
+    def close(self) -> None:
+        """Stop reporting this consumer (its partitions leave the gauge at the next report)."""
+        _WATCHES.pop(id(self), None)
+
+
+_WATCHES: dict[int, LagWatch] = {}
+_REPORTED: set[tuple[str, str, str]] = set()
+
+
+def watch_lag(group: str, source: ConsumerSource) -> LagWatch:
+    """Report the lag of the consumer `source()` returns, under `group` (its consumer group, or a name of
+    its own for a consumer without one), at every gauge refresh of the service (`service.run_service`).
+    EventConsumer and LedgerResultWaiter watch themselves; a component that reads Kafka with its own
+    AIOKafkaConsumer (the ledger's validators) calls this once, and `close()` on the watch when done."""
+    watch = LagWatch(group, source)
+    _WATCHES[id(watch)] = watch
+    return watch
+
+
+async def report_consumer_lag() -> int:
+    """Set fapiao_consumer_lag for every partition of every watched consumer, drop the partitions no
+    watched consumer holds any more (revoked, or the consumer stopped); return the total lag."""
+    global _REPORTED
+    current: dict[tuple[str, str, str], int] = {}
+    for watch in list(_WATCHES.values()):
+        consumer = watch.source()
+        if consumer is None:
+            continue
+        for tp, lag in (await partition_lag(consumer)).items():
+            current[(tp.topic, str(tp.partition), watch.group)] = lag
+    for labels in _REPORTED - current.keys():
+        with contextlib.suppress(KeyError):
+            metrics.CONSUMER_LAG.remove(*labels)
+    for labels, lag in current.items():
+        metrics.CONSUMER_LAG.labels(*labels).set(lag)
+    _REPORTED = set(current)
+    return sum(current.values())
+
+
+@contextlib.contextmanager
+def handling(envelope: envelope_pb2.EventEnvelope) -> Iterator[None]:
+    """Within the block, the event's id is in every log line and its trace continues (`tracing`): what the
+    block logs and the events it makes carry the trace id of the request that caused `envelope`. For
+    consumers outside EventConsumer (the ledger's validators), around the handling of each record."""
+    token = event_id_var.set(envelope.event_id)
+    try:
+        with tracing.continued_from(envelope.traceparent):
+            yield
+    finally:
+        event_id_var.reset(token)
 
 
 async def commit_applied(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
@@ -156,6 +239,7 @@ class EventConsumer:
             **self._fetch,
         )
         self._consumer = consumer
+        watch = watch_lag(self._group_id, lambda: self._consumer)
         await consumer.start()
         try:
             while not stop.is_set():
@@ -169,6 +253,7 @@ class EventConsumer:
                 await commit_applied(consumer, offsets)
         finally:
             self._consumer = None
+            watch.close()
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
@@ -178,19 +263,9 @@ class EventConsumer:
         return self._name
 
     async def lag(self) -> int:
-        """Records not yet consumed across assigned partitions (for metrics and `fapiao status`)."""
+        """Records not yet consumed across assigned partitions."""
         consumer = self._consumer
-        if consumer is None:
-            return 0
-        total = 0
-        assigned = consumer.assignment()
-        if not assigned:
-            return 0
-        ends = await consumer.end_offsets(list(assigned))
-        for tp in assigned:
-            with contextlib.suppress(Exception):
-                total += max(0, ends[tp] - await consumer.position(tp))
-        return total
+        return sum((await partition_lag(consumer)).values()) if consumer is not None else 0
 
     async def _apply_all(self, records: list[ConsumerRecord]) -> None:
         """Apply one partition's fetched records in order, in ONE transaction when they all succeed.
@@ -214,7 +289,15 @@ class EventConsumer:
                 if self._batch_handler is not None:
                     fresh = await mark_all_processed(conn, self._name, envelopes)
                     if fresh:
-                        await self._batch_handler(conn, fresh)
+                        # A batch of one trace is applied in it; events of several traces share this call,
+                        # so a batch handler that produces events or logs per event continues each one's
+                        # trace with `handling(envelope)`.
+                        traces = {envelope.traceparent for envelope in fresh}
+                        with tracing.continued_from(traces.pop()) if len(traces) == 1 else contextlib.nullcontext():
+                            await self._batch_handler(conn, fresh)
+                        for envelope in fresh:
+                            with handling(envelope):
+                                self._log_applied(envelope)
                     applied = len(fresh)
                 else:
                     applied = await self._apply_each(conn, envelopes)
@@ -232,14 +315,16 @@ class EventConsumer:
         """The handler on each envelope not processed before (in the caller's transaction); how many."""
         applied = 0
         for envelope in envelopes:
-            token = event_id_var.set(envelope.event_id)
-            try:
+            with handling(envelope):
                 if await mark_processed(conn, self._name, envelope.event_id):
                     await self._handler(conn, envelope)
+                    self._log_applied(envelope)
                     applied += 1
-            finally:
-                event_id_var.reset(token)
         return applied
+
+    def _log_applied(self, envelope: envelope_pb2.EventEnvelope) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("event applied", extra={"consumer": self._name, "event_type": envelope.event_type})
 
     async def _apply(self, record: ConsumerRecord) -> None:
         try:
@@ -247,8 +332,7 @@ class EventConsumer:
         except FapiaoError as exc:
             await self._dead_letter(record, "", exc.details)
             return
-        token = event_id_var.set(envelope.event_id)
-        try:
+        with handling(envelope):
             for attempt in range(1, self._max_attempts + 1):
                 try:
                     async with self._pool.acquire() as conn, conn.transaction():
@@ -257,6 +341,7 @@ class EventConsumer:
                             return
                         await self._handler(conn, envelope)
                     self.applied += 1
+                    self._log_applied(envelope)
                     return
                 except FapiaoError as exc:
                     await self._dead_letter(record, envelope.event_id, exc.details)
@@ -270,8 +355,6 @@ class EventConsumer:
                         await self._dead_letter(record, envelope.event_id, repr(exc))
                         return
                     await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
-        finally:
-            event_id_var.reset(token)
 
     async def _dead_letter(self, record: ConsumerRecord, event_id: str, error: str) -> None:
         log.warning("event dead-lettered", extra={"topic": record.topic, "offset": record.offset, "error": error})

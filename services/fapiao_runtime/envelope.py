@@ -10,6 +10,7 @@ from fapiao.common.v1 import envelope_pb2
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from fapiao_runtime import tracing
 from fapiao_runtime.errors import InvalidArgument
 
 M = TypeVar("M", bound=Message)
@@ -33,9 +34,11 @@ def make_envelope(
     aggregate_id: str,
     producer: str,
     event_id: uuid.UUID | None = None,
-    traceparent: str = "",
+    traceparent: str | None = None,
 ) -> envelope_pb2.EventEnvelope:
-    """Wrap `payload`. Pass a deterministic `event_id` when the event must be idempotent across retries."""
+    """Wrap `payload`. Pass a deterministic `event_id` when the event must be idempotent across retries.
+    `traceparent`: the W3C trace context of the work that caused the event; by default that of the
+    request or event being handled (`tracing.current()`)."""
     occurred = Timestamp()
     occurred.GetCurrentTime()
     return envelope_pb2.EventEnvelope(
@@ -43,7 +46,7 @@ def make_envelope(
         event_type=payload.DESCRIPTOR.full_name,
         aggregate_id=aggregate_id,
         occurred_at=occurred,
-        traceparent=traceparent,
+        traceparent=tracing.current() if traceparent is None else traceparent,
         producer=producer,
         payload=payload.SerializeToString(deterministic=True),
     )

@@ -1,15 +1,28 @@
 """Domain errors with a machine-readable reason, mapped to gRPC status codes at the edge.
 
-Handlers raise these; the gRPC interceptor turns them into a status with details
-"<REASON>: <message>" and the trailing metadata key `fapiao-reason`. Anything else becomes
-INTERNAL without leaking the exception text.
+Handlers raise these; the gRPC runtime (`grpc_server`) turns them into a status with details
+"<REASON>: <message>", the trailing metadata key `fapiao-reason`, and the standard rich status
+(`grpc-status-details-bin`: a `google.rpc.Status` holding a `google.rpc.ErrorInfo`, plus a
+`google.rpc.RetryInfo` on UNAVAILABLE) that grpcio-status, grpcurl and other gRPC clients decode.
+Anything else becomes INTERNAL without leaking the exception text.
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+# The `domain` of every ErrorInfo a Fapiao service sends: reasons are unique within it.
+ERROR_DOMAIN = "fapiao.network"
+# Seconds a client is asked to wait before retrying after UNAVAILABLE (gRPC RetryInfo) or 503 (HTTP
+# Retry-After): a lost dependency comes back or fails over in seconds.
+RETRY_AFTER_S = 5
+# The trailing metadata key of the rich status (grpcio-status's GRPC_DETAILS_METADATA_KEY).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class FapiaoError(Exception):
@@ -18,10 +31,12 @@ class FapiaoError(Exception):
     status_code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     http_status: int = 500
 
-    def __init__(self, reason: str, message: str = "") -> None:
+    def __init__(self, reason: str, message: str = "", *, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(f"{reason}: {message}" if message else reason)
         self.reason = reason
         self.message = message or reason.replace("_", " ").lower()
+        # Extra ErrorInfo metadata for clients (no secrets: it travels to the caller as it is).
+        self.metadata: dict[str, str] = dict(metadata or {})
 
     @property
     def details(self) -> str:
@@ -71,6 +86,35 @@ class DeadlineExceeded(FapiaoError):
 class Unavailable(FapiaoError):
     status_code = grpc.StatusCode.UNAVAILABLE
     http_status = 503
+
+
+def rich_status(
+    code: grpc.StatusCode, details: str, reason: str, metadata: Mapping[str, str], retry_after_s: int | None = None
+) -> bytes:
+    """The serialized `google.rpc.Status` sent as `grpc-status-details-bin` with a status: `code` and
+    `details` exactly as the call's own (clients check they match), an ErrorInfo(reason, ERROR_DOMAIN,
+    metadata), and a RetryInfo when `retry_after_s` is given."""
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=dict(metadata)))
+    details_any = [info]
+    if retry_after_s is not None:
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s)))
+        details_any.append(retry)
+    status = status_pb2.Status(code=code.value[0], message=details, details=details_any)
+    return bytes(status.SerializeToString())
+
+
+def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo of a client-side gRPC error's rich status, or None when it carries none."""
+    for key, value in getattr(error, "trailing_metadata", lambda: ())() or ():
+        if key == STATUS_DETAILS_KEY:
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info
+    return None
 
 
 def reason_of(error: grpc.aio.AioRpcError | grpc.RpcError) -> str:

@@ -23,9 +23,25 @@ from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from fapiao_runtime.errors import FapiaoError, InvalidArgument, PermissionDenied, unavailable_cause
-from fapiao_runtime.logs import request_id_var
-from fapiao_runtime.metrics import GRPC_LATENCY, GRPC_REQUESTS, REJECTIONS
+from fapiao_runtime import tracing
+from fapiao_runtime.errors import (
+    RETRY_AFTER_S,
+    STATUS_DETAILS_KEY,
+    FapiaoError,
+    InvalidArgument,
+    PermissionDenied,
+    rich_status,
+    unavailable_cause,
+)
+from fapiao_runtime.logs import request_id_var, service_label
+from fapiao_runtime.metrics import (
+    GRPC_HANDLED,
+    GRPC_HANDLING,
+    GRPC_MSG_RECEIVED,
+    GRPC_MSG_SENT,
+    GRPC_STARTED,
+    REJECTIONS,
+)
 from fapiao_runtime.pki import service_name
 from fapiao_runtime.text import check_message_text
 
@@ -143,11 +159,30 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str:
+def _incoming(context: grpc.aio.ServicerContext) -> tuple[str, str]:
+    """The call's request id (the caller's `x-request-id`, else a new one) and its W3C `traceparent`."""
+    request_id = traceparent = ""
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER:
-            return str(value)[:64]
-    return new_request_id()
+            request_id = str(value)[:64]
+        elif key == tracing.TRACEPARENT:
+            traceparent = str(value)
+    return request_id or new_request_id(), traceparent
+
+
+class _CallContext:
+    """The request id and trace context of one call, set for the call's task and reset at its end."""
+
+    __slots__ = ("request_token", "trace_token")
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        request_id, traceparent = _incoming(context)
+        self.request_token = request_id_var.set(request_id)
+        self.trace_token = tracing.begin(traceparent)
+
+    def reset(self) -> None:
+        tracing.end(self.trace_token)
+        request_id_var.reset(self.request_token)
 
 
 class _WrappingGenericHandler(grpc.GenericRpcHandler):
@@ -243,32 +278,48 @@ def _accepted(request: Any) -> Any:
     return request
 
 
-async def _accepted_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _accepted_stream(requests: AsyncIterator[Any], received: Any) -> AsyncIterator[Any]:
     async for request in requests:
+        received.inc()
         yield _accepted(request)
+
+
+def _trailers(
+    code: grpc.StatusCode, details: str, reason: str, metadata: Mapping[str, str]
+) -> tuple[tuple[str, str | bytes], ...]:
+    """`fapiao-reason` and the rich status (ErrorInfo; RetryInfo on UNAVAILABLE) of an error answer."""
+    retry = RETRY_AFTER_S if code == grpc.StatusCode.UNAVAILABLE else None
+    return (("fapiao-reason", reason), (STATUS_DETAILS_KEY, rich_status(code, details, reason, metadata, retry)))
 
 
 async def _answer(method: str, exc: Exception, context: grpc.aio.ServicerContext) -> None:
     """Abort the call for `exc` (raises AbortError). A FapiaoError is its status with the reason, one log
     line at info; a lost dependency UNAVAILABLE; anything else INTERNAL without its text (logged with
-    its traceback)."""
+    its traceback). Every answer carries an ErrorInfo (reason, domain, metadata: the service, the method
+    and the error's own fields), UNAVAILABLE a RetryInfo too."""
+    info = {"service": service_label(), "method": method}
     if isinstance(exc, FapiaoError):
         REJECTIONS.labels(method=method, reason=exc.reason).inc()
         log.info("request refused", extra={"method": method, "code": exc.status_code.name, "reason": exc.reason})
-        await context.abort(exc.status_code, exc.details, trailing_metadata=(("fapiao-reason", exc.reason),))
+        await context.abort(
+            exc.status_code,
+            exc.details,
+            trailing_metadata=_trailers(exc.status_code, exc.details, exc.reason, {**exc.metadata, **info}),
+        )
         return
     cause = unavailable_cause(exc)
     if cause is None:
         log.error("unhandled error", extra={"method": method}, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL: internal error")
+        details = "INTERNAL: internal error"
+        code = grpc.StatusCode.INTERNAL
+        await context.abort(code, details, trailing_metadata=_trailers(code, details, "INTERNAL", info))
         return
     reason = f"{cause.upper()}_UNAVAILABLE"
     log.warning("dependency unavailable", extra={"method": method, "reason": reason, "error": repr(exc)})
-    await context.abort(
-        grpc.StatusCode.UNAVAILABLE,
-        f"{reason}: the {cause} is unavailable; retry later",
-        trailing_metadata=(("fapiao-reason", reason),),
-    )
+    details = f"{reason}: the {cause} is unavailable; retry later"
+    code = grpc.StatusCode.UNAVAILABLE
+    trailers = _trailers(code, details, reason, {**info, "dependency": cause})
+    await context.abort(code, details, trailing_metadata=trailers)
 
 
 async def _close(method: str, responses: AsyncGenerator[Any, Any]) -> None:
@@ -284,20 +335,61 @@ def _status_of(exc: Exception) -> str:
     return "INTERNAL" if unavailable_cause(exc) is None else "UNAVAILABLE"
 
 
+# StatusCode names as Go's codes.Code.String() spells them (the grpc_code label of ready-made dashboards).
+GRPC_CODE_LABELS = {
+    code.name: "OK" if code is grpc.StatusCode.OK else "".join(part.capitalize() for part in code.name.split("_"))
+    for code in grpc.StatusCode
+}
+
+
+def _grpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming:
+        return "bidi_stream" if handler.response_streaming else "client_stream"
+    return "server_stream" if handler.response_streaming else "unary"
+
+
+class _MethodMetrics:
+    """The standard gRPC server metrics of one method, their label sets resolved once."""
+
+    __slots__ = ("_handled", "_labels", "handling", "ok", "received", "sent", "started")
+
+    def __init__(self, method: str, grpc_type: str) -> None:
+        service, _, name = method.lstrip("/").rpartition("/")
+        self._labels = (grpc_type, service, name)
+        self.started = GRPC_STARTED.labels(*self._labels)
+        self.received = GRPC_MSG_RECEIVED.labels(*self._labels)
+        self.sent = GRPC_MSG_SENT.labels(*self._labels)
+        self.handling = GRPC_HANDLING.labels(*self._labels)
+        self.ok = GRPC_HANDLED.labels(*self._labels, "OK")
+
+    def handled(self, code: str) -> Any:
+        if code == "OK":
+            return self.ok
+        return GRPC_HANDLED.labels(*self._labels, GRPC_CODE_LABELS.get(code, "Unknown"))
+
+
 def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | None) -> grpc.RpcMethodHandler:
     """`handler` with the decoding policy, the client policy (None: open to every client the transport
     accepted, as health and reflection), the request id, the error mapping and the metrics."""
     decode = _decoding(handler.request_deserializer)
-    latency = GRPC_LATENCY.labels(method=method)
-    ok = GRPC_REQUESTS.labels(method=method, code="OK")
+    metrics = _MethodMetrics(method, _grpc_type(handler))
 
     def admit(context: grpc.aio.ServicerContext) -> None:
         if policy is not None and policy.active:
             policy.check(context, method)
 
+    def begin(streamed_in: bool) -> float:
+        metrics.started.inc()
+        if not streamed_in:
+            metrics.received.inc()
+        return time.perf_counter()
+
     def count(code: str, started: float) -> None:
-        (ok if code == "OK" else GRPC_REQUESTS.labels(method=method, code=code)).inc()
-        latency.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.handled(code).inc()
+        metrics.handling.observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request handled", extra={"method": method, "code": code, "duration_ms": round(elapsed * 1e3, 3)})
 
     def failed(context: grpc.aio.ServicerContext) -> str:
         return str((context.code() or grpc.StatusCode.UNKNOWN).name)
@@ -307,12 +399,15 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
         streamed_in = handler.unary_unary is None
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = request_id_var.set(_request_id(context))
-            started = time.perf_counter()
+            call = _CallContext(context)
+            started = begin(streamed_in)
             code = "OK"
             try:
                 admit(context)
-                return await inner_unary(_accepted_stream(request) if streamed_in else _accepted(request), context)
+                requests = _accepted_stream(request, metrics.received) if streamed_in else _accepted(request)
+                response = await inner_unary(requests, context)
+                metrics.sent.inc()
+                return response
             except grpc.aio.AbortError:
                 code = failed(context)
                 raise
@@ -324,7 +419,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
                 await _answer(method, exc, context)
             finally:
                 count(code, started)
-                request_id_var.reset(token)
+                call.reset()
 
         make = grpc.stream_unary_rpc_method_handler if streamed_in else grpc.unary_unary_rpc_method_handler
         return make(unary, request_deserializer=decode, response_serializer=handler.response_serializer)
@@ -337,17 +432,19 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
             # when the client cancels would be closed later by the garbage collector, in another task
             # and context (its cleanup failing as "Task exception was never retrieved"). The method's
             # own generator is closed here, in this call's task, whatever ends the call.
-            token = request_id_var.set(_request_id(context))
-            started = time.perf_counter()
+            call = _CallContext(context)
+            started = begin(streamed_in)
             code = "OK"
             responses: Any = None
             try:
                 admit(context)
-                responses = inner_stream(_accepted_stream(request) if streamed_in else _accepted(request), context)
+                requests = _accepted_stream(request, metrics.received) if streamed_in else _accepted(request)
+                responses = inner_stream(requests, context)
                 if inspect.isasyncgen(responses):
                     async for item in responses:
                         try:
                             await context.write(item)
+                            metrics.sent.inc()
                         except cygrpc.ExecuteBatchError:
                             # The call ended under us (the client cancelled or went away): nothing to answer.
                             code = "CANCELLED"
@@ -368,7 +465,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler, policy: ClientPolicy | No
                 if inspect.isasyncgen(responses):
                     await _close(method, responses)
                 count(code, started)
-                request_id_var.reset(token)
+                call.reset()
 
         make = grpc.stream_stream_rpc_method_handler if streamed_in else grpc.unary_stream_rpc_method_handler
         return make(stream, request_deserializer=decode, response_serializer=handler.response_serializer)

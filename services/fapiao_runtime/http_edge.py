@@ -8,21 +8,24 @@ answers a request it cannot serve.
   traceback: they are the client's error, answered 400 by aiohttp.
 - `retry_later` is the answer to a lost dependency: 503 with Retry-After, so clients (browsers, the
   payment platform) come back instead of treating it as a failure.
+- `trace_context` is the middleware that serves each request in its W3C trace context (the request's
+  `traceparent` header continued, else a new trace: `fapiao_runtime.tracing`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-# Seconds a client is asked to wait after a 503 (a lost dependency comes back or fails over in seconds).
-RETRY_AFTER_S = 5
+from fapiao_runtime import tracing
+from fapiao_runtime.errors import RETRY_AFTER_S
+
 IDENTITY_ENCODINGS = frozenset({"", "identity"})
 R = TypeVar("R", bound=web.StreamResponse)
 
@@ -66,3 +69,15 @@ def retry_later(response: R, seconds: int = RETRY_AFTER_S) -> R:
     """`response` (a 503) with the Retry-After header set."""
     response.headers["Retry-After"] = str(seconds)
     return response
+
+
+@web.middleware
+async def trace_context(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Serve the request in its trace: log lines, events and gRPC calls it causes carry its trace id."""
+    token = tracing.begin(request.headers.get(tracing.TRACEPARENT, ""))
+    try:
+        return await handler(request)
+    finally:
+        tracing.end(token)

@@ -28,6 +28,7 @@ from fapiao.common.v1 import signature_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2_grpc
 from google.protobuf.message import DecodeError
 
+from fapiao_runtime.consumer import LagWatch, watch_lag
 from fapiao_runtime.envelope import OutgoingEvent, make_envelope, outgoing, parse_envelope, unpack
 from fapiao_runtime.errors import DeadlineExceeded, FapiaoError, InvalidArgument, ResourceExhausted, unavailable_cause
 from fapiao_runtime.grpc_client import internal_channel, internal_credentials
@@ -216,6 +217,7 @@ class LedgerResultWaiter:
         # Rejections of records whose signature was never verified: reasons for a time-out only.
         self._unverified: OrderedDict[str, ledger_pb2.TransactionResult] = OrderedDict()
         self._consumer: AIOKafkaConsumer | None = None
+        self._lag: LagWatch | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -228,6 +230,7 @@ class LedgerResultWaiter:
             max_poll_records=2000,
         )
         self._consumer = consumer
+        self._lag = watch_lag(self._client_id, lambda: self._consumer)
         self._task = asyncio.ensure_future(self._run(consumer))
 
     async def stop(self) -> None:
@@ -236,6 +239,9 @@ class LedgerResultWaiter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+        if self._lag is not None:
+            self._lag.close()
+            self._lag = None
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()

@@ -1,4 +1,4 @@
-"""Structured JSON logging; the current request id and event id appear in every line."""
+"""Structured JSON logging; the current request id, event id and trace id appear in every line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from fapiao_runtime import tracing
 from fapiao_runtime.workers import worker_index
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -21,8 +22,14 @@ _WORKER: dict[str, int] = {}
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+def service_label() -> str:
+    """The name of the service this process runs (set by `configure_logging`)."""
+    return _SERVICE["name"]
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, service, logger, msg, request_id, event_id, extras."""
+    """One JSON object per line: ts, level, service, logger, msg, request_id, event_id, trace_id (the W3C
+    trace id of the request or event being handled: `tracing`), extras."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -34,6 +41,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": request_id_var.get(),
             "event_id": event_id_var.get(),
+            "trace_id": tracing.trace_id(),
         }
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):

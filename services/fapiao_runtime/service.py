@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 
 from fapiao_runtime import collector, event_loop, metrics
 from fapiao_runtime.config import RuntimeConfig
-from fapiao_runtime.consumer import EventConsumer
+from fapiao_runtime.consumer import EventConsumer, report_consumer_lag
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
 from fapiao_runtime.kafka import ensure_topics, new_producer
@@ -47,8 +47,7 @@ class ServiceContext:
     async def update_gauges(self) -> None:
         collector.drain_pauses()
         metrics.OUTBOX_BACKLOG.set(await self.relay.backlog())
-        for consumer in self.consumers:
-            metrics.CONSUMER_LAG.labels(consumer=consumer.name).set(await consumer.lag())
+        await report_consumer_lag()  # every consumer of the process (`consumer.watch_lag`)
 
 
 async def _refresh_gauges(ctx: ServiceContext, interval_s: float = 5.0) -> None:

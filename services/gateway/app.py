@@ -8,17 +8,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from fapiao_runtime.errors import FapiaoError, unavailable_cause
-from fapiao_runtime.http_edge import retry_later
+from fapiao_runtime.errors import FapiaoError, NotFound, Unavailable, unavailable_cause
+from fapiao_runtime.http_edge import trace_context
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import claim, verify_page, webhook
+from gateway import api, claim, i18n, verify_page, webhook
 from gateway.backends import LedgerClient, MintingClient
 from gateway.context import CONTEXT, GatewayContext
-from gateway.layout import message_page
 from gateway.metrics import GatewayMetrics
 from gateway.pdf import PdfRenderer
 from gateway.rate_limit import RateLimiter
+from gateway.responses import problem
 from gateway.settings import GatewaySettings
 from gateway.view_tokens import ViewTokens
 
@@ -49,23 +49,37 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except FapiaoError as error:
         # A handler left a service's answer unhandled: still the answer, with its reason.
         log.info("%s %s refused: %s", request.method, route, error.reason)
-        status = error.http_status
-        response = message_page("Request refused", error.message, status=status, reason=error.reason)
-        return retry_later(response) if status == 503 else response
+        response = problem(request, error)
+        status = response.status
+        return response
     except Exception as error:
         cause = unavailable_cause(error)
         if cause is not None:
             # A lost dependency, not a defect: the client is asked to come back.
             log.warning("%s %s: %s unavailable (%s)", request.method, route, cause, type(error).__name__)
             status = 503
-            reason = f"{cause.upper()}_UNAVAILABLE"
-            return retry_later(message_page("Service busy", "Please try again in a moment.", status=503, reason=reason))
+            return problem(request, Unavailable(f"{cause.upper()}_UNAVAILABLE", f"the {cause} is unavailable"))
         log.exception("unhandled error on %s %s", request.method, route)
         status = 500
-        return message_page("Something went wrong", "Please try again.", status=500, reason="INTERNAL")
+        return problem(request, FapiaoError("INTERNAL", "internal error"), status=500)
     finally:
         metrics.requests.labels(route, str(status)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def localise(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Routes that do not exist (404) or do not take the method (405) answer in the request's language,
+    as JSON under /api or when JSON is asked for; a `lang` query parameter is remembered in a cookie."""
+    try:
+        response = await handler(request)
+    except web.HTTPNotFound:
+        response = problem(request, NotFound("NOT_FOUND", "no such route"))
+    except web.HTTPMethodNotAllowed as refused:
+        response = problem(request, FapiaoError("METHOD_NOT_ALLOWED", "method not allowed"), status=405)
+        response.headers["Allow"] = ",".join(sorted(refused.allowed_methods))
+    i18n.remember_choice(request, response)
+    return response
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -79,8 +93,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return response
 
 
-async def index(_: web.Request) -> web.Response:
-    raise web.HTTPFound("/verify")
+async def index(request: web.Request) -> web.Response:
+    chosen = request.query.get(i18n.LANG_COOKIE, "")
+    raise web.HTTPFound(f"/verify?lang={chosen}" if chosen in i18n.LANGUAGES else "/verify")
 
 
 def build_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> web.Application:
@@ -89,7 +104,7 @@ def build_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) 
     `metrics` defaults to a private registry (tests run several apps in one process); the process
     entry point passes the default registry so FAPIAO_METRICS_PORT shows the same figures.
     """
-    app = web.Application(middlewares=[observe], client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(middlewares=[trace_context, observe, localise], client_max_size=MAX_REQUEST_BYTES)
     metrics = metrics or GatewayMetrics()
     app[METRICS] = metrics
 
@@ -142,4 +157,5 @@ def build_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) 
     app.router.add_get("/invoice/{view_token}/pdf", claim.invoice_pdf)
     app.router.add_get("/verify", verify_page.verify)
     app.router.add_post("/verify", verify_page.verify)
+    api.add_routes(app)
     return app

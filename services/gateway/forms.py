@@ -1,4 +1,5 @@
-"""Reading the body of a form post (the claim and verification pages), refusing what is not one.
+"""Reading the body of a form post (the claim and verification pages) or of a JSON request (the API),
+refusing what is not one.
 
 Browsers post these forms as application/x-www-form-urlencoded in UTF-8 (the pages are UTF-8);
 multipart/form-data is read too. Anything else gets a 4xx with its reason and nothing is parsed:
@@ -9,6 +10,7 @@ the values with `fapiao_runtime.text.check_text`.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 
@@ -59,3 +61,35 @@ async def read_form(request: web.Request) -> dict[str, str]:
         log.info("form refused: %s", type(error).__name__, extra={"reason": "MALFORMED_FORM"})
         raise FormRefused(400, "MALFORMED_FORM", "the form body cannot be read") from None
     return {key: value for key, value in posted.items() if isinstance(value, str)}
+
+
+async def read_json(request: web.Request) -> dict[str, object]:
+    """A JSON object body (the API's requests), with the same bounds as a form. Raises FormRefused."""
+    if content_encoding(request) is not None:
+        raise FormRefused(415, "UNSUPPORTED_CONTENT_ENCODING", "request bodies are not compressed")
+    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        raise FormRefused(413, "BODY_TOO_LARGE", f"a request body has at most {MAX_FORM_BYTES} bytes")
+    charset = request.charset
+    if charset is not None and charset.lower() not in UTF8:
+        raise FormRefused(415, "UNSUPPORTED_CHARSET", "JSON is sent in UTF-8")
+    try:
+        body = await request.content.read(MAX_FORM_BYTES + 1)
+    except Exception as error:  # a broken chunked body is the client's error
+        log.info("JSON body refused: %s", type(error).__name__, extra={"reason": "MALFORMED_JSON"})
+        raise FormRefused(400, "MALFORMED_JSON", "the request body cannot be read") from None
+    if len(body) > MAX_FORM_BYTES:
+        raise FormRefused(413, "BODY_TOO_LARGE", f"a request body has at most {MAX_FORM_BYTES} bytes")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise FormRefused(400, "MALFORMED_JSON", "the request body is not JSON") from None
+    if not isinstance(value, dict):
+        raise FormRefused(400, "MALFORMED_JSON", "the request body is a JSON object")
+    return value
+
+
+async def read_input(request: web.Request) -> dict[str, object]:
+    """A JSON object when the body is application/json, else the form's fields. Raises FormRefused."""
+    if request.body_exists and request.content_type == "application/json":
+        return await read_json(request)
+    return dict(await read_form(request))

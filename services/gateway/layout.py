@@ -1,17 +1,25 @@
-"""The page shell shared by every HTML page: mobile-first inline CSS, no external assets."""
+"""The page shell shared by every HTML page: Jinja2 templates (services/gateway/templates, autoescaped,
+messages from the gettext catalogues of gateway.i18n), mobile-first inline CSS, no external assets."""
 
 from __future__ import annotations
 
 import html
 import secrets
+from pathlib import Path
 
+import jinja2
 from aiohttp import web
+from markupsafe import Markup
+
+from gateway.i18n import LANGUAGES, Language, language
+from gateway.messages import reason_text
 
 CSS = """
 *{box-sizing:border-box}
 body{margin:0;font:16px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans CJK SC","PingFang SC",sans-serif;
 background:#f4f5f7;color:#1d2129}
-header{background:#07c160;color:#fff;padding:12px 16px;font-weight:600}
+header{background:#07c160;color:#fff;padding:12px 16px;font-weight:600;display:flex;justify-content:space-between}
+header a.lang{color:#fff;font-weight:400}
 main{max-width:560px;margin:0 auto;padding:12px}
 .card{background:#fff;border-radius:10px;padding:14px 16px;margin:12px 0;box-shadow:0 1px 2px rgba(0,0,0,.06)}
 h1{font-size:1.25rem;margin:.2em 0 .6em} h2{font-size:1.05rem;margin:.2em 0 .5em}
@@ -34,6 +42,7 @@ td,th{padding:6px 4px;border-bottom:1px solid #eee;text-align:left}
 td.num,th.num{text-align:right;white-space:nowrap}
 img.qr{display:block;margin:8px auto;width:180px;height:180px;image-rendering:pixelated}
 footer{color:#9ca3af;font-size:.8rem;text-align:center;padding:16px}
+.taxid{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em;white-space:nowrap}
 """
 
 # Claim and invoice URLs carry secrets: never send them on as a Referer, never cache the pages,
@@ -46,33 +55,61 @@ SECURITY_HEADERS = {
 }
 
 
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def _environment(lang: Language) -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        extensions=["jinja2.ext.i18n"],
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.install_gettext_translations(lang.translations, newstyle=True)  # type: ignore[attr-defined]
+    return environment
+
+
+ENVIRONMENTS = {code: _environment(language(code)) for code in LANGUAGES}
+
+
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def page(
-    title: str,
-    body: str,
+def render(
+    lang: Language,
+    template: str,
     *,
+    title: str,
     status: int = 200,
     refresh_s: int = 0,
     script: str = "",
+    script_messages: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
+    **context: object,
 ) -> web.Response:
-    """A complete HTML response. `script` runs under a per-response CSP nonce."""
+    """A complete HTML page from `template` in `lang`. `script` runs under a per-response CSP nonce and
+    reads `script_messages` (already in `lang`) as MESSAGES."""
     nonce = secrets.token_urlsafe(16)
-    refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
-    script_tag = f'<script nonce="{nonce}">{script}</script>' if script else ""
     document = (
-        '<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"{refresh}<title>{esc(title)}</title><style>{CSS}</style></head>"
-        f"<body><header>Fapiao 电子发票</header><main>{body}</main>"
-        "<footer>Fapiao blockchain e-invoice</footer>"
-        f"{script_tag}</body></html>"
+        ENVIRONMENTS[lang.code]
+        .get_template(template)
+        .render(
+            lang=lang,
+            title=title,
+            css=Markup(CSS),  # noqa: S704 - the constant above, no input in it
+            refresh_s=refresh_s,
+            script=Markup(script),  # noqa: S704 - a constant of the page's module
+            script_messages=script_messages or {},
+            nonce=nonce,
+            **context,
+        )
     )
     response = web.Response(text=document, status=status, content_type="text/html", charset="utf-8")
     response.headers.update(SECURITY_HEADERS)
+    response.headers["Content-Language"] = lang.html_lang
     response.headers["Content-Security-Policy"] = (
         f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'nonce-{nonce}'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -82,11 +119,11 @@ def page(
     return response
 
 
-def message_page(title: str, text: str, *, status: int, tone: str = "bad", reason: str = "") -> web.Response:
-    """A short page explaining an outcome; `reason` is shown for support and read by tests."""
-    code = f'<p class="hint">Reason: <code data-reason="{esc(reason)}">{esc(reason)}</code></p>' if reason else ""
-    return page(
-        title,
-        f'<div class="banner {tone}">{esc(title)}</div><div class="card"><p>{esc(text)}</p>{code}</div>',
-        status=status,
-    )
+def message_page(
+    lang: Language, reason: str, *, status: int, tone: str = "bad", detail: str = "", home: bool = False
+) -> web.Response:
+    """A short page explaining an outcome by its reason; `reason` is shown for support and read by tests."""
+    title, text = reason_text(reason, lang, status)
+    if detail and lang.known(detail):
+        text = lang.gettext(detail)
+    return render(lang, "message.html", title=title, status=status, tone=tone, text=text, reason=reason, home=home)

@@ -1,4 +1,5 @@
-"""Yuan text <-> integer fen, exactly (no floats anywhere)."""
+"""Yuan text <-> integer fen, exactly (no floats anywhere). Figures and capitals come from
+fapiao_runtime.money_text (minting writes the same figures into the QR code)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,13 @@ import re
 import unicodedata
 
 from fapiao_runtime.errors import InvalidArgument
+from fapiao_runtime.money_text import yuan_capitals, yuan_text
+
+__all__ = ["MAX_ABS_FEN", "parse_yuan", "yuan_capitals", "yuan_display", "yuan_text"]
 
 # Ten billion fen (一亿元) is far above any single invoice; bigger inputs are typos or probes.
 MAX_ABS_FEN = 10**10
 _YUAN = re.compile(r"(-?)([0-9]{1,9})(?:\.([0-9]{1,2}))?")
-
-
-def yuan_text(fen: int) -> str:
-    """Amount in yuan with exactly two decimals, sign first: 11200 -> "112.00", -5 -> "-0.05"."""
-    sign = "-" if fen < 0 else ""
-    whole, cents = divmod(abs(fen), 100)
-    return f"{sign}{whole}.{cents:02d}"
 
 
 def yuan_display(fen: int) -> str:

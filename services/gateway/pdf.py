@@ -1,4 +1,5 @@
-"""The invoice as a PDF (fpdf2) with its verification QR code (segno PNG).
+"""The invoice as a PDF in the national layout of the 数电票 (gateway.invoice_layout says what each box
+holds, gateway.pdf_form draws it with fpdf2), with its verification QR code.
 
 Fonts: a CJK font is not guaranteed on the machine. The first font found of FAPIAO_PDF_FONT, the usual
 Debian CJK fonts (fonts-noto-cjk, fonts-wqy-zenhei, fonts-wqy-microhei, fonts-arphic-uming) and
@@ -20,22 +21,21 @@ import asyncio
 import datetime as dt
 import functools
 import hashlib
-import io
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import segno
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao_runtime.admission import AdmissionGate
 from fapiao_runtime.errors import Unavailable
 from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
-from fpdf import FPDF
 
-from gateway.money import yuan_text
+from gateway.invoice_layout import layout_of
+from gateway.pdf_form import PdfFont, draw_form, drawable
+
+__all__ = ["PdfBusy", "PdfFont", "PdfRenderer", "choose_font", "drawable", "invoice_version", "render_invoice_pdf"]
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +48,6 @@ CJK_FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
 )
 LATIN_FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",)
-STATUS_TEXT = {
-    invoice_pb2.INVOICE_STATUS_PENDING: "PENDING",
-    invoice_pb2.INVOICE_STATUS_ISSUED: "ISSUED (recorded on the ledger)",
-    invoice_pb2.INVOICE_STATUS_REJECTED: "REJECTED by the ledger",
-    invoice_pb2.INVOICE_STATUS_CANCELLED: "CANCELLED (red-letter)",
-    invoice_pb2.INVOICE_STATUS_PARTIALLY_RED_LETTERED: "PARTIALLY RED-LETTERED",
-}
-
-
-@dataclass(frozen=True)
-class PdfFont:
-    """A font file (or None for the core font) and the code points it can draw."""
-
-    path: str | None
-    codepoints: frozenset[int] = field(repr=False)
-
-    @property
-    def has_cjk(self) -> bool:
-        return 0x4E2D in self.codepoints  # 中
 
 
 def _load(path: str) -> PdfFont | None:
@@ -91,117 +72,10 @@ def choose_font(preferred: str = "") -> PdfFont:
     return PdfFont(None, frozenset(range(0x20, 0x7F)) | frozenset(range(0xA0, 0x100)))
 
 
-def drawable(text: str, font: PdfFont) -> tuple[str, bool]:
-    """`text` with every character `font` cannot draw replaced by "[U+XXXX]"; and whether any was."""
-    out = []
-    replaced = False
-    for char in text:
-        if ord(char) in font.codepoints or char in "\n":
-            out.append(char)
-        else:
-            out.append(f"[U+{ord(char):04X}]")
-            replaced = True
-    return "".join(out), replaced
-
-
-class _Writer:
-    def __init__(self, font: PdfFont) -> None:
-        self.font = font
-        self.replaced = False
-        self.pdf = FPDF(format="A4", unit="mm")
-        self.pdf.set_auto_page_break(auto=True, margin=15)
-        self.pdf.add_page()
-        self.family = "Helvetica"
-        if font.path is not None:
-            self.pdf.add_font("invoice", fname=font.path)
-            self.family = "invoice"
-        self.pdf.set_title("Fapiao invoice")
-        self.pdf.set_creator("Fapiao gateway")
-
-    def text(self, value: str) -> str:
-        safe, replaced = drawable(value, self.font)
-        self.replaced = self.replaced or replaced
-        return safe
-
-    def line(self, value: str, size: float = 10, height: float = 6) -> None:
-        self.pdf.set_font(self.family, size=size)
-        self.pdf.multi_cell(0, height, self.text(value), new_x="LMARGIN", new_y="NEXT")
-
-    def row(self, cells: list[tuple[str, float, str]], size: float = 9) -> None:
-        self.pdf.set_font(self.family, size=size)
-        for value, width, align in cells:
-            text = self.text(value)
-            # Cut what does not fit the column rather than overprint the next one.
-            while len(text) > 1 and self.pdf.get_string_width(text) > width - 2:
-                text = text[:-2] + "…" if self.font.path is not None else text[:-2] + "."
-            self.pdf.cell(width, 6, text, border=1, align=align)
-        self.pdf.ln(6)
-
-
 def render_invoice_pdf(invoice: invoice_pb2.Invoice, preferred_font: str = "") -> bytes:
-    """PDF bytes of `invoice` (its body as signed, its status and the verification QR code)."""
-    body = invoice.body
-    writer = _Writer(choose_font(preferred_font))
-    title = "Electronic Invoice" + (" 电子发票（普通发票）" if writer.font.has_cjk else " (Fapiao)")
-    if body.kind == invoice_pb2.INVOICE_KIND_RED_LETTER:
-        title += " - RED-LETTER"
-    writer.line(title, size=16, height=9)
-    writer.line(f"Invoice number: {body.invoice_number}    Issue date: {body.issue_date}")
-    writer.line(f"Status: {STATUS_TEXT.get(invoice.status, 'UNKNOWN')}")
-    if invoice.ledger_height:
-        writer.line(f"Ledger: chain {invoice.ledger_chain_id}, block {invoice.ledger_height}")
-    if body.original_invoice_number:
-        writer.line(f"Reverses invoice {body.original_invoice_number} ({body.red_letter_reason})")
-    writer.pdf.ln(2)
-    writer.line(f"Seller: {body.seller.name}    Tax id: {body.seller.tax_id}")
-    writer.line(f"Buyer: {body.buyer.name}    Tax id: {body.buyer.tax_id or '-'}")
-    writer.pdf.ln(2)
-    widths = (60.0, 14.0, 26.0, 26.0, 14.0, 22.0, 28.0)
-    header = ("Item", "Qty", "Unit price", "Amount", "Rate", "Tax", "Total")
-    writer.row([(name, w, "C") for name, w in zip(header, widths, strict=True)])
-    for item in body.lines:
-        values = (
-            item.name,
-            str(item.quantity),
-            yuan_text(item.unit_price_fen),
-            yuan_text(item.amount_fen),
-            f"{item.tax_rate_bp / 100:g}%",
-            yuan_text(item.tax_fen),
-            yuan_text(item.total_fen),
-        )
-        writer.row([(v, w, "L" if i == 0 else "R") for i, (v, w) in enumerate(zip(values, widths, strict=True))])
-    writer.pdf.ln(2)
-    writer.line(
-        f"Amount: {yuan_text(body.total_amount_fen)}    Tax: {yuan_text(body.total_tax_fen)}    "
-        f"Total incl. tax: CNY {yuan_text(body.total_fen)}",
-        size=11,
-    )
-    if body.verification_qr:
-        png = io.BytesIO()
-        segno.make(body.verification_qr, error="m", micro=False).save(png, kind="png", scale=6, border=2)
-        png.seek(0)
-        writer.pdf.ln(3)
-        writer.pdf.image(png, w=40, h=40)
-        writer.line(f"Verification QR: {body.verification_qr}", size=8, height=5)
-    signature = invoice.signed.signature
-    if invoice.signed.body:
-        digest = hashlib.sha256(invoice.signed.body).hexdigest()
-        writer.line(
-            f"Signed by issuer key {signature.key_id} ({signature.algorithm}); body SHA-256 {digest}", size=7, height=4
-        )
-    writer.line(
-        f"Status as of {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; the verification page shows the current one.",
-        size=7,
-        height=4,
-    )
-    if writer.replaced:
-        writer.line(
-            "Note: this server has no font for some characters (e.g. Chinese names); they are written as "
-            "[U+XXXX] code points. Install fonts-noto-cjk (or set FAPIAO_PDF_FONT) for full rendering.",
-            size=8,
-            height=4,
-        )
-    return bytes(writer.pdf.output())
+    """PDF bytes of `invoice` in the national layout (gateway.invoice_layout, gateway.pdf_form): its
+    body as signed, the verification QR code, and under the form its status and signature."""
+    return draw_form(layout_of(invoice, dt.datetime.now(dt.UTC)), choose_font(preferred_font))
 
 
 class PdfBusy(Unavailable):

@@ -1,9 +1,17 @@
-"""The verification QR content of a 数电票 and the fields a person types on the verification page.
+"""Verification QR content (数电 and legacy VAT invoices) and the fields a person types on the verification page.
 
-QR content: "01,<kind>,<code>,<number>,<total yuan, 2 decimals>,<yyyymmdd>,<check code>,<4 hex>".
-For a 数电票 the invoice code and check code are empty. The national algorithm of the trailing 4-hex
-field is not public; Fapiao's (see invoice_minting.invoice_format) is the first two bytes of SHA-256
-over everything before it, upper-case hex, so a mistyped or altered content string is detected here.
+The national QR content is comma-separated: version, invoice kind code, invoice code, invoice number,
+amount, issue date (yyyymmdd), check code, and a 4-character check field, often with a trailing comma:
+- 数电票 (kinds 31 special, 32 ordinary; 51, 61 and others for industry invoices):
+  "01,32,,23442000000014209621,112,20230215,,74AE" (no invoice code, no check code, a 20-digit number);
+- legacy VAT invoices (01 special, 04 ordinary, 08 e-special, 10 e-ordinary, 11 roll, 14 toll):
+  "01,10,033001900211,69314564,165.05,20200515,04733616525931036327,D2B7," (a 10/12-digit code, an
+  8-digit number, the tax-excluded amount).
+Any such string is read, whatever its check field: the national algorithm of that field is not public.
+Fapiao's own check field (invoice_minting.invoice_format) is the first two bytes of SHA-256 over
+everything before it, upper-case hex; the verification page checks it only for invoices Fapiao holds,
+so an altered Fapiao QR is still found out while another platform's invoice is answered "not issued on
+this network".
 """
 
 from __future__ import annotations
@@ -20,8 +28,15 @@ from gateway.money import parse_yuan
 
 INVOICE_NUMBER = re.compile(r"[0-9]{20}")
 MAX_QR_CHARS = 200
-# 32 = 数电 ordinary invoice, 31 = 数电 special VAT invoice.
-KNOWN_KINDS = frozenset({"31", "32"})
+LEGACY_NUMBER = re.compile(r"[0-9]{8}")
+_VERSION = re.compile(r"[0-9]{2}")
+_KIND = re.compile(r"[0-9]{2}")
+_CODE = re.compile(r"[0-9]{0,12}")
+_CHECK_CODE = re.compile(r"[0-9A-Za-z]{0,32}")
+_CHECK_FIELD = re.compile(r"[0-9A-Za-z]{0,8}")
+# 32 = 数电 ordinary invoice, 31 = 数电 special VAT invoice: the kinds Fapiao issues.
+FAPIAO_KINDS = frozenset({"31", "32"})
+QR_SHAPE = "01,<kind>,<code>,<number>,<amount>,<yyyymmdd>,<check code>,<check>"
 
 
 @dataclass(frozen=True)
@@ -59,27 +74,70 @@ def qr_check(head: str) -> str:
     return hashlib.sha256(head.encode()).hexdigest()[:4].upper()
 
 
-def parse_qr_content(content: str) -> VerificationQuery:
-    """Parse a verification QR content string.
+@dataclass(frozen=True)
+class QrContent:
+    """The fields of a national verification QR code."""
 
-    Raises InvalidArgument with reason MALFORMED_QR (wrong shape or kind), QR_CHECK_MISMATCH (the 4-hex
-    check does not match: mistyped or altered), INVALID_INVOICE_NUMBER, INVALID_AMOUNT or INVALID_DATE.
-    """
-    text = content.strip()
-    if len(text) > MAX_QR_CHARS:
-        raise InvalidArgument("MALFORMED_QR", "QR content is too long")
-    fields = text.split(",")
-    if len(fields) != 8 or fields[0] != "01":
-        raise InvalidArgument(
-            "MALFORMED_QR", 'QR content must look like "01,32,,<number>,<amount>,<yyyymmdd>,,<check>"'
+    kind: str
+    invoice_code: str
+    invoice_number: str
+    amount_fen: int
+    issue_date: str
+    check_code: str
+    check_field: str
+    head: str
+
+    @property
+    def fapiao_shaped(self) -> bool:
+        """A 数电 number of a kind Fapiao issues, without invoice code: what a Fapiao QR looks like."""
+        return (
+            self.kind in FAPIAO_KINDS and not self.invoice_code and bool(INVOICE_NUMBER.fullmatch(self.invoice_number))
         )
-    _version, kind, _code, number, amount, issue_date, _check_code, check = fields
-    if kind not in KNOWN_KINDS:
-        raise InvalidArgument("MALFORMED_QR", f"unknown invoice kind {kind[:4]!r}")
-    head = text[: len(text) - len(check)]
-    if not re.fullmatch(r"[0-9A-Fa-f]{4}", check) or qr_check(head) != check.upper():
-        raise InvalidArgument("QR_CHECK_MISMATCH", "the QR check field does not match: mistyped or altered")
-    return VerificationQuery(parse_invoice_number(number), parse_issue_date(issue_date), parse_yuan(amount))
+
+    @property
+    def fapiao_check_matches(self) -> bool:
+        """Whether the check field is Fapiao's check over the rest (only meaningful for Fapiao's invoices)."""
+        return qr_check(self.head) == self.check_field.upper()
+
+    @property
+    def total_fen(self) -> int:
+        """The amount field: 价税合计 on a 数电 QR (a legacy QR states the tax-excluded amount)."""
+        return self.amount_fen
+
+    @property
+    def query(self) -> VerificationQuery:
+        return VerificationQuery(self.invoice_number, self.issue_date, self.amount_fen)
+
+
+def _malformed(message: str) -> InvalidArgument:
+    return InvalidArgument("MALFORMED_QR", message)
+
+
+def parse_qr_content(content: str) -> QrContent:
+    """Read a national verification QR content string (数电 or legacy VAT), whatever its check field.
+
+    Raises InvalidArgument with reason MALFORMED_QR (wrong shape), INVALID_INVOICE_NUMBER, INVALID_AMOUNT
+    or INVALID_DATE.
+    """
+    text = unicodedata.normalize("NFKC", content).strip()
+    if len(text) > MAX_QR_CHARS:
+        raise _malformed("QR content is too long")
+    fields = text.split(",")
+    if len(fields) == 9 and fields[8] == "":
+        fields = fields[:8]
+    if len(fields) == 7:
+        fields.append("")
+    if len(fields) != 8:
+        raise _malformed(f'QR content must look like "{QR_SHAPE}"')
+    version, kind, code, number, amount, issue_date, check_code, check = (field.strip() for field in fields)
+    if not _VERSION.fullmatch(version) or not _KIND.fullmatch(kind):
+        raise _malformed("the QR content starts with a 2-digit version and a 2-digit invoice kind")
+    if not _CODE.fullmatch(code) or not _CHECK_CODE.fullmatch(check_code) or not _CHECK_FIELD.fullmatch(check):
+        raise _malformed(f'QR content must look like "{QR_SHAPE}"')
+    if not (INVOICE_NUMBER.fullmatch(number) or LEGACY_NUMBER.fullmatch(number)):
+        raise InvalidArgument("INVALID_INVOICE_NUMBER", "the invoice number has 20 digits (8 on a legacy invoice)")
+    head = ",".join((version, kind, code, number, amount, issue_date, check_code)) + ","
+    return QrContent(kind, code, number, parse_yuan(amount), parse_issue_date(issue_date), check_code, check, head)
 
 
 def parse_typed_query(number: str, issue_date: str, total_yuan: str) -> VerificationQuery:

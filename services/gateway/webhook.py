@@ -16,6 +16,7 @@ import re
 import aiohttp
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from fapiao_runtime import tracing
 from fapiao_runtime.http_edge import content_encoding, retry_later
 from fapiao_runtime.text import bad_character
 
@@ -54,6 +55,7 @@ async def notify(request: web.Request) -> web.Response:
     for name in _FORWARDED_HEADERS:
         if name in request.headers:
             headers[name] = request.headers[name]
+    headers[tracing.TRACEPARENT] = tracing.current()  # the request's trace continues in payment_intake
     url = f"{ctx.settings.intake_webhook_url}/v1/notify/wechatpay/{merchant_id}"
     try:
         async with asyncio.timeout(ctx.settings.webhook_timeout_s):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.payments.v1 import payments_pb2
+from fapiao_runtime import tracing
 from fapiao_runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -67,6 +68,8 @@ class ClaimCommand:
     idempotency_key: str
     request_hash: bytes = b""
     future: asyncio.Future[invoice_pb2.Invoice] | None = field(default=None, repr=False)
+    # The trace of the request that made the claim; its ISSUE carries it though written by a batch.
+    traceparent: str = field(default_factory=tracing.current, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.request_hash:
@@ -176,7 +179,8 @@ async def mint_claims(
                 region_code=region,
             )
             signed = sign_invoice(body, key)
-            transaction_id, event = issue_submission(invoice_id, signed, key, deps.producer)
+            with tracing.continued_from(commands[index].traceparent):
+                transaction_id, event = issue_submission(invoice_id, signed, key, deps.producer)
             events.append(event)
             new_invoices.append(
                 NewInvoice(invoice_id, body, signed, None, transaction_id, 1, invoice_id, body.total_fen)

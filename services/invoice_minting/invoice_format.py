@@ -6,6 +6,8 @@ import datetime as dt
 import hashlib
 import re
 
+from fapiao_runtime.money_text import yuan_text
+
 # China has one time zone without daylight saving; issue dates and number years are Beijing time.
 BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 SEQUENCE_DIGITS = 15
@@ -42,13 +44,6 @@ def invoice_number(year: int, region_code: str, channel: str, sequence: int) -> 
     number = f"{year % 100:02d}{region_code}{channel}{sequence:0{SEQUENCE_DIGITS}d}"
     assert INVOICE_NUMBER.fullmatch(number)
     return number
-
-
-def yuan_text(fen: int) -> str:
-    """Amount in yuan with exactly two decimals, sign first: 11200 -> "112.00", -5 -> "-0.05"."""
-    sign = "-" if fen < 0 else ""
-    whole, cents = divmod(abs(fen), 100)
-    return f"{sign}{whole}.{cents:02d}"
 
 
 def verification_qr(number: str, total_fen: int, issue_date: str) -> str:

@@ -11,19 +11,19 @@ from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.grpc_server import GrpcServer
 from fapiao_runtime.service import ServiceContext, Task, run_service
 
-from ledger.config import LedgerConfig
 from ledger.grpc_api import LedgerServicer
+from ledger.settings import LedgerSettings
 from ledger.validator import Validator
 
 SERVICE_NAME = "fapiao.ledger.v1.LedgerService"
 
 
 def main() -> None:
-    ledger_config = LedgerConfig.from_env()
-    config = RuntimeConfig.from_env("ledger", 50061, db_schema=ledger_config.validator_id.replace("-", "_"))
+    settings = LedgerSettings.from_env()
+    config = RuntimeConfig.from_env("ledger", 50061, db_schema=settings.validator_id.replace("-", "_"))
 
     async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None] | Task]:
-        validator = Validator(ctx.config, ledger_config, ctx.pool, ctx.producer)
+        validator = Validator(ctx.config, settings, ctx.pool, ctx.producer)
         ctx.ready = validator.loaded  # SERVING once its chains are loaded from the database
         server.add_servicer(ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, LedgerServicer(validator))
         # After a lost database or broker the validator starts over from its store (Validator.run).

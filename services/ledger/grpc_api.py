@@ -15,6 +15,7 @@ from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound,
 
 from ledger import reads
 from ledger.audit import audit_chain
+from ledger.metrics import BLOCK_STREAM_BLOCKS_SENT, BLOCK_STREAMS_OPENED
 from ledger.validator import Validator
 
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     def _check_chain(self, chain_id: int) -> None:
         if not self._validator.loaded.is_set():
             raise Unavailable("STARTING", "the validator is loading its chains; retry shortly")
-        if chain_id not in self._validator.chains:
+        if not self._validator.has_chain(chain_id):
             raise InvalidArgument("UNKNOWN_CHAIN", f"chain {chain_id} does not exist")
 
     async def GetInvoiceState(
@@ -114,6 +115,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     ) -> AsyncIterator[ledger_service_pb2.StreamBlocksResponse]:
         """Final blocks from from_height on, in order, then new ones as they become final."""
         self._check_chain(request.chain_id)
+        BLOCK_STREAMS_OPENED.inc()
         height = max(1, request.from_height)
         while True:
             async with self._pool.acquire() as conn:
@@ -126,6 +128,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
                     blocks.append(block)
                     height += 1
             for block in blocks:
+                BLOCK_STREAM_BLOCKS_SENT.inc()
                 yield ledger_service_pb2.StreamBlocksResponse(block=block)
             if blocks:
                 continue
@@ -151,8 +154,8 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         self, request: ledger_service_pb2.AuditChainRequest, context: grpc.aio.ServicerContext
     ) -> ledger_service_pb2.AuditChainResponse:
         self._check_chain(request.chain_id)
-        config = self._validator.config
+        settings = self._validator.settings
         async with self._audits.enter():
             return await audit_chain(
-                self._pool, request.chain_id, config.validator_keys, config.quorum, config.authority_keys
+                self._pool, request.chain_id, settings.validator_keys, settings.quorum, settings.authority_keys
             )

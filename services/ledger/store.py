@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -53,6 +54,53 @@ async def load_registry(conn: asyncpg.Connection, chain_id: int) -> tuple[dict[s
         for r in await conn.fetch("SELECT registration_id FROM key_registrations WHERE chain_id = $1", chain_id)
     }
     return keys, ids
+
+
+class RecentBlock(NamedTuple):
+    chain_id: int
+    height: int
+    header_hash: bytes
+    final: bool
+    results_published: bool
+
+
+async def recent_blocks(
+    conn: asyncpg.Connection, floors: Mapping[int, int], publishes: Mapping[int, bool]
+) -> list[RecentBlock]:
+    """Per chain of `floors` (chain -> lowest recent height): the blocks from that height on, and any
+    older one not final yet or, on a chain this validator publishes the results of (`publishes`), whose
+    results are not marked published."""
+    chains = list(floors)
+    rows = await conn.fetch(
+        "SELECT b.chain_id, b.height, b.header_hash, b.final, b.results_published FROM blocks b"
+        " JOIN unnest($1::int[], $2::bigint[], $3::boolean[]) AS f(chain_id, floor, publishes)"
+        " ON f.chain_id = b.chain_id"
+        " WHERE b.height >= f.floor OR NOT b.final OR (f.publishes AND NOT b.results_published)",
+        chains,
+        [floors[c] for c in chains],
+        [publishes[c] for c in chains],
+    )
+    return [
+        RecentBlock(r["chain_id"], r["height"], bytes(r["header_hash"]), r["final"], r["results_published"])
+        for r in rows
+    ]
+
+
+class OwnSignature(NamedTuple):
+    chain_id: int
+    height: int
+    header: bytes
+    signature: bytes
+
+
+async def unfinal_own_signatures(conn: asyncpg.Connection, validator_id: str) -> list[OwnSignature]:
+    """Our stored signatures of blocks not final yet, with the headers they sign."""
+    rows = await conn.fetch(
+        "SELECT b.chain_id, b.height, b.header, s.signature FROM blocks b JOIN block_signatures s"
+        " ON s.chain_id = b.chain_id AND s.height = b.height AND s.validator_id = $1 WHERE NOT b.final",
+        validator_id,
+    )
+    return [OwnSignature(r["chain_id"], r["height"], bytes(r["header"]), bytes(r["signature"])) for r in rows]
 
 
 async def load_presence(conn: asyncpg.Connection) -> tuple[PresenceFilter, PresenceFilter]:

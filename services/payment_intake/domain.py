@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from fapiao.payments.v1 import payments_pb2
+from fapiao_runtime import tracing
 from fapiao_runtime.errors import InvalidArgument
 from fapiao_runtime.tax_rates import NATIONAL_VAT_RATES_BP
 from fapiao_runtime.text import bad_character
@@ -44,6 +45,8 @@ class RecordPayment:
     trade_type: str = ""
     items: tuple[payments_pb2.PaymentItem, ...] = field(default=())
     source: int = payments_pb2.PAYMENT_SOURCE_GRPC
+    # The trace of the request that made the command; its event carries it though written by a batch.
+    traceparent: str = field(default_factory=tracing.current, compare=False)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -190,6 +190,7 @@ async def _insert_payments(
             aggregate_id=aggregate_id(cmd.merchant_id, cmd.out_trade_no),
             producer=PRODUCER,
             event_id=payment_event_id(payment_id),
+            traceparent=cmd.traceparent,
         )
         for cmd, payment_id, payment in zip(ordered, ids, candidates, strict=True)
     ]

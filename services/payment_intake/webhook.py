@@ -33,7 +33,7 @@ from fapiao_runtime.errors import (
     Unauthenticated,
     unavailable_cause,
 )
-from fapiao_runtime.http_edge import SERVER_ARGS, content_encoding, retry_later
+from fapiao_runtime.http_edge import SERVER_ARGS, content_encoding, retry_later, trace_context
 from fapiao_runtime.metrics import REJECTIONS
 from fapiao_runtime.text import bad_character, check_text, lone_surrogate
 
@@ -190,7 +190,7 @@ class NotificationReceiver:
         self._deadline_s = deadline_ms / 1000
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(middlewares=[trace_context], client_max_size=MAX_BODY_BYTES)
         app.router.add_post(NOTIFY_PATH, self.handle)
         app.router.add_post(NOTIFY_PATH + "/{merchant_id}", self.handle)
         app.router.add_get("/healthz", _healthz)

@@ -23,9 +23,9 @@ from fapiao_runtime.pki import (
     write_pem_pair,
 )
 from fapiao_runtime.tax_id import uscc_check_char
+from fapiao_stack.devnet import LedgerNetwork, cancel, issue
 from fapiao_stack.harness import ServiceProcess, StackUnderTest
 from fapiao_stack.procs import free_port
-from ledger.devnet import LedgerNetwork, cancel, issue
 
 from reimbursement.organisations import add_organisation
 

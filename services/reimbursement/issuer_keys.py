@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
-from fapiao_runtime.consumer import commit_applied
+from fapiao_runtime.consumer import commit_applied, watch_lag
 from fapiao_runtime.envelope import parse_envelope
 from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.kafka import BATCHED_FETCH
@@ -128,6 +128,7 @@ class IssuerKeyRecorder:
         self.stored = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._committed = asyncio.Event()  # set (and replaced) after each offset commit
+        watch_lag(group_id, lambda: self._consumer)  # fapiao_consumer_lag while it runs
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(

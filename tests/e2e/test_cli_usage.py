@@ -9,7 +9,7 @@ import sys
 import grpc
 import pytest
 from fapiao_cli.clients import describe_refusal
-from fapiao_cli.main import EXIT_CODES, EXIT_USAGE, build_parser
+from fapiao_cli.main import EXIT_CODES, EXIT_FAILED, EXIT_USAGE, build_parser
 from fapiao_cli.platform import NotificationOutcome
 
 from tests.e2e.conftest import FapiaoCommand
@@ -31,6 +31,19 @@ def test_pay_for_an_unknown_merchant_is_a_usage_error_naming_the_fix(fapiao: Fap
     assert done.returncode == EXIT_USAGE
     assert done.stdout == ""
     assert "unknown merchant 1900009999" in done.stderr and "fapiao merchant add" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["up", "down"])
+def test_the_single_host_commands_leave_a_running_cluster_alone(fapiao: FapiaoCommand, command: str) -> None:
+    fapiao.run_dir.mkdir(parents=True)
+    record = json.dumps({"mode": "hosts", "network": {"prefix": "fapiao-x-", "subnet": "10.231.0.0/24"}})
+    (fapiao.run_dir / "stack.json").write_text(record)
+    done = fapiao(command)
+    _no_traceback(done)
+    assert done.returncode == EXIT_FAILED and done.stdout == ""
+    assert "multi-host cluster runs here" in done.stderr and "--hosts" in done.stderr
+    assert (fapiao.run_dir / "stack.json").read_text() == record
+    assert not (fapiao.run_dir / "pids").exists() or not list((fapiao.run_dir / "pids").iterdir())
 
 
 def test_verify_a_malformed_invoice_number_is_a_usage_error(fapiao: FapiaoCommand) -> None:

@@ -43,9 +43,22 @@ def test_restart_one_process_and_recover_a_killed_postgres(fapiao: FapiaoCommand
     assert {name for name, entry in report.items() if entry["kind"] == "service"} >= {"ledger-2", "gateway"}
     assert {entry["health"] for entry in report.values()} == {"SERVING"}
 
+    # Later commands find the stack's ports from its record, without FAPIAO_PORT_OFFSET in their environment.
+    recorded_only = {key: value for key, value in fapiao.env.items() if key != "FAPIAO_PORT_OFFSET"}
+
+    def without_offset(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "fapiao_cli", *args]
+        return subprocess.run(command, env=recorded_only, capture_output=True, text=True, timeout=300)
+
+    seen = json.loads(without_offset("status", "--json").stdout)
+    assert {name: entry["address"] for name, entry in seen.items()} == {
+        name: entry["address"] for name, entry in report.items()
+    }
+    assert {entry["health"] for entry in seen.values()} == {"SERVING"}, seen
+
     # One validator, stopped and started again with the environment `up` gave it.
     before = _pid(fapiao, "ledger-2")
-    restarted = fapiao("restart", "ledger-2")
+    restarted = without_offset("restart", "ledger-2")
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     assert "ledger-2" in restarted.stdout and "SERVING" in restarted.stdout
     assert _pid(fapiao, "ledger-2") != before and not pid_alive(before)

@@ -42,6 +42,8 @@ def test_summary_holds_every_figure(tmp_path: Path) -> None:
     assert again["faults_skipped"] == [{"kind": "isolate_host", "target": "any", "why": "one host"}]
     assert again["operations_by_outcome"] == {OK: 1, FAIL: 1, UNKNOWN: 1}
     assert again["operations_by_kind"]["pay_grpc"] == {OK: 1, FAIL: 0, UNKNOWN: 1}
+    # What clients got while the broker was down (calls started in its window only).
+    assert again["codes_during_faults"] == {"kill_broker": {"OK": 1, "FAILED_PRECONDITION": 1}}
     assert set(again["checks"]) == set(FIGURES) and again["passed"] is True
     text = table(again)
     assert "seed 7" in text and "PASSED" in text and "kill_broker" in text

@@ -385,13 +385,14 @@ class Fuzzer:
 
 
 def _reason_of(body: bytes, content_type: str) -> str:
-    """The reason an HTTP answer names: the JSON "code" or the page's data-reason attribute."""
+    """The reason an HTTP answer names: the JSON "reason" (the API) or "code" (the webhook), or the page's
+    data-reason attribute."""
     if "json" in content_type:
         try:
             data = json.loads(body)
         except ValueError:
             return ""
-        return str(data.get("code", ""))[:60] if isinstance(data, dict) else ""
+        return str(data.get("reason") or data.get("code", ""))[:60] if isinstance(data, dict) else ""
     found = re.search(rb'data-reason="([^"]+)"', body)
     return found[1].decode("utf-8", "replace")[:60] if found else ""
 

@@ -449,6 +449,27 @@ def _form_post(
     return request, f"{what}; {encoding}".strip("; ")
 
 
+def _json_post(rng: random.Random, path: str, document: dict[str, Any], segment: str = "") -> tuple[HttpRequest, str]:
+    """A POST of the JSON `document` to `path` (an API operation), mutated in its path, its JSON, its
+    content type or at the HTTP level."""
+    request = HttpRequest("POST", path, [(b"Content-Type", b"application/json")])
+    roll = rng.random()
+    what = "valid"
+    text = json.dumps(document)
+    if segment and roll < 0.15:
+        new, what = mutate_path_segment(rng, segment)
+        request.path = path.replace(segment, new, 1)
+    elif roll < 0.7:
+        text, what = mutate.mutate_json(rng, document)
+    elif roll < 0.8:
+        request.headers = [(b"Content-Type", rng.choice((b"text/plain", b"application/json; charset=bogus", FORM)))]
+        what = f"content type {request.headers[0][1].decode()}"
+    request.body = text.encode("utf-8", "surrogatepass")
+    if roll >= 0.8 and rng.random() < 0.7:
+        what = mutate_http(rng, request)
+    return request, what
+
+
 def http_targets(seeds: Seeds, notifier: Notifier) -> list[HttpTarget]:
     inv = seeds.invoices[0]
     page_token = seeds.tokens["page"]
@@ -489,6 +510,20 @@ def http_targets(seeds: Seeds, notifier: Notifier) -> list[HttpTarget]:
         if rng.random() < 0.3:
             return request, f"{method} {path[:40]}; " + mutate_http(rng, request)
         return request, f"{method} {path[:40]}"
+
+    def api_get(rng: random.Random) -> tuple[HttpRequest, str]:
+        path, segment = rng.choice(
+            (
+                (f"/api/v1/claims/{page_token}", page_token),
+                (f"/api/v1/claimed-invoices/{seeds.view_token}", seeds.view_token),
+                (f"/api/v1/claimed-invoices/{seeds.view_token}/pdf", seeds.view_token),
+                (f"/api/v1/invoices/{inv.number}/verification?date={inv.issue_date}"
+                 f"&total={inv.total_fen / 100:.2f}", inv.number),
+                ("/api/v1/openapi.json", None),
+                ("/api/v1/nothing-here", None),
+            )
+        )  # fmt: skip
+        return _get(rng, path, segment)
 
     def gateway_notify(rng: random.Random) -> tuple[HttpRequest, str]:
         segment = merchant
@@ -541,6 +576,21 @@ def http_targets(seeds: Seeds, notifier: Notifier) -> list[HttpTarget]:
             lambda r: _get(r, f"/invoice/{seeds.view_token}/pdf", seeds.view_token),
             0.3,
         ),
+        HttpTarget(
+            "http gateway api",
+            "gateway",
+            "POST /api/v1/claims/{token}",
+            lambda r: _json_post(r, f"/api/v1/claims/{page_token}", dict(claim_fields()), page_token),
+            1.5,
+        ),
+        HttpTarget(
+            "http gateway api",
+            "gateway",
+            "POST /api/v1/verifications",
+            lambda r: _json_post(r, "/api/v1/verifications", dict(verify_fields(r))),
+            1.5,
+        ),
+        HttpTarget("http gateway api", "gateway", "GET /api/v1/... (claim, invoice, verification)", api_get, 1.0),
         HttpTarget("http gateway other", "gateway", "GET /healthz", lambda r: _get(r, "/healthz"), 0.3),
         HttpTarget("http gateway other", "gateway", "gateway: other routes", other),
         HttpTarget("http gateway other", "gateway", "gateway: not HTTP", garbage_request, 0.4),

@@ -168,6 +168,14 @@ class FakeMinting(minting_grpc.InvoiceMintingServiceServicer):
         issued.ledger_height = self.world.heights[0]
         self.invoices[invoice_id] = issued
 
+    async def until_issued(self, invoice_id: str, timeout_s: float = 10.0) -> invoice_pb2.Invoice:
+        """The invoice once the (fake) ledger has issued it; fails the test after `timeout_s`."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.invoices[invoice_id].status != invoice_pb2.INVOICE_STATUS_ISSUED:
+            assert asyncio.get_running_loop().time() < deadline, f"invoice {invoice_id} not issued"
+            await asyncio.sleep(0.1)
+        return self.invoices[invoice_id]
+
     async def GetInvoice(self, request, context):
         invoice = self.invoices.get(request.invoice_id)
         if invoice is None:

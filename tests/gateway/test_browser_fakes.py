@@ -16,7 +16,13 @@ from tests.gateway.fake_backends import SELLER, FakeBackends, uscc
 
 pytestmark = pytest.mark.browser
 
-PHONE = {"viewport": {"width": 393, "height": 851}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+PHONE = {
+    "viewport": {"width": 393, "height": 851},
+    "device_scale_factor": 2,
+    "is_mobile": True,
+    "has_touch": True,
+    "locale": "zh-CN",
+}
 GOOD_TAX_ID = uscc("91110108MA01ABCD1")
 BAD_TAX_ID = GOOD_TAX_ID[:-1] + ("0" if GOOD_TAX_ID[-1] != "0" else "1")
 
@@ -40,7 +46,7 @@ async def test_claim_verify_journey_in_the_browser(browser, gateway: RunningGate
         await page.fill("#tax_id", BAD_TAX_ID)
         await page.click("#claim-submit")
         # The inline check (GB 32100-2015) stops the submit and says why, next to the field.
-        await page.wait_for_selector("#tax_id-error:has-text('check character')")
+        await page.wait_for_selector("#tax_id-error:has-text('校验码不符')")
         assert "/claim/" in page.url
         assert await page.get_attribute("#tax_id", "aria-invalid") == "true"
         await page.screenshot(path=str(SCREENSHOTS / "fake-claim-client-side-error.png"), full_page=True)
@@ -121,7 +127,7 @@ async def test_server_side_validation_without_javascript(
         await page.fill("#tax_id", BAD_TAX_ID)
         await page.click("#claim-submit")
         await page.wait_for_selector("#tax_id-error[data-reason=INVALID_TAX_ID]")
-        assert "check character" in ((await page.text_content("#tax_id-error")) or "")
+        assert "校验码不符" in ((await page.text_content("#tax_id-error")) or "")
         assert await page.input_value("#name") == "Buyer Co", "typed values survive the round trip"
         await page.screenshot(path=str(SCREENSHOTS / "fake-claim-server-side-error.png"), full_page=True)
         await page.fill("#tax_id", GOOD_TAX_ID)

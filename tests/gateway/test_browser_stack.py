@@ -70,7 +70,7 @@ async def test_claim_and_verify_against_the_real_services(browser, real_stack: R
         assert "/invoice/" in page.url
         await page.wait_for_selector("#invoice-status[data-status=ISSUED]", timeout=45_000)
         number = (await page.text_content("#invoice-number")) or ""
-        issue_date = (await page.text_content("#issue-date")) or ""
+        issue_date = (await page.get_attribute("#issue-date", "data-date")) or ""
         assert len(number) == 20 and len(issue_date) == 8
         assert await page.text_content("#invoice-total") == "¥88.00"
         await page.screenshot(path=str(SCREENSHOTS / "stack-invoice-issued.png"), full_page=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fapiao_runtime.errors import FapiaoError, InvalidArgument, PermissionDenied
-from gateway.claim import field_for
+from gateway.flows import field_for
 from gateway.money import parse_yuan, yuan_display, yuan_text
 from gateway.pdf import PdfFont, drawable
 from gateway.qr_content import parse_qr_content, parse_typed_query, qr_check
@@ -67,11 +67,16 @@ def test_qr_check_matches_invoice_minting_format() -> None:
     invoice_format = pytest.importorskip("invoice_minting.invoice_format")
     content = invoice_format.verification_qr("26440000000000000123", 11200, "20261124")
     assert content == _qr()
-    assert parse_qr_content(content).total_fen == 11200
-    # The national example keeps its shape (its check field follows the unpublished national algorithm).
-    with pytest.raises(InvalidArgument) as caught:
-        parse_qr_content("01,32,,23442000000014209621,112,20230215,,74AE")
-    assert caught.value.reason == "QR_CHECK_MISMATCH"
+    parsed = parse_qr_content(content)
+    assert parsed.total_fen == 11200 and parsed.fapiao_shaped and parsed.fapiao_check_matches
+    # The national example is read too: its check field follows the unpublished national algorithm.
+    national = parse_qr_content("01,32,,23442000000014209621,112,20230215,,74AE")
+    assert (national.invoice_number, national.amount_fen, national.issue_date) == (
+        "23442000000014209621",
+        11200,
+        "20230215",
+    )
+    assert national.fapiao_shaped and not national.fapiao_check_matches
 
 
 @pytest.mark.parametrize(
@@ -79,10 +84,9 @@ def test_qr_check_matches_invoice_minting_format() -> None:
     [
         ("", "MALFORMED_QR"),
         ("01,32,,1,2,3", "MALFORMED_QR"),
-        ("02,32,,26440000000000000123,112.00,20261124,,ABCD", "MALFORMED_QR"),
-        ("01,99,,26440000000000000123,112.00,20261124,,ABCD", "MALFORMED_QR"),
-        (_qr().replace("112.00", "113.00"), "QR_CHECK_MISMATCH"),
-        (_qr()[:-4] + "zzzz", "QR_CHECK_MISMATCH"),
+        ("x1,32,,26440000000000000123,112.00,20261124,,ABCD", "MALFORMED_QR"),
+        ("01,9,,26440000000000000123,112.00,20261124,,ABCD", "MALFORMED_QR"),
+        ("01,32,,26440000000000000123,112.00,20261124,,AB-D", "MALFORMED_QR"),
         (_qr(number="2644000000000000012"), "INVALID_INVOICE_NUMBER"),
         (_qr(amount="11.2.0"), "INVALID_AMOUNT"),
         (_qr(date="20261332"), "INVALID_DATE"),
@@ -93,6 +97,12 @@ def test_bad_qr_content_is_refused_with_a_reason(content: str, reason: str) -> N
     with pytest.raises(InvalidArgument) as caught:
         parse_qr_content(content)
     assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize("content", [_qr().replace("112.00", "113.00"), _qr()[:-4] + "zzzz", _qr()[:-4] + "ABCD"])
+def test_an_altered_fapiao_qr_is_read_but_its_check_does_not_match(content: str) -> None:
+    parsed = parse_qr_content(content)
+    assert parsed.fapiao_shaped and not parsed.fapiao_check_matches
 
 
 def test_typed_query_normalises_and_validates() -> None:

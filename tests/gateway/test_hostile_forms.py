@@ -157,7 +157,7 @@ async def test_only_ascii_digits_make_a_number_and_full_width_ones_are_read_as_a
     full_width = {"number": "１" * 20, "date": "２０２６１１２４", "total": "１.００"}
     async with http.post(f"{roomy.url}/verify", data=full_width) as response:
         html = await response.text()
-    assert response.status == 200 and 'data-outcome="NO_MATCH"' in html
+    assert response.status == 200 and 'data-outcome="NOT_ISSUED_HERE"' in html, "read, looked up, not held"
     assert parse_yuan("１１２.５０") == 11_250 and parse_yuan("￥7.10") == 710
     with pytest.raises(InvalidArgument):
         parse_yuan("١١٢")

@@ -124,7 +124,7 @@ async def test_claim_page_shows_the_offer_with_a_fresh_key_per_render(
     async with http.get(f"{gateway.url}/claim/{token}") as response:
         second = await response.text()
     assert SELLER.name in first and "¥112.00" in first and "Oolong tea" in first
-    assert 'id="claim-by">2026-12-24 17:30<' in first, "expiry shown in Beijing time"
+    assert 'id="claim-by">2026年12月24日 17:30<' in first, "expiry shown in Beijing time, as Chinese reads it"
     assert _hidden_key(first) != _hidden_key(second)
     assert "http://" not in first.split("</head>")[1] and "https://" not in first, "no external assets"
 
@@ -219,7 +219,7 @@ async def test_double_submit_gives_one_invoice_and_a_private_view_link(
         async with http.get(f"{gateway.url}{locations[0]}") as response:
             html = await response.text()
     assert 'data-status="ISSUED"' in html and 'http-equiv="refresh"' not in html
-    assert 'id="ledger-status">Not reimbursed' in html, "ledger status verified from the receipt"
+    assert 'id="ledger-status" data-status="NOT_REIMBURSED">未报销' in html, "ledger status verified from the receipt"
     async with http.get(f"{gateway.url}{locations[0]}/pdf") as response:
         pdf = await response.read()
         assert response.status == 200 and response.headers["Content-Type"] == "application/pdf"
@@ -258,12 +258,7 @@ async def _issued_invoice(
     form = {"buyer_kind": "company", "name": "Secret Buyer Ltd", "tax_id": GOOD_TAX_ID, "idempotency_key": "v"}
     async with http.post(f"{gateway.url}/claim/{token}", data=form, allow_redirects=False) as response:
         assert response.status == 303
-    invoice_id = backends.minting.offers[token].invoice_id
-    deadline = time.monotonic() + 10
-    while backends.minting.invoices[invoice_id].status != invoice_pb2.INVOICE_STATUS_ISSUED:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
-    return backends.minting.invoices[invoice_id]
+    return await backends.minting.until_issued(backends.minting.offers[token].invoice_id)
 
 
 async def test_verify_page_genuine_by_fields_and_by_qr(
@@ -283,7 +278,8 @@ async def test_verify_page_genuine_by_fields_and_by_qr(
         html = await response.text()
     assert 'data-outcome="NO_MATCH"' in html and SELLER.name not in html
     async with http.post(f"{gateway.url}/verify", data={**fields, "number": "2" * 20}) as response:
-        assert 'data-outcome="NO_MATCH"' in await response.text()
+        html = await response.text()
+    assert 'data-outcome="NOT_ISSUED_HERE"' in html and "本平台未开具此发票" in html
     async with http.post(f"{gateway.url}/verify", data={**fields, "date": "2026-02-30"}) as response:
         html = await response.text()
     assert response.status == 400 and _reason_of(html, "date-error") == "INVALID_DATE"

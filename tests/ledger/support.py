@@ -1,4 +1,4 @@
-"""A Validator object for tests that drive its methods directly (no Kafka loops started)."""
+"""Validator parts for tests that drive them directly (no Kafka loops started)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ from typing import Any
 
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.ledger_client import SigningKey
-from ledger.config import LedgerConfig
+from ledger.settings import LedgerSettings
 from ledger.validator import Validator
 
 IDS = [f"validator-{i}" for i in range(1, 5)]
 
 
-def unit_validator(pool: Any, producer: Any = None, *, recent_heights: int = 10_000) -> Validator:
-    """validator-1 of four (quorum 3), with fresh keys, over `pool` and `producer`."""
+def unit_settings(*, recent_heights: int = 10_000) -> LedgerSettings:
+    """validator-1 of four (quorum 3), with fresh keys."""
     own = SigningKey.generate(IDS[0])
     keys = {i: own.public_key if i == IDS[0] else SigningKey.generate(i).public_key for i in IDS}
-    config = LedgerConfig(
+    return LedgerSettings(
         validator_id=IDS[0],
         signing_key=own,
         validator_keys=keys,
@@ -26,4 +26,8 @@ def unit_validator(pool: Any, producer: Any = None, *, recent_heights: int = 10_
         quorum=3,
         recent_heights=recent_heights,
     )
-    return Validator(RuntimeConfig.from_env("ledger", 0), config, pool, producer)
+
+
+def unit_validator(pool: Any, producer: Any = None, *, recent_heights: int = 10_000) -> Validator:
+    """validator-1 of four (quorum 3), with fresh keys, over `pool` and `producer`."""
+    return Validator(RuntimeConfig.from_env("ledger", 0), unit_settings(recent_heights=recent_heights), pool, producer)

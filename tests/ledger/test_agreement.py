@@ -16,8 +16,8 @@ from fapiao_runtime.invoice_ids import chain_of, invoice_id_for_number
 from fapiao_runtime.kafka import new_producer
 from fapiao_runtime.ledger_client import LedgerResultWaiter, SigningKey
 from fapiao_runtime.ledger_trust import format_key_list
+from fapiao_stack.devnet import LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 from fapiao_stack.harness import ServiceProcess, StackUnderTest, read_envelopes
-from ledger.devnet import LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from fapiao.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_runtime.topics import LEDGER_TRANSACTIONS
+from fapiao_stack.devnet import LedgerNetwork, count_final, issue
 from fapiao_stack.harness import StackUnderTest
-from ledger.devnet import LedgerNetwork, count_final, issue
 
 from tests.support.outages import eventually, health, logged, own_postgres, stack_on
 

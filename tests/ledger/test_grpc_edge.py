@@ -19,10 +19,16 @@ from fapiao_runtime.grpc_server import GrpcServer
 from ledger import store
 from ledger.grpc_api import LedgerServicer
 from ledger.validator import Validator
+from prometheus_client import REGISTRY
 
 from tests.ledger.support import unit_validator
 
 pytestmark = pytest.mark.integration
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 SCHEMA = "validator_edge"
@@ -48,7 +54,7 @@ async def served(database_url: str) -> AsyncIterator[Served]:
             [(height, b"h" * 20_000, bytes(32)) for height in range(1, BLOCKS + 1)],
         )
     validator = unit_validator(pool)
-    validator.chains[0] = object()  # type: ignore[assignment]  # the read side only asks whether it exists
+    await validator.load([0])  # chain 0 from the database, as `run` loads it (no Kafka loop is started)
     validator.loaded.set()
     server = GrpcServer(["fapiao.ledger.v1.LedgerService"])
     server.add_servicer(ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, LedgerServicer(validator))
@@ -72,12 +78,18 @@ async def test_clients_cancelling_stream_blocks_leave_no_task_exception(served: 
             for _ in range(n % 3 + 1):
                 await call.read()
             call.cancel()
-        # A stream still served after the others hung up: every block, in order.
+        # A stream still served after the others hung up: every block, in order, and counted.
+        opened, sent = (
+            _sample("fapiao_ledger_block_streams_opened_total"),
+            _sample("fapiao_ledger_block_stream_blocks_sent_total"),
+        )
         call = served.stub.StreamBlocks(ledger_service_pb2.StreamBlocksRequest(chain_id=0, from_height=BLOCKS - 2))
         heights = [BLOCKS - 2 + i for i in range(3)]
         for _ in heights:
             assert (await call.read()).block.final  # type: ignore[union-attr]
         call.cancel()
+        assert _sample("fapiao_ledger_block_streams_opened_total") == opened + 1
+        assert _sample("fapiao_ledger_block_stream_blocks_sent_total") >= sent + 3  # the hung-up ones may add some
         await asyncio.sleep(0.5)
         gc.collect()
         await asyncio.sleep(0.05)

@@ -165,7 +165,7 @@ def test_the_ed25519_rule_is_zip215_with_prime_order_keys() -> None:
 
 
 def test_f_plus_one_validators_publish_each_chains_results() -> None:
-    from ledger.validator import result_publishers
+    from ledger.publishing import result_publishers
 
     four = ["validator-1", "validator-2", "validator-3", "validator-4"]
     assert result_publishers(four, 0) == {"validator-1", "validator-2"}

@@ -1,4 +1,4 @@
-"""How a validator stores other validators' signatures (unit tests with a fake store, no broker).
+"""How a validator's finality votes store other validators' signatures (unit tests with a fake store).
 
 Signatures of blocks that are not final are held in memory and written with the finality they
 complete; those arriving after finality are batched or written when the topic is quiet; divergent ones
@@ -13,17 +13,22 @@ import hashlib
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
+from ledger import finality as finality_module
 from ledger import store
-from ledger import validator as validator_module
+from ledger.finality import FinalityVotes, SignatureRecord
+from ledger.invariants import InvariantViolation
+from ledger.pending_writes import BlockKey, PendingWrites
 from ledger.records import signature_envelope
-from ledger.validator import SignatureRecord, Validator
+from ledger.settings import LedgerSettings
+from ledger.validator import run_loops
 
-from tests.ledger.support import IDS, unit_validator
+from tests.ledger.support import IDS, unit_settings
 
 pytestmark = pytest.mark.unit
 
@@ -70,15 +75,35 @@ replay_points: list[dict[int, int]] = []
 _offsets = itertools.count()
 
 
-def _validator(recent_heights: int = 10_000) -> Validator:
-    return unit_validator(_FakePool(), recent_heights=recent_heights)
+@dataclass
+class Votes:
+    """validator-1's finality votes over chains `chains`, and the blocks it handed to publishing."""
+
+    finality: FinalityVotes
+    pending: PendingWrites
+    settings: LedgerSettings
+    finalized: list[BlockKey] = field(default_factory=list)
 
 
-def _behind() -> Validator:
-    """A validator whose chain 0 is at height 1, keeping votes in memory only up to 5 heights ahead."""
-    v = _validator(recent_heights=5)
-    v.chains[0] = SimpleNamespace(height=1)  # type: ignore[assignment]
-    v.replay.start(0, 0)
+def _votes(recent_heights: int = 10_000, chains: dict[int, Any] | None = None) -> Votes:
+    pending = PendingWrites()
+    settings = unit_settings(recent_heights=recent_heights)
+    finalized: list[BlockKey] = []
+    finality = FinalityVotes(
+        settings,
+        _FakePool(),  # type: ignore[arg-type]
+        chains or {},
+        pending,
+        finalized.extend,
+        asyncio.Event(),
+    )
+    return Votes(finality, pending, settings, finalized)
+
+
+def _behind() -> Votes:
+    """Votes whose chain 0 is at height 1, keeping votes in memory only up to 5 heights ahead."""
+    v = _votes(recent_heights=5, chains={0: SimpleNamespace(height=1)})
+    v.finality.replay.start(0, 0)
     return v
 
 
@@ -88,15 +113,22 @@ def _sig(validator_id: str, height: int, header_hash: bytes = OURS, offset: int 
     return SignatureRecord(signature, 0, next(_offsets) if offset is None else offset)
 
 
+def _own_signature(votes: Votes, height: int) -> tuple[bytes, bytes]:
+    """Our own signature record of a header at `height` (as read from the topic), and the header's hash."""
+    header = ledger_pb2.BlockHeader(chain_id=0, height=height).SerializeToString()
+    signature = votes.settings.signing_key.sign(header).signature
+    return signature_envelope(IDS[0], 0, height, header, signature).SerializeToString(), hashlib.sha256(header).digest()
+
+
 async def test_signatures_wait_for_the_finality_they_complete(writes: list[Any]) -> None:
-    v = _validator()
-    v.own_hashes[(0, 1)] = OURS
-    await v._on_signatures([_sig(IDS[0], 1), _sig(IDS[1], 1)])
-    assert writes == [] and v._held == 2
-    await v._on_signatures([_sig(IDS[2], 1)])
-    assert writes == [([(IDS[0], 1), (IDS[1], 1), (IDS[2], 1)], [(0, 1)])]
-    assert v.held_signatures == {} and v._held == 0
-    assert v.publish_queue.get_nowait() == (0, 1)
+    v = _votes()
+    v.finality.block_signed((0, 1), OURS)  # our own vote
+    await v.finality.on_signatures([_sig(IDS[1], 1)])
+    assert writes == [] and v.finality.held_signatures == 1
+    await v.finality.on_signatures([_sig(IDS[2], 1)])
+    assert writes == [([(IDS[1], 1), (IDS[2], 1)], [(0, 1)])]
+    assert v.finality.held_signatures == 0 and v.finality.is_final((0, 1))
+    assert v.finalized == [(0, 1)]  # handed to result publishing
 
 
 async def test_finality_before_our_block_is_stored_waits_for_the_store_but_not_the_results(
@@ -105,146 +137,148 @@ async def test_finality_before_our_block_is_stored_waits_for_the_store_but_not_t
     """Our signature goes out before our block is stored, so a quorum can form while the store runs:
     the block's results are queued at once, its finality is written only after the block is, and a read
     that finds the block not final yet waits for that write."""
-    v = _validator()
+    v = _votes()
     key = (0, 1)
-    v.own_hashes[key] = OURS
-    v.votes[key] = {IDS[0]: OURS}
-    v._unstored.add(key)  # as `_commit` leaves it between sending our signature and the store's end
-    votes = asyncio.ensure_future(v._on_signatures([_sig(IDS[1], 1), _sig(IDS[2], 1)]))
+    v.finality.block_signed(key, OURS)
+    v.pending.signing(key)  # as the coordinator leaves it between sending our signature and the store's end
+    votes = asyncio.ensure_future(v.finality.on_signatures([_sig(IDS[1], 1), _sig(IDS[2], 1)]))
     await asyncio.sleep(0.05)
     assert not votes.done() and writes == []
-    assert v.publish_queue.get_nowait() == key  # results do not wait for either write
-    reader = asyncio.ensure_future(v.wait_pending_writes(timeout_s=5))
+    assert v.finalized == [key]  # results do not wait for either write
+    reader = asyncio.ensure_future(v.pending.wait_settled(timeout_s=5))
     await asyncio.sleep(0.05)
     assert not reader.done()
-    async with v._stored:  # the store ends
-        v._unstored.discard(key)
-        v._stored.notify_all()
+    await v.pending.stored([key])  # the store ends
     await asyncio.wait_for(votes, 5)
     assert writes == [([(IDS[1], 1), (IDS[2], 1)], [key])]
     assert await asyncio.wait_for(reader, 5) is True
-    assert await v.wait_pending_writes() is False  # nothing pending: no wait
+    assert await v.pending.wait_settled() is False  # nothing pending: no wait
 
 
 async def test_a_read_waits_for_a_pending_finality_write_only_so_long() -> None:
-    v = _validator()
-    v._unwritten_final.add((0, 7))  # a write that does not end: the read gives up and answers
-    assert await asyncio.wait_for(v.wait_pending_writes(timeout_s=0.2), 5) is True
+    pending = PendingWrites()
+    pending.deciding_final([(0, 7)])  # a write that does not end: the read gives up and answers
+    assert await asyncio.wait_for(pending.wait_settled(timeout_s=0.2), 5) is True
+
+
+async def test_a_block_signed_twice_before_its_store_is_a_broken_invariant() -> None:
+    pending = PendingWrites()
+    pending.signing((0, 1))
+    with pytest.raises(InvariantViolation):
+        pending.signing((0, 1))
+
+
+async def test_a_block_held_never_changes_its_header() -> None:
+    v = _votes()
+    v.finality.block_signed((0, 1), OURS)
+    v.finality.block_signed((0, 1), OURS)  # the same header again changes nothing
+    with pytest.raises(InvariantViolation, match="changed"):
+        v.finality.block_signed((0, 1), THEIRS)
+    assert v.finality.header_hash((0, 1)) == OURS
 
 
 async def test_late_signatures_are_batched_or_written_when_the_topic_is_quiet(
     writes: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(validator_module, "LATE_SIGNATURES_BATCH", 2)
-    v = _validator()
+    monkeypatch.setattr(finality_module, "LATE_SIGNATURES_BATCH", 2)
+    v = _votes()
     for height in (1, 2, 3):
-        v.own_hashes[(0, height)] = OURS
-        await v._on_signatures([_sig(i, height) for i in IDS[:3]])
+        v.finality.block_signed((0, height), OURS)
+        await v.finality.on_signatures([_sig(i, height) for i in IDS[1:3]])
     writes.clear()
-    await v._on_signatures([_sig(IDS[3], 1)])
+    await v.finality.on_signatures([_sig(IDS[3], 1)])
     assert writes == []  # after finality, nothing to finalize: rides along later
-    await v._on_signatures([_sig(IDS[3], 2)])
+    await v.finality.on_signatures([_sig(IDS[3], 2)])
     assert writes == [([(IDS[3], 1), (IDS[3], 2)], [])]  # a batch is full
-    await v._on_signatures([_sig(IDS[3], 3)])
-    await v._on_signatures([])  # an empty fetch: the topic is quiet
-    assert writes[-1] == ([(IDS[3], 3)], []) and v.late_signatures == []
+    await v.finality.on_signatures([_sig(IDS[3], 3)])
+    await v.finality.on_signatures([])  # an empty fetch: the topic is quiet
+    assert writes[-1] == ([(IDS[3], 3)], []) and v.finality.late_signatures == 0
 
 
 async def test_a_divergent_signature_is_written_at_once(writes: list[Any]) -> None:
-    v = _validator()
-    v.own_hashes[(0, 1)] = OURS
-    await v._on_signatures([_sig(IDS[1], 1, THEIRS)])
+    v = _votes()
+    v.finality.block_signed((0, 1), OURS)
+    await v.finality.on_signatures([_sig(IDS[1], 1, THEIRS)])
     assert writes == [([(IDS[1], 1)], [])]
 
 
 async def test_no_more_than_the_limit_are_held(writes: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     # A validator far behind sees signatures of blocks it has not cut yet: they cannot wait for finality.
-    monkeypatch.setattr(validator_module, "HELD_SIGNATURES_LIMIT", 3)
-    v = _validator()
-    await v._on_signatures([_sig(IDS[1], h) for h in (1, 2, 3)])
-    assert writes == [] and v._held == 3
-    await v._on_signatures([_sig(IDS[1], 4)])
+    monkeypatch.setattr(finality_module, "HELD_SIGNATURES_LIMIT", 3)
+    v = _votes()
+    await v.finality.on_signatures([_sig(IDS[1], h) for h in (1, 2, 3)])
+    assert writes == [] and v.finality.held_signatures == 3
+    await v.finality.on_signatures([_sig(IDS[1], 4)])
     assert writes == [([(IDS[1], h) for h in (1, 2, 3, 4)], [])]
-    assert v.held_signatures == {} and v._held == 0
+    assert v.finality.held_signatures == 0
 
 
 async def test_a_second_header_signed_for_a_height_is_kept_as_evidence(writes: list[Any]) -> None:
     """The validator's first vote stands; the second, different signed header is stored, not dropped."""
-    v = _validator()
-    v.own_hashes[(0, 1)] = OURS
-    await v._on_signatures([_sig(IDS[1], 1)])
-    await v._on_signatures([_sig(IDS[1], 1, THEIRS)])
+    v = _votes()
+    v.finality.block_signed((0, 1), OURS)
+    await v.finality.on_signatures([_sig(IDS[1], 1)])
+    await v.finality.on_signatures([_sig(IDS[1], 1, THEIRS)])
     assert writes == [([("equivocation:" + IDS[1], 1)], [])]
-    assert v.votes[(0, 1)][IDS[1]] == OURS
-    await v._on_signatures([_sig(IDS[1], 1)])  # a re-delivery of the first is no equivocation
+    assert v.finality.votes((0, 1))[IDS[1]] == OURS
+    await v.finality.on_signatures([_sig(IDS[1], 1)])  # a re-delivery of the first is no equivocation
     assert len(writes) == 1
 
 
-async def test_a_failed_loop_stops_the_validator(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A loop that dies (here the signatures loop, on an error it could not ride out) ends `run` with
+async def _waits_forever(name: str, cancelled: list[str]) -> None:
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        cancelled.append(name)
+        raise
+
+
+async def test_a_failed_loop_stops_the_validator() -> None:
+    """A loop that dies (here the signatures loop, on an error it could not ride out) ends the run with
     that error instead of leaving the validator up without finality; the others are cancelled."""
-
-    class _Consumer:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        async def start(self) -> None:
-            return None
-
-        async def stop(self) -> None:
-            return None
-
-        def assign(self, partitions: object) -> None:
-            return None
-
-        def seek(self, partition: object, offset: int) -> None:
-            return None
-
-    v = _validator()
-    stop = asyncio.Event()
     cancelled: list[str] = []
 
-    async def waits_forever(name: str) -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(name)
-            raise
-
-    async def broken(stop: asyncio.Event) -> None:
+    async def broken() -> None:
         raise ConnectionError("database connection lost")
 
-    async def partitions(consumer: object, topic: str) -> list[int]:
-        return [0]
-
-    async def load(partitions: list[int]) -> dict[int, int]:
-        return {0: 0}
-
-    monkeypatch.setattr(validator_module, "AIOKafkaConsumer", _Consumer)
-    monkeypatch.setattr(v, "_partitions", partitions)
-    monkeypatch.setattr(v, "_load", load)
-    monkeypatch.setattr(v, "_transactions_loop", lambda consumer, stop, tps: waits_forever("transactions"))
-    monkeypatch.setattr(v, "_signatures_loop", broken)
-    monkeypatch.setattr(v, "_results_loop", lambda stop: waits_forever("results"))
-    monkeypatch.setattr(v, "_markers_loop", lambda stop: waits_forever("markers"))
+    loops = [_waits_forever(name, cancelled) for name in ("transactions", "results", "markers")]
     with pytest.raises(ConnectionError):
-        await asyncio.wait_for(v.run(stop), timeout=5)
+        await asyncio.wait_for(run_loops([loops[0], broken(), *loops[1:]], asyncio.Event()), timeout=5)
     assert sorted(cancelled) == ["markers", "results", "transactions"]
 
 
+async def test_a_loop_that_ends_unstopped_is_a_defect() -> None:
+    cancelled: list[str] = []
+
+    async def ends() -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="ended before"):
+        await asyncio.wait_for(run_loops([_waits_forever("transactions", cancelled), ends()], asyncio.Event()), 5)
+    assert cancelled == ["transactions"]
+
+
+async def _store_block(v: Votes, height: int, final: bool = True) -> None:
+    """Our block at `height` of chain 0 signed and stored, then made final by two other votes."""
+    v.finality.block_signed((0, height), OURS)
+    await v.finality.blocks_stored([(0, height)], {0: height}, [])
+    if final:
+        await v.finality.on_signatures([_sig(IDS[1], height), _sig(IDS[2], height)])
+
+
 async def test_blocks_far_below_the_tip_are_forgotten_unless_not_final(writes: list[Any]) -> None:
-    v = _validator(recent_heights=3)
+    v = _votes(recent_heights=3)
     for height in range(1, 9):
-        v.own_hashes[(0, height)] = OURS
-        v.votes[(0, height)] = {IDS[0]: OURS}
-        if height != 2:
-            v.final.add((0, height))
-    v._forget_old({0: 8})  # heights 6, 7, 8 are the recent ones
-    assert sorted(h for _, h in v.own_hashes) == [2, 6, 7, 8]  # 2 is not final yet: kept
-    assert sorted(h for _, h in v.final) == [6, 7, 8] and sorted(h for _, h in v.votes) == [2, 6, 7, 8]
-    assert v._is_forgotten((0, 5)) and not v._is_forgotten((0, 2)) and not v._is_forgotten((0, 6))
-    v._forget_old({0: 9})
-    assert sorted(h for _, h in v.final) == [7, 8] and v.forgotten_below[0] == 7
+        await _store_block(v, height, final=height != 2)
+    # Heights 6, 7, 8 are the recent ones; 2 is not final yet: kept.
+    assert [h for h in range(1, 9) if v.finality.header_hash((0, h))] == [2, 6, 7, 8]
+    assert [h for h in range(1, 9) if v.finality.is_final((0, h))] == [6, 7, 8]
+    assert [h for h in range(1, 9) if v.finality.votes((0, h))] == [2, 6, 7, 8]
+    assert v.finality.is_forgotten((0, 5)) and not v.finality.is_forgotten((0, 2))
+    assert not v.finality.is_forgotten((0, 6))
+    await _store_block(v, 9, final=False)
+    assert [h for h in range(1, 10) if v.finality.is_final((0, h))] == [7, 8]
+    assert v.finality.is_forgotten((0, 6)) and not v.finality.is_forgotten((0, 7))
 
 
 async def test_a_signature_of_a_forgotten_block_is_checked_against_the_stored_header(
@@ -261,84 +295,87 @@ async def test_a_signature_of_a_forgotten_block_is_checked_against_the_stored_he
 
     monkeypatch.setattr(store, "stored_header_hashes", stored_header_hashes)
     monkeypatch.setattr(store, "record_divergence", record_divergence)
-    v = _validator(recent_heights=3)
-    v.forgotten_below[0] = 3
-    v.own_hashes[(0, 3)] = OURS
-    await v._on_signatures([_sig(IDS[1], 1), _sig(IDS[2], 2, THEIRS), _sig(IDS[1], 3)])
+    v = _votes(recent_heights=3)
+    for height in range(1, 6):  # 1 and 2 final and below the recent heights 3, 4, 5
+        await _store_block(v, height, final=height <= 2)
+    assert v.finality.is_forgotten((0, 2)) and not v.finality.is_forgotten((0, 3))
+    writes.clear()
+    await v.finality.on_signatures([_sig(IDS[3], 1), _sig(IDS[3], 2, THEIRS), _sig(IDS[1], 3)])
     # The two forgotten blocks' signatures are stored at once, the diverging one reported; no vote is
     # kept for them. The recent block's signature is a vote, held for the finality it may complete.
-    assert writes[0] == ([(IDS[1], 1), (IDS[2], 2)], [])
-    assert reported == [(0, 2, IDS[2], THEIRS, OURS)]
-    assert (0, 1) not in v.votes and (0, 2) not in v.votes and v.votes[(0, 3)] == {IDS[1]: OURS}
+    assert writes[0] == ([(IDS[3], 1), (IDS[3], 2)], [])
+    assert reported == [(0, 2, IDS[3], THEIRS, OURS)]
+    assert v.finality.votes((0, 1)) == {} and v.finality.votes((0, 2)) == {}
+    assert v.finality.votes((0, 3)) == {IDS[0]: OURS, IDS[1]: OURS}
 
 
 async def test_the_replay_point_stays_at_votes_of_blocks_not_final(writes: list[Any]) -> None:
-    v = _validator()
-    v.replay.start(0, 10)
-    v.own_hashes[(0, 1)] = OURS
-    v.own_hashes[(0, 2)] = OURS
-    await v._on_signatures([_sig(IDS[0], 1, offset=10), _sig(IDS[1], 1, offset=11)], read={0: 12})
-    await v._on_signatures([_sig(IDS[1], 2, offset=12)], read={0: 13})
-    assert writes == [] and v.replay.positions() == {0: 10}
-    await v._on_signatures([_sig(IDS[2], 1, offset=13)], read={0: 14})
-    # Block 1 is final and stored with its votes; block 2's vote at offset 12 must be read again.
-    assert writes == [([(IDS[0], 1), (IDS[1], 1), (IDS[2], 1)], [(0, 1)])]
-    assert replay_points == [{0: 12}] and v.replay.positions() == {0: 12}
-    await v._on_signatures([_sig(IDS[0], 2, offset=14), _sig(IDS[2], 2, offset=15)], read={0: 16})
-    assert replay_points[-1] == {0: 16}
+    v = _votes()
+    v.finality.replay.start(0, 10)
+    v.finality.block_signed((0, 1), OURS)
+    v.finality.block_signed((0, 2), OURS)
+    await v.finality.on_signatures([_sig(IDS[1], 1, offset=10), _sig(IDS[1], 2, offset=11)], read={0: 12})
+    assert writes == [] and v.finality.replay.positions() == {0: 10}
+    await v.finality.on_signatures([_sig(IDS[2], 1, offset=12)], read={0: 13})
+    # Block 1 is final and stored with its votes; block 2's vote at offset 11 must be read again.
+    assert writes == [([(IDS[1], 1), (IDS[2], 1)], [(0, 1)])]
+    assert replay_points == [{0: 11}] and v.finality.replay.positions() == {0: 11}
+    await v.finality.on_signatures([_sig(IDS[2], 2, offset=13)], read={0: 14})
+    assert replay_points[-1] == {0: 14}
 
 
 async def test_late_signatures_hold_the_replay_point_until_written(writes: list[Any]) -> None:
-    v = _validator()
-    v.replay.start(0, 0)
-    v.own_hashes[(0, 1)] = OURS
-    await v._on_signatures([_sig(i, 1, offset=n) for n, i in enumerate(IDS[:3])], read={0: 3})
-    await v._on_signatures([_sig(IDS[3], 1, offset=3)], read={0: 4})
-    assert v.replay.positions() == {0: 3}  # the fourth signature is not stored yet
-    await v._on_signatures([])  # quiet: it is written, with the point past it
-    assert writes[-1] == ([(IDS[3], 1)], []) and replay_points[-1] == {0: 4}
-    assert v.replay.positions() == {0: 4}
+    v = _votes()
+    v.finality.replay.start(0, 0)
+    v.finality.block_signed((0, 1), OURS)
+    await v.finality.on_signatures([_sig(i, 1, offset=n) for n, i in enumerate(IDS[1:3])], read={0: 2})
+    await v.finality.on_signatures([_sig(IDS[3], 1, offset=2)], read={0: 3})
+    assert v.finality.replay.positions() == {0: 2}  # the fourth signature is not stored yet
+    await v.finality.on_signatures([])  # quiet: it is written, with the point past it
+    assert writes[-1] == ([(IDS[3], 1)], []) and replay_points[-1] == {0: 3}
+    assert v.finality.replay.positions() == {0: 3}
 
 
 async def test_our_own_signature_of_a_block_not_stored_holds_the_replay_point(writes: list[Any]) -> None:
-    v = _validator()
-    v.replay.start(0, 0)
-    v.signatures_replayed.set()
-    header = ledger_pb2.BlockHeader(chain_id=0, height=1).SerializeToString()
-    raw = signature_envelope(IDS[0], 0, 1, header, v.config.signing_key.sign(header).signature).SerializeToString()
-    v._unstored.add((0, 1))
-    v._note_own_signature(raw, 0, 5)
-    v.replay.advance(0, 6)
-    assert v.replay.positions() == {0: 5}
-    v._unstored.clear()
-    v.own_hashes[(0, 1)] = OURS
-    v.votes[(0, 1)] = {IDS[0]: OURS}
-    await v._on_signatures([_sig(IDS[1], 1, offset=6), _sig(IDS[2], 1, offset=7)], read={0: 8})
-    assert replay_points[-1] == {0: 8}
+    v = _votes()
+    v.finality.replay.start(0, 0)
+    v.finality.replayed.set()
+    raw, header_hash = _own_signature(v, 1)
+    v.finality.block_signed((0, 1), header_hash)
+    v.pending.signing((0, 1))
+    v.finality.note_own_signature(raw, 0, 5)
+    v.finality.replay.advance(0, 6)
+    assert v.finality.replay.positions() == {0: 5}
+    await v.pending.stored([(0, 1)])
+    await v.finality.blocks_stored([(0, 1)], {0: 1}, [])
+    await v.finality.on_signatures([_sig(IDS[1], 1, header_hash, 6), _sig(IDS[2], 1, header_hash, 7)], read={0: 8})
+    assert v.finality.is_final((0, 1)) and replay_points[-1] == {0: 8}
 
 
 async def test_replaying_our_own_signature_of_a_block_we_lost_is_remembered_and_held() -> None:
-    v = _validator()
-    v.replay.start(0, 0)
+    v = _votes()
+    v.finality.replay.start(0, 0)
+    raw, header_hash = _own_signature(v, 4)
+    v.finality.note_own_signature(raw, 0, 2)
+    v.finality.replay.advance(0, 3)
+    assert v.finality.signed_before((0, 4)) == header_hash
+    assert v.finality.replay.positions() == {0: 2}
     header = ledger_pb2.BlockHeader(chain_id=0, height=4).SerializeToString()
-    raw = signature_envelope(IDS[0], 0, 4, header, v.config.signing_key.sign(header).signature).SerializeToString()
-    v._note_own_signature(raw, 0, 2)
-    v.replay.advance(0, 3)
-    assert v.signed_before == {(0, 4): hashlib.sha256(header).digest()}
-    assert v.replay.positions() == {0: 2}
     forged = signature_envelope(IDS[0], 0, 5, header, b"\x00" * 64).SerializeToString()
-    v._note_own_signature(forged, 0, 3)
-    assert (0, 5) not in v.signed_before  # not verified: not remembered
+    v.finality.note_own_signature(forged, 0, 3)
+    assert v.finality.signed_before((0, 5)) is None  # not verified: not remembered
+    with pytest.raises(store.HeaderConflict, match="refusing to sign a second one"):
+        await v.finality.check_first_headers([((0, 4), b"\x05" * 32)])
 
 
 async def test_votes_far_ahead_are_stored_at_once_and_read_back_when_the_block_is_cut(
     writes: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     v = _behind()
-    await v._on_signatures([_sig(IDS[1], 10, offset=0), _sig(IDS[2], 10, offset=1)], read={0: 2})
+    await v.finality.on_signatures([_sig(IDS[1], 10, offset=0), _sig(IDS[2], 10, offset=1)], read={0: 2})
     # Five or more heights ahead of the chain: stored, nothing kept in memory, nothing to read again.
     assert writes == [([(IDS[1], 10), (IDS[2], 10)], [])]
-    assert (0, 10) not in v.votes and replay_points[-1] == {0: 2}
+    assert v.finality.votes((0, 10)) == {} and replay_points[-1] == {0: 2}
     asked: list[list[tuple[int, int]]] = []
 
     async def stored_votes(conn: object, keys: list[tuple[int, int]]) -> dict[tuple[int, int], dict[str, bytes]]:
@@ -346,45 +383,43 @@ async def test_votes_far_ahead_are_stored_at_once_and_read_back_when_the_block_i
         return {(0, 10): {IDS[1]: OURS, IDS[2]: OURS}} if (0, 10) in keys else {}
 
     monkeypatch.setattr(store, "stored_votes", stored_votes)
-    await v._load_stored_votes([(0, 9), (0, 10), (0, 11)])
+    await v.finality.check_first_headers([((0, 9), OURS), ((0, 10), OURS), ((0, 11), OURS)])
     assert asked == [[(0, 9), (0, 10)]]  # nothing was stored above height 10
-    assert v.votes[(0, 10)] == {IDS[1]: OURS, IDS[2]: OURS}
-    await v._load_stored_votes([(0, 11)])
+    assert v.finality.votes((0, 10)) == {IDS[1]: OURS, IDS[2]: OURS}
+    await v.finality.check_first_headers([((0, 11), OURS)])
     assert len(asked) == 1  # no query for blocks no vote was stored ahead of
 
 
 async def test_votes_stored_ahead_of_a_block_cut_meanwhile_are_counted(writes: list[Any]) -> None:
     v = _behind()
-    v.own_hashes[(0, 10)] = OURS  # cut while the votes were being written
-    v.votes[(0, 10)] = {IDS[0]: OURS}
-    await v._on_signatures([_sig(IDS[1], 10), _sig(IDS[2], 10), _sig(IDS[3], 10, THEIRS)])
+    v.finality.block_signed((0, 10), OURS)  # cut while the votes were being written
+    await v.finality.on_signatures([_sig(IDS[1], 10), _sig(IDS[2], 10), _sig(IDS[3], 10, THEIRS)])
     assert writes[0] == ([(IDS[1], 10), (IDS[2], 10), (IDS[3], 10)], [])
     assert writes[1] == ([], [(0, 10)])  # final with the two votes just stored
-    assert (0, 10) in v.final
+    assert v.finality.is_final((0, 10))
 
 
 async def test_our_own_signature_far_ahead_is_stored_and_refuses_another_header_when_cut(
     writes: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     v = _behind()
-    header = ledger_pb2.BlockHeader(chain_id=0, height=9).SerializeToString()
-    raw = signature_envelope(IDS[0], 0, 9, header, v.config.signing_key.sign(header).signature).SerializeToString()
-    v._note_own_signature(raw, 0, 0)  # read while the topic is replayed at start
-    assert v.signed_before == {}  # not kept in memory...
-    await v._on_signatures([], read={0: 1})
+    raw, header_hash = _own_signature(v, 9)
+    v.finality.note_own_signature(raw, 0, 0)  # read while the topic is replayed at start
+    assert v.finality.signed_before((0, 9)) is None  # not kept in memory...
+    await v.finality.on_signatures([], read={0: 1})
     assert writes == [([(IDS[0], 9)], [])] and replay_points[-1] == {0: 1}  # ...but stored
 
     async def stored_votes(conn: object, keys: list[tuple[int, int]]) -> dict[tuple[int, int], dict[str, bytes]]:
-        return {(0, 9): {IDS[0]: hashlib.sha256(header).digest()}}
+        return {(0, 9): {IDS[0]: header_hash}}
 
     monkeypatch.setattr(store, "stored_votes", stored_votes)
-    other = SimpleNamespace(chain_id=0, height=9, header_hash=b"\x05" * 32)
+    await v.finality.check_first_headers([((0, 9), header_hash)])  # the same header may be signed again
     with pytest.raises(store.HeaderConflict, match="refusing to sign a second one"):
-        await v._commit([other])  # type: ignore[list-item]
+        await v.finality.check_first_headers([((0, 9), b"\x05" * 32)])
 
 
 async def test_two_headers_from_one_validator_far_ahead_in_one_batch_are_evidence(writes: list[Any]) -> None:
     v = _behind()
-    await v._on_signatures([_sig(IDS[1], 10), _sig(IDS[1], 10, THEIRS), _sig(IDS[2], 10)])
+    await v.finality.on_signatures([_sig(IDS[1], 10), _sig(IDS[1], 10, THEIRS), _sig(IDS[2], 10)])
     # The second header is evidence; the first is stored as the vote (the store finds later ones).
     assert writes == [([("equivocation:" + IDS[1], 10)], []), ([(IDS[1], 10), (IDS[2], 10)], [])]

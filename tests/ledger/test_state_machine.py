@@ -13,9 +13,9 @@ from fapiao_runtime.ledger_client import (
     sign_key_registration,
     sign_transaction,
 )
+from fapiao_stack.devnet import BUYER_TAX_ID, SELLER_TAX_ID, T, cancel, issue, partial, registration, reimburse
 from google.protobuf.timestamp_pb2 import Timestamp
 from ledger.chain import UNCLAIMED_REASONS, ChainExecutor, claims_id
-from ledger.devnet import BUYER_TAX_ID, SELLER_TAX_ID, T, cancel, issue, partial, registration, reimburse
 from ledger.state_machine import parse_transaction
 
 pytestmark = pytest.mark.unit

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
+from fapiao_stack.devnet import BUYER_TAX_ID, T, issue, reimburse
 from fapiao_stack.harness import StackUnderTest
 from ledger import reads, store
-from ledger.devnet import BUYER_TAX_ID, T, issue, reimburse
+from ledger.invariants import InvariantViolation
 
 from tests.ledger.support import IDS, unit_validator
 from tests.ledger.test_state_machine import ISSUER, REIMBURSER, Feeder, iid, new_chain
@@ -177,15 +178,23 @@ async def test_a_restart_holds_only_the_recent_blocks_and_those_still_owed_work(
             )
         producer = _Producer()
         validator = unit_validator(pool, producer, recent_heights=5)
-        assert validator.publishes_results(0) and not validator.publishes_results(1)
-        positions = await validator._load([0, 1])
-        assert positions == {0: 20, 1: 20} and validator.forgotten_below == {0: 16, 1: 16}
+        assert validator.publisher.publishes(0) and not validator.publisher.publishes(1)
+        positions = await validator.load([0, 1])
+        assert positions == {0: 20, 1: 20}
+        finality = validator.finality
         recent = [(c, h) for c in (0, 1) for h in range(16, 21)]
-        assert sorted(validator.own_hashes) == sorted([*recent, *owed])
-        assert validator.final == {*recent, (0, 3)}
-        assert validator.publish_queue.get_nowait() == (0, 3) and validator.publish_queue.empty()
-        assert validator.votes == {(1, 4): {IDS[0]: bytes([1, 4]) * 16}} and len(producer.sent) == 1
-        assert validator._is_forgotten((0, 15)) and not validator._is_forgotten((0, 3))
+        held = [(c, h) for c in (0, 1) for h in range(1, 21) if finality.header_hash((c, h)) is not None]
+        assert sorted(held) == sorted([*recent, *owed])
+        assert [key for key in held if finality.is_final(key)] == sorted([*recent, (0, 3)])
+        assert {key: finality.votes(key) for key in held if finality.votes(key)} == {
+            (1, 4): {IDS[0]: bytes([1, 4]) * 16}
+        }
+        assert len(producer.sent) == 1  # our signature of the block not final is sent again
+        assert finality.is_forgotten((0, 15)) and finality.is_forgotten((1, 15)) and not finality.is_forgotten((0, 3))
+        # Of the final blocks, only (0, 3) waits for its results: chain 0's, which validator-1 publishes.
+        async with pool.acquire() as conn:
+            again = unit_validator(pool, producer, recent_heights=5)
+            assert await again.finality.load(conn, {0: 21, 1: 21}, again.publisher.publishes) == [(0, 3)]
     finally:
         await pool.close()
 
@@ -259,5 +268,40 @@ async def test_blocks_are_stored_whole_together_and_never_over_another_header(st
         with pytest.raises(store.HeaderConflict, match="height 4"):
             await store.commit_blocks(pool, [(other, own(other)), (later, own(later))], IDS[0])
         assert await stored() == before
+    finally:
+        await pool.close()
+
+
+async def test_a_block_that_does_not_extend_its_chain_is_never_signed(stack: StackUnderTest) -> None:
+    """Every block a validator signs and stores extends its chain's stored head: the next height, over
+    the hash of the block before. Anything else is a broken invariant, and nothing of it is sent."""
+    schema = "validator_heads"
+    pool = await create_pool(stack.database_url, schema)
+    try:
+        await apply_migrations(pool, schema, MIGRATIONS)
+        feed = Feeder(new_chain())
+        feed(issue(ISSUER, iid(1), "26440000000000000001", 10_000, buyer=BUYER_TAX_ID))
+        first = feed.cut(1)
+        feed(issue(ISSUER, iid(2), "26440000000000000002", 10_000, buyer=BUYER_TAX_ID))
+        second = feed.cut(2)
+        forked = new_chain()
+        forked.previous_hash = b"\x01" * 32  # height 1 over another head than genesis
+        forked_feed = Feeder(forked)
+        forked_feed(issue(ISSUER, iid(1), "26440000000000000001", 10_000, buyer=BUYER_TAX_ID))
+        fork = forked_feed.cut(1)
+        producer = _Producer()
+        validator = unit_validator(pool, producer)
+        await validator.load([0])
+        for block in (second, fork):  # a gap; another previous hash
+            with pytest.raises(InvariantViolation, match="does not extend"):
+                await validator.coordination.commit([block])
+        assert producer.sent == []
+        await validator.coordination.commit([first])
+        assert len(producer.sent) == 1  # our signature of block 1
+        with pytest.raises(InvariantViolation, match="does not extend"):
+            await validator.coordination.commit([first])  # the same height again
+        await validator.coordination.commit([second])
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT max(height) FROM blocks WHERE chain_id = 0") == 2
     finally:
         await pool.close()

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import parse_envelope, unpack
-from ledger.config import LedgerConfig
-from ledger.devnet import issue
+from fapiao_stack.devnet import issue
 from ledger.records import LogRecord, decode_record, marker_envelope
+from ledger.settings import LedgerSettings
 from ledger.state_machine import parse_transaction
-from ledger.validator import chains_to_mark, cut_interval_start, time_to_cut_due
+from ledger.time_cuts import TimeCutter, chains_to_mark, cut_interval_start, time_to_cut_due
 from prometheus_client import REGISTRY
 
-from tests.ledger.support import IDS, unit_validator
+from tests.ledger.support import IDS, unit_settings, unit_validator
 from tests.ledger.test_state_machine import ISSUER, iid, new_chain
 
 pytestmark = pytest.mark.unit
@@ -96,26 +96,43 @@ class _Producer:
         return asyncio.get_running_loop().create_future()
 
 
-async def test_the_designated_validator_cuts_the_chains_together() -> None:
-    producer = _Producer()
-    v = unit_validator(None, producer)  # validator-1: the first by id, the one that cuts on time
-    v.chains = {0: SimpleNamespace(has_pending=True, height=7), 1: SimpleNamespace(has_pending=True, height=3)}  # type: ignore[dict-item]
-    now = time.monotonic()
-    # Chain 0 is under load (cut just now: due after cut_ms, 20 ms); chain 1 alone would be due in 80 ms.
-    v.last_cut[0] = now
-    v.pending_since = {0: now, 1: now + 0.075}
-    on_time = _sample("fapiao_ledger_time_cuts_sent_total", role="time_cutter")
+def _cutter(producer: _Producer, chains: dict[int, Any]) -> TimeCutter:
+    """validator-1's time cutting (the first by id: the one that cuts on time) over `chains`."""
+    return TimeCutter(unit_settings(), producer, "ledger.tx.v1", chains)  # type: ignore[arg-type]
+
+
+def _take_over(cutter: TimeCutter, writer: str, height: int) -> None:
+    """`writer`'s marker for chain 0's current height `height` is read: it writes the time cuts from now on."""
+    cutter.on_chain0_marker(ledger_pb2.TimeToCut(height=height), height, writer)
+    assert cutter.time_cutter == writer
+
+
+async def _markers_sent(cutter: TimeCutter, producer: _Producer, count: int, quiet_s: float) -> None:
+    """Run the time cutting until `count` markers are sent, then `quiet_s` longer (nothing more is due)."""
     stop = asyncio.Event()
-    loop = asyncio.ensure_future(v._markers_loop(stop))
+    loop = asyncio.ensure_future(cutter.run(stop))
     try:
         async with asyncio.timeout(5):
-            while len(producer.markers) < 2:
+            while len(producer.markers) < count:
                 await asyncio.sleep(0.005)
-        await asyncio.sleep(0.1)  # nothing more: both are marked at their heights
+        await asyncio.sleep(quiet_s)
     finally:
         stop.set()
-        v.pending_started.set()
         await asyncio.wait_for(loop, timeout=5)
+
+
+async def test_the_designated_validator_cuts_the_chains_together() -> None:
+    producer = _Producer()
+    cutter = _cutter(
+        producer, {0: SimpleNamespace(has_pending=True, height=7), 1: SimpleNamespace(has_pending=True, height=3)}
+    )
+    now = time.monotonic()
+    # Chain 0 is under load (cut just now: due after cut_ms, 20 ms); chain 1 alone would be due in 80 ms.
+    cutter.note_cut(0, at=now)
+    cutter.note_pending(0, at=now)
+    cutter.note_pending(1, at=now + 0.075)
+    on_time = _sample("fapiao_ledger_time_cuts_sent_total", role="time_cutter")
+    await _markers_sent(cutter, producer, 2, quiet_s=0.1)  # nothing more: both are marked at their heights
     assert sorted((chain, height) for chain, height, _ in producer.markers) == [(0, 7), (1, 3)]
     sent = [at for _, _, at in producer.markers]
     # Chain 1 went out with chain 0, at chain 0's time, in the same round.
@@ -126,23 +143,11 @@ async def test_the_designated_validator_cuts_the_chains_together() -> None:
 
 async def test_the_other_validators_only_stand_in() -> None:
     producer = _Producer()
-    v = unit_validator(None, producer)
-    v.time_cutter = IDS[1]  # another validator writes the time cuts
-    v.chains = {0: SimpleNamespace(has_pending=True, height=7)}  # type: ignore[dict-item]
+    cutter = _cutter(producer, {0: SimpleNamespace(has_pending=True, height=7)})
+    _take_over(cutter, IDS[1], 7)  # another validator writes the time cuts
     now = time.monotonic()
-    v.pending_since = {0: now}
-    stop = asyncio.Event()
-    loop = asyncio.ensure_future(v._markers_loop(stop))
-    try:
-        await asyncio.sleep(0.15)
-        assert producer.markers == []  # the designated validator's marker is awaited first
-        async with asyncio.timeout(5):
-            while not producer.markers:
-                await asyncio.sleep(0.005)
-    finally:
-        stop.set()
-        v.pending_started.set()
-        await asyncio.wait_for(loop, timeout=5)
+    cutter.note_pending(0, at=now)
+    await _markers_sent(cutter, producer, 1, quiet_s=0)
     assert producer.markers[0][2] - now >= 0.25  # the stand-in wait, max(5 x cut_ms, 250 ms)
 
 
@@ -152,12 +157,11 @@ async def test_a_validators_marker_for_chain_0s_current_height_takes_over_the_ti
     role): every validator reads that in the log, and the new one cuts on time from then on. Markers
     from unknown writers and stale ones (for a height already cut) change nothing."""
     v = unit_validator(None, _Producer())
-    assert v.time_cutter == IDS[0] == v.config.validator_id
+    assert v.time_cuts.time_cutter == IDS[0] == v.settings.validator_id
     chain = new_chain()
-    v.chains = {0: chain}
 
     async def apply(*records: LogRecord) -> int:
-        return len(await v._apply_batch(chain, list(records)))
+        return len(await v.coordination.apply_batch(chain, list(records)))
 
     def tx(offset: int, n: int) -> LogRecord:
         signed = issue(ISSUER, iid(n), f"2644{n:016d}")
@@ -169,16 +173,16 @@ async def test_a_validators_marker_for_chain_0s_current_height_takes_over_the_ti
     assert marker(0, IDS[2], 1).producer == IDS[2]
     changes = _sample("fapiao_ledger_time_cutter_changes_total")
     assert await apply(tx(10, 1), marker(11, "stranger", 1)) == 1
-    assert v.time_cutter == IDS[0]  # not a validator: ignored
+    assert v.time_cuts.time_cutter == IDS[0]  # not a validator: ignored
     assert await apply(tx(12, 2), marker(13, IDS[2], 2), marker(14, IDS[3], 2)) == 1
-    assert v.time_cutter == IDS[2]  # its marker cut block 2; the later one for height 2 is stale
+    assert v.time_cuts.time_cutter == IDS[2]  # its marker cut block 2; the later one for height 2 is stale
     assert await apply(marker(15, IDS[1], 2)) == 0  # stale: no cut, no change
-    assert v.time_cutter == IDS[2]
+    assert v.time_cuts.time_cutter == IDS[2]
     # A claim: a marker for the current height with nothing pending cuts nothing, but takes over.
     assert await apply(marker(16, IDS[1], 3)) == 0
-    assert v.time_cutter == IDS[1]
+    assert v.time_cuts.time_cutter == IDS[1]
     assert await apply(tx(17, 3), marker(18, IDS[3], 3)) == 1
-    assert v.time_cutter == IDS[3]
+    assert v.time_cuts.time_cutter == IDS[3]
     assert _sample("fapiao_ledger_time_cutter_changes_total") == changes + 3
 
 
@@ -186,48 +190,37 @@ async def test_another_chains_markers_do_not_move_the_time_cuts() -> None:
     """Chains are not ordered with each other: only chain 0's log decides who writes the time cuts."""
     v = unit_validator(None, _Producer())
     chain = new_chain(chain_id=1)
-    v.chains = {1: chain}
     signed = issue(ISSUER, iid(1), f"2644{1:016d}")
     records = [
         LogRecord(10, iid(1), "tx", tx=parse_transaction(signed)),
         decode_record(11, marker_envelope(IDS[2], 1, 1).SerializeToString()),
     ]
-    assert len(await v._apply_batch(chain, records)) == 1
-    assert v.time_cutter == IDS[0]
+    assert len(await v.coordination.apply_batch(chain, records)) == 1
+    assert v.time_cuts.time_cutter == IDS[0]
 
 
-@pytest.mark.parametrize(
-    ("claimed_ago_s", "claims"),
-    [(None, True), (0.0, False), (2.0, True)],  # never; just now, at this height; over the 1 s re-send time
-)
-async def test_a_stand_in_claims_the_time_cuts_on_an_idle_chain_0(claimed_ago_s: float | None, claims: bool) -> None:
+async def test_a_stand_in_claims_the_time_cuts_on_an_idle_chain_0_once_per_height() -> None:
     """With the time cutter down and only chain 1 busy, a stand-in marks chain 1 and sends a marker for
     chain 0's current height, which cuts nothing there but makes it the time cutter for everyone. A
-    claim it already sent at that height is repeated only after the re-send time, like any marker."""
+    claim it already sent at that height is not repeated with chain 1's next marker (only after the
+    re-send time, like any marker)."""
     producer = _Producer()
-    v = unit_validator(None, producer)
-    v.time_cutter = IDS[1]
-    v.chains = {0: SimpleNamespace(has_pending=False, height=4), 1: SimpleNamespace(has_pending=True, height=9)}  # type: ignore[dict-item]
+    chains = {0: SimpleNamespace(has_pending=False, height=4), 1: SimpleNamespace(has_pending=True, height=9)}
+    cutter = _cutter(producer, chains)
+    _take_over(cutter, IDS[1], 4)
     now = time.monotonic()
-    v.pending_since = {1: now}
-    if claimed_ago_s is not None:
-        v.last_marker[0] = (4, now - claimed_ago_s)
+    cutter.note_pending(1, at=now)
     stand_ins = _sample("fapiao_ledger_time_cuts_sent_total", role="stand_in")
-    stop = asyncio.Event()
-    loop = asyncio.ensure_future(v._markers_loop(stop))
-    try:
-        async with asyncio.timeout(5):
-            while not producer.markers:
-                await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)  # nothing more until the markers are read back
-    finally:
-        stop.set()
-        v.pending_started.set()
-        await asyncio.wait_for(loop, timeout=5)
-    expected = [(0, 4), (1, 9)] if claims else [(1, 9)]
-    assert sorted((chain, height) for chain, height, _ in producer.markers) == expected
+    await _markers_sent(cutter, producer, 2, quiet_s=0.05)  # nothing more until the markers are read back
+    assert sorted((chain, height) for chain, height, _ in producer.markers) == [(0, 4), (1, 9)]
     assert min(at for _, _, at in producer.markers) - now >= 0.25
-    assert _sample("fapiao_ledger_time_cuts_sent_total", role="stand_in") == stand_ins + len(expected)
+    # Chain 1's marker cut block 9 and more is pending; chain 0 is still at height 4 (the claim is in flight).
+    chains[1].height = 10
+    cutter.note_cut(1)
+    cutter.note_pending(1)
+    await _markers_sent(cutter, producer, 3, quiet_s=0.05)
+    assert [(chain, height) for chain, height, _ in producer.markers[2:]] == [(1, 10)]
+    assert _sample("fapiao_ledger_time_cuts_sent_total", role="stand_in") == stand_ins + 3
 
 
 @pytest.mark.parametrize(
@@ -238,7 +231,7 @@ def test_idle_time_setting(monkeypatch: pytest.MonkeyPatch, cut_ms: str, idle_ms
     monkeypatch.setenv("FAPIAO_LEDGER_CUT_MS", cut_ms)
     if idle_ms is not None:
         monkeypatch.setenv("FAPIAO_LEDGER_CUT_IDLE_MS", idle_ms)
-    assert LedgerConfig.from_env().cut_idle_ms == expected
+    assert LedgerSettings.from_env().cut_idle_ms == expected
 
 
 @pytest.mark.parametrize("idle_ms", ["-1", "51"])
@@ -246,4 +239,4 @@ def test_idle_time_outside_zero_to_the_cut_interval_is_refused(monkeypatch: pyte
     monkeypatch.setenv("FAPIAO_LEDGER_CUT_MS", "50")
     monkeypatch.setenv("FAPIAO_LEDGER_CUT_IDLE_MS", idle_ms)
     with pytest.raises(ValueError, match="FAPIAO_LEDGER_CUT_IDLE_MS"):
-        LedgerConfig.from_env()
+        LedgerSettings.from_env()

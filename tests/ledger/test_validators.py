@@ -15,10 +15,11 @@ from fapiao_runtime.errors import DeadlineExceeded, reason_of
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import LedgerResultWaiter
 from fapiao_runtime.ledger_trust import ReceiptInvalid, validator_keys_from_env, verify_receipt
+from fapiao_stack.devnet import BUYER_TAX_ID, LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
 from fapiao_stack.harness import StackUnderTest, read_envelopes
+from fapiao_stack.procs import free_port
 from google.protobuf.message import DecodeError
-from ledger.devnet import BUYER_TAX_ID, LedgerNetwork, T, cancel, count_final, issue, partial, reimburse, wait_for
-from ledger.validator import result_publishers
+from ledger.publishing import result_publishers
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +35,23 @@ async def audit_chain(net: LedgerNetwork, validator: int, chain: int) -> ledger_
         return response
 
 
+async def _metrics(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        return (await reader.read()).decode()
+    finally:
+        writer.close()
+
+
 async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> None:
-    net = LedgerNetwork(stack, extra_env={"FAPIAO_LEDGER_CUT_MS": "20"})
+    metrics_port = free_port()
+    net = LedgerNetwork(
+        stack,
+        extra_env={"FAPIAO_LEDGER_CUT_MS": "20"},
+        validator_overrides={1: {"FAPIAO_METRICS_PORT": str(metrics_port)}},
+    )
     await net.start()
     waiter = LedgerResultWaiter(stack.kafka_bootstrap, stack.topic_prefix, client_id="test-waiter")
     await waiter.start()
@@ -66,6 +82,13 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
                 == f"REJECTION_REASON_{reason or 'UNSPECIFIED'}"
             )
             assert got.accepted == (reason == "")
+
+        # Both of the validator's own consumers report their lag (transactions and signatures).
+        async def lag_reported() -> bool:
+            text = await _metrics(metrics_port)
+            return all(f'group="validator-1-{what}"' in text for what in ("tx", "sig"))
+
+        await wait_for(lag_reported, 30, what="the validator's consumer lag on /metrics")
         with pytest.raises(DeadlineExceeded) as late:
             await waiter.wait(str(uuid.uuid4()), timeout_s=0.2)
         assert late.value.reason == "LEDGER_RESULT_TIMEOUT"

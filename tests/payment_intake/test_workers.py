@@ -85,7 +85,7 @@ async def test_two_workers_share_both_ports_each_serves_and_a_payment_is_still_r
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
                 text = await response.text()
-        recorded = _summed(text, "fapiao_grpc_requests_total", "RecordPayment")
+        recorded = _summed(text, "grpc_server_handled_total", "RecordPayment")
         assert recorded == CHANNELS + payments, recorded
         # Each worker froze its start-up heap after a full collection, which its pause histogram recorded.
         assert _summed(text, "fapiao_gc_pause_seconds_count", 'generation="2"') >= 2

@@ -132,6 +132,10 @@ class ClusterSystem(System):
         elif kind == "broker_minority":
             majority = [b for b in self.brokers if b != subject] + self.controllers
             network.cut([subject], majority)
+        elif kind == "below_min_isr":
+            for broker in self.brokers:
+                if broker != subject:
+                    network.isolate(broker)
         elif kind == "validator_from_kafka":
             network.cut([subject], self.brokers)
         elif kind == "service_from_database":

@@ -31,9 +31,10 @@ PROCESS_KINDS = (KILL_SERVICE, KILL_VALIDATOR, KILL_BROKER, KILL_POSTGRES, KILL_
 # Network faults: need one host per process.
 ISOLATE_HOST = "isolate_host"
 BROKER_MINORITY = "broker_minority"  # the brokers split into a majority and a minority
+BELOW_MIN_ISR = "below_min_isr"  # two brokers cut off: one replica left, below min.insync.replicas
 VALIDATOR_FROM_KAFKA = "validator_from_kafka"
 SERVICE_FROM_DATABASE = "service_from_database"
-NETWORK_KINDS = (ISOLATE_HOST, BROKER_MINORITY, VALIDATOR_FROM_KAFKA, SERVICE_FROM_DATABASE)
+NETWORK_KINDS = (ISOLATE_HOST, BROKER_MINORITY, BELOW_MIN_ISR, VALIDATOR_FROM_KAFKA, SERVICE_FROM_DATABASE)
 ALL_KINDS = PROCESS_KINDS + NETWORK_KINDS
 
 _KILL_TARGETS = {KILL_SERVICE: SERVICE, KILL_VALIDATOR: VALIDATOR, KILL_BROKER: BROKER, KILL_POSTGRES: POSTGRES}
@@ -47,9 +48,11 @@ _DURATION_S = {
     PAUSE: (3.0, 8.0),
     ISOLATE_HOST: (8.0, 20.0),
     BROKER_MINORITY: (8.0, 20.0),
+    BELOW_MIN_ISR: (25.0, 40.0),  # the brokers are fenced and the ISR shrinks within about 10 s
     VALIDATOR_FROM_KAFKA: (8.0, 20.0),
     SERVICE_FROM_DATABASE: (5.0, 15.0),
 }
+RECOVERY_S = 10.0  # the quiet time a fault's slot adds to its longest duration
 LEDGER_TOPIC = "ledger.tx.v1"
 
 
@@ -92,13 +95,19 @@ def plan(
     chosen = list(kinds) + [rng.choice(kinds) for _ in range(max(0, count - len(kinds)))]
     rng.shuffle(chosen)
     span = max(1.0, duration_s - warmup_s - quiet_tail_s)
-    slot = span / max(1, len(chosen))
+    # Each fault gets a slot in proportion to its longest duration plus a recovery time, so a long kind
+    # keeps its length in a busy schedule; it starts at a random point of its slot.
+    weights = [_DURATION_S[kind][1] + RECOVERY_S for kind in chosen]
+    scale = span / sum(weights)
     faults = []
-    for index, kind in enumerate(chosen):
+    slot_start = warmup_s
+    for kind, weight in zip(chosen, weights, strict=True):
         low, high = _DURATION_S[kind]
-        length = min(rng.uniform(low, high), slot * 0.6)
-        start = warmup_s + index * slot + rng.uniform(0.0, max(0.0, slot * 0.9 - length))
+        slot = weight * scale
+        length = min(rng.uniform(low, high), scale * high)
+        start = slot_start + rng.uniform(0.0, max(0.0, slot * 0.9 - length))
         faults.append(Fault(kind, _target(rng, kind, processes, hosts or []), round(start, 2), round(length, 2)))
+        slot_start += slot
     return faults
 
 
@@ -115,7 +124,7 @@ def _target(rng: random.Random, kind: str, processes: dict[str, str], hosts: lis
         return f"{LEDGER_TOPIC}:{rng.randrange(2)}"
     if kind == ISOLATE_HOST:
         return rng.choice(sorted(hosts)) if hosts else "any"
-    if kind == BROKER_MINORITY:
+    if kind in (BROKER_MINORITY, BELOW_MIN_ISR):  # the broker cut off, or the one left
         brokers = _targets(processes, BROKER)
         return rng.choice(brokers) if brokers else "any"
     if kind == VALIDATOR_FROM_KAFKA:

@@ -42,11 +42,27 @@ def summary(
         "operations": len(history),
         "operations_by_outcome": {outcome: outcomes.get(outcome, 0) for outcome in (OK, FAIL, UNKNOWN)},
         "operations_by_kind": by_kind,
+        "codes_during_faults": codes_during_faults(faults, history),
         "checks": {name: verdict.counts[name] for name in FIGURES},
         "passed": verdict.passed,
         "details": {name: items[:DETAILS_KEPT] for name, items in verdict.details.items() if items},
         "schedule": [f.to_dict() for f in faults],
     }
+
+
+def codes_during_faults(faults: list[Fault], history: list[Op]) -> dict[str, dict[str, int]]:
+    """For each kind of fault, what the clients' calls that overlapped its windows got: the gRPC code or
+    HTTP status ("OK" for an acknowledgement), so a run shows how each fault looked to a client."""
+    windows: dict[str, list[tuple[float, float]]] = {}
+    for fault in faults:
+        if fault.injected:
+            windows.setdefault(fault.kind, []).append((fault.start, fault.end))
+    codes: dict[str, Counter[str]] = {kind: Counter() for kind in sorted(windows)}
+    for op in history:
+        for kind, spans in windows.items():
+            if any(op.start <= end and op.end >= start for start, end in spans):
+                codes[kind][op.code or op.outcome.upper()] += 1
+    return {kind: dict(counter.most_common()) for kind, counter in codes.items()}
 
 
 def write_summary(path: Path, data: dict[str, Any]) -> None:
@@ -69,6 +85,10 @@ def table(data: dict[str, Any]) -> str:
     lines.append(f"  {'':<18}{'ok':>8}{'fail':>8}{'unknown':>8}")
     for kind, counts in data["operations_by_kind"].items():
         lines.append(f"  {kind:<18}{counts[OK]:>8}{counts[FAIL]:>8}{counts[UNKNOWN]:>8}")
+    if data.get("codes_during_faults"):
+        lines.append("what clients got during each kind of fault")
+        for kind, codes in data["codes_during_faults"].items():
+            lines.append(f"  {kind:<26}" + ", ".join(f"{code} {count}" for code, count in codes.items()))
     lines.append("")
     for name, count in data["checks"].items():
         lines.append(f"{name:<28}{count:>8}{'' if count == 0 else '   <-- FAILED'}")

@@ -98,8 +98,9 @@ class System:
         return []
 
     def partition(self, kind: str, subject: str) -> None:
-        """Cut the network: `kind` is isolate_host, broker_minority, validator_from_kafka or
-        service_from_database; `subject` names the host, validator or service."""
+        """Cut the network: `kind` is isolate_host, broker_minority, below_min_isr,
+        validator_from_kafka or service_from_database; `subject` names the host, broker, validator or
+        service."""
         raise NetworkFaultsUnsupported("the single-host stack has no network to partition")
 
     def heal_network(self) -> None:

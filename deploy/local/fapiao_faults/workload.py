@@ -71,6 +71,9 @@ class WorkloadSettings:
     max_stories: int = 100_000
     concurrency: int = 24  # stories in flight at most
     story_deadline_s: float = 120.0  # a story gives up (its last operation recorded) after this long
+    # A finance department files an invoice some time after it was claimed: reimbursements are spread
+    # over the run, so every fault meets ledger writes (locks, unlocks, closes) in flight.
+    filing_delay_s: float = 20.0
     organisations: int = 3
     seed: int = 1
 
@@ -199,6 +202,7 @@ class Workload:
             if invoice is None or not await self._issued(invoice.body.invoice_id, deadline):
                 return
             number, invoice_id = invoice.body.invoice_number, invoice.body.invoice_id
+            await self._pause(rng.uniform(0.0, self.settings.filing_delay_s), deadline - CALL_TIMEOUT_S * 4)
             racers = list(orgs) if buyer_org is None else [buyer_org, rng.choice([o for o in orgs if o != buyer_org])]
             holder = await self._race(number, invoice_id, racers, worker, deadline)
             if holder is None:
@@ -219,6 +223,11 @@ class Workload:
             await self._reimburse(CLOSE, number, invoice_id, holder, worker, deadline)
         except Exception:  # a bug of the workload itself, not of the system: say so and end this story
             log.exception("story %s stopped", index)
+
+    async def _pause(self, seconds: float, until: float) -> None:
+        """Wait `seconds` (not past the monotonic time `until`, nor past the workload's stop)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, min(seconds, until - time.monotonic())))
 
     async def _attempts(
         self,

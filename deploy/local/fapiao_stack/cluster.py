@@ -42,13 +42,14 @@ from fapiao_runtime.kafka import ensure_topics
 from fapiao_stack.config import process_environment, stack_environment
 from fapiao_stack.hosts import Network, prefix_from_env, run_in_netns, subnet_from_env
 from fapiao_stack.kafka import KafkaBroker, new_cluster_id
-from fapiao_stack.paths import LOG_DIR, RUN_DIR
+from fapiao_stack.paths import LOG_DIR, RUN_DIR, STATE_FILE
 from fapiao_stack.postgres import LocalPostgres
 from fapiao_stack.procs import pid_alive, port_open, spawn, stop_pid_file
 from fapiao_stack.services import (
     GATEWAY_PORT,
     INTAKE_WEBHOOK_PORT,
     LEDGER_VALIDATORS,
+    PORT_OFFSET,
     ServiceSpec,
     grpc_health,
     http_health,
@@ -75,7 +76,6 @@ KAFKA_JVM_OPTIONS = ("-XX:ActiveProcessorCount=1", "-XX:TieredStopAtLevel=1")
 KAFKA_THREADS = {"num.network.threads": "2", "num.io.threads": "2", "background.threads": "2"}
 SERVICES_DB_HOST = "pg-services"
 PID_DIR = RUN_DIR / "pids"
-STATE_FILE = RUN_DIR / "stack.json"
 HOSTS_DIR = RUN_DIR / "hosts"
 
 _SERVICE_OFFSETS = {"payment_intake": 40, "invoice_minting": 41, "reimbursement": 42, "gateway": 43}
@@ -371,6 +371,7 @@ def _write_state(network: Network, bootstrap: str, databases: Mapping[str, str])
     where = addresses(network)
     state: dict[str, object] = {
         "mode": "hosts",
+        "port_offset": PORT_OFFSET,
         "network": {"prefix": network.prefix, "subnet": network.subnet, "switch": network.switch},
         "hosts": {host: {"address": address, "namespace": network.namespace(host)} for host, address in where.items()},
         "kafka_bootstrap": bootstrap,

@@ -13,11 +13,12 @@ import grpc
 from fapiao_runtime.grpc_client import internal_channel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fapiao_stack.paths import port_offset
 from fapiao_stack.procs import listening_sockets
 
 # FAPIAO_PORT_OFFSET shifts every port of the local stack, so a second stack (a test run of the CLI,
-# say) can run beside `make up` on the same machine.
-PORT_OFFSET = int(os.environ.get("FAPIAO_PORT_OFFSET", "0") or 0)
+# say) can run beside `make up` on the same machine; later commands use the offset the stack recorded.
+PORT_OFFSET = port_offset()
 KAFKA_PORT = 19092 + PORT_OFFSET
 KAFKA_CONTROLLER_PORT = 19093 + PORT_OFFSET
 POSTGRES_PORT = 15432 + PORT_OFFSET

@@ -24,12 +24,13 @@ from fapiao_runtime.kafka import ensure_topics
 
 from fapiao_stack.config import process_environment, stack_environment
 from fapiao_stack.kafka import KafkaBroker
-from fapiao_stack.paths import LOG_DIR, RUN_DIR
+from fapiao_stack.paths import LOG_DIR, RUN_DIR, STATE_FILE
 from fapiao_stack.postgres import LocalPostgres
 from fapiao_stack.procs import pid_file_process, port_bindable, spawn, stop_pid_file, wait_bindable
 from fapiao_stack.services import (
     KAFKA_CONTROLLER_PORT,
     KAFKA_PORT,
+    PORT_OFFSET,
     POSTGRES_PORT,
     ServiceSpec,
     health_of,
@@ -39,7 +40,6 @@ from fapiao_stack.services import (
 )
 
 PID_DIR = RUN_DIR / "pids"
-STATE_FILE = RUN_DIR / "stack.json"
 KAFKA_NAME = "kafka"
 POSTGRES_NAME = "postgres"
 # An argument that tells the broker's JVM from any other process that got its pid after a crash.
@@ -114,6 +114,21 @@ def _write_state(state: dict[str, Any]) -> None:
     temporary.replace(STATE_FILE)
 
 
+class ClusterRunning(RuntimeError):
+    """The multi-host cluster runs from this run directory."""
+
+
+def _refuse_when_cluster_runs() -> None:
+    """The multi-host cluster records itself in the same run directory: the single-host commands must not
+    take its processes for theirs (nor overwrite its record)."""
+    try:
+        mode = json.loads(STATE_FILE.read_text()).get("mode")
+    except (OSError, ValueError):
+        return
+    if mode == "hosts":
+        raise ClusterRunning("the multi-host cluster runs here: use `fapiao status|restart|down --hosts`")
+
+
 def read_state() -> dict[str, Any]:
     """What `up` recorded in .run/stack.json; StackNotRunning when it has not run."""
     try:
@@ -125,6 +140,7 @@ def read_state() -> dict[str, Any]:
 
 def up(timeout_s: float = 120.0) -> StackEndpoints:
     """Start everything not running yet and wait until every service reports SERVING."""
+    _refuse_when_cluster_runs()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     kafka_bootstrap = _broker().bootstrap
@@ -153,6 +169,7 @@ def up(timeout_s: float = 120.0) -> StackEndpoints:
     # Recorded before the wait: `restart` and `status` work on a stack that is still coming up.
     _write_state(
         {
+            "port_offset": PORT_OFFSET,
             "kafka_bootstrap": kafka_bootstrap,
             "database_url": database_url,
             "services": endpoints,
@@ -222,6 +239,7 @@ def restart(name: str, timeout_s: float = 120.0) -> str:
 
 def down() -> list[str]:
     """Stop every process of the stack (services first, then Kafka, then PostgreSQL)."""
+    _refuse_when_cluster_runs()
     stopped = []
     for spec in reversed(local_services()):
         if stop_pid_file(PID_DIR / f"{spec.name}.pid", timeout_s=15, marker=spec.module):

@@ -53,7 +53,10 @@ def _up(args: argparse.Namespace) -> int:
 
     if args.hosts:
         return _cluster_up(args)
-    endpoints = stack.up(timeout_s=args.timeout)
+    try:
+        endpoints = stack.up(timeout_s=args.timeout)
+    except stack.ClusterRunning as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
     print(f"Kafka       {endpoints.kafka_bootstrap}")
     print(f"PostgreSQL  {endpoints.database_url}")
     for name, address in endpoints.services.items():
@@ -64,7 +67,10 @@ def _up(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from fapiao_stack import cluster, stack
 
-    stopped = cluster.down() if args.hosts else stack.down()
+    try:
+        stopped = cluster.down() if args.hosts else stack.down()
+    except stack.ClusterRunning as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return EXIT_OK
 

@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 
 # Shortest time between two time cuts of a chain under load. Every block costs each validator a fixed
 # amount of work (a statement, a signature, four signature reads, finality, results), so on a busy
-# machine a longer wait that makes blocks larger lowers latency rather than raising it (measured:
-# docs/benchmarks.md).
+# machine a longer wait that makes blocks larger lowers latency rather than raising it
+# (docs/benchmarks.md).
 DEFAULT_CUT_MS = 50
 # A chain whose previous cut is at least cut_ms old is not under load: its first pending transaction
 # waits only this long for companions before the marker (latency at light load; see docs/ledger.md).
@@ -31,7 +31,7 @@ DEFAULT_RECENT_HEIGHTS = 10_000
 
 
 @dataclass(frozen=True)
-class LedgerConfig:
+class LedgerSettings:
     """validator_keys includes this validator; quorum counts identical header signatures (2f+1)."""
 
     validator_id: str
@@ -47,7 +47,7 @@ class LedgerConfig:
     recent_heights: int = DEFAULT_RECENT_HEIGHTS
 
     @classmethod
-    def from_env(cls) -> LedgerConfig:
+    def from_env(cls) -> LedgerSettings:
         validator_id = env_str("FAPIAO_VALIDATOR_ID", "validator-1")
         key_file = os.environ.get("FAPIAO_LEDGER_KEY_FILE", "")
         if key_file:

@@ -20,6 +20,7 @@ from fapiao_runtime.ledger_client import (
     transaction_event,
 )
 from fapiao_runtime.topics import LEDGER_TRANSACTIONS
+
 from fapiao_stack.harness import ServiceProcess, StackUnderTest
 from fapiao_stack.keys import ensure_local_keys, load_authority_key, validator_env
 
