@@ -21,8 +21,8 @@ import time
 import grpc
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import reason_of
+from fapiao_stack.devstack import Pki, RealStack, new_tax_id
 from fapiao_stack.harness import StackUnderTest
-from reimbursement.devstack import Pki, RealStack, new_tax_id
 
 from fapiao_bench.stats import percentile
 

@@ -16,17 +16,26 @@ from fapiao_runtime.grpc_client import internal_channel
 
 from fapiao_cli.local import PKI_DIR, grpc_address, ledger_addresses, reimbursement_address
 
+# Every channel a command opens stays referenced for the process's life: a stub does not keep its
+# channel, and a channel collected before an intercepted call starts is closed under it.
+_CHANNELS: list[grpc.aio.Channel] = []
+
+
+def _kept(channel: grpc.aio.Channel) -> grpc.aio.Channel:
+    _CHANNELS.append(channel)
+    return channel
+
 
 def minting() -> minting_grpc.InvoiceMintingServiceStub:
-    return minting_grpc.InvoiceMintingServiceStub(internal_channel(grpc_address("invoice_minting")))
+    return minting_grpc.InvoiceMintingServiceStub(_kept(internal_channel(grpc_address("invoice_minting"))))
 
 
 def intake() -> intake_grpc.PaymentIntakeServiceStub:
-    return intake_grpc.PaymentIntakeServiceStub(internal_channel(grpc_address("payment_intake")))
+    return intake_grpc.PaymentIntakeServiceStub(_kept(internal_channel(grpc_address("payment_intake"))))
 
 
 def ledgers() -> list[ledger_grpc.LedgerServiceStub]:
-    return [ledger_grpc.LedgerServiceStub(internal_channel(a)) for a in ledger_addresses()]
+    return [ledger_grpc.LedgerServiceStub(_kept(internal_channel(a))) for a in ledger_addresses()]
 
 
 def reimbursement_for(org_tax_id: str) -> reimbursement_grpc.ReimbursementServiceStub:
@@ -37,7 +46,7 @@ def reimbursement_for(org_tax_id: str) -> reimbursement_grpc.ReimbursementServic
         certificate_chain=(PKI_DIR / f"org-{org_tax_id}.crt").read_bytes(),
     )
     channel = grpc.aio.secure_channel(reimbursement_address(), credentials)
-    return reimbursement_grpc.ReimbursementServiceStub(channel)
+    return reimbursement_grpc.ReimbursementServiceStub(_kept(channel))
 
 
 async def payment_of(merchant_id: str, transaction_id: str) -> intake_api.GetPaymentResponse:

@@ -9,18 +9,8 @@ number: every ISSUE of a number lands on the same chain, where the second is ALR
 from __future__ import annotations
 
 import hashlib
-import re
 import struct
 import uuid
-
-# The national 20-digit invoice number (数电票号码).
-INVOICE_NUMBER = re.compile(r"[0-9]{20}")
-
-
-def is_invoice_number(text: str) -> bool:
-    """True for exactly twenty ASCII digits (no sign, spaces, other digits or trailing newline)."""
-    return INVOICE_NUMBER.fullmatch(text) is not None
-
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://fapiao.dev/invoice-number")
 _NAMESPACE_BYTES = _NAMESPACE.bytes

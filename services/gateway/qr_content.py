@@ -17,16 +17,15 @@ this network".
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
 
 from fapiao_runtime.errors import InvalidArgument
+from fapiao_runtime.vocabulary import INVOICE_NUMBER, qr_check
 
 from gateway.money import parse_yuan
 
-INVOICE_NUMBER = re.compile(r"[0-9]{20}")
 MAX_QR_CHARS = 200
 LEGACY_NUMBER = re.compile(r"[0-9]{8}")
 _VERSION = re.compile(r"[0-9]{2}")
@@ -67,11 +66,6 @@ def parse_issue_date(text: str) -> str:
     except ValueError:
         raise InvalidArgument("INVALID_DATE", "the issue date is not a calendar date") from None
     return compact
-
-
-def qr_check(head: str) -> str:
-    """The 4-hex check over everything before it (including the trailing comma)."""
-    return hashlib.sha256(head.encode()).hexdigest()[:4].upper()
 
 
 @dataclass(frozen=True)

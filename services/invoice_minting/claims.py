@@ -55,10 +55,6 @@ CLAIM_BATCH_SIZE = Histogram(
 ClaimOutcome = invoice_pb2.Invoice | FapiaoError
 
 
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
 @dataclass
 class ClaimCommand:
     """A validated claim: buyer already normalised, idempotency key checked."""

@@ -18,6 +18,7 @@ from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.envelope import unpack
 from fapiao_runtime.errors import InvalidArgument, NotFound
 from fapiao_runtime.tax_id import validate_uscc
+from fapiao_runtime.vocabulary import claim_token_hash
 
 from invoice_minting import red_letter
 from invoice_minting.buyer import check_text
@@ -146,7 +147,7 @@ def _new_offer(payment: payments_pb2.Payment, deps: MintingDeps) -> tuple[str, t
         offer_id,
         payment.payment_id,
         payment.merchant_id,
-        hashlib.sha256(token.encode()).digest(),
+        claim_token_hash(token),
         deps.box.seal(token.encode(), offer_id.bytes),
         payment.amount_fen,
         payment.SerializeToString(deterministic=True),

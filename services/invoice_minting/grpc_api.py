@@ -14,11 +14,12 @@ from fapiao.invoicing.v1 import invoice_minting_service_pb2 as api
 from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as api_grpc
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from fapiao_runtime.vocabulary import claim_token_hash
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_minting import red_letter
 from invoice_minting.buyer import check_idempotency_key, check_text, normalise_buyer
-from invoice_minting.claims import ClaimCommand, ClaimPipeline, token_hash
+from invoice_minting.claims import ClaimCommand, ClaimPipeline
 from invoice_minting.deps import MintingDeps
 from invoice_minting.invoice_store import get_invoice, list_invoices
 from invoice_minting.issuer_keys import IssuerKeyRow
@@ -41,7 +42,7 @@ def _token_hash(token: str) -> bytes:
     # Anything that cannot be a token we issued is simply unknown: no format oracle.
     if not TOKEN_PATTERN.fullmatch(token):
         raise NotFound("UNKNOWN_TOKEN", "no claim offer for this token")
-    return token_hash(token)
+    return claim_token_hash(token)
 
 
 def _offer_proto(row: asyncpg.Record) -> api.ClaimOffer:

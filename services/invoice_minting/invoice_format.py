@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 
 from fapiao_runtime.money_text import yuan_text
+from fapiao_runtime.vocabulary import INVOICE_NUMBER, qr_check_matches, with_qr_check
 
 # China has one time zone without daylight saving; issue dates and number years are Beijing time.
 BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 SEQUENCE_DIGITS = 15
 MAX_SEQUENCE = 10**SEQUENCE_DIGITS - 1
-INVOICE_NUMBER = re.compile(r"[0-9]{20}")
 REGION_CODE = re.compile(r"[0-9]{2}")
 CHANNEL_CODE = re.compile(r"[0-9]")
 # Kind code of the 数电 ordinary invoice in the QR content.
@@ -56,10 +55,9 @@ def verification_qr(number: str, total_fen: int, issue_date: str) -> str:
     if not INVOICE_NUMBER.fullmatch(number):
         raise ValueError("invoice number must be 20 digits")
     head = f"01,{KIND_ORDINARY},,{number},{yuan_text(total_fen)},{issue_date},,"
-    return head + hashlib.sha256(head.encode()).hexdigest()[:4].upper()
+    return with_qr_check(head)
 
 
 def verification_qr_is_consistent(content: str) -> bool:
     """True when the 4-hex check of a QR content string matches the rest of it."""
-    head, _, check = content.rpartition(",")
-    return bool(head) and hashlib.sha256((head + ",").encode()).hexdigest()[:4].upper() == check
+    return qr_check_matches(content)

@@ -19,19 +19,20 @@ from fapiao_runtime import event_loop
 from fapiao_runtime.config import RuntimeConfig
 from fapiao_runtime.db import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, keep_session
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
+from fapiao_runtime.issuer_keys import IssuerKeyFollower
 from fapiao_runtime.ledger_client import LedgerResultWaiter, SigningKey
 from fapiao_runtime.ledger_trust import authority_keys_from_env, validator_keys_from_env
 from fapiao_runtime.resilience import startup_deadline_s, wait_for_dependency
 from fapiao_runtime.service import ServiceContext, Task, run_service
 
-from reimbursement.handlers import HandlerSettings, ReimbursementHandlers
+from reimbursement.grpc_api import ReimbursementServicer
+from reimbursement.handlers import ReimbursementHandlers
 from reimbursement.invoice_facts import FactsCache
-from reimbursement.issuer_keys import IssuerKeyRecorder
 from reimbursement.ledger_adapter import ValidatorLedger, register_submitter_key
 from reimbursement.pending_resolver import run_pending_resolver
-from reimbursement.servicer import ReimbursementServicer
 from reimbursement.settings import ReimbursementSettings
-from reimbursement.verification import InvoiceVerifier, VerificationSettings
+from reimbursement.store import store_registration
+from reimbursement.verification import InvoiceVerifier
 
 SERVICE_NAME = "fapiao.reimbursement.v1.ReimbursementService"
 log = logging.getLogger("reimbursement")
@@ -88,14 +89,14 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
     )
     requests_pool = await wait_for_dependency("request pool", lambda: _request_pool(ctx), deadline)
     facts = FactsCache()  # VerifyInvoice fills it; LockInvoice's pre-check reads it
-    handlers = ReimbursementHandlers(
-        requests_pool, ledger, HandlerSettings(max_wait_s=settings.max_wait_ms / 1000), facts_cache=facts
-    )
-    recorder = IssuerKeyRecorder(
+    handlers = ReimbursementHandlers(requests_pool, ledger, settings.handlers, facts_cache=facts)
+    # Issuer keys come from the ledger log, as the validators apply them (fapiao_runtime.issuer_keys).
+    pool = ctx.pool
+    recorder = IssuerKeyFollower(
         ctx.config.kafka_bootstrap,
         ctx.config.topic("ledger.tx.v1"),
         f"{ctx.config.topic_prefix}{ctx.config.service_name}-issuer-keys",
-        ctx.pool,
+        lambda registration: store_registration(pool, registration),
         authority_keys_from_env(),
     )
     verifier = InvoiceVerifier(
@@ -103,7 +104,7 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
         ledger,
         validator_keys,
         settings.quorum,
-        VerificationSettings(settings.verify_daily_checks, float(settings.verify_per_second)),
+        settings.verification,
         keys_caught_up=recorder.caught_up,
         facts_cache=facts,
     )

@@ -13,7 +13,6 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
@@ -29,13 +28,15 @@ from fapiao_runtime.errors import (
     Unavailable,
 )
 from fapiao_runtime.ledger_client import UNVERIFIED_REJECTIONS
+from fapiao_runtime.vocabulary import require_invoice_number
 
-from reimbursement import requests_store as store
+from reimbursement import store
 from reimbursement.identity import require_active
-from reimbursement.invoice_facts import INVOICE_NUMBER, FactsCache, InvoiceFacts, facts_of
+from reimbursement.invoice_facts import FactsCache, InvoiceFacts, facts_of
 from reimbursement.ledger_port import LedgerPort
 from reimbursement.organisations import Organisation
-from reimbursement.requests_store import TxRow
+from reimbursement.settings import HandlerSettings
+from reimbursement.store import Action, Operation, Purpose, TxRow, TxState
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,17 @@ IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 MAX_BATCH = 50
 
 _TX_TYPE = {
-    "LOCK": ledger_pb2.TRANSACTION_TYPE_LOCK,
-    "UNLOCK": ledger_pb2.TRANSACTION_TYPE_UNLOCK,
-    "CLOSE": ledger_pb2.TRANSACTION_TYPE_CLOSE,
+    Action.LOCK: ledger_pb2.TRANSACTION_TYPE_LOCK,
+    Action.UNLOCK: ledger_pb2.TRANSACTION_TYPE_UNLOCK,
+    Action.CLOSE: ledger_pb2.TRANSACTION_TYPE_CLOSE,
 }
-_OPERATION_ACTION = {"LOCK": "LOCK", "UNLOCK": "UNLOCK", "CLOSE": "CLOSE", "BATCH_LOCK": "LOCK", "BATCH_CLOSE": "CLOSE"}
+_OPERATION_ACTION = {
+    Operation.LOCK: Action.LOCK,
+    Operation.UNLOCK: Action.UNLOCK,
+    Operation.CLOSE: Action.CLOSE,
+    Operation.BATCH_LOCK: Action.LOCK,
+    Operation.BATCH_CLOSE: Action.CLOSE,
+}
 
 # Ledger rejection reasons -> the error the caller sees. Never names the organisation holding a lock.
 _REJECTIONS: dict[str, type[FapiaoError] | tuple[type[FapiaoError], str]] = {
@@ -76,6 +83,13 @@ _MESSAGES = {
 }
 
 
+def _operation(name: str) -> Operation:
+    try:
+        return Operation(name)
+    except ValueError:
+        raise InvalidArgument("UNKNOWN_OPERATION", name[:40]) from None
+
+
 def rejection_error(reason: str, invoice_number: str = "") -> FapiaoError:
     """The caller-facing error for a ledger rejection reason."""
     mapped = _REJECTIONS.get(reason)
@@ -86,13 +100,6 @@ def rejection_error(reason: str, invoice_number: str = "") -> FapiaoError:
     if invoice_number:
         message = f"{message}: {invoice_number}"
     return error_type(code, message)
-
-
-@dataclass(frozen=True)
-class HandlerSettings:
-    max_wait_s: float = 10.0
-    # Stop waiting this long before the client's deadline so DEADLINE_EXCEEDED reaches it as our answer.
-    deadline_margin_s: float = 0.05
 
 
 class ReimbursementHandlers:
@@ -117,7 +124,7 @@ class ReimbursementHandlers:
     async def execute(
         self,
         tax_id: str,
-        operation: str,
+        operation: Operation | str,
         invoice_numbers: Sequence[str],
         idempotency_key: str,
         time_remaining_s: float | None,
@@ -131,7 +138,8 @@ class ReimbursementHandlers:
         """
         started = time.monotonic()
         budget_s = self._budget(time_remaining_s)
-        numbers = self._validate(operation, invoice_numbers, idempotency_key)
+        operation = _operation(operation)
+        numbers = self._validate(invoice_numbers, idempotency_key)
         digest = store.request_digest(operation, numbers)
         caller, existing = await store.find_caller_and_request(self._pool, tax_id, idempotency_key)
         organisation = require_active(caller)
@@ -159,7 +167,7 @@ class ReimbursementHandlers:
         if existing.request_digest != digest or existing.operation != operation:
             raise AlreadyExists("IDEMPOTENCY_CONFLICT", "this idempotency key was already used for a different request")
         rows = await store.request_transactions(self._pool, existing.request_id)
-        requested = [r for r in rows if r.purpose == "REQUESTED"]
+        requested = [r for r in rows if r.purpose is Purpose.REQUESTED]
         pending = [r for r in requested if r.pending]
         if pending:
             remaining = budget_s - (time.monotonic() - started)
@@ -175,9 +183,7 @@ class ReimbursementHandlers:
         return max(0.0, budget)
 
     @staticmethod
-    def _validate(operation: str, invoice_numbers: Sequence[str], key: str) -> list[str]:
-        if operation not in _OPERATION_ACTION:
-            raise InvalidArgument("UNKNOWN_OPERATION", operation)
+    def _validate(invoice_numbers: Sequence[str], key: str) -> list[str]:
         if not IDEMPOTENCY_KEY.fullmatch(key):
             raise InvalidArgument(
                 "INVALID_IDEMPOTENCY_KEY", "idempotency_key must be 1-128 characters of [A-Za-z0-9._:-]"
@@ -188,8 +194,7 @@ class ReimbursementHandlers:
         if len(numbers) > MAX_BATCH:
             raise InvalidArgument("BATCH_TOO_LARGE", f"at most {MAX_BATCH} invoices per batch")
         for number in numbers:
-            if not INVOICE_NUMBER.fullmatch(number):
-                raise InvalidArgument("INVALID_INVOICE_NUMBER", "an invoice number has 20 digits")
+            require_invoice_number(number)
         if len(set(numbers)) != len(numbers):
             raise InvalidArgument("DUPLICATE_INVOICE", "each invoice may appear once per batch")
         return numbers
@@ -221,12 +226,12 @@ class ReimbursementHandlers:
         return facts
 
     async def _authorize(
-        self, organisation: Organisation, operation: str, numbers: list[str], idempotency_key: str
+        self, organisation: Organisation, operation: Operation, numbers: list[str], idempotency_key: str
     ) -> list[TxRow]:
         """Check the caller may act on every invoice (all before anything is submitted); build rows."""
         action = _OPERATION_ACTION[operation]
         rows: list[TxRow] = []
-        if action == "LOCK":
+        if action is Action.LOCK:
             facts = await asyncio.gather(*(self._facts(n) for n in numbers))
             for fact in facts:
                 # An invoice issued to a tax id (a company's) belongs to that buyer; a personal one may go to
@@ -238,7 +243,7 @@ class ReimbursementHandlers:
                     )
             for position, fact in enumerate(facts):
                 rows.append(
-                    TxRow(str(uuid.uuid4()), position, "REQUESTED", action, fact.invoice_number, fact.invoice_id)
+                    TxRow(str(uuid.uuid4()), position, Purpose.REQUESTED, action, fact.invoice_number, fact.invoice_id)
                 )
             return rows
         # UNLOCK and CLOSE: only the lock holder. Every LOCK goes through this service, so an organisation
@@ -248,10 +253,10 @@ class ReimbursementHandlers:
         for number in numbers:
             if number not in held:
                 raise rejection_error("NOT_LOCK_HOLDER", number)
-        if operation == "BATCH_CLOSE":
+        if operation is Operation.BATCH_CLOSE:
             await self._precheck_batch_close(organisation, numbers, idempotency_key)
         return [
-            TxRow(str(uuid.uuid4()), position, "REQUESTED", action, number, held[number])
+            TxRow(str(uuid.uuid4()), position, Purpose.REQUESTED, action, number, held[number])
             for position, number in enumerate(numbers)
         ]
 
@@ -267,15 +272,15 @@ class ReimbursementHandlers:
         """
         unsettled = await store.latest_holder_actions(self._pool, organisation.tax_id, numbers, idempotency_key)
         for number in numbers:
-            action, state = unsettled.get(number, ("LOCK", "ACCEPTED"))
-            if state == "PENDING":
+            action, state = unsettled.get(number, (Action.LOCK, TxState.ACCEPTED))
+            if state is TxState.PENDING:
                 raise FailedPrecondition(
                     "EARLIER_REQUEST_PENDING",
                     f"an earlier {action.lower()} of {number} is not decided yet: retry it with its key first",
                 )
-            if action == "UNLOCK" and state == "ACCEPTED":
+            if action is Action.UNLOCK and state is TxState.ACCEPTED:
                 raise rejection_error("NOT_LOCKED", number)
-            if action == "CLOSE" and state == "ACCEPTED":
+            if action is Action.CLOSE and state is TxState.ACCEPTED:
                 raise rejection_error("ALREADY_CLOSED", number)
         states = await asyncio.gather(*(self._ledger.invoice_state(n, state_only=True) for n in numbers))
         for number, response in zip(numbers, states, strict=True):
@@ -292,7 +297,7 @@ class ReimbursementHandlers:
                 raise rejection_error("ALREADY_CLOSED", number)
 
     async def _persist_and_submit(
-        self, tax_id: str, key: str, operation: str, digest: bytes, rows: list[TxRow]
+        self, tax_id: str, key: str, operation: Operation, digest: bytes, rows: list[TxRow]
     ) -> int | None:
         # The request, its transactions and their signed ledger transactions (outbox) in one statement.
         events = self._ledger.transaction_events([transaction_body(tax_id, row) for row in rows])
@@ -330,7 +335,7 @@ class ReimbursementHandlers:
     async def _finish(
         self,
         organisation: Organisation,
-        operation: str,
+        operation: Operation,
         request_id: int,
         rows: list[TxRow],
         budget_s: float,
@@ -341,10 +346,10 @@ class ReimbursementHandlers:
             raise DeadlineExceeded(
                 "OUTCOME_PENDING", "the ledger has not decided yet; retry with the same idempotency key"
             )
-        rejected = [r for r in rows if r.state == "REJECTED"]
+        rejected = [r for r in rows if r.state is TxState.REJECTED]
         if not rejected:
             return rows
-        if operation == "BATCH_LOCK":
+        if operation is Operation.BATCH_LOCK:
             # Shielded: a caller that hangs up now must not leave the locks the batch won in place (and a
             # crash before this point is caught by the pending resolver's sweep at start).
             await asyncio.shield(
@@ -352,11 +357,11 @@ class ReimbursementHandlers:
             )
         first = rejected[0]
         error = rejection_error(first.rejection_reason, first.invoice_number)
-        closed = sum(1 for r in rows if r.action == "CLOSE" and r.state == "ACCEPTED")
-        if operation == "BATCH_CLOSE" and closed:
+        closed = sum(1 for r in rows if r.action is Action.CLOSE and r.state is TxState.ACCEPTED)
+        if operation is Operation.BATCH_CLOSE and closed:
             # A CLOSE cannot be undone: say what did happen (an issuer cancelled an invoice meanwhile).
             error.message = f"batch partly applied: {closed} of {len(rows)} invoices closed; {error.message}"
-        elif operation.startswith("BATCH_"):
+        elif operation in (Operation.BATCH_LOCK, Operation.BATCH_CLOSE):
             # One invoice failed: the whole batch fails (BATCH_LOCK undid the locks it won, see _compensate).
             error.message = f"batch not applied: {error.message}"
         raise error
@@ -375,9 +380,9 @@ def transaction_body(tax_id: str, row: TxRow) -> ledger_pb2.TransactionBody:
     body = ledger_pb2.TransactionBody(
         transaction_id=row.transaction_id, type=_TX_TYPE[row.action], invoice_id=row.invoice_id
     )
-    if row.action == "LOCK":
+    if row.action is Action.LOCK:
         body.lock.organisation_tax_id = tax_id
-    elif row.action == "UNLOCK":
+    elif row.action is Action.UNLOCK:
         body.unlock.organisation_tax_id = tax_id
     else:
         body.close.organisation_tax_id = tax_id
@@ -391,10 +396,15 @@ async def submit_compensation(
     """Submit UNLOCKs for the LOCKs a failed BATCH_LOCK won, at most once (unique per request, position
     and purpose): whoever gets here first (the request's handler, or the pending resolver when nobody
     was waiting) submits them. Returns the rows this call inserted."""
-    won = [r for r in rows if r.purpose == "REQUESTED" and r.state == "ACCEPTED" and r.action == "LOCK"]
+    won = [
+        r for r in rows if r.purpose is Purpose.REQUESTED and r.state is TxState.ACCEPTED and r.action is Action.LOCK
+    ]
     if not won:
         return []
-    undo = [TxRow(str(uuid.uuid4()), r.position, "COMPENSATION", "UNLOCK", r.invoice_number, r.invoice_id) for r in won]
+    undo = [
+        TxRow(str(uuid.uuid4()), r.position, Purpose.COMPENSATION, Action.UNLOCK, r.invoice_number, r.invoice_id)
+        for r in won
+    ]
     async with pool.acquire() as conn, conn.transaction():
         fresh = await store.insert_transactions(conn, request_id, tax_id, undo)
         if fresh:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -10,9 +9,6 @@ from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from google.protobuf.message import DecodeError
-
-# An invoice number: 20 ASCII digits (whole string: use fullmatch).
-INVOICE_NUMBER = re.compile(r"[0-9]{20}")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import logging
 import asyncpg
 from fapiao_runtime.errors import unavailable_cause
 
-from reimbursement import requests_store as store
+from reimbursement import store
 from reimbursement.handlers import ask_ledger, submit_compensation
 from reimbursement.ledger_port import LedgerPort
 

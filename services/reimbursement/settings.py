@@ -1,4 +1,5 @@
-"""Reimbursement settings from the environment (beyond the shared RuntimeConfig).
+"""Reimbursement settings: the process's, from the environment (beyond the shared RuntimeConfig),
+and the tunables of the handlers and of VerifyInvoice that the process derives from them.
 
 The API listens ONLY with mutual TLS on FAPIAO_REIMBURSEMENT_TLS_PORT; FAPIAO_GRPC_PORT serves just
 the health and reflection services in plaintext, for orchestrators and the local stack's probes.
@@ -20,6 +21,23 @@ def _required(name: str) -> str:
     if not value:
         raise ValueError(f"environment variable {name} is required")
     return value
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """Lock, unlock and close: how long a call waits for the ledger's outcome."""
+
+    max_wait_s: float = 10.0
+    # Stop waiting this long before the client's deadline so DEADLINE_EXCEEDED reaches it as our answer.
+    deadline_margin_s: float = 0.05
+
+
+@dataclass(frozen=True)
+class VerificationSettings:
+    """VerifyInvoice's anti-enumeration limits, per calling organisation."""
+
+    daily_checks_per_invoice: int = 5
+    checks_per_second: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -66,3 +84,11 @@ class ReimbursementSettings:
         if settings.verify_daily_checks < 1 or settings.verify_per_second < 1:
             raise ValueError("verification limits must be positive")
         return settings
+
+    @property
+    def handlers(self) -> HandlerSettings:
+        return HandlerSettings(max_wait_s=self.max_wait_ms / 1000)
+
+    @property
+    def verification(self) -> VerificationSettings:
+        return VerificationSettings(self.verify_daily_checks, float(self.verify_per_second))

@@ -36,8 +36,8 @@ from invoice_minting.invoice_store import _after_seq, _page_token
 from payment_intake import domain
 from payment_intake import wechatpay as wx
 from payment_intake.webhook import NotificationReceiver, load_json_object, payment_from_resource, refund_from_resource
-from reimbursement.servicer import _page_token as reimbursement_page_token
-from reimbursement.servicer import _parse_page_token
+from reimbursement.grpc_api import page_token as reimbursement_page_token
+from reimbursement.grpc_api import parse_page_token
 
 pytestmark = pytest.mark.unit
 
@@ -527,13 +527,13 @@ def test_minting_page_token_is_a_bigint_position_or_refused(token: str) -> None:
 
 @given(st.integers(0, BIGINT), st.integers(0, 2**31 - 1))
 def test_reimbursement_page_token_round_trips(request_id: int, position: int) -> None:
-    assert _parse_page_token(reimbursement_page_token(request_id, position)) == (request_id, position)
+    assert parse_page_token(reimbursement_page_token(request_id, position)) == (request_id, position)
 
 
 @given(st.one_of(outside_text, st.binary(max_size=20).map(lambda b: base64.urlsafe_b64encode(b).decode())))
 def test_reimbursement_page_token_of_anything_is_a_position_or_refused(token: str) -> None:
     try:
-        parsed = _parse_page_token(token)
+        parsed = parse_page_token(token)
     except InvalidArgument as error:
         assert error.reason == "INVALID_PAGE_TOKEN"
         return

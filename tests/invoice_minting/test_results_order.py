@@ -13,9 +13,10 @@ from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.envelope import make_envelope
 from fapiao_runtime.ledger_client import result_event_id
+from fapiao_runtime.vocabulary import claim_token_hash
 from fapiao_stack.harness import StackUnderTest
 from invoice_minting import red_letter
-from invoice_minting.claims import ClaimCommand, mint_claims, token_hash
+from invoice_minting.claims import ClaimCommand, mint_claims
 from invoice_minting.events import create_offer
 from invoice_minting.invoice_store import get_invoice
 from invoice_minting.ledger_results import on_result, on_results
@@ -56,7 +57,9 @@ async def test_result_order_does_not_change_the_final_state(
                 token = await create_offer(
                     conn, payments_pb2.Payment(payment_id="p", merchant_id="m1", amount_fen=900), deps
                 )
-                [invoice] = await mint_claims(conn, deps, [ClaimCommand(token_hash(token or ""), buyer, "k")], now)
+                [invoice] = await mint_claims(
+                    conn, deps, [ClaimCommand(claim_token_hash(token or ""), buyer, "k")], now
+                )
                 assert isinstance(invoice, invoice_pb2.Invoice)
                 partial, _ = await red_letter.reverse(
                     conn,

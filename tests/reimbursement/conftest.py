@@ -12,12 +12,13 @@ import pytest
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
-from reimbursement.handlers import HandlerSettings, ReimbursementHandlers
+from reimbursement.grpc_api import ReimbursementServicer
+from reimbursement.handlers import ReimbursementHandlers
 from reimbursement.invoice_facts import FactsCache
-from reimbursement.issuer_keys import store_registration
 from reimbursement.organisations import add_organisation
-from reimbursement.servicer import ReimbursementServicer
-from reimbursement.verification import InvoiceVerifier, VerificationSettings
+from reimbursement.settings import HandlerSettings, VerificationSettings
+from reimbursement.store import store_registration
+from reimbursement.verification import InvoiceVerifier
 
 from tests.reimbursement.fake_ledger import FakeLedger
 from tests.reimbursement.support import Issuer, Pki
@@ -50,7 +51,7 @@ class ApiUnderTest:
 
     def issue(self, buyer_tax_id: str | None, **kwargs: object) -> str:
         signed = self.issuer.invoice(buyer_tax_id, **kwargs)  # type: ignore[arg-type]
-        return self.ledger.issue(signed).invoice_number
+        return self.ledger.issue(signed, self.issuer.key).invoice_number
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """An in-memory ledger implementing LedgerPort for tests that do not need real validators.
 
-It runs the same invoice state machine rules the validators enforce (first LOCK wins, only the holder
-unlocks or closes, CLOSED and CANCELLED are final, a repeated transaction id gets its first result)
-and produces receipts signed by its own validator keys, so the service's receipt checks run for real.
+Every transaction is decided by the validators' own pure code (`ledger.state_machine.execute`: first
+LOCK wins, only the holder unlocks or closes, CLOSED and CANCELLED are final, submitters must hold a
+key an authority registered, a repeated transaction id gets its first result), on one chain, and each
+decision gets a receipt signed by the fake's validator keys, so the service's receipt checks run for real.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
 from fapiao_runtime import merkle
 from fapiao_runtime.envelope import OutgoingEvent
-from fapiao_runtime.ledger_client import SigningKey, sign_transaction, transaction_event
+from fapiao_runtime.ledger_client import SigningKey, sign_key_registration, sign_transaction, transaction_event
+from ledger import state_machine
 
 S = ledger_pb2
 
@@ -25,9 +27,13 @@ S = ledger_pb2
 class FakeLedger:
     def __init__(self, validators: int = 4) -> None:
         self.validator_keys = [SigningKey.generate(f"validator-{i}") for i in range(1, validators + 1)]
+        self.authority = SigningKey.generate("fake-authority")
         self.submitter = SigningKey.generate("fake-submitter")
+        self.keys: dict[str, state_machine.SubmitterKey] = {}
+        self._registration_ids: set[str] = set()
         self.states: dict[str, ledger_pb2.InvoiceState] = {}  # by invoice id
         self.by_number: dict[str, str] = {}
+        self.issuers: dict[str, SigningKey] = {}  # by invoice id: the key that issued it
         self.issue_receipts: dict[str, ledger_pb2.Receipt] = {}
         self.last_receipts: dict[str, ledger_pb2.Receipt] = {}
         self.results: dict[str, tuple[ledger_pb2.TransactionResult, ledger_pb2.Receipt]] = {}
@@ -39,43 +45,63 @@ class FakeLedger:
         self.paused.set()
         self._events: dict[str, asyncio.Event] = {}
         self._prepared: dict[str, ledger_pb2.TransactionBody] = {}  # events handed out, not yet awaited
+        self.register(self.submitter, S.SUBMITTER_ROLE_REIMBURSER, "reimbursement")
 
     @property
     def public_keys(self) -> dict[str, object]:
         return {k.key_id: k.public_key for k in self.validator_keys}
 
+    # -- the chain's view, as state_machine.execute reads it ----------------------------------------
+
+    def key(self, key_id: str) -> state_machine.SubmitterKey | None:
+        return self.keys.get(key_id)
+
+    def invoice(self, invoice_id: str) -> ledger_pb2.InvoiceState | None:
+        return self.states.get(invoice_id)
+
+    def seen(self, transaction_id: str) -> bool:
+        return transaction_id in self.results
+
     # -- test setup --------------------------------------------------------------------------------
 
-    def issue(self, signed: invoice_pb2.SignedInvoice) -> ledger_pb2.InvoiceState:
+    def register(self, key: SigningKey, role: S.SubmitterRole.ValueType, subject: str) -> None:
+        """Register `key` on the ledger, as the registry authority does."""
+        registration = S.KeyRegistration(
+            key_id=key.key_id,
+            public_key=key.public_raw,
+            role=role,
+            subject=subject,
+            registration_id=str(uuid.uuid4()),
+        )
+        signed = sign_key_registration(self.authority, registration)
+        state_machine.register_key(
+            self.keys, self._registration_ids, {self.authority.key_id: self.authority.public_key}, signed
+        )
+
+    def issue(self, signed: invoice_pb2.SignedInvoice, issuer: SigningKey) -> ledger_pb2.InvoiceState:
+        """Issue `signed` with an ISSUE signed by `issuer`, registered for the seller on the ledger first
+        if it is not yet (what reimbursement's own copy of the registrations holds is the test's choice)."""
         body = invoice_pb2.InvoiceBody.FromString(signed.body)
+        if issuer.key_id not in self.keys:
+            self.register(issuer, S.SUBMITTER_ROLE_ISSUER, body.seller.tax_id)
         tx = S.TransactionBody(
             transaction_id=str(uuid.uuid4()), type=S.TRANSACTION_TYPE_ISSUE, invoice_id=body.invoice_id
         )
         tx.issue.invoice.CopyFrom(signed)
-        state = S.InvoiceState(
-            invoice_id=body.invoice_id,
-            invoice_number=body.invoice_number,
-            status=S.INVOICE_LEDGER_STATUS_ISSUED,
-            total_fen=body.total_fen,
-            reimbursable_fen=body.total_fen,
-            buyer_tax_id=body.buyer.tax_id,
-            seller_tax_id=body.seller.tax_id,
-            issue_date=body.issue_date,
-        )
-        self.states[body.invoice_id] = state
+        result, receipt = self._decide(tx, issuer)
+        assert result.accepted, result.rejection_reason
         self.by_number[body.invoice_number] = body.invoice_id
-        _result, receipt = self._commit(tx, True, "", state)
+        self.issuers[body.invoice_id] = issuer
         self.issue_receipts[body.invoice_id] = receipt
-        return state
+        return self.states[body.invoice_id]
 
     def cancel(self, invoice_number: str) -> None:
+        """The issuer cancels the invoice (a full red letter)."""
         invoice_id = self.by_number[invoice_number]
-        state = self.states[invoice_id]
-        state.status = S.INVOICE_LEDGER_STATUS_CANCELLED
-        state.reimbursable_fen = 0
         tx = S.TransactionBody(transaction_id=str(uuid.uuid4()), type=S.TRANSACTION_TYPE_CANCEL, invoice_id=invoice_id)
         tx.cancel.reason = "SALES_RETURN"
-        self._commit(tx, True, "", state)
+        result, _ = self._decide(tx, self.issuers[invoice_id])
+        assert result.accepted, result.rejection_reason
 
     # -- LedgerPort ------------------------------------------------------------------------------
 
@@ -143,7 +169,7 @@ class FakeLedger:
             task.cancel()
         return {t: self.results[t][0] for t in transaction_ids if t in self.results}
 
-    # -- the state machine ------------------------------------------------------------------------
+    # -- deciding ---------------------------------------------------------------------------------
 
     async def _decide_later(self, body: ledger_pb2.TransactionBody) -> None:
         await asyncio.sleep(self.delay_s)
@@ -151,58 +177,37 @@ class FakeLedger:
         self.apply(body)
 
     def apply(self, body: ledger_pb2.TransactionBody) -> ledger_pb2.TransactionResult:
+        """Decide a transaction the service submitted (signed with its REIMBURSER key)."""
         if body.transaction_id in self.results:
             return self.results[body.transaction_id][0]
-        state = self.states.get(body.invoice_id)
-        if state is None:
-            result, _ = self._commit(body, False, "UNKNOWN_INVOICE", S.InvoiceState(invoice_id=body.invoice_id))
-            return result
-        kind = body.WhichOneof("action")
-        org = getattr(body, kind).organisation_tax_id if kind in ("lock", "unlock", "close") else ""
-        reason = self._reject_reason(state, kind, org)
-        if not reason:
-            if kind == "lock":
-                state.status, state.lock_holder_tax_id = S.INVOICE_LEDGER_STATUS_LOCKED, org
-            elif kind == "unlock":
-                state.status, state.lock_holder_tax_id = S.INVOICE_LEDGER_STATUS_ISSUED, ""
-            elif kind == "close":
-                state.status = S.INVOICE_LEDGER_STATUS_CLOSED
-        result, _ = self._commit(body, not reason, reason, state)
+        result, _ = self._decide(body, self.submitter)
         return result
 
-    @staticmethod
-    def _reject_reason(state: ledger_pb2.InvoiceState, kind: str | None, org: str) -> str:
-        status = state.status
-        if status == S.INVOICE_LEDGER_STATUS_CANCELLED:
-            return "CANCELLED"
-        if status == S.INVOICE_LEDGER_STATUS_CLOSED:
-            return "ALREADY_CLOSED"
-        if kind == "lock":
-            return "ALREADY_LOCKED" if status == S.INVOICE_LEDGER_STATUS_LOCKED else ""
-        if status != S.INVOICE_LEDGER_STATUS_LOCKED:
-            return "NOT_LOCKED"
-        return "" if state.lock_holder_tax_id == org else "NOT_LOCK_HOLDER"
+    def _decide(
+        self, body: ledger_pb2.TransactionBody, signer: SigningKey
+    ) -> tuple[ledger_pb2.TransactionResult, ledger_pb2.Receipt]:
+        signed = sign_transaction(body, signer)
+        outcome = state_machine.execute(
+            state_machine.parse_transaction(signed),
+            body.invoice_id,
+            self,
+            chain_id=0,
+            chains=1,
+            height=self.height + 1,
+            index=0,
+            offset=self.height,
+        )
+        if outcome.new_state is not None:
+            self.states[body.invoice_id] = outcome.new_state
+        return self._commit(signed, outcome.result)
 
     def _commit(
-        self, body: ledger_pb2.TransactionBody, accepted: bool, reason: str, state: ledger_pb2.InvoiceState
+        self, signed_tx: ledger_pb2.SignedTransaction, result: ledger_pb2.TransactionResult
     ) -> tuple[ledger_pb2.TransactionResult, ledger_pb2.Receipt]:
         """Put the transaction alone in a new block signed by every fake validator."""
-        raw = body.SerializeToString(deterministic=True)
-        signed = S.SignedTransaction(body=raw, signature=self.submitter.sign(raw)).SerializeToString()
+        signed = signed_tx.SerializeToString()
         self.height += 1
-        snapshot = S.InvoiceState()
-        snapshot.CopyFrom(state)
-        result = S.TransactionResult(
-            transaction_id=body.transaction_id,
-            invoice_id=body.invoice_id,
-            type=body.type,
-            accepted=accepted,
-            rejection_reason=reason,
-            chain_id=0,
-            height=self.height,
-            index=0,
-            state=snapshot,
-        )
+        assert result.height == self.height
         result_bytes = result.SerializeToString(deterministic=True)
         header = S.BlockHeader(
             chain_id=0,
@@ -223,9 +228,8 @@ class FakeLedger:
                     signature=key.sign(header),
                 )
             )
-        self.results[body.transaction_id] = (result, receipt)
-        if accepted:
-            self.last_receipts[body.invoice_id] = receipt
-        event = self._events.setdefault(body.transaction_id, asyncio.Event())
-        event.set()
+        self.results[result.transaction_id] = (result, receipt)
+        if result.accepted:
+            self.last_receipts[result.invoice_id] = receipt
+        self._events.setdefault(result.transaction_id, asyncio.Event()).set()
         return result, receipt

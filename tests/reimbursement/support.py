@@ -9,7 +9,7 @@ from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import SigningKey
-from reimbursement.devstack import Pki, new_invoice_number, new_tax_id
+from fapiao_stack.devstack import Pki, new_invoice_number, new_tax_id
 
 
 @dataclass

@@ -12,8 +12,8 @@ import grpc
 import pytest
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import reason_of
+from fapiao_stack.devstack import RealStack
 from fapiao_stack.harness import StackUnderTest
-from reimbursement.devstack import RealStack
 
 from tests.reimbursement.support import Pki, new_tax_id
 

@@ -62,11 +62,19 @@ async def test_an_idempotency_key_of_128_characters_and_a_newline_is_invalid_arg
         (["٢" * 20], "k1", "INVALID_INVOICE_NUMBER"),  # Arabic-Indic digits, which \d would take
     ],
 )
-def test_the_handlers_patterns_match_whole_ascii_strings(numbers: list[str], key: str, reason: str) -> None:
-    """The handlers hold the rule themselves, whatever edge calls them."""
+async def test_the_handlers_patterns_match_whole_ascii_strings(
+    api: ApiUnderTest, numbers: list[str], key: str, reason: str
+) -> None:
+    """The handlers hold the rule themselves, whatever edge calls them: refused before anything is read."""
+    handlers = ReimbursementHandlers(api.pool, api.ledger)
+    for operation in ("LOCK", "BATCH_CLOSE"):
+        with pytest.raises(InvalidArgument) as caught:
+            await handlers.execute(new_tax_id(), operation, numbers, key, None)
+        assert caught.value.reason == reason
     with pytest.raises(InvalidArgument) as caught:
-        ReimbursementHandlers._validate("LOCK", numbers, key)
-    assert caught.value.reason == reason
+        await handlers.execute(new_tax_id(), "LOCK_ALL", ["26440000000000000001"], "k1", None)
+    assert caught.value.reason == "UNKNOWN_OPERATION"
+    assert not api.ledger.submitted
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from fapiao_runtime.db import apply_migrations, create_pool
+from fapiao_runtime.issuer_keys import IssuerKeyFollower
 from fapiao_runtime.ledger_client import SigningKey, key_registration_events
 from fapiao_runtime.topics import LEDGER_TRANSACTIONS
-from reimbursement.issuer_keys import IssuerKeyRecorder, find_issuer_key
+from reimbursement.store import find_issuer_key, store_registration
 
 from tests.reimbursement.conftest import MIGRATIONS
 from tests.reimbursement.support import Issuer
@@ -56,15 +57,20 @@ async def test_a_far_behind_follower_is_waited_for_until_it_has_stored_the_log(
     topic = f"{topic_prefix}{LEDGER_TRANSACTIONS.name}"
     authority, issuer = SigningKey.generate("authority"), Issuer()
     await _publish_backlog_then_registration(kafka_bootstrap, topic, authority, issuer)
-    recorder = IssuerKeyRecorder(
-        kafka_bootstrap, topic, f"{topic_prefix}follower", pool, {authority.key_id: authority.public_key}
+    recorder = IssuerKeyFollower(
+        kafka_bootstrap,
+        topic,
+        f"{topic_prefix}follower",
+        lambda registration: store_registration(pool, registration),
+        {authority.key_id: authority.public_key},
     )
     assert not await recorder.caught_up(timeout_s=0.2), "a follower that is not running cannot tell"
     stop = asyncio.Event()
     running = asyncio.ensure_future(recorder.run(stop))
     try:
-        while not recorder.assigned:
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(60):
+            while not recorder.assigned:
+                await asyncio.sleep(0.05)
         # It starts BACKLOG records behind the registration: the wait ends only once it is stored.
         assert await find_issuer_key(pool, issuer.key.key_id) is None
         assert await recorder.caught_up(timeout_s=60)

@@ -9,7 +9,6 @@ import pytest
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import reason_of
-from reimbursement.handlers import ReimbursementHandlers
 from reimbursement.pending_resolver import resolve_pending_once, undo_failed_batches
 
 from tests.reimbursement.conftest import ApiUnderTest
@@ -232,38 +231,40 @@ async def test_concurrent_deliveries_of_one_batch_close_all_get_its_outcome(api:
 async def test_a_request_whose_checks_lose_the_race_to_its_twin_returns_the_twins_outcome(
     api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The second delivery of a BatchClose runs its checks only after the first closed the invoices (a
-    loaded machine): the checks now fail (already closed), but the request is the first one's retry."""
+    """The second delivery of a BatchClose reads the ledger for its checks only after the first closed the
+    invoices (a loaded machine): the checks now fail (already closed), but the request is the first one's
+    retry. The interleaving is forced at the ledger port, where the checks read each invoice's state."""
     org = await _org(api)
     numbers = [api.issue(org) for _ in range(2)]
-    original = ReimbursementHandlers._precheck_batch_close
     first_done = asyncio.Event()
     second_arrived = asyncio.Event()
-    calls = 0
+    reads = 0
+    read = api.ledger.invoice_state
 
-    async def late_second(self: ReimbursementHandlers, *args: object) -> None:
-        # The first delivery's checks wait until the second's have begun (however slowly the second
-        # arrives), and the second's go on only once the first has answered.
-        nonlocal calls
-        calls += 1
-        if calls == 1:
+    async def late_second(invoice_number: str, *, state_only: bool = False):  # type: ignore[no-untyped-def]
+        # The first delivery's reads (one per invoice, issued together) wait until the second's have
+        # begun, however slowly it arrives; the second's go on only once the first has answered.
+        nonlocal reads
+        reads += 1
+        if reads <= len(numbers):
             await asyncio.wait_for(second_arrived.wait(), timeout=30)
         else:
             second_arrived.set()
             await first_done.wait()
-        await original(self, *args)  # type: ignore[arg-type]
+        return await read(invoice_number, state_only=state_only)
 
-    monkeypatch.setattr(ReimbursementHandlers, "_precheck_batch_close", late_second)
     async with api.channel(org) as ch:
         stub = api.stub(ch)
         await stub.BatchLockInvoices(rpb.BatchLockInvoicesRequest(invoice_numbers=numbers, idempotency_key="l"))
+        monkeypatch.setattr(api.ledger, "invoice_state", late_second)
         close = rpb.BatchCloseInvoicesRequest(invoice_numbers=numbers, idempotency_key="c")
         deliveries = [asyncio.ensure_future(stub.BatchCloseInvoices(close, timeout=40)) for _ in range(2)]
         await asyncio.wait(deliveries, return_when=asyncio.FIRST_COMPLETED)
         first_done.set()
         replies = await asyncio.gather(*deliveries)
-    assert calls == 2
+    assert reads == 2 * len(numbers)
     assert [[o.status for o in r.outcomes] for r in replies] == [[rpb.REIMBURSEMENT_STATUS_CLOSED] * 2] * 2
+    assert sum(1 for body in api.ledger.submitted if body.WhichOneof("action") == "close") == len(numbers)
 
 
 async def test_a_batch_close_cut_short_by_a_cancellation_says_what_was_closed(api: ApiUnderTest) -> None:

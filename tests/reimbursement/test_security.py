@@ -130,3 +130,53 @@ async def test_a_validator_answering_for_another_invoice_cannot_redirect_a_lock(
     error = await _lock_error(api, tax_id, asked)
     assert error.code() == grpc.StatusCode.UNAVAILABLE and reason_of(error) == "LEDGER_INCONSISTENT"
     assert not api.ledger.submitted
+
+
+async def _verify(api: ApiUnderTest, tax_id: str, number: str) -> rpb.VerifyInvoiceResponse:
+    async with api.channel(tax_id) as channel:
+        return await api.stub(channel).VerifyInvoice(
+            rpb.VerifyInvoiceRequest(invoice_number=number, issue_date="20261124", total_fen=11_200), timeout=5
+        )
+
+
+async def test_a_status_receipt_about_another_invoice_is_refused_not_ignored(api: ApiUnderTest) -> None:
+    """A validator hiding a cancellation behind another invoice's valid receipt: VerifyInvoice must not
+    fall back to the ISSUE's status and call the invoice genuine and reimbursable."""
+    tax_id = new_tax_id()
+    await api.add_org(tax_id)
+    asked, other = api.issue(None), api.issue(None)
+    api.ledger.cancel(asked)
+    asked_id, other_id = api.ledger.by_number[asked], api.ledger.by_number[other]
+    api.ledger.last_receipts[asked_id] = api.ledger.last_receipts[other_id]
+    reply = await _verify(api, tax_id, asked)
+    assert not reply.genuine and reply.problem == "BAD_LEDGER_RECEIPT:STATE_RECEIPT_FOR_ANOTHER_INVOICE"
+    assert reply.status == rpb.REIMBURSEMENT_STATUS_UNSPECIFIED
+
+
+async def test_a_rejected_transaction_is_no_status_receipt(api: ApiUnderTest) -> None:
+    """A rejected transaction's result carries the state it was refused in, which may be long gone: a
+    validator answering with it (a rival's refused LOCK, for an invoice closed since) is refused."""
+    holder, rival = new_tax_id(), new_tax_id()
+    await api.add_org(holder)
+    await api.add_org(rival)
+    number = api.issue(None)
+    async with api.channel(holder) as channel, api.channel(rival) as rival_channel:
+        stub = api.stub(channel)
+        await stub.LockInvoice(rpb.LockInvoiceRequest(invoice_number=number, idempotency_key="h"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.stub(rival_channel).LockInvoice(
+                rpb.LockInvoiceRequest(invoice_number=number, idempotency_key="r"), timeout=5
+            )
+        assert reason_of(caught.value) == "ALREADY_LOCKED"
+        await stub.CloseInvoice(rpb.CloseInvoiceRequest(invoice_number=number, idempotency_key="c"), timeout=5)
+    assert (await _verify(api, holder, number)).status == rpb.REIMBURSEMENT_STATUS_CLOSED
+    invoice_id = api.ledger.by_number[number]
+    [refused] = [
+        receipt
+        for result, receipt in api.ledger.results.values()
+        if result.invoice_id == invoice_id and not result.accepted
+    ]
+    api.ledger.last_receipts[invoice_id] = refused
+    reply = await _verify(api, holder, number)
+    assert not reply.genuine and reply.status != rpb.REIMBURSEMENT_STATUS_LOCKED
+    assert reply.problem == "BAD_LEDGER_RECEIPT:STATE_RECEIPT_FOR_ANOTHER_INVOICE"

@@ -6,9 +6,10 @@ import grpc
 import pytest
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.errors import Unavailable, reason_of
-from reimbursement.issuer_keys import store_registration
 from reimbursement.organisations import Organisation
-from reimbursement.verification import InvoiceVerifier, VerificationSettings
+from reimbursement.settings import VerificationSettings
+from reimbursement.store import store_registration
+from reimbursement.verification import InvoiceVerifier
 
 from tests.reimbursement.conftest import ApiUnderTest
 from tests.reimbursement.support import Issuer, new_invoice_number, new_tax_id
@@ -39,12 +40,12 @@ async def test_forged_invoice_is_not_genuine(api: ApiUnderTest) -> None:
     org = new_tax_id()
     await api.add_org(org)
     # Valid format, on the ledger, but the issuer signature does not verify.
-    forged = api.ledger.issue(api.issuer.invoice(org, forge=True)).invoice_number
+    forged = api.ledger.issue(api.issuer.invoice(org, forge=True), api.issuer.key).invoice_number
     reply = await _verify(api, org, forged)
     assert not reply.genuine and reply.problem == "BAD_ISSUER_SIGNATURE"
-    # Signed by a key nobody registered for this seller.
+    # Issued by a key the ledger knows but this service has no registration of.
     stranger = Issuer(tax_id=api.issuer.tax_id)
-    unregistered = api.ledger.issue(stranger.invoice(org)).invoice_number
+    unregistered = api.ledger.issue(stranger.invoice(org), stranger.key).invoice_number
     reply = await _verify(api, org, unregistered)
     assert not reply.genuine and reply.problem == "UNKNOWN_ISSUER_KEY"
     # A well-formed number the ledger never saw.
@@ -104,7 +105,7 @@ async def test_a_key_not_stored_yet_is_awaited_before_calling_an_invoice_forged(
     org = new_tax_id()
     await api.add_org(org)
     fresh = Issuer(tax_id=new_tax_id())
-    number = api.ledger.issue(fresh.invoice(org)).invoice_number
+    number = api.ledger.issue(fresh.invoice(org), fresh.key).invoice_number
     waited: list[str] = []
 
     async def caught_up() -> bool:

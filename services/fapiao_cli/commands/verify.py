@@ -18,7 +18,8 @@ from pathlib import Path
 import grpc
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2
-from fapiao_runtime.invoice_ids import is_invoice_number
+from fapiao_runtime.invoice_verify import NumberOnly, Outcome, Verdict, decide, read_issue
+from fapiao_runtime.ledger_client import FAILOVER_CODES, NoValidatorAnswered, ValidatorClient
 from fapiao_runtime.ledger_trust import (
     PublicKeys,
     ReceiptInvalid,
@@ -26,10 +27,13 @@ from fapiao_runtime.ledger_trust import (
     validator_keys_from_env,
     verify_receipt,
 )
+from fapiao_runtime.vocabulary import is_invoice_number
 from google.protobuf import json_format
 
-from fapiao_cli import clients
+from fapiao_cli.local import ledger_addresses
 from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, command_epilog
+
+FETCH_TIMEOUT_S = 5.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -62,23 +66,24 @@ def _keys(args: argparse.Namespace) -> PublicKeys:
 
 
 def verify_invoice_receipts(
-    state: ledger_service_pb2.GetInvoiceStateResponse, keys: PublicKeys
-) -> tuple[invoice_pb2.InvoiceBody, ledger_pb2.TransactionResult]:
-    """Verify the ISSUE and latest receipts offline; return the issued invoice body and the latest result.
+    state: ledger_service_pb2.GetInvoiceStateResponse, keys: PublicKeys, invoice_number: str = ""
+) -> tuple[invoice_pb2.InvoiceBody, Verdict]:
+    """Verify the ISSUE and latest receipts offline (`fapiao_runtime.invoice_verify`, without issuer
+    keys); return the issued invoice body and the verdict with its current status.
 
-    Raises ReceiptInvalid when a receipt does not verify or the ISSUE was not accepted.
+    `invoice_number` defaults to the one the answer's state names. Raises ReceiptInvalid naming the
+    first failed check (ISSUE_NOT_FINAL while the ISSUE is not in a final block).
     """
-    issued = verify_receipt(state.issue_receipt, keys)
-    if not issued.accepted or issued.type != ledger_pb2.TRANSACTION_TYPE_ISSUE:
-        raise ReceiptInvalid("NOT_ISSUED", "the ISSUE transaction was not accepted")
-    transaction = ledger_pb2.TransactionBody.FromString(
-        ledger_pb2.SignedTransaction.FromString(state.issue_receipt.transaction).body
-    )
-    body = invoice_pb2.InvoiceBody.FromString(transaction.issue.invoice.body)
-    latest = verify_receipt(state.receipt, keys) if state.receipt.header else issued
-    if latest.invoice_id != issued.invoice_id:
-        raise ReceiptInvalid("RECEIPT_RESULT_MISMATCH", "the receipts are about different invoices")
-    return body, latest
+    claim = NumberOnly(invoice_number or state.state.invoice_number)
+    issued = read_issue(claim, state, keys, None)
+    if isinstance(issued, Verdict):
+        if issued.outcome is Outcome.FORGED:
+            raise ReceiptInvalid(issued.reason, "the ledger's answer does not verify")
+        raise ReceiptInvalid("ISSUE_NOT_FINAL", "the ISSUE transaction is not in a final block yet")
+    verdict = decide(issued, keys, None, None, check_issuer=False)
+    if not verdict.verified:
+        raise ReceiptInvalid(verdict.reason, "the ledger's answer does not verify")
+    return issued.body, verdict
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -105,11 +110,13 @@ def _verify(args: argparse.Namespace) -> int:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             print(json.dumps({"verified": False, "reason": "NOT_ON_LEDGER"}))
             return EXIT_FAILED
-        raise CliError(f"no validator answered: {exc.code().name}", EXIT_UNREACHABLE) from None
+        raise CliError(f"the validator refused: {exc.code().name}", EXIT_UNREACHABLE) from None
+    except NoValidatorAnswered as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
     if args.save:
         args.save.write_text(json_format.MessageToJson(state.receipt if state.receipt.header else state.issue_receipt))
     try:
-        body, latest = verify_invoice_receipts(state, keys)
+        body, verdict = verify_invoice_receipts(state, keys, args.invoice_number)
     except ReceiptInvalid as exc:
         print(json.dumps({"verified": False, "reason": exc.reason, "message": exc.message}))
         return EXIT_FAILED
@@ -121,9 +128,9 @@ def _verify(args: argparse.Namespace) -> int:
                 "seller": body.seller.name,
                 "total_fen": body.total_fen,
                 "issue_date": body.issue_date,
-                "status": ledger_pb2.InvoiceLedgerStatus.Name(latest.state.status),
-                "chain": latest.chain_id,
-                "height": latest.height,
+                "status": ledger_pb2.InvoiceLedgerStatus.Name(verdict.status),
+                "chain": verdict.chain_id,
+                "height": verdict.height,
             },
             ensure_ascii=False,
         )
@@ -132,17 +139,15 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 async def _fetch(invoice_number: str) -> ledger_service_pb2.GetInvoiceStateResponse:
-    """Ask the validators in turn; the answer is verified offline, so any one will do."""
-    last_error: grpc.aio.AioRpcError | None = None
-    for stub in clients.ledgers():
-        try:
-            reply: ledger_service_pb2.GetInvoiceStateResponse = await stub.GetInvoiceState(
-                ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number), timeout=5
-            )
-            return reply
-        except grpc.aio.AioRpcError as exc:
-            last_error = exc
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise
-    assert last_error is not None
-    raise last_error
+    """Ask the validators in turn (`ValidatorClient`, failing over as every service does; a faulty one
+    answering INTERNAL too): the answer is verified offline, so any one will do. NOT_FOUND is an answer."""
+    validators = ValidatorClient(ledger_addresses(), FETCH_TIMEOUT_S)
+    try:
+        reply: ledger_service_pb2.GetInvoiceStateResponse = await validators.call(
+            "GetInvoiceState",
+            ledger_service_pb2.GetInvoiceStateRequest(invoice_number=invoice_number),
+            failover=FAILOVER_CODES | {grpc.StatusCode.INTERNAL},
+        )
+        return reply
+    finally:
+        await validators.close()

@@ -12,26 +12,26 @@ from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.errors import InvalidArgument
 
-from reimbursement import requests_store as store
+from reimbursement import store
 from reimbursement.handlers import ReimbursementHandlers
 from reimbursement.identity import authenticate, peer_tax_id
-from reimbursement.requests_store import TxRow
+from reimbursement.store import Action, Operation, TxRow
 from reimbursement.verification import STATUS_FROM_LEDGER, InvoiceVerifier
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 100
 
 _ACTIONS = {
-    "LOCK": rpb.REIMBURSEMENT_ACTION_LOCK,
-    "UNLOCK": rpb.REIMBURSEMENT_ACTION_UNLOCK,
-    "CLOSE": rpb.REIMBURSEMENT_ACTION_CLOSE,
+    Action.LOCK: rpb.REIMBURSEMENT_ACTION_LOCK,
+    Action.UNLOCK: rpb.REIMBURSEMENT_ACTION_UNLOCK,
+    Action.CLOSE: rpb.REIMBURSEMENT_ACTION_CLOSE,
 }
 
 
 def outcome_of(row: TxRow) -> rpb.ReimbursementOutcome:
     outcome = rpb.ReimbursementOutcome(
         invoice_number=row.invoice_number,
-        status=STATUS_FROM_LEDGER.get(row.ledger_status, rpb.REIMBURSEMENT_STATUS_UNSPECIFIED),  # type: ignore[call-overload]
+        status=STATUS_FROM_LEDGER.get(row.ledger_status, rpb.REIMBURSEMENT_STATUS_UNSPECIFIED),
         transaction_id=row.transaction_id,
         ledger_chain_id=row.chain_id,
         ledger_height=row.height,
@@ -46,12 +46,13 @@ def outcome_of(row: TxRow) -> rpb.ReimbursementOutcome:
     return outcome
 
 
-def _page_token(request_id: int, position: int) -> str:
+def page_token(request_id: int, position: int) -> str:
+    """ListReimbursements' opaque cursor: the (request id, position) of the last row of a page."""
     return base64.urlsafe_b64encode(struct.pack(">qi", request_id, position)).decode()
 
 
-def _parse_page_token(token: str) -> tuple[int, int] | None:
-    """The (request id, position) cursor of a token `_page_token` wrote; INVALID_PAGE_TOKEN for
+def parse_page_token(token: str) -> tuple[int, int] | None:
+    """The (request id, position) cursor of a token `page_token` wrote; INVALID_PAGE_TOKEN for
     anything else (not 12 bytes of base64, or a negative id or position, which no token carries)."""
     if not token:
         return None
@@ -72,7 +73,7 @@ class ReimbursementServicer(rpb_grpc.ReimbursementServiceServicer):
         self._verifier = verifier
 
     async def _run(
-        self, context: grpc.aio.ServicerContext, operation: str, numbers: Sequence[str], key: str
+        self, context: grpc.aio.ServicerContext, operation: Operation, numbers: Sequence[str], key: str
     ) -> list[TxRow]:
         # Authentication (registered, not revoked) happens inside, in the same query as the idempotency lookup.
         return await self._handlers.execute(peer_tax_id(context), operation, numbers, key, context.time_remaining())
@@ -86,31 +87,31 @@ class ReimbursementServicer(rpb_grpc.ReimbursementServiceServicer):
     async def LockInvoice(
         self, request: rpb.LockInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> rpb.LockInvoiceResponse:
-        rows = await self._run(context, "LOCK", [request.invoice_number], request.idempotency_key)
+        rows = await self._run(context, Operation.LOCK, [request.invoice_number], request.idempotency_key)
         return rpb.LockInvoiceResponse(outcome=outcome_of(rows[0]))
 
     async def UnlockInvoice(
         self, request: rpb.UnlockInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> rpb.UnlockInvoiceResponse:
-        rows = await self._run(context, "UNLOCK", [request.invoice_number], request.idempotency_key)
+        rows = await self._run(context, Operation.UNLOCK, [request.invoice_number], request.idempotency_key)
         return rpb.UnlockInvoiceResponse(outcome=outcome_of(rows[0]))
 
     async def CloseInvoice(
         self, request: rpb.CloseInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> rpb.CloseInvoiceResponse:
-        rows = await self._run(context, "CLOSE", [request.invoice_number], request.idempotency_key)
+        rows = await self._run(context, Operation.CLOSE, [request.invoice_number], request.idempotency_key)
         return rpb.CloseInvoiceResponse(outcome=outcome_of(rows[0]))
 
     async def BatchLockInvoices(
         self, request: rpb.BatchLockInvoicesRequest, context: grpc.aio.ServicerContext
     ) -> rpb.BatchLockInvoicesResponse:
-        rows = await self._run(context, "BATCH_LOCK", request.invoice_numbers, request.idempotency_key)
+        rows = await self._run(context, Operation.BATCH_LOCK, request.invoice_numbers, request.idempotency_key)
         return rpb.BatchLockInvoicesResponse(outcomes=[outcome_of(r) for r in rows])
 
     async def BatchCloseInvoices(
         self, request: rpb.BatchCloseInvoicesRequest, context: grpc.aio.ServicerContext
     ) -> rpb.BatchCloseInvoicesResponse:
-        rows = await self._run(context, "BATCH_CLOSE", request.invoice_numbers, request.idempotency_key)
+        rows = await self._run(context, Operation.BATCH_CLOSE, request.invoice_numbers, request.idempotency_key)
         return rpb.BatchCloseInvoicesResponse(outcomes=[outcome_of(r) for r in rows])
 
     async def ListReimbursements(
@@ -121,10 +122,10 @@ class ReimbursementServicer(rpb_grpc.ReimbursementServiceServicer):
             raise InvalidArgument("INVALID_PAGE_SIZE", "page_size must not be negative")
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         found = await store.list_transactions(
-            self._pool, organisation.tax_id, _parse_page_token(request.page_token), size + 1
+            self._pool, organisation.tax_id, parse_page_token(request.page_token), size + 1
         )
         reply = rpb.ListReimbursementsResponse(reimbursements=[outcome_of(row) for _, row in found[:size]])
         if len(found) > size:
             request_id, row = found[size - 1]
-            reply.next_page_token = _page_token(request_id, row.position)
+            reply.next_page_token = page_token(request_id, row.position)
         return reply

@@ -1,10 +1,19 @@
-"""Issuer (seller) public keys, learned from authority-signed key registrations on the ledger log.
+"""Issuer (seller) public keys and the one rule for trusting them: the ledger's.
 
-VerifyInvoice checks the issuer's signature over the exact invoice bytes with the key the signature
-names; that key must have been registered for the invoice's seller by a registry authority whose
-public key this service is configured with (FAPIAO_LEDGER_AUTHORITY_KEYS). Registrations are read
-from ledger.tx.v1 by a consumer group and upserted into issuer_keys (idempotent), so a restart resumes
-from the committed offsets instead of re-reading the log.
+A finance department must be able to trust an issuer key without trusting the service that made it.
+The ledger is that source: a registry authority signs each ISSUER key registration, every validator
+applies the registrations in log order (`ledger.state_machine.apply_registration`), and the ledger
+accepts an ISSUE only when its transaction is signed by a live key registered for the invoice's
+seller. What the validators then sign (a quorum over the block header) attests exactly that. So:
+
+- a key learned from the log (`registration_from_record`, followed by `IssuerKeyFollower`) is trusted
+  for what the authority registered: its seller, and its revocation;
+- whatever delivered a key, `issuer_key_problem` accepts it only when it also verifies the ISSUE
+  transaction of the quorum-verified receipt, under the key id the invoice's signature names. Ed25519
+  under `ed25519_verify` (canonical keys of the prime-order subgroup) binds a signature to one key, so
+  no key other than the one the validators checked can pass: a key handed out by invoice_minting
+  (`ListIssuerKeys`, which the gateway uses as a delivery channel, having no log reader) is trusted
+  only as far as the ledger vouches for it.
 """
 
 from __future__ import annotations
@@ -12,29 +21,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_pb2
+from google.protobuf.message import DecodeError
+
 from fapiao_runtime.consumer import commit_applied, watch_lag
 from fapiao_runtime.envelope import parse_envelope
 from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.kafka import BATCHED_FETCH
-from fapiao_runtime.ledger_trust import PublicKeys, ed25519_verify, verify_signature
-from google.protobuf.message import DecodeError
+from fapiao_runtime.ledger_trust import ED25519, PublicKeys, ed25519_verify, verify_signature
 
 log = logging.getLogger(__name__)
+
+# The reasons an issuer key or signature is refused (VerifyInvoice's `problem`, the gateway's verdict).
+UNKNOWN_ISSUER_KEY = "UNKNOWN_ISSUER_KEY"
+ISSUER_KEY_REVOKED = "ISSUER_KEY_REVOKED"
+ISSUER_KEY_NOT_FOR_SELLER = "ISSUER_KEY_NOT_FOR_SELLER"
+BAD_ISSUER_SIGNATURE = "BAD_ISSUER_SIGNATURE"
+ISSUER_KEY_NOT_ON_LEDGER = "ISSUER_KEY_NOT_ON_LEDGER"
+ISSUER_REASONS = frozenset(
+    {UNKNOWN_ISSUER_KEY, ISSUER_KEY_REVOKED, ISSUER_KEY_NOT_FOR_SELLER, BAD_ISSUER_SIGNATURE, ISSUER_KEY_NOT_ON_LEDGER}
+)
 
 
 @dataclass(frozen=True)
 class IssuerKey:
+    """An issuer public key and what its source says about it.
+
+    `seller_tax_id` empty: the source does not say (the ledger's acceptance of the ISSUE still binds
+    the key to the seller, see the module doc). `revoked`: the registry authority revoked it.
+    """
+
     key_id: str
     public_key: bytes
-    seller_tax_id: str
-    revoked: bool
+    seller_tax_id: str = ""
+    revoked: bool = False
 
 
 def registration_from_record(raw: bytes | None, authority_keys: PublicKeys) -> ledger_pb2.KeyRegistration | None:
@@ -60,57 +86,42 @@ def registration_from_record(raw: bytes | None, authority_keys: PublicKeys) -> l
         return None
 
 
-async def store_registration(conn: asyncpg.Connection | asyncpg.Pool, registration: ledger_pb2.KeyRegistration) -> None:
-    """Upsert an ISSUER key (others are ignored). Revocation sticks: a revoked key id is never re-enabled."""
-    if registration.role != ledger_pb2.SUBMITTER_ROLE_ISSUER:
-        return
-    if registration.revoked:
-        await conn.execute(
-            "UPDATE issuer_keys SET revoked = true, updated_at = now() WHERE key_id = $1", registration.key_id
-        )
-        return
-    if len(registration.public_key) != 32:
-        return
-    await conn.execute(
-        "INSERT INTO issuer_keys (key_id, public_key, seller_tax_id, registration_id) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (key_id) DO NOTHING",
-        registration.key_id,
-        registration.public_key,
-        registration.subject,
-        registration.registration_id,
-    )
-
-
-async def find_issuer_key(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> IssuerKey | None:
-    row = await conn.fetchrow(
-        "SELECT key_id, public_key, seller_tax_id, revoked FROM issuer_keys WHERE key_id = $1", key_id
-    )
-    if row is None:
-        return None
-    return IssuerKey(row["key_id"], bytes(row["public_key"]), row["seller_tax_id"], row["revoked"])
-
-
-def issuer_signature_problem(signed: invoice_pb2.SignedInvoice, seller_tax_id: str, key: IssuerKey | None) -> str:
-    """Empty when `signed` carries a valid signature by a live key registered for `seller_tax_id`."""
-    if key is None:
-        return "UNKNOWN_ISSUER_KEY"
+def issuer_key_problem(
+    signed: invoice_pb2.SignedInvoice,
+    seller_tax_id: str,
+    key: IssuerKey | None,
+    issue_transaction: ledger_pb2.SignedTransaction,
+) -> str:
+    """Empty when `signed` carries a valid signature by `key`, a live key of `seller_tax_id` that the
+    ledger accepted `issue_transaction` (from a quorum-verified ISSUE receipt) under; else the reason.
+    Pure: no I/O."""
+    if key is None or key.key_id != signed.signature.key_id:
+        return UNKNOWN_ISSUER_KEY
     if key.revoked:
-        return "ISSUER_KEY_REVOKED"
-    if key.seller_tax_id != seller_tax_id:
-        return "ISSUER_KEY_NOT_FOR_SELLER"
-    if signed.signature.algorithm != "Ed25519":
-        return "BAD_ISSUER_SIGNATURE"
+        return ISSUER_KEY_REVOKED
+    if key.seller_tax_id and key.seller_tax_id != seller_tax_id:
+        return ISSUER_KEY_NOT_FOR_SELLER
+    if signed.signature.algorithm != ED25519:
+        return BAD_ISSUER_SIGNATURE
     try:
         public_key = Ed25519PublicKey.from_public_bytes(key.public_key)
     except ValueError:
-        return "BAD_ISSUER_SIGNATURE"
+        return BAD_ISSUER_SIGNATURE
     if not ed25519_verify(public_key, signed.signature.signature, signed.body):
-        return "BAD_ISSUER_SIGNATURE"
+        return BAD_ISSUER_SIGNATURE
+    if issue_transaction.signature.key_id != key.key_id or not verify_signature(
+        {key.key_id: public_key}, issue_transaction.signature, issue_transaction.body
+    ):
+        return ISSUER_KEY_NOT_ON_LEDGER
     return ""
 
 
-class IssuerKeyRecorder:
-    """Consumes ledger.tx.v1 (consumer group) and stores authority-signed ISSUER key registrations.
+# Stores one authority-signed registration (idempotent: a replay after a crash stores it again).
+RegistrationSink = Callable[[ledger_pb2.KeyRegistration], Awaitable[None]]
+
+
+class IssuerKeyFollower:
+    """Consumes ledger.tx.v1 (consumer group) and hands authority-signed key registrations to `store`.
 
     It reads in fetch windows (a registration is rare among the records), and after a restart or an
     outage it may be far behind the log: `caught_up` lets a check that found no key wait until every
@@ -118,12 +129,12 @@ class IssuerKeyRecorder:
     """
 
     def __init__(
-        self, bootstrap: str, topic: str, group_id: str, pool: asyncpg.Pool, authority_keys: PublicKeys
+        self, bootstrap: str, topic: str, group_id: str, store: RegistrationSink, authority_keys: PublicKeys
     ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
         self._group_id = group_id
-        self._pool = pool
+        self._store = store
         self._authority_keys = authority_keys
         self.stored = 0
         self._consumer: AIOKafkaConsumer | None = None
@@ -155,9 +166,9 @@ class IssuerKeyRecorder:
                     for record in records:
                         registration = registration_from_record(record.value, self._authority_keys)
                         if registration is not None:
-                            await store_registration(self._pool, registration)
+                            await self._store(registration)
                             self.stored += 1
-                # Offsets only after the upserts are durable: a crash replays (upserts are idempotent).
+                # Offsets only after the registrations are stored: a crash replays (storing is idempotent).
                 await commit_applied(consumer, offsets)
                 self._committed.set()
                 self._committed = asyncio.Event()
@@ -172,9 +183,10 @@ class IssuerKeyRecorder:
         return self._consumer is not None and bool(self._consumer.assignment())
 
     async def caught_up(self, timeout_s: float = 2.0) -> bool:
-        """Wait until the group (this replica or another, the table is shared) has stored every record
-        the log holds now: committed offsets at the end offsets read at the call. False if that does not
-        happen within `timeout_s` (far behind, or the consumer is down): the caller must not conclude."""
+        """Wait until the group (this replica or another: what it stores is shared) has stored every
+        record the log holds now: committed offsets at the end offsets read at the call. False if that
+        does not happen within `timeout_s` (far behind, or the consumer is down): the caller must not
+        conclude."""
         consumer = self._consumer
         if consumer is None:
             return False

@@ -1,5 +1,8 @@
 """A local reimbursement deployment for tests and the benchmark: a CA, 4 validator processes, the
-reimbursement process behind mutual TLS, organisation certificates and invoices issued on the ledger."""
+reimbursement process behind mutual TLS, organisation certificates and invoices issued on the ledger.
+
+A harness, not part of the service: it runs the reimbursement package's processes and migrations.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import reimbursement
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime.db import apply_migrations, create_pool
@@ -23,13 +27,13 @@ from fapiao_runtime.pki import (
     write_pem_pair,
 )
 from fapiao_runtime.tax_id import uscc_check_char
+from reimbursement.organisations import add_organisation
+
 from fapiao_stack.devnet import LedgerNetwork, cancel, issue
 from fapiao_stack.harness import ServiceProcess, StackUnderTest
 from fapiao_stack.procs import free_port
 
-from reimbursement.organisations import add_organisation
-
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(reimbursement.__file__).parent / "migrations"
 
 
 def new_tax_id() -> str:
@@ -152,9 +156,28 @@ class RealStack:
         await self.net.submit([tx])
         result = await self.waiter.wait(ledger_pb2.TransactionBody.FromString(tx.body).transaction_id, 30)
         assert result.accepted, result.rejection_reason
+        await self.final_everywhere(number, ledger_pb2.INVOICE_LEDGER_STATUS_CANCELLED)
+
+    async def final_everywhere(
+        self, number: str, status: ledger_pb2.InvoiceLedgerStatus.ValueType, timeout_s: float = 30.0
+    ) -> None:
+        """Wait until every validator serves a final receipt leaving the invoice in `status`: a result is
+        published once a quorum signed its block, and a validator outside that quorum may still answer
+        with the previous receipt for a moment."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                replies = await self._replies(number)
+                if all(
+                    ledger_pb2.TransactionResult.FromString(r.receipt.result).state.status == status for r in replies
+                ):
+                    return
+                await asyncio.sleep(0.05)
 
     async def states(self, number: str) -> list[ledger_pb2.InvoiceState]:
         """The invoice's state on every validator (one long-lived channel per validator)."""
+        return [r.state for r in await self._replies(number)]
+
+    async def _replies(self, number: str) -> list[ledger_service_pb2.GetInvoiceStateResponse]:
         if not self._validator_channels:
             self._validator_channels = [
                 grpc.aio.insecure_channel(f"127.0.0.1:{p.port}") for p in self.net.processes.values()
@@ -167,4 +190,4 @@ class RealStack:
                 for c in self._validator_channels
             )
         )
-        return [r.state for r in replies]
+        return list(replies)

@@ -1,4 +1,5 @@
-"""Idempotency store: requests and the ledger transactions they submitted, in PostgreSQL.
+"""The reimbursement store, in PostgreSQL: requests and the ledger transactions they submitted
+(idempotency), and the issuer keys learnt from the ledger log.
 
 A request row (UNIQUE organisation + idempotency key) and its transaction ids are inserted in the
 same database transaction that enqueues the signed transactions for the ledger, so a retry always
@@ -8,6 +9,7 @@ finds the ids it must wait for and never submits a second, different transaction
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -17,15 +19,49 @@ from datetime import UTC, datetime
 import asyncpg
 from fapiao.ledger.v1 import ledger_pb2
 from fapiao_runtime.envelope import OutgoingEvent
+from fapiao_runtime.issuer_keys import IssuerKey
 from fapiao_runtime.outbox import OUTBOX_INSERT, outbox_arrays, outbox_source
 
 from reimbursement.organisations import Organisation
 
 
+class Operation(enum.StrEnum):
+    """What a request asks for (reimbursement_requests.operation)."""
+
+    LOCK = "LOCK"
+    UNLOCK = "UNLOCK"
+    CLOSE = "CLOSE"
+    BATCH_LOCK = "BATCH_LOCK"
+    BATCH_CLOSE = "BATCH_CLOSE"
+
+
+class Action(enum.StrEnum):
+    """The ledger transaction a row submits (reimbursement_transactions.action)."""
+
+    LOCK = "LOCK"
+    UNLOCK = "UNLOCK"
+    CLOSE = "CLOSE"
+
+
+class Purpose(enum.StrEnum):
+    """Why a row was submitted: the caller asked for it, or it undoes a LOCK a failed batch won."""
+
+    REQUESTED = "REQUESTED"
+    COMPENSATION = "COMPENSATION"
+
+
+class TxState(enum.StrEnum):
+    """Where a submitted transaction stands; the ledger's result decides it, once."""
+
+    PENDING = "PENDING"
+    ACCEPTED = "ACCEPTED"
+    REJECTED = "REJECTED"
+
+
 @dataclass(frozen=True)
 class StoredRequest:
     request_id: int
-    operation: str
+    operation: Operation
     request_digest: bytes
 
 
@@ -35,13 +71,13 @@ class TxRow:
 
     transaction_id: str
     position: int
-    purpose: str
-    action: str
+    purpose: Purpose
+    action: Action
     invoice_number: str
     invoice_id: str
-    state: str = "PENDING"
+    state: TxState = TxState.PENDING
     rejection_reason: str = ""
-    ledger_status: int = 0
+    ledger_status: ledger_pb2.InvoiceLedgerStatus.ValueType = ledger_pb2.INVOICE_LEDGER_STATUS_UNSPECIFIED
     reimbursable_fen: int = 0
     chain_id: int = 0
     height: int = 0
@@ -50,10 +86,10 @@ class TxRow:
 
     @property
     def pending(self) -> bool:
-        return self.state == "PENDING"
+        return self.state is TxState.PENDING
 
 
-def request_digest(operation: str, invoice_numbers: Sequence[str]) -> bytes:
+def request_digest(operation: Operation, invoice_numbers: Sequence[str]) -> bytes:
     """What a request asks for; the same key with another digest is an idempotency conflict."""
     return hashlib.sha256(f"{operation}\n{','.join(invoice_numbers)}".encode()).digest()
 
@@ -68,11 +104,11 @@ def _row(record: asyncpg.Record) -> TxRow:
     return TxRow(
         transaction_id=str(record["transaction_id"]),
         position=record["position"],
-        purpose=record["purpose"],
-        action=record["action"],
+        purpose=Purpose(record["purpose"]),
+        action=Action(record["action"]),
         invoice_number=record["invoice_number"],
         invoice_id=record["invoice_id"],
-        state=record["state"],
+        state=TxState(record["state"]),
         rejection_reason=record["rejection_reason"],
         ledger_status=record["ledger_status"],
         reimbursable_fen=record["reimbursable_fen"],
@@ -99,7 +135,7 @@ async def find_caller_and_request(
     organisation = Organisation(row["tax_id"], row["name"], row["status"] == "ACTIVE")
     if row["id"] is None:
         return organisation, None
-    return organisation, StoredRequest(row["id"], row["operation"], bytes(row["request_digest"]))
+    return organisation, StoredRequest(row["id"], Operation(row["operation"]), bytes(row["request_digest"]))
 
 
 async def find_request(conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, key: str) -> StoredRequest | None:
@@ -109,14 +145,14 @@ async def find_request(conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, key
         tax_id,
         key,
     )
-    return None if row is None else StoredRequest(row["id"], row["operation"], bytes(row["request_digest"]))
+    return None if row is None else StoredRequest(row["id"], Operation(row["operation"]), bytes(row["request_digest"]))
 
 
 async def insert_request_with_transactions(
     conn: asyncpg.Connection | asyncpg.Pool,
     tax_id: str,
     key: str,
-    operation: str,
+    operation: Operation,
     digest: bytes,
     rows: Sequence[TxRow],
     events: Sequence[OutgoingEvent] = (),
@@ -201,7 +237,7 @@ async def record_outcomes(
         [
             (
                 uuid.UUID(r.transaction_id),
-                "ACCEPTED" if r.accepted else "REJECTED",
+                TxState.ACCEPTED if r.accepted else TxState.REJECTED,
                 r.rejection_reason,
                 int(r.state.status),
                 r.state.reimbursable_fen,
@@ -218,9 +254,9 @@ def apply_result(row: TxRow, result: ledger_pb2.TransactionResult, decided_at: d
     """Update the in-memory row with a committed result (mirrors record_outcomes)."""
     if not row.pending:
         return
-    row.state = "ACCEPTED" if result.accepted else "REJECTED"
+    row.state = TxState.ACCEPTED if result.accepted else TxState.REJECTED
     row.rejection_reason = result.rejection_reason
-    row.ledger_status = int(result.state.status)
+    row.ledger_status = result.state.status
     row.reimbursable_fen = result.state.reimbursable_fen
     row.chain_id = result.chain_id
     row.height = result.height
@@ -269,7 +305,7 @@ async def failed_batch_locks_to_undo(
 
 async def latest_holder_actions(
     conn: asyncpg.Connection | asyncpg.Pool, tax_id: str, invoice_numbers: Sequence[str], except_key: str
-) -> dict[str, tuple[str, str]]:
+) -> dict[str, tuple[Action, TxState]]:
     """invoice number -> (action, state) of `tax_id`'s latest transaction on it not rejected, leaving out
     the request with idempotency key `except_key`."""
     records = await conn.fetch(
@@ -282,7 +318,7 @@ async def latest_holder_actions(
         list(invoice_numbers),
         except_key,
     )
-    return {r["invoice_number"]: (r["action"], r["state"]) for r in records}
+    return {r["invoice_number"]: (Action(r["action"]), TxState(r["state"])) for r in records}
 
 
 async def stale_pending(conn: asyncpg.Connection | asyncpg.Pool, older_than_s: float, limit: int) -> dict[str, str]:
@@ -311,3 +347,34 @@ async def locked_invoice_ids(
         list(invoice_numbers),
     )
     return {r["invoice_number"]: r["invoice_id"] for r in records}
+
+
+async def store_registration(conn: asyncpg.Connection | asyncpg.Pool, registration: ledger_pb2.KeyRegistration) -> None:
+    """Upsert an ISSUER key (others are ignored). Revocation sticks: a revoked key id is never re-enabled."""
+    if registration.role != ledger_pb2.SUBMITTER_ROLE_ISSUER:
+        return
+    if registration.revoked:
+        await conn.execute(
+            "UPDATE issuer_keys SET revoked = true, updated_at = now() WHERE key_id = $1", registration.key_id
+        )
+        return
+    if len(registration.public_key) != 32:
+        return
+    await conn.execute(
+        "INSERT INTO issuer_keys (key_id, public_key, seller_tax_id, registration_id) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (key_id) DO NOTHING",
+        registration.key_id,
+        registration.public_key,
+        registration.subject,
+        registration.registration_id,
+    )
+
+
+async def find_issuer_key(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> IssuerKey | None:
+    """The issuer key `key_id` as the authority registered it on the ledger, or None if not (yet) stored."""
+    row = await conn.fetchrow(
+        "SELECT key_id, public_key, seller_tax_id, revoked FROM issuer_keys WHERE key_id = $1", key_id
+    )
+    if row is None:
+        return None
+    return IssuerKey(row["key_id"], bytes(row["public_key"]), row["seller_tax_id"], row["revoked"])
