@@ -32,6 +32,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -462,7 +463,13 @@ def phase_image() -> None:
         raise PhaseFailed(f"{image}: a CJK font, a non-root user and no dev extra expected\n{done.stderr[-2000:]}")
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    # A SIGTERM (a CI timeout, say) unwinds like ^C: every phase removes what it started on the way out.
+    signal.signal(signal.SIGTERM, _interrupted)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=("image", "compose", "kube"), help="run one phase only")
     args = parser.parse_args(argv)
