@@ -12,10 +12,10 @@ for every service to be healthy in the start order of deploy/compose/compose.yam
 also when a step fails or times out. Every wait has a deadline. Exit code 0 only when every phase passed.
 
 Compose: deploy/compose/init.sh (the init step, in the image), then podman-compose brings the services up
-tier by tier: podman 4.3 (Debian 12) has no `podman wait --condition=healthy`, for which podman-compose
-skips `depends_on: {condition: service_healthy}`, and no systemd timer runs its healthchecks here, so this
-driver runs each container's healthcheck (`podman healthcheck run`) and starts a tier once the tiers it
-depends on are healthy.
+tier by tier: podman-compose skips `depends_on: {condition: service_healthy}` on podman before 4.6
+(Debian 12 has 4.3), and no systemd timer runs the healthchecks here, so this driver runs each
+container's healthcheck (`podman healthcheck run`) and starts a tier once the tiers it depends on are
+healthy.
 
 Kube: Kafka and PostgreSQL come from the compose file (their StatefulSets need volume claim templates
 and a cluster of three, which `podman kube play` cannot run); every Fapiao workload of deploy/k8s
