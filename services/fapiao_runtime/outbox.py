@@ -68,6 +68,15 @@ async def enqueue(conn: asyncpg.Connection, events: Sequence[OutgoingEvent]) -> 
     )
 
 
+async def unsent(conn: asyncpg.Connection, event_ids: Sequence[str]) -> int:
+    """How many of the events `event_ids` are still waiting in the outbox: committed here, not yet
+    accepted by Kafka (the relay has not run, or the broker refuses or cannot be reached)."""
+    value = await conn.fetchval(
+        "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND event_id = ANY($1::uuid[])", list(event_ids)
+    )
+    return int(value)
+
+
 class OutboxRelay:
     """Publishes unsent outbox rows to Kafka, then marks them sent.
 

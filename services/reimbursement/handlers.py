@@ -343,6 +343,15 @@ class ReimbursementHandlers:
     ) -> list[TxRow]:
         pending = [r for r in rows if r.pending]
         if pending:
+            async with self._pool.acquire() as conn:
+                waiting = await self._ledger.unsubmitted(conn, [r.transaction_id for r in pending])
+            if waiting:
+                # Kept in the outbox, it reaches the ledger once Kafka takes writes again.
+                raise Unavailable(
+                    "LEDGER_LOG_UNAVAILABLE",
+                    "the ledger's transaction log does not accept writes now (Kafka unreachable or below its"
+                    " in-sync replicas); the request is kept: retry with the same idempotency key",
+                )
             raise DeadlineExceeded(
                 "OUTCOME_PENDING", "the ledger has not decided yet; retry with the same idempotency key"
             )

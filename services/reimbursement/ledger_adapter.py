@@ -23,7 +23,7 @@ from fapiao_runtime.ledger_client import (
     transaction_event,
 )
 from fapiao_runtime.ledger_trust import PublicKeys, ReceiptInvalid, verify_receipt
-from fapiao_runtime.outbox import enqueue
+from fapiao_runtime.outbox import enqueue, unsent
 from fapiao_runtime.topics import LEDGER_TRANSACTIONS
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,9 @@ class ValidatorLedger:
 
     async def submit(self, conn: asyncpg.Connection, bodies: Sequence[ledger_pb2.TransactionBody]) -> None:
         await enqueue(conn, self.transaction_events(bodies))
+
+    async def unsubmitted(self, conn: asyncpg.Connection, transaction_ids: Sequence[str]) -> int:
+        return await unsent(conn, transaction_ids)  # a transaction's event id is its transaction id
 
     async def wait_results(
         self, transactions: Mapping[str, str], timeout_s: float

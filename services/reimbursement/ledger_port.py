@@ -39,6 +39,10 @@ class LedgerPort(Protocol):
         guaranteed (at least once; the ledger answers a duplicate transaction id with its first result).
         """
 
+    async def unsubmitted(self, conn: asyncpg.Connection, transaction_ids: Sequence[str]) -> int:
+        """How many of `transaction_ids` (committed by `submit`) the ledger's transaction log has not
+        accepted yet: still in the outbox because Kafka refuses writes or cannot be reached."""
+
     async def wait_results(
         self, transactions: Mapping[str, str], timeout_s: float
     ) -> dict[str, ledger_pb2.TransactionResult]:

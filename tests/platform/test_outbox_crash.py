@@ -12,7 +12,7 @@ import pytest
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.envelope import make_envelope, outgoing
-from fapiao_runtime.outbox import enqueue
+from fapiao_runtime.outbox import enqueue, unsent
 from fapiao_runtime.topics import PAYMENTS
 from fapiao_stack.harness import StackUnderTest, read_envelopes
 from fapiao_stack.procs import spawn, stop_pid
@@ -118,3 +118,23 @@ async def _fewer(count, before: int) -> bool:  # type: ignore[no-untyped-def]
 
 async def _is_zero(count) -> bool:  # type: ignore[no-untyped-def]
     return await count() == 0
+
+
+async def test_unsent_counts_the_events_kafka_has_not_taken_yet(stack: StackUnderTest) -> None:
+    pool = await create_pool(stack.database_url, "unsent_side")
+    await apply_migrations(pool, "unsent_side", None)
+    try:
+        events = [
+            outgoing(PAYMENTS.name, make_envelope(payments_pb2.PaymentSucceeded(), aggregate_id=f"p-{i}", producer="t"))
+            for i in range(3)
+        ]
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                await enqueue(conn, events)
+            ids = [str(e.event_id) for e in events]
+            assert await unsent(conn, ids) == 3
+            await conn.execute("UPDATE outbox SET sent_at = now() WHERE event_id = $1::uuid", ids[0])
+            assert await unsent(conn, ids) == 2
+            assert await unsent(conn, [ids[0]]) == 0
+    finally:
+        await pool.close()

@@ -43,6 +43,8 @@ class FakeLedger:
         self.delay_s = 0.005
         self.paused = asyncio.Event()
         self.paused.set()
+        # While set, the transaction log refuses writes: what is submitted waits, undelivered.
+        self.log_down = False
         self._events: dict[str, asyncio.Event] = {}
         self._prepared: dict[str, ledger_pb2.TransactionBody] = {}  # events handed out, not yet awaited
         self.register(self.submitter, S.SUBMITTER_ROLE_REIMBURSER, "reimbursement")
@@ -153,6 +155,9 @@ class FakeLedger:
             copy.CopyFrom(body)
             self._schedule(copy)
 
+    async def unsubmitted(self, conn: asyncpg.Connection, transaction_ids: Sequence[str]) -> int:
+        return len(transaction_ids) if self.log_down else 0
+
     async def wait_results(
         self, transactions: Mapping[str, str], timeout_s: float
     ) -> dict[str, ledger_pb2.TransactionResult]:
@@ -174,6 +179,8 @@ class FakeLedger:
     async def _decide_later(self, body: ledger_pb2.TransactionBody) -> None:
         await asyncio.sleep(self.delay_s)
         await self.paused.wait()
+        while self.log_down:
+            await asyncio.sleep(0.01)
         self.apply(body)
 
     def apply(self, body: ledger_pb2.TransactionBody) -> ledger_pb2.TransactionResult:

@@ -69,6 +69,23 @@ async def test_deadline_before_outcome_then_retry_returns_real_outcome(api: ApiU
     assert retried.outcome.transaction_id == api.ledger.submitted[0].transaction_id
 
 
+async def test_a_lock_while_the_ledger_log_refuses_writes_is_unavailable_and_kept(api: ApiUnderTest) -> None:
+    org = await _org(api)
+    number = api.issue(org)
+    api.ledger.log_down = True  # Kafka below its in-sync replicas: the outbox cannot deliver
+    async with api.channel(org) as channel:
+        stub = api.stub(channel)
+        request = rpb.LockInvoiceRequest(invoice_number=number, idempotency_key="log-down")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.LockInvoice(request, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert reason_of(caught.value) == "LEDGER_LOG_UNAVAILABLE"
+        api.ledger.log_down = False
+        retried = await stub.LockInvoice(request, timeout=10)
+    assert retried.outcome.status == rpb.REIMBURSEMENT_STATUS_LOCKED
+    assert len(api.ledger.submitted) == 1, "the request was kept and submitted once"
+
+
 async def test_concurrent_lockers_one_winner_others_already_locked(api: ApiUnderTest) -> None:
     orgs = [await _org(api) for _ in range(6)]
     number = api.issue(None)  # personal invoice: any registered organisation may try
