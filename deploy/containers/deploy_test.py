@@ -393,6 +393,10 @@ def kube_stack(play_file: Path, secrets: list[str]) -> Iterator[None]:
         for pod in pods:
             run(["podman", "pod", "rm", "--force", "--ignore", pod], timeout_s=120, check=False)
         run(["podman", "secret", "rm", *secrets], check=False)
+        # podman 4.3 copies a Secret mounted as a volume into a named volume of the Secret's name, which
+        # `kube down` keeps: the keys must not outlive the run.
+        for name in secrets:
+            run(["podman", "volume", "rm", "--force", name], check=False)
 
     remove()  # a run that was killed may have left them
     try:
@@ -463,6 +467,30 @@ def phase_image() -> None:
         raise PhaseFailed(f"{image}: a CJK font, a non-root user and no dev extra expected\n{done.stderr[-2000:]}")
 
 
+def leftovers() -> list[str]:
+    """What a run may leave and must not: the compose project's containers and volumes, the played pods,
+    the Secrets' podman secrets and volumes."""
+    workloads = [
+        d for d in load_documents(K8S_DIR / "ledger.yaml", K8S_DIR / "services.yaml") if "template" in d["spec"]
+    ]
+    pods = {f"{d['metadata']['name']}-pod-0" for d in workloads}
+    secrets = set()
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        secrets |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        for container in pod["containers"]:
+            secrets |= {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
+    found = run(["podman", "ps", "-aq", "--filter", f"label=io.podman.compose.project={PROJECT}"], check=False)
+    left = [f"container {c}" for c in found.stdout.split()]
+    listed = run(["podman", "pod", "ps", "--format", "{{.Name}}"], check=False).stdout.split()
+    left += [f"pod {p}" for p in listed if p in pods]
+    listed = run(["podman", "volume", "ls", "--format", "{{.Name}}"], check=False).stdout.split()
+    left += [f"volume {v}" for v in listed if v in secrets or v.startswith(f"{PROJECT}_")]
+    listed = run(["podman", "secret", "ls", "--format", "{{.Name}}"], check=False).stdout.split()
+    left += [f"secret {v}" for v in listed if v in secrets]
+    return left
+
+
 def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -486,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         except PhaseFailed as exc:
             say(f"FAILED: {exc}")
             results[name] = f"FAILED after {time.monotonic() - started:.0f} s"
+    left = leftovers()
+    if left:
+        results["clean-up"] = "FAILED, left: " + ", ".join(left)
     say("\n" + "\n".join(f"deploy-test {name}: {result}" for name, result in results.items()))
     return 0 if all(result.startswith("passed") for result in results.values()) else 1
 
