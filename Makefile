@@ -88,7 +88,7 @@ status: setup ## health of every process of the local stack
 	$(PY) -m fapiao_stack status
 
 demo: setup ## start the stack, walk the end-to-end story, stop the stack
-	$(PY) -m fapiao_stack demo
+	$(PY) -m fapiao_cli.demo
 
 cluster-up: setup ## the multi-host cluster: every process on its own network namespace (root); wait for SERVING
 	$(PY) -m fapiao_stack up --hosts

@@ -1,9 +1,8 @@
 """Warm the broker's JIT before anything is measured.
 
 A freshly started JVM interprets Kafka's request paths until its compilers (C1, then C2) have compiled
-the hot ones. Measured on this machine with a fresh broker and 1,000 small records/s: the C2 compiler
-threads took 50-60 % of a core for the first 20 s, and a hop through the broker had a p99 of 21 ms,
-against 3-4 ms once compilation was done (about 40 s). A broker in service has long been compiled, so
+the hot ones: meanwhile the compiler threads take a large share of a core and a hop through the broker
+is several times slower than once compilation is done. A broker in service has long been compiled, so
 the benchmark, which claims steady-state figures, measures that: before the first area it drives the
 kinds of traffic the services make until the compiler threads go quiet: small records sent one by one
 (idempotent producer without linger) to long-polling consumers, batched records (an outbox relay's

@@ -26,6 +26,7 @@ from fapiao_runtime.errors import reason_of
 from fapiao_runtime.ledger_trust import ReceiptInvalid, quorum_for, validator_keys_from_env, verify_receipt
 from fapiao_runtime.pki import issue_organisation_certificate, read_pem_pair, write_pem_pair
 from fapiao_runtime.tax_id import uscc_check_char
+from fapiao_stack import stack
 from fapiao_stack.paths import REPO_ROOT
 
 from fapiao_cli import clients
@@ -298,8 +299,6 @@ def _get_invoice(number: str):  # type: ignore[no-untyped-def]
 
 def run_demo(keep_running: bool = False) -> int:
     """Start the stack, walk the story, stop the stack (unless keep_running). 0 iff every promise held."""
-    from fapiao_stack import stack
-
     story = Story()
     print("Starting the real stack: Kafka (KRaft), PostgreSQL, payment_intake, invoice_minting,")
     print("4 ledger validators, reimbursement and the gateway ...", flush=True)

@@ -1,4 +1,4 @@
-"""Entry point: python -m invoice_minting.
+"""Entry point: python -m invoice_minting (wires settings, store, handlers, the gRPC API and the consumers).
 
 Environment (besides the shared FAPIAO_* runtime settings): FAPIAO_SECRETS_KEY (32 bytes, hex or
 base64; FAPIAO_DEV_MODE=1 generates one into FAPIAO_DEV_STATE_DIR), FAPIAO_LEDGER_AUTHORITY_KEY_FILE
@@ -24,13 +24,14 @@ from fapiao_runtime.topics import LEDGER_RESULTS, MERCHANTS, PAYMENTS
 
 from invoice_minting.claims import ClaimPipeline
 from invoice_minting.deps import MintingDeps
-from invoice_minting.events import on_merchant_event, on_payment_event, on_payment_events
+from invoice_minting.events import on_merchant_event, on_payment_event, on_payment_events, on_result, on_results
 from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer
-from invoice_minting.issuer_keys import IssuerKeyStore
-from invoice_minting.ledger_results import on_result, on_results
+from invoice_minting.handlers import MintingHandlers
+from invoice_minting.issuer_keys import IssuerKeys
 from invoice_minting.offer_waiter import OfferWaiter
 from invoice_minting.secrets_box import SecretsBox, load_secrets_key, previous_keys_from_env
 from invoice_minting.settings import MintingSettings
+from invoice_minting.store import UnitOfWork
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -42,7 +43,7 @@ def build_deps(settings: MintingSettings, producer: str) -> MintingDeps:
     if not settings.authority_key_file:
         raise RuntimeError("FAPIAO_LEDGER_AUTHORITY_KEY_FILE is required (issuer keys must be registered)")
     authority = SigningKey.from_pem(settings.authority_key_id, Path(settings.authority_key_file).read_bytes())
-    keys = IssuerKeyStore(box, authority, settings.ledger_partitions, producer)
+    keys = IssuerKeys(box, authority, settings.ledger_partitions, producer)
     return MintingDeps(settings=settings, keys=keys, box=box, producer=producer)
 
 
@@ -50,10 +51,11 @@ def make_wiring(settings: MintingSettings):  # type: ignore[no-untyped-def]
     async def wire(ctx: ServiceContext, server: GrpcServer) -> list[Awaitable[None] | Task]:
         cfg = ctx.config
         deps = build_deps(settings, cfg.service_name)
-        claims = ClaimPipeline(ctx.pool, deps)
+        uow = UnitOfWork(ctx.pool)
+        claims = ClaimPipeline(uow, deps)
         offers = OfferWaiter(cfg.database_url)
-        servicer = InvoiceMintingServicer(ctx.pool, deps, claims, offers)
-        server.add_servicer(api_grpc.add_InvoiceMintingServiceServicer_to_server, servicer)
+        handlers = MintingHandlers(uow, deps, claims, offers)
+        server.add_servicer(api_grpc.add_InvoiceMintingServiceServicer_to_server, InvoiceMintingServicer(handlers))
 
         async def merchant_handler(conn, envelope):  # type: ignore[no-untyped-def]
             await on_merchant_event(conn, envelope, deps)

@@ -33,14 +33,13 @@ from fapiao_runtime.errors import (
     unavailable_cause,
 )
 from fapiao_runtime.invoice_ids import invoice_id_for_number
-from fapiao_runtime.outbox import enqueue
 from prometheus_client import Counter, Histogram
 
 from invoice_minting import red_letter
 from invoice_minting.deps import MintingDeps
 from invoice_minting.invoice_format import beijing_date, invoice_number, issue_date_text
-from invoice_minting.invoice_store import NewInvoice, allocate_sequences, insert_invoices, invoices_by_id
 from invoice_minting.signing import build_body, issue_submission, sign_invoice
+from invoice_minting.store import MintingStore, NewInvoice, UnitOfWork
 from invoice_minting.tax import lines_for_payment
 
 log = logging.getLogger(__name__)
@@ -74,20 +73,6 @@ class ClaimCommand:
             ).digest()
 
 
-_OFFERS = """
-SELECT o.offer_id, o.token_hash, o.payment_id, o.merchant_id, o.amount_fen, o.payment, o.expires_at,
-       o.refunded_fen, o.invoice_id, o.claim_idempotency_key, o.claim_request_hash,
-       m.legal_name, m.tax_id, m.region_code, m.default_tax_classification_code, m.default_item_name,
-       m.default_tax_rate_bp, k.key_id, k.private_key_sealed
-FROM claim_offers o
-LEFT JOIN merchants m ON m.merchant_id = o.merchant_id
-LEFT JOIN issuer_keys k ON k.merchant_id = o.merchant_id AND k.active
-WHERE o.token_hash = ANY($1::bytea[])
-ORDER BY o.token_hash
-FOR UPDATE OF o
-"""
-
-
 def _decide(
     cmd: ClaimCommand, row: asyncpg.Record | None, prior: tuple[str, bytes, uuid.UUID] | None, now: dt.datetime
 ) -> FapiaoError | uuid.UUID | None:
@@ -113,11 +98,10 @@ def _decide(
 
 
 async def mint_claims(
-    conn: asyncpg.Connection, deps: MintingDeps, commands: list[ClaimCommand], now: dt.datetime
+    store: MintingStore, deps: MintingDeps, commands: list[ClaimCommand], now: dt.datetime
 ) -> list[ClaimOutcome]:
-    """Decide and mint `commands` inside the caller's transaction; one outcome per command, in order."""
-    rows = await conn.fetch(_OFFERS, list({c.token_hash for c in commands}))
-    by_hash = {r["token_hash"]: r for r in rows}
+    """Decide and mint `commands` inside the store's transaction; one outcome per command, in order."""
+    by_hash = await store.lock_offers_to_claim(list({c.token_hash for c in commands}))
     outcomes: list[ClaimOutcome | uuid.UUID | None] = [None] * len(commands)
     claimed: dict[bytes, tuple[str, bytes, uuid.UUID]] = {}
     to_mint: list[tuple[int, asyncpg.Record, uuid.UUID]] = []
@@ -146,7 +130,7 @@ async def mint_claims(
     events = []
     for region in sorted(by_region):  # counters locked in a fixed order: no deadlocks between batches
         group = by_region[region]
-        first = await allocate_sequences(conn, region, day.year, len(group))
+        first = await store.allocate_sequences(region, day.year, len(group))
         for offset, (index, row, placeholder) in enumerate(group):
             payment = payments_pb2.Payment.FromString(row["payment"])
             key = deps.keys.signing_key(row["key_id"], row["private_key_sealed"])
@@ -185,20 +169,18 @@ async def mint_claims(
     to_mint = [(index, row, derived[placeholder]) for index, row, placeholder in to_mint]
     outcomes = [derived.get(o, o) if isinstance(o, uuid.UUID) else o for o in outcomes]
     if new_invoices:
-        await insert_invoices(conn, new_invoices)
-        await conn.executemany(
-            "UPDATE claim_offers SET invoice_id = $2, claim_idempotency_key = $3, claim_request_hash = $4,"
-            " claimed_at = now() WHERE offer_id = $1",
-            [(row["offer_id"], inv, commands[i].idempotency_key, commands[i].request_hash) for i, row, inv in to_mint],
+        await store.insert_invoices(new_invoices)
+        await store.mark_offers_claimed(
+            [(row["offer_id"], inv, commands[i].idempotency_key, commands[i].request_hash) for i, row, inv in to_mint]
         )
-        await enqueue(conn, events)
+        await store.enqueue(events)
         # A refund that arrived before the claim: the invoice is issued for the payment and the refunded
         # part is reversed at once by a red letter (ordered after the ISSUE on the same ledger key).
         for _, row, inv in to_mint:
             if row["refunded_fen"] > 0:
                 refunded.add(inv)
                 await red_letter.reverse(
-                    conn,
+                    store,
                     deps,
                     merchant_id=row["merchant_id"],
                     invoice_id=inv,
@@ -217,15 +199,15 @@ async def mint_claims(
     }
     reread = [o for o in outcomes if isinstance(o, uuid.UUID) and (o not in found or o in refunded)]
     if reread:
-        found.update(await invoices_by_id(conn, reread))
+        found.update(await store.invoices_by_id(reread))
     return [found[o] if isinstance(o, uuid.UUID) else o for o in outcomes]  # type: ignore[misc]
 
 
 class ClaimPipeline:
     """Bounded queue of claims served by `workers` group-commit workers of up to `batch_max` claims."""
 
-    def __init__(self, pool: asyncpg.Pool, deps: MintingDeps) -> None:
-        self._pool = pool
+    def __init__(self, uow: UnitOfWork, deps: MintingDeps) -> None:
+        self._uow = uow
         self._deps = deps
         self._queue: asyncio.Queue[ClaimCommand] = asyncio.Queue()
         self.batches = 0
@@ -304,8 +286,8 @@ class ClaimPipeline:
     async def _transact(self, batch: list[ClaimCommand]) -> list[ClaimOutcome]:
         for attempt in range(1, 4):
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    return await mint_claims(conn, self._deps, batch, dt.datetime.now(dt.UTC))
+                async with self._uow.transaction() as store:
+                    return await mint_claims(store, self._deps, batch, dt.datetime.now(dt.UTC))
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError):
                 # UniqueViolation: a concurrent first claim of a new (region, year) counter row.
                 if attempt == 3:

@@ -1,10 +1,10 @@
-"""What handlers of invoice_minting share: settings, the issuer key store, the producer name."""
+"""What handlers of invoice_minting share: settings, the issuer keys, the secrets box, the producer name."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from invoice_minting.issuer_keys import IssuerKeyStore
+from invoice_minting.issuer_keys import IssuerKeys
 from invoice_minting.secrets_box import SecretsBox
 from invoice_minting.settings import MintingSettings
 
@@ -12,6 +12,6 @@ from invoice_minting.settings import MintingSettings
 @dataclass(frozen=True)
 class MintingDeps:
     settings: MintingSettings
-    keys: IssuerKeyStore
+    keys: IssuerKeys
     box: SecretsBox
     producer: str = "invoice_minting"

@@ -19,7 +19,7 @@ import asyncpg
 from fapiao_runtime.db import CONNECT_TIMEOUT_S
 from fapiao_runtime.resilience import Backoff
 
-from invoice_minting.events import OFFERS_CHANNEL
+from invoice_minting.store import OFFERS_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import uuid
 
-import asyncpg
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao_runtime.errors import (
     AlreadyExists,
@@ -22,12 +21,11 @@ from fapiao_runtime.errors import (
     NotFound,
     PermissionDenied,
 )
-from fapiao_runtime.outbox import enqueue
 
 from invoice_minting.deps import MintingDeps
 from invoice_minting.invoice_format import beijing_date, invoice_number, issue_date_text
-from invoice_minting.invoice_store import NewInvoice, allocate_sequences, insert_invoices, invoices_by_id
 from invoice_minting.signing import build_body, red_letter_submission, sign_invoice
+from invoice_minting.store import MintingStore, NewInvoice
 from invoice_minting.tax import red_letter_lines
 
 # Reason codes of WeChat Pay's fapiao reverse API.
@@ -39,25 +37,19 @@ def request_hash(invoice_number_text: str, amount_fen: int, reason: str) -> byte
 
 
 async def _replay(
-    conn: asyncpg.Connection, merchant_id: str, idempotency_key: str, request_hash_value: bytes
+    store: MintingStore, merchant_id: str, idempotency_key: str, request_hash_value: bytes
 ) -> tuple[invoice_pb2.Invoice, invoice_pb2.Invoice] | None:
-    row = await conn.fetchrow(
-        "SELECT r.request_hash, r.red_letter_invoice_id, i.original_invoice_id FROM red_letter_requests r"
-        " JOIN invoices i ON i.invoice_id = r.red_letter_invoice_id"
-        " WHERE r.merchant_id = $1 AND r.idempotency_key = $2",
-        merchant_id,
-        idempotency_key,
-    )
+    row = await store.red_letter_request(merchant_id, idempotency_key)
     if row is None:
         return None
     if row["request_hash"] != request_hash_value:
         raise AlreadyExists("IDEMPOTENCY_CONFLICT", "idempotency_key was used for a different red letter")
-    found = await invoices_by_id(conn, [row["red_letter_invoice_id"], row["original_invoice_id"]])
+    found = await store.invoices_by_id([row["red_letter_invoice_id"], row["original_invoice_id"]])
     return found[row["red_letter_invoice_id"]], found[row["original_invoice_id"]]
 
 
 async def reverse(
-    conn: asyncpg.Connection,
+    store: MintingStore,
     deps: MintingDeps,
     *,
     merchant_id: str,
@@ -69,7 +61,7 @@ async def reverse(
     invoice_id: uuid.UUID | None = None,
     invoice_number_text: str = "",
 ) -> tuple[invoice_pb2.Invoice, invoice_pb2.Invoice]:
-    """Issue a red letter against an invoice of `merchant_id` (by id or number) inside the caller's transaction.
+    """Issue a red letter against an invoice of `merchant_id` (by id or number) inside the store's transaction.
 
     amount_fen 0 means everything still reimbursable. Returns (red letter, original). A repeated
     idempotency key returns the first result. Raises InvalidArgument INVALID_REASON / INVALID_AMOUNT /
@@ -83,16 +75,11 @@ async def reverse(
         raise InvalidArgument("INVALID_AMOUNT", "amount_fen must not be negative")
     # Requests with one key wait for each other (until the first commits), so a concurrent retry
     # returns the first result instead of failing on the key's unique index.
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"red-letter:{merchant_id}:{idempotency_key}"
-    )
-    replay = await _replay(conn, merchant_id, idempotency_key, request_hash)
+    await store.lock_red_letter_key(merchant_id, idempotency_key)
+    replay = await _replay(store, merchant_id, idempotency_key, request_hash)
     if replay is not None:
         return replay
-    if invoice_id is not None:
-        row = await conn.fetchrow("SELECT * FROM invoices WHERE invoice_id = $1 FOR UPDATE", invoice_id)
-    else:
-        row = await conn.fetchrow("SELECT * FROM invoices WHERE invoice_number = $1 FOR UPDATE", invoice_number_text)
+    row = await store.lock_invoice(invoice_id=invoice_id, invoice_number=invoice_number_text)
     if row is None:
         raise NotFound("INVOICE_NOT_FOUND", "no such invoice")
     if row["merchant_id"] != merchant_id:
@@ -109,20 +96,12 @@ async def reverse(
         raise InvalidArgument("AMOUNT_EXCEEDS_REMAINING", f"at most {remaining} fen can still be reversed")
     original = invoice_pb2.SignedInvoice.FromString(row["signed"])
     original_body = invoice_pb2.InvoiceBody.FromString(original.body)
-    # The red letters that count against the invoice (all but those the ledger rejected), oldest first.
-    earlier = [
-        invoice_pb2.InvoiceBody.FromString(invoice_pb2.SignedInvoice.FromString(r["signed"]).body).lines
-        for r in await conn.fetch(
-            "SELECT signed FROM invoices WHERE original_invoice_id = $1 AND status <> $2 ORDER BY seq",
-            row["invoice_id"],
-            invoice_pb2.INVOICE_STATUS_REJECTED,
-        )
-    ]
-    key = await deps.keys.signing_key_for_seller(conn, merchant_id, original_body.seller.tax_id)
+    earlier = [body.lines for body in await store.counting_red_letters(row["invoice_id"])]
+    key = await deps.keys.signing_key_for_seller(store, merchant_id, original_body.seller.tax_id)
     if key is None:
         raise FailedPrecondition("ISSUER_KEY_MISSING", "no issuer key registered for the invoice's seller")
     day = beijing_date(now)
-    sequence = await allocate_sequences(conn, original_body.region_code, day.year, 1)
+    sequence = await store.allocate_sequences(original_body.region_code, day.year, 1)
     red_id = uuid.uuid4()
     body = build_body(
         invoice_id=red_id,
@@ -148,20 +127,11 @@ async def reverse(
         key=key,
         producer=deps.producer,
     )
-    await insert_invoices(
-        conn, [NewInvoice(red_id, body, signed, row["invoice_id"], transaction_id, tx_type, row["invoice_id"], amount)]
+    await store.insert_invoices(
+        [NewInvoice(red_id, body, signed, row["invoice_id"], transaction_id, tx_type, row["invoice_id"], amount)]
     )
-    await conn.execute(
-        "UPDATE invoices SET reimbursable_fen = reimbursable_fen - $2 WHERE invoice_id = $1", row["invoice_id"], amount
-    )
-    await conn.execute(
-        "INSERT INTO red_letter_requests (merchant_id, idempotency_key, request_hash, red_letter_invoice_id)"
-        " VALUES ($1, $2, $3, $4)",
-        merchant_id,
-        idempotency_key,
-        request_hash,
-        red_id,
-    )
-    await enqueue(conn, [event])
-    found = await invoices_by_id(conn, [red_id, row["invoice_id"]])
+    await store.lower_reimbursable(row["invoice_id"], amount)
+    await store.record_red_letter_request(merchant_id, idempotency_key, request_hash, red_id)
+    await store.enqueue([event])
+    found = await store.invoices_by_id([red_id, row["invoice_id"]])
     return found[red_id], found[row["invoice_id"]]

@@ -7,10 +7,8 @@ serial (the platform announces it ahead of use), later remove the old one.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -18,15 +16,13 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.db import create_pool
-from fapiao_runtime.envelope import make_envelope, outgoing
 from fapiao_runtime.errors import InvalidArgument, NotFound, Unavailable
 from fapiao_runtime.outbox import enqueue
 from fapiao_runtime.sealing import SecretsBox
 from fapiao_runtime.tax_id import validate_uscc
 from fapiao_runtime.tax_rates import NATIONAL_VAT_RATES_BP
-from fapiao_runtime.topics import MERCHANTS
 
-from payment_intake.domain import ID_NAMESPACE
+from payment_intake.events import merchant_registered
 from payment_intake.sealing import SealedKeyError, seal, unseal
 from payment_intake.settings import DB_SCHEMA
 from payment_intake.wechatpay import APIV3_KEY_BYTES, load_public_key
@@ -179,16 +175,7 @@ async def register_merchant(
                 serial,
                 pem,
             )
-        event = _registered_event(profile)
-        # Same profile -> same event id, so re-running a registration is deduplicated downstream.
-        digest = hashlib.sha256(event.SerializeToString(deterministic=True)).hexdigest()
-        envelope = make_envelope(
-            event,
-            aggregate_id=profile.merchant_id,
-            producer="payment_intake",
-            event_id=uuid.uuid5(ID_NAMESPACE, f"merchant-registered/{profile.merchant_id}/{digest}"),
-        )
-        await enqueue(conn, [outgoing(MERCHANTS.name, envelope)])
+        await enqueue(conn, [merchant_registered(_registered_event(profile))])
     return Registration(profile, created, key_stored=created or apiv3_key is not None)
 
 

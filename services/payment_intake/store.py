@@ -14,25 +14,20 @@ from datetime import datetime
 
 import asyncpg
 from fapiao.payments.v1 import payments_pb2
-from fapiao_runtime.envelope import make_envelope, outgoing
 from fapiao_runtime.errors import AlreadyExists, FailedPrecondition, FapiaoError, NotFound
 from fapiao_runtime.outbox import OUTBOX_INSERT, enqueue, outbox_arrays, outbox_source
-from fapiao_runtime.topics import PAYMENTS
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from payment_intake.domain import (
     RecordPayment,
     RecordRefund,
-    aggregate_id,
-    payment_event_id,
     payment_fingerprint,
     payment_id_for,
     payment_status,
-    refund_event_id,
     refund_fingerprint,
 )
+from payment_intake.events import payment_refunded, payment_succeeded
 
-PRODUCER = "payment_intake"
 _PAYMENT_COLUMNS = (
     "payment_id, merchant_id, transaction_id, out_trade_no, amount_fen, payer_total_fen, currency, success_time,"
     " payer_ref, appid, trade_type, items, source, fingerprint, refunded_fen"
@@ -184,17 +179,10 @@ async def _insert_payments(
     ids = [payment_id_for(c.merchant_id, c.transaction_id) for c in ordered]
     # The event of every candidate is built up front; the statement queues only those inserted.
     candidates = [_payment_from_command(cmd, payment_id) for cmd, payment_id in zip(ordered, ids, strict=True)]
-    envelopes = [
-        make_envelope(
-            payments_pb2.PaymentSucceeded(payment=payment),
-            aggregate_id=aggregate_id(cmd.merchant_id, cmd.out_trade_no),
-            producer=PRODUCER,
-            event_id=payment_event_id(payment_id),
-            traceparent=cmd.traceparent,
-        )
+    events = [
+        payment_succeeded(payment, payment_id, traceparent=cmd.traceparent)
         for cmd, payment_id, payment in zip(ordered, ids, candidates, strict=True)
     ]
-    events = [outgoing(PAYMENTS.name, envelope) for envelope in envelopes]
     inserted_rows = await conn.fetch(
         f"""WITH input AS (
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
@@ -340,13 +328,7 @@ async def record_refund(conn: asyncpg.Connection, cmd: RecordRefund) -> RefundOu
         payment_row["payment_id"],
     )
     refund, payment = _refund_message(refund_row), payment_from_row(updated)
-    envelope = make_envelope(
-        payments_pb2.PaymentRefunded(refund=refund, payment=payment),
-        aggregate_id=aggregate_id(cmd.merchant_id, payment.out_trade_no),
-        producer=PRODUCER,
-        event_id=refund_event_id(cmd.merchant_id, cmd.refund_id),
-    )
-    await enqueue(conn, [outgoing(PAYMENTS.name, envelope)])
+    await enqueue(conn, [payment_refunded(refund, payment, cmd.merchant_id)])
     return RefundOutcome(refund, payment, duplicate=False)
 
 

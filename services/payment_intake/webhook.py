@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.errors import (
     FapiaoError,
     InvalidArgument,
@@ -146,7 +147,7 @@ def payment_from_resource(data: dict[str, Any], payer_hash_key: bytes) -> Record
         payer_ref=payer_ref(payer_hash_key, openid),
         appid=str(data.get("appid") or ""),
         trade_type=str(data.get("trade_type") or ""),
-        source=2,  # PAYMENT_SOURCE_WEBHOOK
+        source=payments_pb2.PAYMENT_SOURCE_WEBHOOK,
     )
 
 

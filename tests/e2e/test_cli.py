@@ -126,7 +126,7 @@ def test_make_demo_tells_the_story_and_exits_zero(fapiao: FapiaoCommand) -> None
     import subprocess
 
     demo = subprocess.run(
-        [sys.executable, "-m", "fapiao_stack", "demo"], env=fapiao.env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "fapiao_cli.demo"], env=fapiao.env, capture_output=True, text=True, timeout=600
     )
     assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
     promises = (

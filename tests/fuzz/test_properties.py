@@ -32,7 +32,8 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from invoice_minting import invoice_format
 from invoice_minting.buyer import check_idempotency_key, normalise_buyer
-from invoice_minting.invoice_store import _after_seq, _page_token
+from invoice_minting.store import after_seq as _after_seq
+from invoice_minting.store import page_token as _page_token
 from payment_intake import domain
 from payment_intake import wechatpay as wx
 from payment_intake.webhook import NotificationReceiver, load_json_object, payment_from_resource, refund_from_resource

@@ -28,7 +28,7 @@ from fapiao_runtime.topics import LEDGER_RESULTS, LEDGER_TRANSACTIONS, MERCHANTS
 from fapiao_stack.harness import ServiceProcess, StackUnderTest, topic_reader
 from invoice_minting.deps import MintingDeps
 from invoice_minting.events import on_merchant_event
-from invoice_minting.issuer_keys import IssuerKeyStore
+from invoice_minting.issuer_keys import IssuerKeys
 from invoice_minting.secrets_box import SecretsBox
 from invoice_minting.settings import MintingSettings
 
@@ -190,7 +190,7 @@ def direct_deps() -> MintingDeps:
     )
     box = SecretsBox(os.urandom(32))
     authority = SigningKey("authority-test", Ed25519PrivateKey.generate())
-    return MintingDeps(settings=settings, keys=IssuerKeyStore(box, authority, 2, "test"), box=box)
+    return MintingDeps(settings=settings, keys=IssuerKeys(box, authority, 2, "test"), box=box)
 
 
 async def register_direct_merchant(conn: asyncpg.Connection, deps: MintingDeps, merchant_id: str) -> None:

@@ -1,9 +1,11 @@
 """InvoiceMintingService under hostile requests: undecodable bytes, NUL in a lookup, forged page tokens,
-tokens with a trailing newline. The real servicer behind the runtime's GrpcServer; no database is reached."""
+tokens with a trailing newline, requests a handler refuses. The real servicer and handlers behind the runtime's
+GrpcServer; no database is reached."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +16,8 @@ from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as api_grpc
 from fapiao_runtime.errors import InvalidArgument, NotFound
 from fapiao_runtime.grpc_server import GrpcServer
 from invoice_minting.grpc_api import SERVICE_NAME, InvoiceMintingServicer
-from invoice_minting.invoice_store import list_invoices
+from invoice_minting.handlers import MintingHandlers
+from invoice_minting.store import UnitOfWork
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +30,7 @@ class _NoDatabase:
 
 
 def _servicer() -> InvoiceMintingServicer:
-    return InvoiceMintingServicer(_NoDatabase(), None, None)  # type: ignore[arg-type]
+    return InvoiceMintingServicer(MintingHandlers(UnitOfWork(_NoDatabase()), None, None))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -83,8 +86,18 @@ def _token(text: str | bytes) -> str:
 
 
 class _EmptyTable:
+    """A pool whose every table is empty."""
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        yield self
+
     async def fetch(self, *args: Any) -> list[Any]:
         return []
+
+
+def _handlers() -> MintingHandlers:
+    return MintingHandlers(UnitOfWork(_EmptyTable()), None, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -105,12 +118,12 @@ class _EmptyTable:
 )
 async def test_a_page_token_not_issued_by_the_service_is_invalid(page_token: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        await list_invoices(_EmptyTable(), merchant_id="1230000109", page_token=page_token)  # type: ignore[arg-type]
+        await _handlers().list_invoices(merchant_id="1230000109", page_token=page_token)
     assert caught.value.reason == "INVALID_PAGE_TOKEN"
 
 
 async def test_the_largest_page_token_is_accepted() -> None:
-    found = await list_invoices(_EmptyTable(), merchant_id="m", page_token=_token("v1:9223372036854775807"))  # type: ignore[arg-type]
+    found = await _handlers().list_invoices(merchant_id="m", page_token=_token("v1:9223372036854775807"))
     assert found == ([], "")
 
 
@@ -118,3 +131,40 @@ async def test_a_claim_token_with_a_trailing_newline_is_unknown_without_a_lookup
     with pytest.raises(NotFound) as caught:
         await _servicer().GetClaimOffer(api.GetClaimOfferRequest(claim_token="A" * 22 + "\n"), None)
     assert caught.value.reason == "UNKNOWN_TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "reason"),
+    [
+        (api.GetInvoiceRequest(), grpc.StatusCode.INVALID_ARGUMENT, "MISSING_LOOKUP"),
+        (api.GetInvoiceRequest(invoice_id="not-a-uuid"), grpc.StatusCode.NOT_FOUND, "INVOICE_NOT_FOUND"),
+        (api.ListInvoicesRequest(), grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FILTER"),
+        (
+            api.ListInvoicesRequest(merchant_id="m", page_size=201),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PAGE_SIZE",
+        ),
+        (
+            api.RedLetterInvoiceRequest(merchant_id="m", idempotency_key="key-1"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MISSING_FIELD",
+        ),
+        (api.GetClaimOfferRequest(claim_token="short"), grpc.StatusCode.NOT_FOUND, "UNKNOWN_TOKEN"),
+    ],
+    ids=[
+        "MISSING_LOOKUP",
+        "INVOICE_NOT_FOUND",
+        "MISSING_FILTER",
+        "INVALID_PAGE_SIZE",
+        "MISSING_FIELD",
+        "UNKNOWN_TOKEN",
+    ],
+)
+async def test_requests_a_handler_refuses_never_reach_the_database(
+    channel: grpc.aio.Channel, request_: Any, code: grpc.StatusCode, reason: str
+) -> None:
+    stub = api_grpc.InvoiceMintingServiceStub(channel)
+    method = getattr(stub, type(request_).__name__.removesuffix("Request"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await method(request_)
+    assert (caught.value.code(), _reason(caught.value)) == (code, reason)

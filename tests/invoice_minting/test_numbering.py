@@ -8,9 +8,11 @@ import pytest
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.db import apply_migrations, create_pool
+from fapiao_runtime.vocabulary import claim_token_hash
 from fapiao_stack.harness import StackUnderTest
-from invoice_minting.claims import ClaimCommand, mint_claims, token_hash
-from invoice_minting.events import create_offer
+from invoice_minting.claims import ClaimCommand, mint_claims
+from invoice_minting.handlers import create_offer
+from invoice_minting.store import MintingStore
 
 from tests.invoice_minting.support import MIGRATIONS, direct_deps, register_direct_merchant
 
@@ -25,7 +27,9 @@ async def test_rolled_back_claim_returns_its_number(stack: StackUnderTest) -> No
         async with pool.acquire() as conn, conn.transaction():
             await register_direct_merchant(conn, deps, "m1")
             tokens = [
-                await create_offer(conn, payments_pb2.Payment(payment_id=p, merchant_id="m1", amount_fen=100), deps)
+                await create_offer(
+                    MintingStore(conn), payments_pb2.Payment(payment_id=p, merchant_id="m1", amount_fen=100), deps
+                )
                 for p in ("p1", "p2")
             ]
         buyer = invoice_pb2.Party(kind=invoice_pb2.PARTY_KIND_PERSON, name="张三")
@@ -33,15 +37,17 @@ async def test_rolled_back_claim_returns_its_number(stack: StackUnderTest) -> No
         async with pool.acquire() as conn:
             transaction = conn.transaction()
             await transaction.start()
-            [first] = await mint_claims(conn, deps, [ClaimCommand(token_hash(tokens[0] or ""), buyer, "k")], now)
+            [first] = await mint_claims(
+                MintingStore(conn), deps, [ClaimCommand(claim_token_hash(tokens[0] or ""), buyer, "k")], now
+            )
             await transaction.rollback()
             assert isinstance(first, invoice_pb2.Invoice)
             assert first.body.invoice_number.endswith("000000000000001")
             async with conn.transaction():
                 outcomes = await mint_claims(
-                    conn,
+                    MintingStore(conn),
                     deps,
-                    [ClaimCommand(token_hash(t or ""), buyer, "k") for t in reversed(tokens)],
+                    [ClaimCommand(claim_token_hash(t or ""), buyer, "k") for t in reversed(tokens)],
                     now,
                 )
             numbers = [o.body.invoice_number for o in outcomes if isinstance(o, invoice_pb2.Invoice)]

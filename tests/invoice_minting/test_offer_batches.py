@@ -11,7 +11,9 @@ from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.envelope import make_envelope
 from fapiao_runtime.errors import InvalidArgument
 from fapiao_stack.harness import StackUnderTest
-from invoice_minting.events import OFFERS_CHANNEL, create_offer, on_payment_events
+from invoice_minting.events import on_payment_events
+from invoice_minting.handlers import create_offer
+from invoice_minting.store import OFFERS_CHANNEL, MintingStore
 
 from tests.invoice_minting.support import MIGRATIONS, direct_deps, register_direct_merchant
 
@@ -35,7 +37,7 @@ async def test_a_batch_creates_one_offer_per_new_payment_and_announces_each(stac
             async with conn.transaction():
                 await register_direct_merchant(conn, deps, "m1")
                 earlier = await create_offer(
-                    conn, payments_pb2.Payment(payment_id="p0", merchant_id="m1", amount_fen=500), deps
+                    MintingStore(conn), payments_pb2.Payment(payment_id="p0", merchant_id="m1", amount_fen=500), deps
                 )
             before = await conn.fetchrow("SELECT offer_id, token_hash FROM claim_offers WHERE payment_id = 'p0'")
             # p1 twice (a redelivered payment under a new event id) and p0, which already has its offer.

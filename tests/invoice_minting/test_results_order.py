@@ -17,9 +17,9 @@ from fapiao_runtime.vocabulary import claim_token_hash
 from fapiao_stack.harness import StackUnderTest
 from invoice_minting import red_letter
 from invoice_minting.claims import ClaimCommand, mint_claims
-from invoice_minting.events import create_offer
-from invoice_minting.invoice_store import get_invoice
-from invoice_minting.ledger_results import on_result, on_results
+from invoice_minting.events import on_result, on_results
+from invoice_minting.handlers import create_offer
+from invoice_minting.store import MintingStore
 
 from tests.invoice_minting.support import MIGRATIONS, direct_deps, register_direct_merchant
 
@@ -55,14 +55,14 @@ async def test_result_order_does_not_change_the_final_state(
             async with conn.transaction():
                 await register_direct_merchant(conn, deps, "m1")
                 token = await create_offer(
-                    conn, payments_pb2.Payment(payment_id="p", merchant_id="m1", amount_fen=900), deps
+                    MintingStore(conn), payments_pb2.Payment(payment_id="p", merchant_id="m1", amount_fen=900), deps
                 )
                 [invoice] = await mint_claims(
-                    conn, deps, [ClaimCommand(claim_token_hash(token or ""), buyer, "k")], now
+                    MintingStore(conn), deps, [ClaimCommand(claim_token_hash(token or ""), buyer, "k")], now
                 )
                 assert isinstance(invoice, invoice_pb2.Invoice)
                 partial, _ = await red_letter.reverse(
-                    conn,
+                    MintingStore(conn),
                     deps,
                     merchant_id="m1",
                     invoice_id=uuid.UUID(invoice.body.invoice_id),
@@ -73,7 +73,7 @@ async def test_result_order_does_not_change_the_final_state(
                     now=now,
                 )
                 cancel, _ = await red_letter.reverse(
-                    conn,
+                    MintingStore(conn),
                     deps,
                     merchant_id="m1",
                     invoice_id=uuid.UUID(invoice.body.invoice_id),
@@ -117,15 +117,18 @@ async def test_result_order_does_not_change_the_final_state(
                 for envelope in sequence:
                     async with conn.transaction():
                         await on_result(conn, envelope, "test")
-            original = await get_invoice(conn, invoice_id=invoice.body.invoice_id)
+            original = await MintingStore(conn).invoice_by_id(uuid.UUID(invoice.body.invoice_id))
+            assert original is not None
             assert original.status == invoice_pb2.INVOICE_STATUS_CANCELLED
             assert original.ledger_height == 1 and original.reimbursable_fen == 0
-            rejected = await get_invoice(conn, invoice_id=partial.body.invoice_id)
+            rejected = await MintingStore(conn).invoice_by_id(uuid.UUID(partial.body.invoice_id))
+            assert rejected is not None
             assert (rejected.status, rejected.rejection_reason) == (
                 invoice_pb2.INVOICE_STATUS_REJECTED,
                 "AMOUNT_EXCEEDED",
             )
-            accepted = await get_invoice(conn, invoice_id=cancel.body.invoice_id)
+            accepted = await MintingStore(conn).invoice_by_id(uuid.UUID(cancel.body.invoice_id))
+            assert accepted is not None
             assert accepted.status == invoice_pb2.INVOICE_STATUS_ISSUED
             # Only the accepted ISSUE announces the invoice.
             assert await conn.fetchval("SELECT count(*) FROM outbox WHERE topic = 'invoices.v1'") == 1

@@ -346,11 +346,7 @@ def main(argv: list[str]) -> int:
             return 2 if isinstance(exc, UnknownProcess) else 1
         _say(f"{argv[1]} restarted: SERVING on {address}")
         return 0
-    if command == "demo":
-        from fapiao_cli.demo import run_demo
-
-        return run_demo()
-    _say(f"unknown command {command!r}; use up, down, status, restart or demo")
+    _say(f"unknown command {command!r}; use up, down, status or restart (the demo: python -m fapiao_cli.demo)")
     return 2
 
 
