@@ -17,7 +17,7 @@ BUF_AGAINST ?= .git\#$(shell tag=$$(git describe --tags --abbrev=0 --match 'v[0-
 	if [ -n "$$tag" ]; then echo "tag=$$tag"; else echo branch=main; fi),subdir=protos
 PYTEST_ARGS ?=
 
-.PHONY: help setup protos kafka-jars buf browser prometheus up down status demo cluster-up cluster-down cluster-status test test-unit test-cluster test-prometheus lint fmt bench fuzz faults clean
+.PHONY: help setup protos kafka-jars buf browser prometheus up down status demo cluster-up cluster-down cluster-status test test-unit test-cluster test-prometheus lint fmt bench fuzz faults clean images deploy-test
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -118,6 +118,7 @@ lint: setup $(BUF) ## buf lint (comments required), buf breaking against the las
 	$(PY) -m ruff check services deploy/local tests
 	$(PY) -m ruff format --check services deploy/local tests
 	$(PY) -m mypy services deploy/local
+	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
 
 fmt: setup ## format the code
 	$(PY) -m ruff format services deploy/local tests
@@ -132,6 +133,12 @@ fuzz: setup ## 100,000 mutated and random inputs against a private stack; writes
 
 faults: setup ## fault suite: 10 min of workload under >= 20 seeded faults, then the checker (SEED=n reproduces a run)
 	$(PY) -m fapiao_faults $(if $(SEED),--seed $(SEED)) $(FAULTS_ARGS)
+
+images: setup ## the container images, built by podman from deploy/containers/Containerfile (root; base image from Debian's archive)
+	bash deploy/containers/build-images.sh
+
+deploy-test: images ## the demo story against the images: compose in podman, then `podman kube play` (root; 2 min, 7 from nothing)
+	source deploy/containers/env.sh && $(PY) deploy/containers/deploy_test.py
 
 clean: down ## remove generated code, caches and local state
 	rm -rf build .run .cache/buf $(VENV)
