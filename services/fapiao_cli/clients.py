@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import grpc
+from fapiao.admin.v1 import organisation_admin_service_pb2_grpc as org_admin_grpc
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_api
 from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as minting_grpc
 from fapiao.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
@@ -13,6 +14,7 @@ from fapiao.payments.v1 import payment_intake_service_pb2 as intake_api
 from fapiao.payments.v1 import payment_intake_service_pb2_grpc as intake_grpc
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as reimbursement_grpc
 from fapiao_runtime.grpc_client import internal_channel
+from fapiao_stack.config import LOCAL_OPERATOR
 
 from fapiao_cli.local import PKI_DIR, grpc_address, ledger_addresses, reimbursement_address
 
@@ -47,6 +49,22 @@ def reimbursement_for(org_tax_id: str) -> reimbursement_grpc.ReimbursementServic
     )
     channel = grpc.aio.secure_channel(reimbursement_address(), credentials)
     return reimbursement_grpc.ReimbursementServiceStub(_kept(channel))
+
+
+def operator_credentials(operator: str = LOCAL_OPERATOR) -> grpc.ChannelCredentials:
+    """Mutual-TLS credentials of `operator` (the certificate `fapiao up` or `fapiao ca issue --operator`
+    wrote); FileNotFoundError when there is none."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=(PKI_DIR / "ca.crt").read_bytes(),
+        private_key=(PKI_DIR / f"operator-{operator}.key").read_bytes(),
+        certificate_chain=(PKI_DIR / f"operator-{operator}.crt").read_bytes(),
+    )
+
+
+def organisation_admin() -> org_admin_grpc.OrganisationAdminServiceStub:
+    """OrganisationAdminService of the local reimbursement service, called as the local operator."""
+    channel = grpc.aio.secure_channel(reimbursement_address(), operator_credentials())
+    return org_admin_grpc.OrganisationAdminServiceStub(_kept(channel))
 
 
 async def payment_of(merchant_id: str, transaction_id: str) -> intake_api.GetPaymentResponse:

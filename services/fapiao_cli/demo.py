@@ -32,6 +32,7 @@ from fapiao_stack.paths import REPO_ROOT
 from fapiao_cli import clients
 from fapiao_cli.commands.claim import claim_invoice, wait_until_committed
 from fapiao_cli.commands.merchant import register_merchant
+from fapiao_cli.commands.org import register_organisation
 from fapiao_cli.commands.verify import verify_invoice_receipts
 from fapiao_cli.local import PKI_DIR, gateway_url, load_stack_environment
 from fapiao_cli.platform import PaymentPlatform
@@ -149,15 +150,15 @@ async def walk(story: Story) -> None:
     story.title("Register two companies and issue their client certificates from the local CA")
     ca = read_pem_pair(PKI_DIR, "ca")
     companies = {}
-    from reimbursement import cli as reimbursement_cli
-
     for label, name, body in (
         ("A", "深圳甲科技有限公司", f"91440300MA5A{suffix}"),
         ("B", "深圳乙贸易有限公司", f"91440300MA5B{suffix}"),
     ):
         tax_id = _tax_id(body)
-        if await asyncio.to_thread(reimbursement_cli.main, ["org", "add", "--tax-id", tax_id, "--name", name]) != 0:
-            raise StoryFailed(f"registering company {label}")
+        try:
+            await register_organisation(tax_id, name)
+        except grpc.aio.AioRpcError as exc:
+            raise StoryFailed(f"registering company {label}: {exc.code().name} {exc.details()}") from None
         write_pem_pair(issue_organisation_certificate(ca, tax_id, name), PKI_DIR, f"org-{tax_id}")
         companies[label] = (name, tax_id)
         story.say(f"company {label}: {name} ({tax_id}), certificate {PKI_DIR / f'org-{tax_id}.crt'}")

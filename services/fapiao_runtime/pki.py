@@ -3,7 +3,9 @@
 Organisation client certificates carry the organisation's unified social credit code (18 characters)
 in the subject's serialNumber attribute (OID 2.5.4.5), the organisation name in O, and the fixed
 OU "fapiao-organisation" so a service certificate can never pass as an organisation. Servers take the
-tax id from the peer certificate the TLS handshake verified (see `organisation_tax_id`).
+tax id from the peer certificate the TLS handshake verified (see `organisation_tax_id`). Operator
+certificates (the people who run the network: they call the admin services) carry the operator's name
+in CN under the OU "fapiao-operator" (see `operator_name`); no other kind of certificate passes for one.
 
 Private keys are written with mode 0600 and are never logged.
 """
@@ -27,6 +29,9 @@ from fapiao_runtime.tax_id import validate_uscc
 
 ORGANISATION_UNIT = "fapiao-organisation"
 SERVICE_UNIT = "fapiao-service"
+OPERATOR_UNIT = "fapiao-operator"
+# An operator's name: a login-like word, so it can name a file (operator-NAME.crt) and a log field.
+OPERATOR_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Unified social credit code: 18 characters of digits and upper-case letters (I, O, S, V, Z excluded).
 TAX_ID_PATTERN = re.compile(r"[0-9A-HJ-NPQRTUWXY]{18}")
 DEFAULT_VALIDITY_DAYS = 365
@@ -184,6 +189,41 @@ def issue_service_certificate(
         ]
     )
     return _leaf(ca, subject, ExtendedKeyUsageOID.CLIENT_AUTH, [], validity_days)
+
+
+def issue_operator_certificate(
+    ca: IssuedCertificate, operator: str, validity_days: int = DEFAULT_VALIDITY_DAYS
+) -> IssuedCertificate:
+    """A TLS client certificate for an operator calling the admin services over mutual TLS.
+
+    Raises ValueError for a name that is not 1-64 of [A-Za-z0-9._-] starting with a letter or digit.
+    """
+    if not OPERATOR_NAME_PATTERN.fullmatch(operator):
+        raise ValueError("operator name must be 1-64 of [A-Za-z0-9._-], starting with a letter or digit")
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, operator),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, OPERATOR_UNIT),
+        ]
+    )
+    return _leaf(ca, subject, ExtendedKeyUsageOID.CLIENT_AUTH, [], validity_days)
+
+
+def operator_name(cert_pem: bytes) -> str | None:
+    """The operator an operator certificate names (its CN), or None for any other certificate.
+
+    Like `organisation_tax_id`, only for a certificate the TLS handshake already verified.
+    """
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if len(units) != 1 or units[0].value != OPERATOR_UNIT:
+        return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        return None
+    value = names[0].value
+    name = value if isinstance(value, str) else value.decode()
+    return name if OPERATOR_NAME_PATTERN.fullmatch(name) else None
 
 
 def service_name(cert_pem: bytes) -> str | None:

@@ -1,6 +1,7 @@
 """Entry point: python -m reimbursement.
 
-Serves ReimbursementService on FAPIAO_REIMBURSEMENT_TLS_PORT with mutual TLS only; the shared
+Serves ReimbursementService and OrganisationAdminService (operator certificates only) on
+FAPIAO_REIMBURSEMENT_TLS_PORT with mutual TLS only; the shared
 runtime's server on FAPIAO_GRPC_PORT carries health and reflection (plaintext) for probes.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 import asyncpg
+from fapiao.admin.v1 import organisation_admin_service_pb2_grpc as apb_grpc
 from fapiao.reimbursement.v1 import reimbursement_service_pb2_grpc as rpb_grpc
 from fapiao_runtime import event_loop
 from fapiao_runtime.config import RuntimeConfig
@@ -25,6 +27,7 @@ from fapiao_runtime.ledger_trust import authority_keys_from_env, validator_keys_
 from fapiao_runtime.resilience import startup_deadline_s, wait_for_dependency
 from fapiao_runtime.service import ServiceContext, Task, run_service
 
+from reimbursement.admin_api import OrganisationAdminServicer
 from reimbursement.grpc_api import ReimbursementServicer
 from reimbursement.handlers import ReimbursementHandlers
 from reimbursement.invoice_facts import FactsCache
@@ -35,6 +38,7 @@ from reimbursement.store import store_registration
 from reimbursement.verification import InvoiceVerifier
 
 SERVICE_NAME = "fapiao.reimbursement.v1.ReimbursementService"
+ADMIN_SERVICE_NAME = "fapiao.admin.v1.OrganisationAdminService"
 log = logging.getLogger("reimbursement")
 
 
@@ -109,10 +113,12 @@ async def _wire(ctx: ServiceContext, _ops_server: GrpcServer) -> list[Awaitable[
         facts_cache=facts,
     )
 
-    api = GrpcServer([SERVICE_NAME])
+    api = GrpcServer([SERVICE_NAME, ADMIN_SERVICE_NAME])
     api.add_servicer(
         rpb_grpc.add_ReimbursementServiceServicer_to_server, ReimbursementServicer(requests_pool, handlers, verifier)
     )
+    # Operators (operator certificates only) register and revoke organisations on the same port.
+    api.add_servicer(apb_grpc.add_OrganisationAdminServiceServicer_to_server, OrganisationAdminServicer(ctx.pool))
     tls = TlsConfig(
         cert_chain_pem=settings.tls_cert_file.read_bytes(),
         private_key_pem=settings.tls_key_file.read_bytes(),

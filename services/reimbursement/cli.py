@@ -4,6 +4,7 @@
     python -m reimbursement.cli ca issue-server --dir DIR [--name reimbursement] [--dns H] [--ip A]
     python -m reimbursement.cli ca issue-org --dir DIR --tax-id CODE --name NAME
     python -m reimbursement.cli ca issue-service --dir DIR --name SERVICE   # client certificate of a service
+    python -m reimbursement.cli ca issue-operator --dir DIR --name NAME      # an operator's (admin services)
     python -m reimbursement.cli org add --tax-id CODE --name NAME   # DATABASE_URL, FAPIAO_DB_SCHEMA
     python -m reimbursement.cli org revoke --tax-id CODE
     python -m reimbursement.cli org list
@@ -23,6 +24,7 @@ from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.errors import FapiaoError
 from fapiao_runtime.pki import (
     create_ca,
+    issue_operator_certificate,
     issue_organisation_certificate,
     issue_server_certificate,
     issue_service_certificate,
@@ -53,6 +55,9 @@ def _ca(args: argparse.Namespace) -> int:
     elif args.command == "issue-service":
         issued = issue_service_certificate(ca, args.name)
         cert, key = write_pem_pair(issued, directory, f"service-{args.name}")
+    elif args.command == "issue-operator":
+        issued = issue_operator_certificate(ca, args.name)
+        cert, key = write_pem_pair(issued, directory, f"operator-{args.name}")
     else:
         issued = issue_organisation_certificate(ca, args.tax_id, args.name)
         cert, key = write_pem_pair(issued, directory, f"org-{args.tax_id}")
@@ -104,6 +109,11 @@ def parser() -> argparse.ArgumentParser:
     )
     service_cert.add_argument("--dir", required=True)
     service_cert.add_argument("--name", required=True)
+    operator_cert = ca_commands.add_parser(
+        "issue-operator", help="issue an operator's client certificate (the only one the admin services accept)"
+    )
+    operator_cert.add_argument("--dir", required=True)
+    operator_cert.add_argument("--name", required=True)
     org = groups.add_parser("org", help="organisation registry (PostgreSQL)")
     org_commands = org.add_subparsers(dest="command", required=True)
     add = org_commands.add_parser("add", help="register or re-activate an organisation")

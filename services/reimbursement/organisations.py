@@ -36,14 +36,20 @@ async def add_organisation(conn: asyncpg.Connection, tax_id: str, name: str) -> 
     return Organisation(tax_id, name, True)
 
 
-async def revoke_organisation(conn: asyncpg.Connection, tax_id: str) -> None:
-    """Revoke an organisation: from now on its certificate is refused (UNAUTHENTICATED). NotFound if unknown."""
+async def revoke_organisation(conn: asyncpg.Connection, tax_id: str) -> Organisation:
+    """Revoke an organisation: from now on its certificate is refused (UNAUTHENTICATED). NotFound if unknown.
+
+    Revoking a revoked organisation keeps its first revocation time and succeeds again.
+    """
     tax_id = check_tax_id(tax_id)
-    updated = await conn.fetchval(
-        "UPDATE organisations SET status = 'REVOKED', revoked_at = now() WHERE tax_id = $1 RETURNING tax_id", tax_id
+    name = await conn.fetchval(
+        "UPDATE organisations SET status = 'REVOKED', revoked_at = COALESCE(revoked_at, now()) WHERE tax_id = $1"
+        " RETURNING name",
+        tax_id,
     )
-    if updated is None:
+    if name is None:
         raise NotFound("UNKNOWN_ORGANISATION", "no organisation with this tax id")
+    return Organisation(tax_id, name, False)
 
 
 async def find_organisation(conn: asyncpg.Connection | asyncpg.Pool, tax_id: str) -> Organisation | None:

@@ -13,7 +13,13 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from fapiao_runtime.pki import create_ca, issue_server_certificate, read_pem_pair, write_pem_pair
+from fapiao_runtime.pki import (
+    create_ca,
+    issue_operator_certificate,
+    issue_server_certificate,
+    read_pem_pair,
+    write_pem_pair,
+)
 
 from fapiao_stack.keys import ensure_local_keys, validator_env
 from fapiao_stack.services import (
@@ -63,12 +69,20 @@ def reimbursement_certificate_name(address: str = LOOPBACK) -> str:
     return "reimbursement" if address == LOOPBACK else f"reimbursement-{address}"
 
 
+LOCAL_OPERATOR = "local"
+"""The operator whose certificate (operator-local.crt) the local stack issues for the CLI's admin calls."""
+
+
 def ensure_pki(run_dir: Path, address: str = LOOPBACK) -> Path:
-    """The local certificate authority and the reimbursement server's certificate for `address` (its
-    IP in the certificate); returns the pki dir."""
+    """The local certificate authority, the local operator's client certificate and the reimbursement
+    server's certificate for `address` (its IP in the certificate); returns the pki dir."""
     pki = _private_dir(run_dir / "pki")
     if not (pki / "ca.crt").exists():
         write_pem_pair(create_ca(), pki, "ca")
+    if not (pki / f"operator-{LOCAL_OPERATOR}.crt").exists():
+        write_pem_pair(
+            issue_operator_certificate(read_pem_pair(pki, "ca"), LOCAL_OPERATOR), pki, f"operator-{LOCAL_OPERATOR}"
+        )
     name = reimbursement_certificate_name(address)
     if not (pki / f"{name}.crt").exists():
         ca = read_pem_pair(pki, "ca")

@@ -1,17 +1,25 @@
-"""fapiao org add | revoke | list: organisations allowed to reimburse (reimbursement's registry)."""
+"""fapiao org add | revoke | list: organisations allowed to reimburse, through OrganisationAdminService."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 
-from fapiao_cli.local import load_stack_environment
-from fapiao_cli.main import EXIT_OK, EXIT_USAGE, command_epilog
+import grpc
+from fapiao.admin.v1 import organisation_admin_service_pb2 as apb
+from fapiao.admin.v1 import organisation_admin_service_pb2_grpc as org_admin_grpc
+
+from fapiao_cli import clients
+from fapiao_cli.local import PKI_DIR, load_stack_environment
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, command_epilog
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     org = subparsers.add_parser(
         "org",
         help="register or revoke reimbursing organisations",
+        description="Calls the reimbursement service's admin API with the local operator certificate "
+        f"({PKI_DIR}/operator-local.crt, issued by `fapiao up`).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=command_epilog(
             'fapiao org add --tax-id 91440300MA5G4LPE1D --name "深圳测试科技有限公司"',
@@ -31,13 +39,47 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     listing.set_defaults(handler=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from reimbursement import cli as reimbursement_cli
+def _line(organisation: apb.Organisation) -> str:
+    return f"{organisation.tax_id}\t{'active' if organisation.active else 'revoked'}\t{organisation.name}"
 
-    load_stack_environment()
-    argv = ["org", args.org_command]
-    if args.org_command in ("add", "revoke"):
-        argv += ["--tax-id", args.tax_id]
+
+def _admin() -> org_admin_grpc.OrganisationAdminServiceStub:
+    try:
+        return clients.organisation_admin()
+    except FileNotFoundError as exc:
+        raise CliError(f"no operator certificate ({exc.filename}): `fapiao up` issues one", EXIT_USAGE) from None
+
+
+async def register_organisation(tax_id: str, name: str) -> apb.Organisation:
+    """Register (or re-activate) an organisation through the admin API; AioRpcError on refusal."""
+    admin = _admin()
+    reply = await admin.RegisterOrganisation(apb.RegisterOrganisationRequest(tax_id=tax_id, name=name), timeout=10)
+    return reply.organisation
+
+
+async def _call(args: argparse.Namespace) -> list[str]:
     if args.org_command == "add":
-        argv += ["--name", args.name]
-    return EXIT_OK if reimbursement_cli.main(argv) == 0 else EXIT_USAGE
+        organisation = await register_organisation(args.tax_id, args.name)
+        return [f"organisation {organisation.tax_id} {organisation.name!r} active"]
+    admin = _admin()
+    if args.org_command == "revoke":
+        revoked = await admin.RevokeOrganisation(apb.RevokeOrganisationRequest(tax_id=args.tax_id), timeout=10)
+        return [f"organisation {revoked.organisation.tax_id} revoked"]
+    listing = await admin.ListOrganisations(apb.ListOrganisationsRequest(), timeout=10)
+    return [_line(o) for o in listing.organisations]
+
+
+def _run(args: argparse.Namespace) -> int:
+    load_stack_environment()
+    try:
+        lines = asyncio.run(_call(args))
+    except grpc.aio.AioRpcError as exc:
+        code = {
+            grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
+            grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
+        }.get(exc.code(), EXIT_FAILED)
+        raise CliError(f"refused: {clients.describe_refusal(exc)}", code) from None
+    for line in lines:
+        print(line)
+    return EXIT_OK
