@@ -53,7 +53,9 @@ def _admin() -> org_admin_grpc.OrganisationAdminServiceStub:
 async def register_organisation(tax_id: str, name: str) -> apb.Organisation:
     """Register (or re-activate) an organisation through the admin API; AioRpcError on refusal."""
     admin = _admin()
-    reply = await admin.RegisterOrganisation(apb.RegisterOrganisationRequest(tax_id=tax_id, name=name), timeout=10)
+    reply: apb.RegisterOrganisationResponse = await admin.RegisterOrganisation(
+        apb.RegisterOrganisationRequest(tax_id=tax_id, name=name), timeout=10
+    )
     return reply.organisation
 
 
