@@ -11,12 +11,15 @@ import grpc
 import pytest
 from fapiao.admin.v1 import organisation_admin_service_pb2 as apb
 from fapiao.admin.v1 import organisation_admin_service_pb2_grpc as apb_grpc
+from fapiao.reimbursement.v1 import reimbursement_service_pb2 as rpb
 from fapiao_runtime.db import apply_migrations, create_pool
+from fapiao_runtime.errors import reason_of
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
 from fapiao_runtime.pki import IssuedCertificate, issue_operator_certificate, issue_service_certificate
 from reimbursement.admin_api import OrganisationAdminServicer
 from reimbursement.organisations import find_organisation
 
+from tests.reimbursement.conftest import ApiUnderTest
 from tests.reimbursement.support import Pki, new_tax_id
 
 pytestmark = pytest.mark.integration
@@ -61,10 +64,6 @@ async def admin(database_url: str, pki: Pki) -> AsyncIterator[AdminUnderTest]:
     finally:
         await server.stop(0.5)
         await pool.close()
-
-
-def _reason(exc: grpc.aio.AioRpcError) -> str:
-    return dict(exc.trailing_metadata() or ()).get("fapiao-reason", "")
 
 
 async def test_an_operator_registers_twice_lists_and_revokes(admin: AdminUnderTest) -> None:
@@ -117,7 +116,7 @@ async def test_bad_requests_get_a_precise_reason_and_change_nothing(
         else:
             await operator.RevokeOrganisation(apb.RevokeOrganisationRequest(tax_id=tax_id), timeout=10)
     assert refused.value.code() == code
-    assert _reason(refused.value) == reason
+    assert reason_of(refused.value) == reason
     assert await admin.pool.fetchval("SELECT count(*) FROM organisations") == 0
 
 
@@ -137,7 +136,7 @@ async def test_organisation_and_service_certificates_are_refused(admin: AdminUnd
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert _reason(refused.value) == reason
+            assert reason_of(refused.value) == reason
     assert await admin.pool.fetchval("SELECT count(*) FROM organisations") == 0
 
 
@@ -154,3 +153,16 @@ async def test_callers_without_a_certificate_of_the_ca_never_reach_the_service(a
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         await channel.close()
     assert await admin.pool.fetchval("SELECT count(*) FROM organisations") == 0
+
+
+async def test_an_operator_certificate_is_no_organisation(api: ApiUnderTest) -> None:
+    operator = issue_operator_certificate(api.pki.ca, "alice")
+    credentials = grpc.ssl_channel_credentials(api.pki.ca.cert_pem, operator.key_pem, operator.cert_pem)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{api.port}", credentials) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await api.stub(channel).LockInvoice(
+                rpb.LockInvoiceRequest(invoice_number=api.issue(None), idempotency_key="k1"), timeout=10
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason_of(refused.value) == "NOT_AN_ORGANISATION_CERTIFICATE"
+    assert not api.ledger.submitted
