@@ -118,7 +118,7 @@ async def register_merchant(
     platform_keys: Mapping[str, str],
     key_if_new: bytes | None = None,
 ) -> Registration:
-    """Create or update a merchant in one transaction with its MerchantRegistered outbox event.
+    """Create or update (and re-activate) a merchant in one transaction with its MerchantRegistered event.
 
     apiv3_key replaces the stored key (rotation); None keeps it. key_if_new is the key of a merchant that
     does not exist yet and is ignored for an existing one, so re-running a registration never replaces
@@ -161,7 +161,8 @@ async def register_merchant(
             updated = await conn.execute(
                 "UPDATE merchants SET legal_name = $2, tax_id = $3, region_code = $4,"
                 " default_tax_classification_code = $5, default_item_name = $6, default_tax_rate_bp = $7,"
-                " apiv3_key_sealed = COALESCE($8, apiv3_key_sealed), updated_at = now() WHERE merchant_id = $1",
+                " apiv3_key_sealed = COALESCE($8, apiv3_key_sealed), revoked_at = NULL, updated_at = now()"
+                " WHERE merchant_id = $1",
                 *fields,
                 replacing,
             )
@@ -195,6 +196,76 @@ async def register_merchant_at(
             return await register_merchant(conn, secrets_key, profile, apiv3_key=apiv3_key, platform_keys=platform_keys)
     finally:
         await pool.close()
+
+
+@dataclass(frozen=True)
+class MerchantEntry:
+    """A merchant as the admin API lists it: profile, state and trusted serials (no key material)."""
+
+    profile: MerchantProfile
+    active: bool
+    trusted_serials: tuple[str, ...]
+
+
+_ENTRY_QUERY = (
+    "SELECT m.merchant_id, legal_name, tax_id, region_code, default_tax_classification_code, default_item_name,"
+    " default_tax_rate_bp, revoked_at IS NULL AS active,"
+    " ARRAY(SELECT serial FROM platform_keys p WHERE p.merchant_id = m.merchant_id ORDER BY added_at, serial)"
+    " AS serials FROM merchants m"
+)
+
+
+def _entry(row: asyncpg.Record) -> MerchantEntry:
+    profile = MerchantProfile(
+        row["merchant_id"],
+        row["legal_name"],
+        row["tax_id"],
+        row["region_code"],
+        row["default_tax_classification_code"],
+        row["default_item_name"],
+        row["default_tax_rate_bp"],
+    )
+    return MerchantEntry(profile, bool(row["active"]), tuple(row["serials"]))
+
+
+async def find_merchant(conn: asyncpg.Connection, merchant_id: str) -> MerchantEntry | None:
+    row = await conn.fetchrow(f"{_ENTRY_QUERY} WHERE m.merchant_id = $1", merchant_id)
+    return None if row is None else _entry(row)
+
+
+async def list_merchants(conn: asyncpg.Connection) -> list[MerchantEntry]:
+    return [_entry(row) for row in await conn.fetch(f"{_ENTRY_QUERY} ORDER BY m.merchant_id")]
+
+
+async def revoke_merchant(conn: asyncpg.Connection, merchant_id: str) -> MerchantEntry:
+    """Revoke a merchant: the webhook refuses its notifications (within the directory's cache TTL).
+
+    Revoking a revoked merchant keeps its first revocation time. InvalidArgument for a malformed id,
+    NotFound UNKNOWN_MERCHANT for an unknown one.
+    """
+    if not _MERCHANT_ID.fullmatch(merchant_id):
+        raise InvalidArgument("INVALID_MERCHANT_ID", "merchant_id must be 1-32 of [A-Za-z0-9_-]")
+    async with conn.transaction():
+        status = await conn.execute(
+            "UPDATE merchants SET revoked_at = COALESCE(revoked_at, now()), updated_at = now() WHERE merchant_id = $1",
+            merchant_id,
+        )
+        if status == "UPDATE 0":
+            raise NotFound("UNKNOWN_MERCHANT", "no such merchant")
+        entry = await find_merchant(conn, merchant_id)
+    assert entry is not None
+    return entry
+
+
+async def stored_apiv3_key(conn: asyncpg.Connection, secrets_key: bytes | SecretsBox, merchant_id: str) -> bytes | None:
+    """The merchant's APIv3 key, unsealed (never logged); None for an unknown merchant."""
+    sealed = await conn.fetchval("SELECT apiv3_key_sealed FROM merchants WHERE merchant_id = $1", merchant_id)
+    if sealed is None:
+        return None
+    try:
+        return unseal(secrets_key, bytes(sealed), context=merchant_id)
+    except SealedKeyError:
+        raise Unavailable("MERCHANT_KEY_UNAVAILABLE", "the merchant's APIv3 key cannot be opened") from None
 
 
 async def add_platform_key(conn: asyncpg.Connection, merchant_id: str, serial: str, pem: str) -> None:
@@ -260,7 +331,10 @@ class MerchantDirectory:
 
     async def _load(self, merchant_id: str) -> MerchantKeys | None:
         async with self._pool.acquire() as conn:
-            sealed = await conn.fetchval("SELECT apiv3_key_sealed FROM merchants WHERE merchant_id = $1", merchant_id)
+            # A revoked merchant is no merchant for the request path.
+            sealed = await conn.fetchval(
+                "SELECT apiv3_key_sealed FROM merchants WHERE merchant_id = $1 AND revoked_at IS NULL", merchant_id
+            )
             if sealed is None:
                 return None
             rows = await conn.fetch(

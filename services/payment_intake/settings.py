@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fapiao_runtime.config import env_int, env_str
+from fapiao_runtime.grpc_server import TlsConfig
 from fapiao_runtime.sealing import SecretsBox, decode_secret_key, previous_keys_from_env
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 DB_SCHEMA = "payment_intake"
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_WEBHOOK_PORT = 8081
+DEFAULT_ADMIN_PORT = 50055
+ADMIN_TLS_PREFIX = "FAPIAO_INTAKE_ADMIN_TLS"
 _DEV_KEY_DIR = Path(__file__).resolve().parents[2] / ".run" / "secrets"
 
 
@@ -52,6 +55,15 @@ def load_key(name: str) -> bytes:
     return decode_key(path.read_text(), name=f"{name}_FILE")
 
 
+def admin_tls_from_env() -> TlsConfig | None:
+    """FAPIAO_INTAKE_ADMIN_TLS_CERT_FILE, _KEY_FILE and _CLIENT_CA_FILE (required with a certificate:
+    the admin port serves mutual TLS only); None when no certificate is configured."""
+    tls = TlsConfig.from_env(ADMIN_TLS_PREFIX)
+    if tls is not None and tls.client_ca_pem is None:
+        raise ValueError(f"{ADMIN_TLS_PREFIX}_CLIENT_CA_FILE is required: the admin port serves mutual TLS only")
+    return tls
+
+
 @dataclass(frozen=True)
 class IntakeSettings:
     """secrets_key seals APIv3 keys at rest; payer_hash_key keys the payer_ref HMAC. Never logged."""
@@ -72,6 +84,9 @@ class IntakeSettings:
     processes: int = 1
     # Former FAPIAO_SECRETS_KEY values (FAPIAO_SECRETS_KEY_PREVIOUS) during a rotation: they still open.
     previous_secrets_keys: tuple[bytes, ...] = ()
+    # MerchantAdminService on its own mutual-TLS port; None (no FAPIAO_INTAKE_ADMIN_TLS_CERT_FILE): not served.
+    admin_port: int = DEFAULT_ADMIN_PORT
+    admin_tls: TlsConfig | None = None
 
     def secrets_box(self) -> SecretsBox:
         return SecretsBox(self.secrets_key, self.previous_secrets_keys)
@@ -93,6 +108,8 @@ class IntakeSettings:
             max_pending=env_int("FAPIAO_INTAKE_MAX_PENDING", 10_000),
             processes=env_int("FAPIAO_INTAKE_PROCESSES", 1),
             previous_secrets_keys=tuple(previous_keys_from_env()),
+            admin_port=env_int("FAPIAO_INTAKE_ADMIN_PORT", DEFAULT_ADMIN_PORT),
+            admin_tls=admin_tls_from_env(),
         )
 
     def __repr__(self) -> str:  # keep keys out of any accidental log line
