@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import grpc
+from fapiao.admin.v1 import merchant_admin_service_pb2_grpc as merchant_admin_grpc
 from fapiao.admin.v1 import organisation_admin_service_pb2_grpc as org_admin_grpc
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_api
 from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as minting_grpc
@@ -65,6 +66,12 @@ def organisation_admin() -> org_admin_grpc.OrganisationAdminServiceStub:
     """OrganisationAdminService of the local reimbursement service, called as the local operator."""
     channel = grpc.aio.secure_channel(reimbursement_address(), operator_credentials())
     return org_admin_grpc.OrganisationAdminServiceStub(_kept(channel))
+
+
+def merchant_admin(address: str) -> merchant_admin_grpc.MerchantAdminServiceStub:
+    """MerchantAdminService of payment_intake at `address`, called as the local operator."""
+    channel = grpc.aio.secure_channel(address, operator_credentials())
+    return merchant_admin_grpc.MerchantAdminServiceStub(_kept(channel))
 
 
 async def payment_of(merchant_id: str, transaction_id: str) -> intake_api.GetPaymentResponse:

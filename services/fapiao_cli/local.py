@@ -46,6 +46,15 @@ def host_addresses() -> dict[str, str]:
     return {host: entry["address"] for host, entry in state["hosts"].items()}
 
 
+def merchant_admin_address() -> str | None:
+    """Where the running stack serves MerchantAdminService (its stack.json's `merchant_admin`), or None
+    for a stack that records none."""
+    if not STATE_FILE.exists():
+        return None
+    address = json.loads(STATE_FILE.read_text()).get("merchant_admin")
+    return str(address) if address else None
+
+
 def grpc_address(service: str) -> str:
     for spec in local_services():
         if spec.name == service:

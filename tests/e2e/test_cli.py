@@ -105,6 +105,13 @@ def test_cli_drives_the_whole_stack(fapiao: FapiaoCommand, tmp_path: Path) -> No
     assert load.returncode == 0 and "20 accepted" in load.stdout, load.stdout + load.stderr
 
     assert fapiao("org", "revoke", "--tax-id", company).returncode == 0
+    assert f"{company}\trevoked" in fapiao("org", "list").stdout
+    # Merchants too are listed and revoked through the admin API, as the local operator.
+    assert "1900000001\tactive" in fapiao("merchant", "list").stdout
+    assert fapiao("merchant", "revoke", "--merchant-id", "1900000001").returncode == 0
+    assert "1900000001\trevoked" in fapiao("merchant", "list").stdout
+    unknown = fapiao("merchant", "revoke", "--merchant-id", "1900000099")
+    assert unknown.returncode == 1 and "UNKNOWN_MERCHANT" in unknown.stderr
 
     pids = [int(p.read_text()) for p in (fapiao.run_dir / "pids").glob("*.pid")]
     assert len(pids) == 9

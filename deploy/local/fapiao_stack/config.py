@@ -24,6 +24,7 @@ from fapiao_runtime.pki import (
 from fapiao_stack.keys import ensure_local_keys, validator_env
 from fapiao_stack.services import (
     GATEWAY_PORT,
+    INTAKE_ADMIN_PORT,
     INTAKE_WEBHOOK_PORT,
     LEDGER_VALIDATORS,
     REIMBURSEMENT_TLS_PORT,
@@ -67,6 +68,24 @@ def ensure_secrets(run_dir: Path) -> dict[str, str]:
 def reimbursement_certificate_name(address: str = LOOPBACK) -> str:
     """File name (without extension) under .run/pki of the reimbursement server's certificate for `address`."""
     return "reimbursement" if address == LOOPBACK else f"reimbursement-{address}"
+
+
+def intake_admin_certificate(run_dir: Path, address: str = LOOPBACK) -> Path:
+    """The pki dir's `payment_intake[-ADDRESS].crt` (and .key): payment_intake's admin port server
+    certificate for `address`, issued by the local CA when missing; returns the path without extension."""
+    pki = ensure_pki(run_dir, address)
+    stem = "payment_intake" if address == LOOPBACK else f"payment_intake-{address}"
+    if not (pki / f"{stem}.crt").exists():
+        ips = (LOOPBACK,) if address == LOOPBACK else (address, LOOPBACK)
+        write_pem_pair(
+            issue_server_certificate(read_pem_pair(pki, "ca"), "payment_intake", ip_addresses=ips), pki, stem
+        )
+    return pki / stem
+
+
+def intake_admin_address(address: str = LOOPBACK) -> str:
+    """Where payment_intake's MerchantAdminService listens (recorded in stack.json as `merchant_admin`)."""
+    return f"{address}:{INTAKE_ADMIN_PORT}"
 
 
 LOCAL_OPERATOR = "local"
@@ -135,6 +154,15 @@ def process_environment(
     if spec.module == "ledger":
         index = int(spec.name.rsplit("-", 1)[1])
         env.update(validator_env(run_dir, LEDGER_VALIDATORS, index))
+    if spec.module == "payment_intake":
+        stem = intake_admin_certificate(run_dir, address)
+        env.update(
+            {
+                "FAPIAO_INTAKE_ADMIN_TLS_CERT_FILE": f"{stem}.crt",
+                "FAPIAO_INTAKE_ADMIN_TLS_KEY_FILE": f"{stem}.key",
+                "FAPIAO_INTAKE_ADMIN_TLS_CLIENT_CA_FILE": str(stem.parent / "ca.crt"),
+            }
+        )
     if spec.module == "reimbursement":
         pki = ensure_pki(run_dir, address)
         certificate = reimbursement_certificate_name(address)

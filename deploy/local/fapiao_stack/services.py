@@ -30,6 +30,8 @@ INTAKE_WEBHOOK_PORT = 8081 + PORT_OFFSET
 # deployments where each has its host or container to itself).
 GRPC_BASE = 17000
 REIMBURSEMENT_TLS_PORT = GRPC_BASE + 54 + PORT_OFFSET
+# payment_intake's MerchantAdminService (mutual TLS, operator certificates only).
+INTAKE_ADMIN_PORT = GRPC_BASE + 55 + PORT_OFFSET
 GATEWAY_PORT = 8080 + PORT_OFFSET
 
 
@@ -63,7 +65,11 @@ def local_services() -> list[ServiceSpec]:
             "payment_intake",
             "payment_intake",
             GRPC_BASE + 51 + PORT_OFFSET,
-            env={"FAPIAO_WEBHOOK_PORT": str(INTAKE_WEBHOOK_PORT), "FAPIAO_INTAKE_PROCESSES": str(intake_processes)},
+            env={
+                "FAPIAO_WEBHOOK_PORT": str(INTAKE_WEBHOOK_PORT),
+                "FAPIAO_INTAKE_PROCESSES": str(intake_processes),
+                "FAPIAO_INTAKE_ADMIN_PORT": str(INTAKE_ADMIN_PORT),
+            },
             metrics_port=9101 + PORT_OFFSET,
             processes=intake_processes,
         )

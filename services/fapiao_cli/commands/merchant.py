@@ -1,21 +1,33 @@
-"""fapiao merchant add | show: the merchant registry of payment_intake (and the platform's keys for it)."""
+"""fapiao merchant add | list | show | revoke: payment_intake's merchant registry, through its
+MerchantAdminService (and the local payment platform's keys for it)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
+import grpc
+from fapiao.admin.v1 import merchant_admin_service_pb2 as mpb
+from google.protobuf import json_format
+
+from fapiao_cli import clients
 from fapiao_cli.local import (
     PLATFORM_DIR,
     MerchantCredentials,
     load_merchant_credentials,
     load_stack_environment,
+    merchant_admin_address,
     save_merchant_credentials,
 )
-from fapiao_cli.main import EXIT_OK, EXIT_USAGE, CliError, command_epilog
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, command_epilog
+
+DEFAULT_TAX_CLASSIFICATION_CODE = "3070401000000000000"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,6 +62,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     show = commands.add_parser("show", help="a merchant's profile and trusted platform serials (no keys)")
     show.add_argument("--merchant-id", required=True)
     show.set_defaults(handler=_show)
+    listing = commands.add_parser("list", help="every merchant: id, active or revoked, legal name")
+    listing.set_defaults(handler=_list)
+    revoke = commands.add_parser("revoke", help="revoke a merchant: the webhook refuses its notifications")
+    revoke.add_argument("--merchant-id", required=True)
+    revoke.set_defaults(handler=_revoke)
 
 
 def register_merchant(
@@ -62,14 +79,37 @@ def register_merchant(
     default_tax_rate_bp: int = 600,
     rotate_apiv3_key: bool = False,
 ) -> dict[str, object]:
-    """Register through payment_intake's operator module; returns its JSON answer. ValueError on rejection.
+    """Register through payment_intake's MerchantAdminService as the local operator; returns the JSON
+    answer the payment system needs (merchant id, tax id, `created`, the APIv3 key when this call set it,
+    trusted serials, notify path). ValueError on rejection.
 
     The local payment platform's copy of the APIv3 key is replaced only when the registration set one.
     """
-    from payment_intake import cli as intake_cli
-
     load_stack_environment()
     key = _platform_key()
+    address = merchant_admin_address()
+    if address is not None:
+        return _register_through_api(
+            address,
+            key,
+            mpb.RegisterMerchantRequest(
+                merchant_id=merchant_id,
+                legal_name=legal_name,
+                tax_id=tax_id,
+                region_code=region_code,
+                default_tax_classification_code=DEFAULT_TAX_CLASSIFICATION_CODE,
+                default_item_name=default_item_name,
+                default_tax_rate_bp=default_tax_rate_bp,
+                platform_keys=[
+                    mpb.PlatformKey(serial=key["serial"], public_key_pem=Path(key["public_key"]).read_bytes())
+                ],
+            ),
+            apiv3_key,
+            rotate_apiv3_key,
+        )
+    # A stack that records no admin address (the container stacks): payment_intake's operator module.
+    from payment_intake import cli as intake_cli
+
     argv = [
         "merchant", "add", "--merchant-id", merchant_id, "--legal-name", legal_name, "--tax-id", tax_id,
         "--region-code", region_code, "--default-item-name", default_item_name,
@@ -92,6 +132,72 @@ def register_merchant(
             )
         )
     return answer
+
+
+def _register_through_api(
+    address: str,
+    key: dict[str, str],
+    request: mpb.RegisterMerchantRequest,
+    apiv3_key: str | None,
+    rotate_apiv3_key: bool,
+) -> dict[str, object]:
+    from payment_intake.wechatpay import generate_apiv3_key
+
+    if apiv3_key and rotate_apiv3_key:
+        raise ValueError("give --apiv3-key or --rotate-apiv3-key, not both")
+    if rotate_apiv3_key:
+        request.replace_apiv3_key = generate_apiv3_key().decode()
+    elif apiv3_key:
+        request.replace_apiv3_key = apiv3_key
+    else:
+        request.apiv3_key_if_new = generate_apiv3_key().decode()
+    try:
+        reply = asyncio.run(_call(address, "RegisterMerchant", request))
+    except grpc.aio.AioRpcError as exc:
+        raise ValueError(clients.describe_refusal(exc)) from None
+    merchant = reply.merchant
+    answer: dict[str, object] = {
+        "merchant_id": merchant.merchant_id,
+        "tax_id": merchant.tax_id,
+        # New: this call's key for a new merchant is the stored one (a replacement says nothing of that).
+        "created": reply.apiv3_key_stored and bool(request.apiv3_key_if_new),
+    }
+    if reply.apiv3_key_stored:  # printed once, when it is set; a re-run keeps the stored key
+        answer["apiv3_key"] = request.replace_apiv3_key or request.apiv3_key_if_new
+        save_merchant_credentials(
+            MerchantCredentials(
+                merchant.merchant_id, str(answer["apiv3_key"]), key["serial"], PLATFORM_DIR / key["private_name"]
+            )
+        )
+    answer["trusted_platform_serials"] = list(merchant.trusted_platform_serials)
+    answer["notify_path"] = merchant.notify_path
+    return answer
+
+
+async def _call(address: str, method: str, request: Any) -> Any:
+    """One MerchantAdminService call as the local operator."""
+    try:
+        stub = clients.merchant_admin(address)
+    except FileNotFoundError as exc:
+        raise CliError(f"no operator certificate ({exc.filename}): `fapiao up` issues one", EXIT_USAGE) from None
+    return await getattr(stub, method)(request, timeout=10)
+
+
+def _admin_call(method: str, request: Any) -> Any:
+    """A MerchantAdminService call for the list, show and revoke commands, refusals as CliError."""
+    load_stack_environment()
+    address = merchant_admin_address()
+    if address is None:
+        raise CliError("this stack serves no merchant admin API (stack.json records no merchant_admin)")
+    try:
+        return asyncio.run(_call(address, method, request))
+    except grpc.aio.AioRpcError as exc:
+        code = {
+            grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
+            grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
+        }.get(exc.code(), EXIT_FAILED)
+        raise CliError(f"refused: {clients.describe_refusal(exc)}", code) from None
 
 
 def _platform_key() -> dict[str, str]:
@@ -139,7 +245,36 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from payment_intake import cli as intake_cli
-
     load_stack_environment()
-    return EXIT_OK if intake_cli.main(["merchant", "show", "--merchant-id", args.merchant_id]) == 0 else EXIT_USAGE
+    if merchant_admin_address() is None:
+        from payment_intake import cli as intake_cli
+
+        return EXIT_OK if intake_cli.main(["merchant", "show", "--merchant-id", args.merchant_id]) == 0 else EXIT_USAGE
+    listing = _admin_call("ListMerchants", mpb.ListMerchantsRequest())
+    for merchant in listing.merchants:
+        if merchant.merchant_id == args.merchant_id:
+            print(_json(merchant))
+            return EXIT_OK
+    raise CliError(f"no merchant {args.merchant_id}", EXIT_FAILED)
+
+
+def _list(args: argparse.Namespace) -> int:
+    for merchant in _admin_call("ListMerchants", mpb.ListMerchantsRequest()).merchants:
+        print(f"{merchant.merchant_id}\t{'active' if merchant.active else 'revoked'}\t{merchant.legal_name}")
+    return EXIT_OK
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    reply = _admin_call("RevokeMerchant", mpb.RevokeMerchantRequest(merchant_id=args.merchant_id))
+    print(f"merchant {reply.merchant.merchant_id} revoked")
+    return EXIT_OK
+
+
+def _json(merchant: mpb.Merchant) -> str:
+    return json_format.MessageToJson(
+        merchant,
+        ensure_ascii=False,
+        indent=2,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
