@@ -8,11 +8,14 @@ everything in one database transaction (`Coordinator.commit` says why this order
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Mapping
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fapiao.ledger.v1 import ledger_pb2
+from fapiao_runtime import tracing
 
 from ledger import store
 from ledger.chain import ChainExecutor, CutBlock, claims_id
@@ -24,9 +27,13 @@ from ledger.presence import PresenceFilter
 from ledger.publishing import ResultPublisher, block_results
 from ledger.records import LogRecord, decode_record, signature_envelope
 from ledger.settings import LedgerSettings
+from ledger.state_machine import Outcome
 from ledger.time_cuts import TimeCutter
+from ledger.traces import TraceBook
 
 FETCH_MAX_RECORDS = 5000
+
+log = logging.getLogger("ledger.coordination")
 
 
 class Coordinator:
@@ -44,8 +51,10 @@ class Coordinator:
         publisher: ResultPublisher,
         time_cuts: TimeCutter,
         pending: PendingWrites,
+        traces: TraceBook,
     ) -> None:
         self._settings = settings
+        self._traces = traces
         self._pool = pool
         self._producer = producer
         self._signatures_topic = signatures_topic
@@ -138,6 +147,8 @@ class Coordinator:
                 assert record.tx is not None
                 if not chain.has_pending:
                     self._time_cuts.note_pending(chain.chain_id)
+                if record.traceparent and record.tx.body is not None:
+                    self._traces.note(record.tx.body.transaction_id, record.traceparent)
                 block = chain.on_transaction(record.offset, record.aggregate_id, record.tx)
             elif record.kind == "cut":
                 assert record.marker is not None
@@ -156,9 +167,26 @@ class Coordinator:
                 for outcome in block.outcomes:
                     if claims_id(outcome):
                         self._claimed_ids.add(outcome.transaction_id)
+                    if not outcome.result.accepted:
+                        self._log_rejection(block, outcome)
                 if chain.has_pending:
                     self._time_cuts.note_pending(chain.chain_id)
         return blocks
+
+    def _log_rejection(self, block: CutBlock, outcome: Outcome) -> None:
+        """One line per rejected transaction, in the trace of the request that submitted it."""
+        traceparent = self._traces.of(outcome.transaction_id)
+        with tracing.continued_from(traceparent) if traceparent else contextlib.nullcontext():
+            log.info(
+                "transaction rejected",
+                extra={
+                    "transaction_id": outcome.transaction_id,
+                    "invoice_id": outcome.result.invoice_id,
+                    "reason": outcome.result.rejection_reason,
+                    "chain_id": block.chain_id,
+                    "height": block.height,
+                },
+            )
 
     def _extend_heads(self, blocks: list[CutBlock]) -> None:
         """Each block must extend its chain: the next height, over the hash of the block before it."""

@@ -23,6 +23,7 @@ from ledger.pending_writes import BlockKey, PendingWrites
 from ledger.records import result_envelope
 from ledger.settings import LedgerSettings
 from ledger.state_machine import DUPLICATE_TRANSACTION
+from ledger.traces import TraceBook
 
 PUBLISH_BATCH = 100
 MARK_PUBLISHED_BATCH = 100
@@ -66,8 +67,10 @@ class ResultPublisher:
         results_topic: str,
         pending: PendingWrites,
         on_published: Callable[[list[BlockKey]], None],
+        traces: TraceBook,
     ) -> None:
         self._settings = settings
+        self._traces = traces
         self._pool = pool
         self._producer = producer
         self._topic = results_topic
@@ -177,7 +180,14 @@ class ResultPublisher:
     async def _send(
         self, transaction_id: str, event_id: uuid.UUID, raw: bytes, occurred_at: Timestamp
     ) -> asyncio.Future[object]:
-        envelope = result_envelope(self._settings.validator_id, transaction_id, event_id, raw, occurred_at)
+        envelope = result_envelope(
+            self._settings.validator_id,
+            transaction_id,
+            event_id,
+            raw,
+            occurred_at,
+            self._traces.child_of(transaction_id),
+        )
         key = transaction_id.encode()
         # Explicit partition (C crc32): aiokafka's pure-Python murmur2 costs more than the rest of the send.
         partition = zlib.crc32(key) % self._partitions

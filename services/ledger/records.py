@@ -32,6 +32,7 @@ class LogRecord:
     marker: ledger_pb2.TimeToCut | None = None
     registration: ledger_pb2.SignedKeyRegistration | None = None
     producer: str = ""  # of a marker: the validator that says it wrote it (unsigned; timing only)
+    traceparent: str = ""  # of a transaction: the trace of the request that caused it (not part of the ledger)
 
 
 def decode_record(offset: int, raw: bytes | None) -> LogRecord:
@@ -43,7 +44,8 @@ def decode_record(offset: int, raw: bytes | None) -> LogRecord:
         return LogRecord(offset, "", "skip")
     which = record.WhichOneof("record")
     if which == "transaction":
-        return LogRecord(offset, envelope.aggregate_id, "tx", tx=parse_transaction(record.transaction))
+        parsed = parse_transaction(record.transaction)
+        return LogRecord(offset, envelope.aggregate_id, "tx", tx=parsed, traceparent=envelope.traceparent)
     if which == "time_to_cut":
         return LogRecord(offset, envelope.aggregate_id, "cut", marker=record.time_to_cut, producer=envelope.producer)
     if which == "key_registration":
@@ -107,9 +109,15 @@ def verified_signature(
 
 
 def result_envelope(
-    validator_id: str, transaction_id: str, event_id: uuid.UUID, raw: bytes, occurred_at: Timestamp
+    validator_id: str,
+    transaction_id: str,
+    event_id: uuid.UUID,
+    raw: bytes,
+    occurred_at: Timestamp,
+    traceparent: str = "",
 ) -> envelope_pb2.EventEnvelope:
-    """Envelope of a stored result; the stored bytes are the payload as they are (no re-serialization)."""
+    """Envelope of a stored result; the stored bytes are the payload as they are (no re-serialization).
+    `traceparent` continues the trace of the transaction's request (not part of what validators sign)."""
     return envelope_pb2.EventEnvelope(
         event_id=str(event_id),
         event_type=RESULT_TYPE,
@@ -117,6 +125,7 @@ def result_envelope(
         occurred_at=occurred_at,
         producer=validator_id,
         payload=raw,
+        traceparent=traceparent,
     )
 
 

@@ -33,6 +33,7 @@ from ledger.pending_writes import PendingWrites
 from ledger.publishing import ResultPublisher
 from ledger.settings import LedgerSettings
 from ledger.time_cuts import TimeCutter
+from ledger.traces import TraceBook
 
 DRAIN_S = 5.0  # once stopped, how long the transaction loop may take to store the batch in hand
 
@@ -86,6 +87,7 @@ class Validator:
         self.loaded.clear()
         self.caught_up.clear()
         self.pending = PendingWrites()
+        self.traces = TraceBook()
         self.chains: dict[int, ChainExecutor] = {}
         self.time_cuts = TimeCutter(self.settings, self.producer, self._tx_topic, self.chains)
         self.publisher = ResultPublisher(
@@ -95,6 +97,7 @@ class Validator:
             self._results_topic,
             self.pending,
             on_published=lambda keys: self.finality.release_votes(keys),
+            traces=self.traces,
         )
         self.finality = FinalityVotes(
             self.settings, self.pool, self.chains, self.pending, self.publisher.enqueue, self.block_event
@@ -109,6 +112,7 @@ class Validator:
             self.publisher,
             self.time_cuts,
             self.pending,
+            self.traces,
         )
 
     def has_chain(self, chain_id: int) -> bool:

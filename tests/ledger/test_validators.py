@@ -11,6 +11,7 @@ import asyncpg
 import grpc
 import pytest
 from fapiao.ledger.v1 import ledger_pb2, ledger_service_pb2, ledger_service_pb2_grpc
+from fapiao_runtime import tracing
 from fapiao_runtime.errors import DeadlineExceeded, reason_of
 from fapiao_runtime.invoice_ids import invoice_id_for_number
 from fapiao_runtime.ledger_client import LedgerResultWaiter
@@ -95,6 +96,26 @@ async def test_lifecycle_results_and_offline_receipts(stack: StackUnderTest) -> 
         # A retried submission gets the original outcome, not a new decision.
         again = await waiter.submit_and_wait(net.producer, steps[2][0], inv, timeout_s=30)
         assert again.accepted and again.height > 0
+
+        # A transaction submitted in a request's trace: its result continues the trace, and the validators
+        # log its rejection with the trace id.
+        trace_id = uuid.uuid4().hex
+        with tracing.continued_from(f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"):
+            traced = await waiter.submit_and_wait(
+                net.producer, reimburse(net.reimburser, T.TRANSACTION_TYPE_LOCK, inv, BUYER_TAX_ID), inv, timeout_s=30
+            )
+        assert traced.rejection_reason == "ALREADY_CLOSED"
+        results = await read_envelopes(stack.kafka_bootstrap, stack.topic("ledger.results.v1"))
+        copies = [e for e in results if e.aggregate_id == traced.transaction_id]
+        assert copies and {tracing.trace_id_of(e.traceparent) for e in copies} == {trace_id}
+
+        async def rejection_logged() -> bool:
+            return all(
+                any(trace_id in line and "transaction rejected" in line for line in p.log_text().splitlines())
+                for p in net.processes.values()
+            )
+
+        await wait_for(rejection_logged, 30, what="every validator's log line of the traced rejection")
 
         keys = validator_keys_from_env(net.env)
 
