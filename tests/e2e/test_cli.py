@@ -21,7 +21,6 @@ def _tax_id(body17: str) -> str:
     return body17 + uscc_check_char(body17)
 
 
-@pytest.mark.unit
 def test_every_command_has_help() -> None:
     parser = build_parser()
     # Each command is listed in `fapiao --help` with its summary, and answers its own --help.
