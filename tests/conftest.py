@@ -75,8 +75,9 @@ TIERS = ("unit", "integration", "e2e", "browser")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test module declares exactly one tier (`pytestmark = pytest.mark.<tier>`), so `-m unit`
-    and the other tier selections never skip a file silently."""
+    """Every test module declares exactly one tier (`pytestmark = pytest.mark.<tier>`) and every test has
+    that tier only, so `-m unit` and the other tier selections never skip a file silently nor run a test
+    of another tier."""
     wrong: dict[str, list[str]] = {}
     for item in items:
         module = item.module
@@ -87,6 +88,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tiers = sorted({m.name for m in marks if m.name in TIERS})
         if len(tiers) != 1:
             wrong[module.__name__] = tiers
+            continue
+        # ... and no test adds a second one of its own.
+        own = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+        if own != tiers:
+            wrong[f"{module.__name__}::{item.name}"] = own
     if wrong:
         listing = "; ".join(f"{name}: {tiers or 'none'}" for name, tiers in sorted(wrong.items()))
         raise pytest.UsageError(f"each test module needs exactly one tier marker of {TIERS}, found {listing}")

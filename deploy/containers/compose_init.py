@@ -99,7 +99,12 @@ def _secret_file(path: Path, make: str) -> str:
     return path.read_text().strip()
 
 
-def _write_env(path: Path, values: dict[str, str]) -> None:
+def write_env(path: Path, values: dict[str, str]) -> None:
+    """Write `values` as an env file (KEY=value lines, mode 0600) that compose and podman read.
+
+    A value with a line break would smuggle another variable into the file, so it is refused with
+    ValueError before anything is written.
+    """
     for key, value in values.items():
         if "\n" in value or "\r" in value:
             raise ValueError(f"{key}: an env file value cannot hold a line break")
@@ -139,7 +144,7 @@ def generate(out: Path, owner: int | None = None) -> dict[str, Path]:
         **dict.fromkeys(LISTEN_HOST_VARIABLES, HOST),
     }
     written = {"config": env_dir / "config.env"}
-    _write_env(written["config"], config)
+    write_env(written["config"], config)
 
     mounted: set[str] = set()
     for spec in local_services():
@@ -159,10 +164,10 @@ def generate(out: Path, owner: int | None = None) -> dict[str, Path]:
             env[variable] = mount_path(relative)
             mounted.add(relative)
         written[spec.name] = env_dir / f"{spec.name}.env"
-        _write_env(written[spec.name], env)
+        write_env(written[spec.name], env)
 
     written["kafka"] = env_dir / "kafka.env"
-    _write_env(
+    write_env(
         written["kafka"],
         {
             "KAFKA_HOST": HOST,
@@ -175,7 +180,7 @@ def generate(out: Path, owner: int | None = None) -> dict[str, Path]:
         },
     )
     written["postgres"] = env_dir / "postgres.env"
-    _write_env(
+    write_env(
         written["postgres"],
         {
             "PGHOST": HOST,

@@ -248,7 +248,7 @@ class EventConsumer:
                     continue
                 offsets: dict[TopicPartition, int] = {}
                 for tp, records in batch.items():
-                    await self._apply_all(records)
+                    await self.apply(records)
                     offsets[tp] = records[-1].offset + 1
                 await commit_applied(consumer, offsets)
         finally:
@@ -267,13 +267,16 @@ class EventConsumer:
         consumer = self._consumer
         return sum((await partition_lag(consumer)).values()) if consumer is not None else 0
 
-    async def _apply_all(self, records: list[ConsumerRecord]) -> None:
+    async def apply(self, records: list[ConsumerRecord]) -> None:
         """Apply one partition's fetched records in order, in ONE transaction when they all succeed.
 
-        A transaction per record costs its round trips (BEGIN, mark, effect, COMMIT) for every event;
-        one per fetched batch shares them. If anything in the batch fails, the whole transaction rolls
-        back (handlers only touch the database) and the records are applied one by one, with retries and
-        dead letters, exactly as a single record would be.
+        run() calls this for every partition of each fetched batch and commits the offsets after it
+        returns. A transaction per record costs its round trips (BEGIN, mark, effect, COMMIT) for every
+        event; one per fetched batch shares them. If anything in the batch fails, the whole transaction
+        rolls back (handlers only touch the database) and the records are applied one by one, with
+        retries and dead letters, exactly as a single record would be. A lost dependency (see
+        `unavailable_cause`) raises instead: no record is dead-lettered for it and no offset is
+        committed, so the records are read again from the committed offset.
         """
         if len(records) == 1:
             await self._apply(records[0])

@@ -231,6 +231,15 @@ class LedgerResultWaiter:
         )
         self._consumer = consumer
         self._lag = watch_lag(self._client_id, lambda: self._consumer)
+        self.read(consumer)
+
+    def read(self, consumer: AIOKafkaConsumer) -> None:
+        """Resolve waiters with the records `consumer` fetches (each passed to handle()) until stop().
+
+        start() calls this with the consumer it opens at the end of ledger.results.v1. A caller that
+        already holds a consumer positioned on that topic may call it instead of start(); stop() then
+        stops the reading but leaves that consumer to its caller.
+        """
         self._task = asyncio.ensure_future(self._run(consumer))
 
     async def stop(self) -> None:
@@ -276,15 +285,23 @@ class LedgerResultWaiter:
                 log.info("reading ledger results again")
             for records in batch.values():
                 for record in records:
-                    # Every validator publishes a copy keyed by transaction id: decode only the first,
-                    # unless someone still waits (another chain's transaction may have used the same id).
-                    if record.key is not None:
-                        key = record.key.decode(errors="replace")
-                        if key in self._recent and key not in self._waiters:
-                            continue
-                    self._on_record(record.value)
+                    self.handle(record.key, record.value)
 
-    def _on_record(self, raw: bytes | None) -> None:
+    def handle(self, key: bytes | None, raw: bytes | None) -> None:
+        """Take one record of ledger.results.v1 (its key, the transaction id, and its envelope); the
+        reading loop calls this for every record it fetches.
+
+        A result whose envelope carries the transaction's own event id (see result_event_id) decides
+        the waiters for its transaction id and invoice, and is remembered for later wait() calls. A
+        rejection carrying any other event id (its signature was never verified) decides nothing: it
+        only explains a time-out. Undecodable records are ignored.
+        """
+        # Every validator publishes a copy keyed by transaction id: decode only the first, unless
+        # someone still waits (another chain's transaction may have used the same id).
+        if key is not None:
+            tx_id = key.decode(errors="replace")
+            if tx_id in self._recent and tx_id not in self._waiters:
+                return
         if raw is None:
             return
         try:

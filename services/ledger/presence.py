@@ -31,6 +31,9 @@ class PresenceFilter:
             bits <<= 1
         self._mask = bits - 1
         self._array = bytearray(bits // 8)
+        # How many ids it holds at its designed false-positive rate: the capacity asked for, rounded up
+        # to a power of two (at most MAX_BITS / BITS_PER_ITEM); past it the rate degrades.
+        self.capacity = bits // BITS_PER_ITEM
         self.count = 0
 
     @classmethod

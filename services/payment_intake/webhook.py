@@ -174,6 +174,23 @@ def refund_from_resource(data: dict[str, Any]) -> RecordRefund:
     )
 
 
+def notification_from_body(body: bytes) -> dict[str, Any]:
+    """The notification a WeChat Pay body carries, checked before its resource is decrypted: a JSON
+    object with an `id`, a handled `event_type` and an AEAD_AES_256_GCM `resource` (`ciphertext`,
+    `nonce`). Anything else raises InvalidArgument (MALFORMED_BODY or UNSUPPORTED_EVENT_TYPE)."""
+    data = load_json_object(body, "MALFORMED_BODY", "the body")
+    _field(data, "id", str, "MALFORMED_BODY")
+    event_type = _field(data, "event_type", str, "MALFORMED_BODY")
+    if event_type not in (wx.EVENT_TRANSACTION_SUCCESS, wx.EVENT_REFUND_SUCCESS):
+        raise InvalidArgument("UNSUPPORTED_EVENT_TYPE", f"event_type {event_type[:40]} is not handled")
+    resource = _field(data, "resource", dict, "MALFORMED_BODY")
+    if resource.get("algorithm") != wx.ALGORITHM:
+        raise InvalidArgument("MALFORMED_BODY", f"resource.algorithm must be {wx.ALGORITHM}")
+    for name in ("ciphertext", "nonce"):
+        _field(resource, name, str, "MALFORMED_BODY")
+    return data
+
+
 class NotificationReceiver:
     def __init__(
         self,
@@ -278,7 +295,7 @@ class NotificationReceiver:
                 raise Unauthenticated("UNKNOWN_SERIAL", "no trusted platform key with this serial")
         if not wx.verify_signature(public_key, timestamp, nonce, body, signature):
             raise Unauthenticated("BAD_SIGNATURE", "signature does not verify with the platform key")
-        notification = self._notification(body)
+        notification = notification_from_body(body)
         plaintext = _decrypt(keys, notification["resource"])
         if plaintext is None:
             # The platform's signature holds, so the merchant's APIv3 key may have just been replaced
@@ -307,20 +324,6 @@ class NotificationReceiver:
         if keys is None:
             raise NotFound("UNKNOWN_MERCHANT", "no merchant registered with this id")
         return keys
-
-    @staticmethod
-    def _notification(body: bytes) -> dict[str, Any]:
-        data = load_json_object(body, "MALFORMED_BODY", "the body")
-        _field(data, "id", str, "MALFORMED_BODY")
-        event_type = _field(data, "event_type", str, "MALFORMED_BODY")
-        if event_type not in (wx.EVENT_TRANSACTION_SUCCESS, wx.EVENT_REFUND_SUCCESS):
-            raise InvalidArgument("UNSUPPORTED_EVENT_TYPE", f"event_type {event_type[:40]} is not handled")
-        resource = _field(data, "resource", dict, "MALFORMED_BODY")
-        if resource.get("algorithm") != wx.ALGORITHM:
-            raise InvalidArgument("MALFORMED_BODY", f"resource.algorithm must be {wx.ALGORITHM}")
-        for name in ("ciphertext", "nonce"):
-            _field(resource, name, str, "MALFORMED_BODY")
-        return data
 
 
 async def _healthz(_: web.Request) -> web.Response:

@@ -324,14 +324,12 @@ class ReimbursementHandlers:
                     decided.append(arrived[tx_id])
 
         timeout_s = max(0.0, timeout_s)
-        first = min(timeout_s, self._settings.log_check_s)
         if pending:
-            await wait(first)
-        if pending and timeout_s > first:
+            await wait(timeout_s - min(self._settings.answer_reserve_s, timeout_s / 2))
+        if pending and timeout_s > 0:
             async with self._pool.acquire() as conn:
-                undelivered = await self._ledger.unsubmitted(conn, list(pending))
-            if not undelivered:  # else Kafka does not take writes: no use waiting (see _finish)
-                await wait(timeout_s - first)
+                if await self._ledger.unsubmitted(conn, list(pending)):
+                    return  # still in the outbox: Kafka does not take writes (_finish answers UNAVAILABLE)
         if pending and not check_ledger_first and timeout_s > 0:
             # The result may have passed before this process was reading (e.g. a restart); ask once before giving up.
             late = await ask_ledger(self._ledger, {t: r.invoice_id for t, r in pending.items()})

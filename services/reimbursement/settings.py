@@ -30,9 +30,10 @@ class HandlerSettings:
     max_wait_s: float = 10.0
     # Stop waiting this long before the client's deadline so DEADLINE_EXCEEDED reaches it as our answer.
     deadline_margin_s: float = 0.05
-    # The outbox hands a transaction to Kafka within milliseconds; one still there after this long means
-    # Kafka does not take writes, and the call answers UNAVAILABLE LEDGER_LOG_UNAVAILABLE at once.
-    log_check_s: float = 3.0
+    # The end of the wait kept for the checks that make the answer when the ledger has not decided (is
+    # the request still in the outbox? has a validator decided meanwhile?), so that answer reaches the
+    # client before its deadline. Half the wait at most.
+    answer_reserve_s: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -125,5 +125,10 @@ def test_start_order_puts_kafka_and_postgres_first_and_each_service_after_what_i
 
 
 def test_env_files_refuse_a_value_with_a_line_break(tmp_path) -> None:
-    with pytest.raises(ValueError, match="line break"):
-        compose_init._write_env(tmp_path / "x.env", {"A": "1\nB=2"})
+    target = tmp_path / "x.env"
+    for smuggled in ("1\nB=2", "1\rB=2"):
+        with pytest.raises(ValueError, match="line break"):
+            compose_init.write_env(target, {"A": smuggled})
+        assert not target.exists()
+    compose_init.write_env(target, {"A": "1", "B": "2"})
+    assert [line for line in target.read_text().splitlines() if not line.startswith("#")] == ["A=1", "B=2"]

@@ -238,7 +238,7 @@ async def test_an_http_defect_is_caught_in_every_form() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     fuzzer = Fuzzer(parse_args(["--seed", "3", "--replay", "0"]))
     fuzzer.hang_s = 1.0
     try:

@@ -36,7 +36,12 @@ from invoice_minting.store import after_seq as _after_seq
 from invoice_minting.store import page_token as _page_token
 from payment_intake import domain
 from payment_intake import wechatpay as wx
-from payment_intake.webhook import NotificationReceiver, load_json_object, payment_from_resource, refund_from_resource
+from payment_intake.webhook import (
+    load_json_object,
+    notification_from_body,
+    payment_from_resource,
+    refund_from_resource,
+)
 from reimbursement.grpc_api import page_token as reimbursement_page_token
 from reimbursement.grpc_api import parse_page_token
 
@@ -393,7 +398,7 @@ def _deep(depth: int) -> bytes:
 @example(_deep(1000))
 def test_notification_body_is_parsed_or_refused(body: bytes) -> None:
     try:
-        notification = NotificationReceiver._notification(body)
+        notification = notification_from_body(body)
     except FapiaoError as error:
         assert error.http_status < 500
         return

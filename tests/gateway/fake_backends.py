@@ -267,7 +267,7 @@ async def start_fake_backends(validators_up: int = 2) -> FakeBackends:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     return FakeBackends(
         world, minting, ledger, intake, minting_port, ledger_ports, f"http://127.0.0.1:{port}", servers, runner
     )

@@ -99,14 +99,15 @@ class LedgerWorld:
             signed=signed, body=body, status=invoice_pb2.INVOICE_STATUS_PENDING, reimbursable_fen=body.total_fen
         )
 
-    def _commit(
+    def commit(
         self,
         chain_id: int,
         signed_tx: ledger_pb2.SignedTransaction,
         result: ledger_pb2.TransactionResult,
         signers: int = 4,
     ) -> ledger_pb2.Receipt:
-        """Cut a block of three transactions (two fillers around ours) and sign its header."""
+        """Commit `signed_tx` with `result` as the ledger would: cut a block of three transactions (two
+        fillers around it) on `chain_id`, sign its header with `signers` validators, return the receipt."""
         height = self.heights.get(chain_id, 0) + 1
         self.heights[chain_id] = height
         index = 1
@@ -174,7 +175,7 @@ class LedgerWorld:
             accepted=True,
             state=state,
         )
-        receipt = self._commit(0, signed_tx, result, signers)
+        receipt = self.commit(0, signed_tx, result, signers)
         record = InvoiceOnLedger(body.invoice_id, body.invoice_number, state, receipt, receipt)
         self.invoices[body.invoice_id] = record
         return record
@@ -200,7 +201,7 @@ class LedgerWorld:
         result = ledger_pb2.TransactionResult(
             transaction_id=tx.transaction_id, invoice_id=invoice_id, type=tx_type, accepted=True, state=state
         )
-        record.receipt = self._commit(0, signed_tx, result)
+        record.receipt = self.commit(0, signed_tx, result)
         record.state = state
 
     def state_response(

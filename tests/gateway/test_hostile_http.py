@@ -157,7 +157,7 @@ async def test_an_unexpected_error_is_503_for_a_lost_dependency_else_500_logged_
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
         async with http.get(f"{url}/lost") as response:
             assert response.status == 503 and int(response.headers["Retry-After"]) >= 1

@@ -23,8 +23,7 @@ def _collections(generation: str) -> float:
 
 def test_every_collection_is_timed_by_generation() -> None:
     collector.watch_pauses()
-    collector.watch_pauses()  # idempotent: one callback
-    assert gc.callbacks.count(collector._on_collection) == 1
+    collector.watch_pauses()  # idempotent: a collection is still timed once
     collector.drain_pauses()
     before = _collections("2")
     gc.collect()

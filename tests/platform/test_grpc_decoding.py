@@ -216,7 +216,7 @@ def test_only_fields_named_multiline_may_hold_tabs_and_line_breaks() -> None:
     [
         (1, grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_CHAIN"),
         (2, grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
-        (3, grpc.StatusCode.INTERNAL, ""),
+        (3, grpc.StatusCode.INTERNAL, "INTERNAL"),  # every error names a reason (ErrorInfo requires one)
     ],
 )
 async def test_a_stream_maps_errors_as_a_unary_call_does(

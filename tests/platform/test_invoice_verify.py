@@ -161,7 +161,7 @@ def test_a_receipt_of_a_rejected_issue_is_forged() -> None:
     # Re-commit the same ISSUE as rejected: a valid receipt, of a transaction the ledger refused.
     signed_tx = ledger_pb2.SignedTransaction.FromString(record.issue_receipt.transaction)
     result.accepted, result.rejection_reason = False, "ALREADY_ISSUED"
-    record.issue_receipt = world._commit(0, signed_tx, result)
+    record.issue_receipt = world.commit(0, signed_tx, result)
     keys = parse_key_list(world.validator_keys_env())
     assert read_issue(Claim(number), _answer(world, number), keys, 3) == Verdict(
         Outcome.FORGED, reason=ISSUE_NOT_ACCEPTED

@@ -177,10 +177,16 @@ async def test_a_consumer_never_dead_letters_a_record_for_a_lost_database() -> N
         pool=pool,
         handler=handler,  # type: ignore[arg-type]
     )
-    envelope = make_envelope(payments_pb2.PaymentSucceeded(), aggregate_id="m1:o1", producer="test")
-    record = ConsumerRecord("t", 0, 7, 0, 0, None, envelope.SerializeToString(), None, 0, 0, [])
-    with pytest.raises(ConnectionRefusedError):
-        await consumer._apply(record)
+    records = [
+        ConsumerRecord("t", 0, offset, 0, 0, None, envelope.SerializeToString(), None, 0, 0, [])
+        for offset, envelope in enumerate(
+            make_envelope(payments_pb2.PaymentSucceeded(), aggregate_id=f"m1:o{n}", producer="test") for n in (1, 2)
+        )
+    ]
+    # A fetched batch of one record, and of several (applied in one transaction).
+    for batch in (records[:1], records):
+        with pytest.raises(ConnectionRefusedError):
+            await consumer.apply(batch)
     # Not dead-lettered, not counted: the record is read again from the committed offset.
     assert consumer.dead_lettered == 0 and consumer.applied == 0
     assert not [s for s in pool.statements if "dead_letters" in s]

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.unit
 
 def test_free_port_never_hands_out_one_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel may bind the port just released again; free_port then asks for another."""
-    given = iter([40_001, 40_001, 40_001, 40_002])
+    # Privileged ports: outside the range the kernel hands out for port 0, so no earlier call gave them.
+    given = iter([1_001, 1_001, 1_001, 1_002])
 
     class _Socket:
         def __enter__(self) -> _Socket:
@@ -31,9 +32,8 @@ def test_free_port_never_hands_out_one_port_twice(monkeypatch: pytest.MonkeyPatc
         def getsockname(self) -> tuple[str, int]:
             return ("127.0.0.1", self.port)
 
-    monkeypatch.setattr(procs, "_HANDED_OUT", set())
     monkeypatch.setattr(procs, "socket", SimpleNamespace(socket=_Socket))
-    assert [procs.free_port(), procs.free_port()] == [40_001, 40_002]
+    assert [procs.free_port(), procs.free_port()] == [1_001, 1_002]
 
 
 def test_waits_until_a_held_port_is_released() -> None:

@@ -19,6 +19,7 @@ from fapiao_stack.procs import (
     stop_pid,
     stop_pid_file,
 )
+from fapiao_stack.services import KAFKA_PORT, POSTGRES_PORT
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,9 @@ async def test_without_a_recorded_stack_the_local_servers_are_listed(
     monkeypatch.setattr(stack, "STATE_FILE", tmp_path / "absent.json")
     report = await stack.detailed_status()
     assert (report["kafka"]["kind"], report["postgres"]["kind"]) == ("kafka", "postgres")
-    assert report["kafka"]["address"] == stack._broker().bootstrap
+    # The local stack's own broker and server, at the ports it runs them on.
+    assert report["kafka"]["address"] == f"127.0.0.1:{KAFKA_PORT}"
+    assert report["postgres"]["address"] == f"127.0.0.1:{POSTGRES_PORT}"
 
 
 def test_a_pid_reused_by_another_process_is_not_the_stacks(tmp_path: Path) -> None:
