@@ -70,31 +70,12 @@ def reimbursement_certificate_name(address: str = LOOPBACK) -> str:
     return "reimbursement" if address == LOOPBACK else f"reimbursement-{address}"
 
 
-def intake_admin_certificate(run_dir: Path, address: str = LOOPBACK) -> Path:
-    """The pki dir's `payment_intake[-ADDRESS].crt` (and .key): payment_intake's admin port server
-    certificate for `address`, issued by the local CA when missing; returns the path without extension."""
-    pki = ensure_pki(run_dir, address)
-    stem = "payment_intake" if address == LOOPBACK else f"payment_intake-{address}"
-    if not (pki / f"{stem}.crt").exists():
-        ips = (LOOPBACK,) if address == LOOPBACK else (address, LOOPBACK)
-        write_pem_pair(
-            issue_server_certificate(read_pem_pair(pki, "ca"), "payment_intake", ip_addresses=ips), pki, stem
-        )
-    return pki / stem
-
-
-def intake_admin_address(address: str = LOOPBACK) -> str:
-    """Where payment_intake's MerchantAdminService listens (recorded in stack.json as `merchant_admin`)."""
-    return f"{address}:{INTAKE_ADMIN_PORT}"
-
-
 LOCAL_OPERATOR = "local"
 """The operator whose certificate (operator-local.crt) the local stack issues for the CLI's admin calls."""
 
 
-def ensure_pki(run_dir: Path, address: str = LOOPBACK) -> Path:
-    """The local certificate authority, the local operator's client certificate and the reimbursement
-    server's certificate for `address` (its IP in the certificate); returns the pki dir."""
+def _ensure_ca(run_dir: Path) -> Path:
+    """The local certificate authority and the local operator's client certificate; returns the pki dir."""
     pki = _private_dir(run_dir / "pki")
     if not (pki / "ca.crt").exists():
         write_pem_pair(create_ca(), pki, "ca")
@@ -102,12 +83,35 @@ def ensure_pki(run_dir: Path, address: str = LOOPBACK) -> Path:
         write_pem_pair(
             issue_operator_certificate(read_pem_pair(pki, "ca"), LOCAL_OPERATOR), pki, f"operator-{LOCAL_OPERATOR}"
         )
-    name = reimbursement_certificate_name(address)
-    if not (pki / f"{name}.crt").exists():
-        ca = read_pem_pair(pki, "ca")
-        ips = (LOOPBACK,) if address == LOOPBACK else (address, LOOPBACK)
-        write_pem_pair(issue_server_certificate(ca, "reimbursement", ip_addresses=ips), pki, name)
     return pki
+
+
+def _ensure_server_certificate(pki: Path, stem: str, common_name: str, address: str) -> Path:
+    """`stem`.crt / .key in `pki`: a server certificate of the local CA for `address` (and loopback)."""
+    if not (pki / f"{stem}.crt").exists():
+        ips = (LOOPBACK,) if address == LOOPBACK else (address, LOOPBACK)
+        write_pem_pair(issue_server_certificate(read_pem_pair(pki, "ca"), common_name, ip_addresses=ips), pki, stem)
+    return pki / stem
+
+
+def ensure_pki(run_dir: Path, address: str = LOOPBACK) -> Path:
+    """The local certificate authority, the local operator's client certificate and the reimbursement
+    server's certificate for `address` (its IP in the certificate); returns the pki dir."""
+    pki = _ensure_ca(run_dir)
+    _ensure_server_certificate(pki, reimbursement_certificate_name(address), "reimbursement", address)
+    return pki
+
+
+def intake_admin_certificate(run_dir: Path, address: str = LOOPBACK) -> Path:
+    """payment_intake's admin port server certificate for `address` (`payment_intake[-ADDRESS].crt`
+    and .key in the pki dir, issued by the local CA when missing); returns the path without extension."""
+    stem = "payment_intake" if address == LOOPBACK else f"payment_intake-{address}"
+    return _ensure_server_certificate(_ensure_ca(run_dir), stem, "payment_intake", address)
+
+
+def intake_admin_address(address: str = LOOPBACK) -> str:
+    """Where payment_intake's MerchantAdminService listens (recorded in stack.json as `merchant_admin`)."""
+    return f"{address}:{INTAKE_ADMIN_PORT}"
 
 
 def ledger_endpoints(addresses: Mapping[str, str] | None = None) -> str:
