@@ -18,6 +18,7 @@ from fapiao_runtime.grpc_client import internal_channel
 from fapiao_stack.config import LOCAL_OPERATOR
 
 from fapiao_cli.local import PKI_DIR, grpc_address, ledger_addresses, reimbursement_address
+from fapiao_cli.main import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 
 # Every channel a command opens stays referenced for the process's life: a stub does not keep its
 # channel, and a channel collected before an intercepted call starts is closed under it.
@@ -60,6 +61,20 @@ def operator_credentials(operator: str = LOCAL_OPERATOR) -> grpc.ChannelCredenti
         private_key=(PKI_DIR / f"operator-{operator}.key").read_bytes(),
         certificate_chain=(PKI_DIR / f"operator-{operator}.crt").read_bytes(),
     )
+
+
+def admin_refusal(exc: grpc.aio.AioRpcError) -> CliError:
+    """The CliError of a refused admin call: usage error for bad input, unreachable for a lost service."""
+    code = {
+        grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
+        grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
+    }.get(exc.code(), EXIT_FAILED)
+    return CliError(f"refused: {describe_refusal(exc)}", code)
+
+
+def missing_operator_certificate(exc: FileNotFoundError) -> CliError:
+    return CliError(f"no operator certificate ({exc.filename}): `fapiao up` issues one", EXIT_USAGE)
 
 
 def organisation_admin() -> org_admin_grpc.OrganisationAdminServiceStub:

@@ -69,6 +69,10 @@ def test_cli_drives_the_whole_stack(fapiao: FapiaoCommand, tmp_path: Path) -> No
     service = fapiao("ca", "issue", "--service", "gateway")
     assert service.returncode == 0, service.stdout + service.stderr
     assert (fapiao.run_dir / "pki" / "service-gateway.key").stat().st_mode & 0o077 == 0
+    operator = fapiao("ca", "issue", "--operator", "alice")
+    assert operator.returncode == 0, operator.stdout + operator.stderr
+    assert (fapiao.run_dir / "pki" / "operator-alice.key").stat().st_mode & 0o077 == 0
+    assert (fapiao.run_dir / "pki" / "operator-local.key").stat().st_mode & 0o077 == 0  # `fapiao up` issued it
     assert fapiao("ca", "init").returncode != 0, "an existing CA is not replaced without --force"
 
     paid = fapiao("pay", "--merchant-id", "1900000001", "--amount-fen", "12345")

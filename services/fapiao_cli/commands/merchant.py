@@ -25,7 +25,7 @@ from fapiao_cli.local import (
     merchant_admin_address,
     save_merchant_credentials,
 )
-from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, command_epilog
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, command_epilog
 
 DEFAULT_TAX_CLASSIFICATION_CODE = "3070401000000000000"
 
@@ -179,7 +179,7 @@ async def _call(address: str, method: str, request: Any) -> Any:
     try:
         stub = clients.merchant_admin(address)
     except FileNotFoundError as exc:
-        raise CliError(f"no operator certificate ({exc.filename}): `fapiao up` issues one", EXIT_USAGE) from None
+        raise clients.missing_operator_certificate(exc) from None
     return await getattr(stub, method)(request, timeout=10)
 
 
@@ -192,12 +192,7 @@ def _admin_call(method: str, request: Any) -> Any:
     try:
         return asyncio.run(_call(address, method, request))
     except grpc.aio.AioRpcError as exc:
-        code = {
-            grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
-            grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
-            grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
-        }.get(exc.code(), EXIT_FAILED)
-        raise CliError(f"refused: {clients.describe_refusal(exc)}", code) from None
+        raise clients.admin_refusal(exc) from None
 
 
 def _platform_key() -> dict[str, str]:

@@ -11,7 +11,7 @@ from fapiao.admin.v1 import organisation_admin_service_pb2_grpc as org_admin_grp
 
 from fapiao_cli import clients
 from fapiao_cli.local import PKI_DIR, load_stack_environment
-from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, command_epilog
+from fapiao_cli.main import EXIT_OK, command_epilog
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -47,7 +47,7 @@ def _admin() -> org_admin_grpc.OrganisationAdminServiceStub:
     try:
         return clients.organisation_admin()
     except FileNotFoundError as exc:
-        raise CliError(f"no operator certificate ({exc.filename}): `fapiao up` issues one", EXIT_USAGE) from None
+        raise clients.missing_operator_certificate(exc) from None
 
 
 async def register_organisation(tax_id: str, name: str) -> apb.Organisation:
@@ -76,12 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         lines = asyncio.run(_call(args))
     except grpc.aio.AioRpcError as exc:
-        code = {
-            grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
-            grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
-            grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
-        }.get(exc.code(), EXIT_FAILED)
-        raise CliError(f"refused: {clients.describe_refusal(exc)}", code) from None
+        raise clients.admin_refusal(exc) from None
     for line in lines:
         print(line)
     return EXIT_OK
