@@ -63,9 +63,11 @@ class Coordinator:
         self._publisher = publisher
         self._time_cuts = time_cuts
         self._pending = pending
-        # Ids the database may hold (filled by `load`): ids outside them need no preload query.
-        self._stored_invoices = PresenceFilter(1)
-        self._claimed_ids = PresenceFilter(1)
+        # Ids the database may hold (filled by `load`): ids outside them need no preload query. Until
+        # `load`, nothing is stored: filters of the smallest working size (a tiny one would answer "maybe"
+        # for new ids and send them to the database).
+        self._stored_invoices = PresenceFilter.for_stored(0)
+        self._claimed_ids = PresenceFilter.for_stored(0)
         self._heads: dict[int, tuple[int, bytes]] = {}  # chain -> (last height stored or signed, its hash)
 
     async def load(self, conn: asyncpg.Connection, partitions: list[int]) -> dict[int, int]:
