@@ -116,7 +116,7 @@ class Fuzzer:
         """CHANNELS_PER_ENDPOINT connections to every gRPC port (a service run as several worker
         processes shares its port: each connection lands on one of them)."""
         import grpc
-        from fapiao_stack.services import REIMBURSEMENT_TLS_PORT, local_services
+        from fapiao_stack.services import INTAKE_ADMIN_PORT, REIMBURSEMENT_TLS_PORT, local_services
 
         from tests.fuzz.seeds import pki_dir
 
@@ -145,6 +145,17 @@ class Fuzzer:
                 grpc.aio.secure_channel(f"127.0.0.1:{REIMBURSEMENT_TLS_PORT}", credentials, options)
                 for _ in range(CHANNELS_PER_ENDPOINT)
             ]
+        # The admin services, as the local operator: organisations on reimbursement's mutual-TLS port,
+        # merchants on payment_intake's admin port.
+        operator = grpc.ssl_channel_credentials(
+            root_certificates=(pki / "ca.crt").read_bytes(),
+            private_key=(pki / "operator-local.key").read_bytes(),
+            certificate_chain=(pki / "operator-local.crt").read_bytes(),
+        )
+        for name, port in (("reimbursement-operator", REIMBURSEMENT_TLS_PORT), ("intake-admin", INTAKE_ADMIN_PORT)):
+            self.channels[name] = [
+                grpc.aio.secure_channel(f"127.0.0.1:{port}", operator, options) for _ in range(CHANNELS_PER_ENDPOINT)
+            ]
 
     def _notifier(self, seeds: Any) -> Any:
         from fapiao_cli.local import load_merchant_credentials
@@ -163,7 +174,15 @@ class Fuzzer:
 
         covered = {(t.endpoint, t.method) for t in targets}
         missing = []
-        for endpoint in ("payment_intake", "invoice_minting", "ledger-1", "reimbursement", "reimbursement-tls"):
+        endpoints = (
+            "payment_intake",
+            "invoice_minting",
+            "ledger-1",
+            "reimbursement",
+            "reimbursement-tls",
+            "intake-admin",
+        )
+        for endpoint in endpoints:
             stub = reflection_pb2_grpc.ServerReflectionStub(self.channels[endpoint][0])
             call = stub.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(list_services="*")]), timeout=10

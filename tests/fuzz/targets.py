@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fapiao.admin.v1 import merchant_admin_service_pb2 as merchant_admin
+from fapiao.admin.v1 import organisation_admin_service_pb2 as org_admin
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as minting_api
 from fapiao.invoicing.v1 import invoice_pb2
 from fapiao.ledger.v1 import ledger_service_pb2 as ledger_api
 from fapiao.payments.v1 import payment_intake_service_pb2 as intake_api
 from fapiao.payments.v1 import payments_pb2
 from fapiao.reimbursement.v1 import reimbursement_service_pb2 as reimb
+from fapiao_runtime.tax_id import uscc_check_char
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
@@ -40,6 +43,8 @@ INTAKE = "/fapiao.payments.v1.PaymentIntakeService/"
 MINTING = "/fapiao.invoicing.v1.InvoiceMintingService/"
 LEDGER = "/fapiao.ledger.v1.LedgerService/"
 REIMBURSEMENT = "/fapiao.reimbursement.v1.ReimbursementService/"
+ORG_ADMIN = "/fapiao.admin.v1.OrganisationAdminService/"
+MERCHANT_ADMIN = "/fapiao.admin.v1.MerchantAdminService/"
 
 
 @dataclass
@@ -373,12 +378,56 @@ def grpc_targets(seeds: Seeds) -> list[GrpcTarget]:
         for m, f in reimbursement[:2]
     ]
 
+    # The admin services, as the operator; each registration names a new party, and revocations name
+    # parties nobody registered, so the rest of the run keeps its merchant and organisation.
+    def new_tax_id(body: str) -> str:
+        return body + uscc_check_char(body)
+
+    def party_digits() -> str:
+        return f"{uuid.uuid4().int % 10**8:08d}"
+
+    organisations = [
+        (
+            ORG_ADMIN + "RegisterOrganisation",
+            lambda r: [
+                org_admin.RegisterOrganisationRequest(
+                    tax_id=new_tax_id(f"91440300MA{party_digits()}"[:17]), name="深圳管理测试有限公司"
+                )
+            ],
+        ),
+        (ORG_ADMIN + "ListOrganisations", lambda r: [org_admin.ListOrganisationsRequest()]),
+        (
+            ORG_ADMIN + "RevokeOrganisation",
+            lambda r: [org_admin.RevokeOrganisationRequest(tax_id=seeds.stranger_tax_id)],
+        ),
+    ]
+    merchants = [
+        (
+            MERCHANT_ADMIN + "RegisterMerchant",
+            lambda r: [
+                merchant_admin.RegisterMerchantRequest(
+                    merchant_id=f"18{party_digits()}",
+                    legal_name="深圳管理测试餐饮有限公司",
+                    tax_id=new_tax_id(f"91440300MA{party_digits()}"[:17]),
+                    region_code="44",
+                )
+            ],
+        ),
+        (MERCHANT_ADMIN + "ListMerchants", lambda r: [merchant_admin.ListMerchantsRequest()]),
+        (MERCHANT_ADMIN + "RevokeMerchant", lambda r: [merchant_admin.RevokeMerchantRequest(merchant_id="1800000000")]),
+    ]
+    targets += [GrpcTarget("grpc admin", "reimbursement-operator", m, "unary", f, weight=0.5) for m, f in organisations]
+    # The same as an organisation (refused: operators only); listed under the port's own name.
+    targets += [GrpcTarget("grpc admin", "reimbursement-tls", m, "unary", f, weight=0.1) for m, f in organisations]
+    targets += [GrpcTarget("grpc admin", "intake-admin", m, "unary", f, weight=0.5) for m, f in merchants]
+
     services = {
         "payment_intake": "fapiao.payments.v1.PaymentIntakeService",
         "invoice_minting": "fapiao.invoicing.v1.InvoiceMintingService",
         "ledger-1": "fapiao.ledger.v1.LedgerService",
         "reimbursement": "",
         "reimbursement-tls": "fapiao.reimbursement.v1.ReimbursementService",
+        "intake-admin": "fapiao.admin.v1.MerchantAdminService",
     }
     for endpoint, service in services.items():
 
