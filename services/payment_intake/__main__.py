@@ -119,7 +119,7 @@ def main() -> None:
         if config.grpc_port == 0 or settings.webhook_port == 0 or (settings.admin_tls and settings.admin_port == 0):
             raise SystemExit(
                 "FAPIAO_INTAKE_PROCESSES > 1 needs fixed FAPIAO_GRPC_PORT, FAPIAO_WEBHOOK_PORT"
-                " and FAPIAO_INTAKE_ADMIN_PORT"
+                " (and FAPIAO_INTAKE_ADMIN_PORT with the admin API)"
             )
         sys.exit(workers.supervise("payment_intake", settings.processes, metrics_port=config.metrics_port))
     event_loop.run(

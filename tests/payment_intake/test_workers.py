@@ -132,7 +132,7 @@ async def test_workers_do_not_outlive_a_killed_supervisor_on_the_shared_ports(st
 
 
 async def test_more_than_one_worker_needs_fixed_ports(stack: StackUnderTest) -> None:
-    with pytest.raises(RuntimeError, match="fixed FAPIAO_GRPC_PORT and FAPIAO_WEBHOOK_PORT"):
+    with pytest.raises(RuntimeError, match="needs fixed FAPIAO_GRPC_PORT, FAPIAO_WEBHOOK_PORT"):
         await stack.start_service(
             "payment_intake",
             FAPIAO_INTAKE_PROCESSES="2",
