@@ -48,22 +48,7 @@ transaction.state.log.num.partitions=4
 group.initial.rebalance.delay.ms=0
 log.retention.hours=168
 PROPS
-cat >"$data/log4j2.xml" <<'XML'
-<?xml version="1.0" encoding="UTF-8"?>
-<Configuration status="WARN">
-  <Appenders><Console name="out" target="SYSTEM_OUT"><PatternLayout pattern="[%d] %p %m (%c)%n"/></Console></Appenders>
-  <Loggers>
-    <Logger name="org.apache.kafka.common.config.AbstractConfig" level="WARN"/>
-    <Logger name="org.apache.kafka.clients" level="WARN"/>
-    <Logger name="org.apache.kafka.common.utils.AppInfoParser" level="WARN"/>
-    <Logger name="org.apache.kafka.storage.internals.log" level="WARN"/>
-    <Logger name="kafka.log" level="WARN"/>
-    <Logger name="state.change.logger" level="WARN"/>
-    <Root level="INFO"><AppenderRef ref="out"/></Root>
-  </Loggers>
-</Configuration>
-XML
-java_opts="-Xmx$heap -Xms256m -XX:+UseG1GC -Dlog4j2.configurationFile=$data/log4j2.xml"
+java_opts="-Xmx$heap -Xms256m -XX:+UseG1GC -Dlog4j2.configurationFile=/opt/kafka/log4j2.xml"
 if [ ! -e "$data/logs/meta.properties" ]; then
 	# shellcheck disable=SC2086
 	java $java_opts -cp '/opt/kafka/libs/*' kafka.tools.StorageTool format -t "$KAFKA_CLUSTER_ID" \

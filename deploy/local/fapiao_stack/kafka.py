@@ -25,21 +25,8 @@ from fapiao_stack.paths import KAFKA_LIBS, KAFKA_POM_DIR
 from fapiao_stack.procs import port_open, spawn, stop_pid
 
 # The broker's lifecycle at INFO; per-request, per-client and per-segment chatter at WARN.
-_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
-<Configuration status="WARN">
-  <Appenders><Console name="out" target="SYSTEM_OUT"><PatternLayout pattern="[%d] %p %m (%c)%n"/></Console></Appenders>
-  <Loggers>
-    <Logger name="org.apache.kafka.common.config.AbstractConfig" level="WARN"/>
-    <Logger name="org.apache.kafka.clients" level="WARN"/>
-    <Logger name="org.apache.kafka.common.utils.AppInfoParser" level="WARN"/>
-    <Logger name="org.apache.kafka.storage.internals.log" level="WARN"/>
-    <Logger name="kafka.log" level="WARN"/>
-    <Logger name="state.change.logger" level="WARN"/>
-    <Logger name="kafka.request.logger" level="WARN"/>
-    <Root level="INFO"><AppenderRef ref="out"/></Root>
-  </Loggers>
-</Configuration>
-"""
+# The broker's logging (also the Kafka image's): lifecycle at INFO, per-request chatter at WARN.
+LOG4J2_FILE = KAFKA_POM_DIR / "log4j2.xml"
 
 
 def ensure_kafka_jars() -> Path:
@@ -151,7 +138,6 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{key}={value}\n" for key, value in self.properties().items()))
-        (self.data_dir / "log4j2.xml").write_text(_LOG4J2)
         return config
 
     def _java(self) -> list[str]:
@@ -162,7 +148,7 @@ class KafkaBroker:
             f"-Xms{min(256, _megabytes(self.heap))}m",
             "-XX:+UseG1GC",
             *self.jvm_options,
-            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}",
+            f"-Dlog4j2.configurationFile={LOG4J2_FILE}",
             "-cp",
             f"{libs}/*",
         ]
