@@ -33,7 +33,10 @@ from fapiao_stack.config import (
     LISTEN_HOST_VARIABLES,
     ensure_pki,
     ensure_secrets,
+    intake_admin_address,
+    intake_admin_certificate,
     ledger_endpoints,
+    metrics_endpoints,
     stack_environment,
 )
 from fapiao_stack.keys import AUTHORITY_KEY_ID, ensure_local_keys, validator_id
@@ -62,7 +65,12 @@ SERVICE_SECRETS = {
 # Key and certificate files each kind of service reads: (file under OUT_DIR, variable naming it).
 AUTHORITY_FILE = (f"keys/{AUTHORITY_KEY_ID}.pem", "FAPIAO_LEDGER_AUTHORITY_KEY_FILE")
 SERVICE_FILES: dict[str, tuple[tuple[str, str], ...]] = {
-    "payment_intake": (),
+    # MerchantAdminService's mutual-TLS port: its server certificate and the CA of operator certificates.
+    "payment_intake": (
+        ("pki/payment_intake.crt", "FAPIAO_INTAKE_ADMIN_TLS_CERT_FILE"),
+        ("pki/payment_intake.key", "FAPIAO_INTAKE_ADMIN_TLS_KEY_FILE"),
+        ("pki/ca.crt", "FAPIAO_INTAKE_ADMIN_TLS_CLIENT_CA_FILE"),
+    ),
     "invoice_minting": (AUTHORITY_FILE,),
     "reimbursement": (
         AUTHORITY_FILE,
@@ -123,6 +131,7 @@ def generate(out: Path, owner: int | None = None) -> dict[str, Path]:
     shared_secrets = ensure_secrets(out)
     public = ensure_local_keys(out, LEDGER_VALIDATORS)
     ensure_pki(out, HOST)
+    intake_admin_certificate(out, HOST)
     password = _secret_file(out / "keys" / "postgres-password", secrets.token_hex(24))
     cluster_id = _secret_file(out / "kafka-cluster-id", secrets.token_hex(11))
     kafka_bootstrap = f"{HOST}:{KAFKA_PORT}"
@@ -200,6 +209,8 @@ def generate(out: Path, owner: int | None = None) -> dict[str, Path]:
         "port_offset": PORT_OFFSET,
         "mode": "containers",
         "webhook": f"{HOST}:{INTAKE_WEBHOOK_PORT}",
+        "merchant_admin": intake_admin_address(HOST),
+        "metrics": metrics_endpoints(),
     }
     state_file = out / "stack.json"
     state_file.write_text(json.dumps(state))

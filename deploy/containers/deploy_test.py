@@ -42,6 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fapiao_stack.prometheus import (
+    CheckFailed,
+    check_scrapes,
+    check_validator_down_alert,
+    prometheus_server,
+    stack_targets,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "deploy" / "compose" / "compose.yaml"
@@ -214,6 +221,26 @@ def compose_stack(run_dir: Path) -> Iterator[None]:
             run(["podman", "volume", "rm", "--force", f"{PROJECT}_{volume}"], check=False)
 
 
+def monitoring(run_dir: Path) -> None:
+    """Debian's Prometheus against the stack: every target it recorded up, the alert rules loaded, the
+    dashboard's queries, gRPC metrics and consumer lag; then a validator's container stopped fires
+    FapiaoValidatorDown for it alone (the rules' `for:` set to 0 s)."""
+    say("Debian's Prometheus against it:")
+    targets = stack_targets(run_dir / "stack.json")
+    validator = "ledger-4"
+    try:
+        with prometheus_server(targets, run_dir / "prometheus") as prometheus:
+            for line in check_scrapes(prometheus, targets):
+                say(f"  {line}")
+
+            def stop() -> None:
+                run(["podman", "stop", "--time", "15", f"{PROJECT}_{validator}_1"], timeout_s=60)
+
+            say(f"  {check_validator_down_alert(prometheus, validator, stop)}")
+    except (CheckFailed, FileNotFoundError, LookupError) as exc:
+        raise PhaseFailed(f"Prometheus: {exc}") from None
+
+
 def phase_compose() -> None:
     run_dir = WORK / "compose"
     init(run_dir)
@@ -221,6 +248,7 @@ def phase_compose() -> None:
     with compose_stack(run_dir):
         compose_up(run_dir, compose_order())
         demo(run_dir)
+        monitoring(run_dir)
 
 
 # ---- podman kube play ------------------------------------------------------------------------------------
@@ -245,6 +273,7 @@ LOCAL_PORT_VARIABLES = (
     "FAPIAO_HTTP_PORT",
     "FAPIAO_WEBHOOK_PORT",
     "FAPIAO_REIMBURSEMENT_TLS_PORT",
+    "FAPIAO_INTAKE_ADMIN_PORT",
     "FAPIAO_METRICS_PORT",
 )
 

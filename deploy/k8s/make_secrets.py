@@ -9,7 +9,9 @@ Keys and certificates are made (or reused) in OUT_DIR by the compose init step
   Secret fapiao-validator-N        validator.pem: validator N's private key (one Secret per validator)
   Secret fapiao-authority          authority.pem: the registry authority's key (invoice-minting, reimbursement)
   Secret fapiao-reimbursement-tls  tls.crt, tls.key (DNS names reimbursement, reimbursement.NAMESPACE.svc, ...),
-                                   ca.crt (the CA of the organisations' client certificates)
+                                   ca.crt (the CA of the organisations' and operators' client certificates)
+  Secret fapiao-intake-admin-tls   tls.crt, tls.key (DNS names payment-intake, payment-intake.NAMESPACE.svc, ...),
+                                   ca.crt (the CA of the operators' client certificates): MerchantAdminService
   Secret fapiao-database           DATABASE_URL (every service but the gateway)
   Secret fapiao-postgres           POSTGRES_PASSWORD (the postgres StatefulSet)
   Secret fapiao-payment-intake     FAPIAO_SECRETS_KEY, FAPIAO_PAYER_HASH_KEY
@@ -50,15 +52,20 @@ def _object(kind: str, name: str, data: dict[str, str]) -> dict[str, Any]:
     return document
 
 
-def reimbursement_tls(out: Path, namespace: str) -> tuple[str, str, str]:
-    """(certificate, key, client CA) of the reimbursement server under its Service's DNS names."""
+def server_tls(out: Path, service: str, namespace: str) -> dict[str, str]:
+    """tls.crt, tls.key and ca.crt of a mutual-TLS port: `service`'s server certificate under its Service's
+    DNS names, and the CA of the client certificates it accepts."""
     pki = out / "pki"
-    stem = f"reimbursement-k8s-{namespace}"
+    stem = f"{service}-k8s-{namespace}"
     if not (pki / f"{stem}.crt").exists():
         ca = read_pem_pair(pki, "ca")
-        names = ("reimbursement", f"reimbursement.{namespace}", f"reimbursement.{namespace}.svc", "localhost")
-        write_pem_pair(issue_server_certificate(ca, "reimbursement", dns_names=names), pki, stem)
-    return (pki / f"{stem}.crt").read_text(), (pki / f"{stem}.key").read_text(), (pki / "ca.crt").read_text()
+        names = (service, f"{service}.{namespace}", f"{service}.{namespace}.svc", "localhost")
+        write_pem_pair(issue_server_certificate(ca, service, dns_names=names), pki, stem)
+    return {
+        "tls.crt": (pki / f"{stem}.crt").read_text(),
+        "tls.key": (pki / f"{stem}.key").read_text(),
+        "ca.crt": (pki / "ca.crt").read_text(),
+    }
 
 
 def objects(out: Path, database_host: str, namespace: str) -> list[dict[str, Any]]:
@@ -88,8 +95,8 @@ def objects(out: Path, database_host: str, namespace: str) -> list[dict[str, Any
             "Secret", "fapiao-authority", {"authority.pem": (keys / f"{compose_init.AUTHORITY_KEY_ID}.pem").read_text()}
         )
     )
-    cert, key, ca = reimbursement_tls(out, namespace)
-    documents.append(_object("Secret", "fapiao-reimbursement-tls", {"tls.crt": cert, "tls.key": key, "ca.crt": ca}))
+    documents.append(_object("Secret", "fapiao-reimbursement-tls", server_tls(out, "reimbursement", namespace)))
+    documents.append(_object("Secret", "fapiao-intake-admin-tls", server_tls(out, "payment-intake", namespace)))
     url = f"postgresql://{compose_init.DATABASE_USER}:{password}@{database_host}/{compose_init.DATABASE_NAME}"
     documents.append(_object("Secret", "fapiao-database", {"DATABASE_URL": url}))
     documents.append(_object("Secret", "fapiao-postgres", {"POSTGRES_PASSWORD": password}))
@@ -107,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="directory of the keys (the compose init step's)")
     parser.add_argument("--database-host", default="postgres:5432", help="host:port in DATABASE_URL")
-    parser.add_argument("--namespace", default="default", help="namespace of the reimbursement Service")
+    parser.add_argument(
+        "--namespace", default="default", help="namespace of the Services (in the TLS server certificates)"
+    )
     args = parser.parse_args(argv)
     sys.stdout.write(render(objects(args.out.resolve(), args.database_host, args.namespace)))
     return 0

@@ -3,6 +3,7 @@ its own key, each service gets only the secrets it reads, and the start order fo
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -64,6 +65,11 @@ def test_each_validator_reads_its_own_key_and_no_other(generated, services) -> N
 
 def test_each_service_env_names_the_files_it_needs_and_compose_mounts_them_there(generated, services) -> None:
     needs = {
+        "payment_intake": {
+            "FAPIAO_INTAKE_ADMIN_TLS_CERT_FILE",
+            "FAPIAO_INTAKE_ADMIN_TLS_KEY_FILE",
+            "FAPIAO_INTAKE_ADMIN_TLS_CLIENT_CA_FILE",
+        },
         "invoice_minting": {"FAPIAO_LEDGER_AUTHORITY_KEY_FILE"},
         "reimbursement": {
             "FAPIAO_LEDGER_AUTHORITY_KEY_FILE",
@@ -132,3 +138,19 @@ def test_env_files_refuse_a_value_with_a_line_break(tmp_path) -> None:
         assert not target.exists()
     compose_init.write_env(target, {"A": "1", "B": "2"})
     assert [line for line in target.read_text().splitlines() if not line.startswith("#")] == ["A=1", "B=2"]
+
+
+def test_the_stack_file_names_the_merchant_admin_port_payment_intake_serves(generated) -> None:
+    """`fapiao merchant add` against the compose stack calls MerchantAdminService where stack.json says."""
+    state = json.loads((generated / "stack.json").read_text())
+    address = env_of(generated, "config")["FAPIAO_GRPC_HOST"]
+    assert state["merchant_admin"] == f"{address}:{env_of(generated, 'payment_intake')['FAPIAO_INTAKE_ADMIN_PORT']}"
+
+
+def test_the_stack_file_records_each_services_metrics_port_for_prometheus(generated) -> None:
+    metrics = json.loads((generated / "stack.json").read_text())["metrics"]
+    host = env_of(generated, "config")["FAPIAO_METRICS_HOST"]
+    assert sorted(metrics) == sorted(SERVICES)
+    for name in SERVICES:
+        job = "ledger" if name.startswith("ledger-") else name
+        assert metrics[name] == {"job": job, "address": f"{host}:{env_of(generated, name)['FAPIAO_METRICS_PORT']}"}

@@ -92,7 +92,7 @@ def test_each_validator_is_one_replica_mounting_its_own_secret() -> None:
 
 def test_each_service_reads_the_keys_it_needs_and_only_those() -> None:
     expected = {
-        "payment-intake": {"fapiao-database", "fapiao-payment-intake"},
+        "payment-intake": {"fapiao-database", "fapiao-payment-intake", "fapiao-intake-admin-tls"},
         "invoice-minting": {"fapiao-database", "fapiao-invoice-minting", "fapiao-authority"},
         "reimbursement": {"fapiao-database", "fapiao-authority", "fapiao-reimbursement-tls"},
         "gateway": {"fapiao-gateway"},
@@ -190,3 +190,19 @@ def test_every_service_selects_a_workload_and_forwards_to_ports_it_declares() ->
         assert app in declared, service["metadata"]["name"]
         for port in service["spec"]["ports"]:
             assert port.get("targetPort", port["port"]) in declared[app], (service["metadata"]["name"], port)
+
+
+def test_each_mutual_tls_port_gets_a_server_certificate_under_its_service_names(generated) -> None:
+    from cryptography import x509
+
+    by_name = {d["metadata"]["name"]: d for d in generated}
+    for secret, service in (
+        ("fapiao-reimbursement-tls", "reimbursement"),
+        ("fapiao-intake-admin-tls", "payment-intake"),
+    ):
+        data = by_name[secret]["stringData"]
+        certificate = x509.load_pem_x509_certificate(data["tls.crt"].encode())
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert f"{service}.default.svc" in names.get_values_for_type(x509.DNSName), secret
+        ca = x509.load_pem_x509_certificate(data["ca.crt"].encode())
+        assert certificate.issuer == ca.subject, secret

@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from fapiao_stack.prometheus import RULES, dashboard_queries
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
-RULES = PROMETHEUS / "rules" / "fapiao.rules.yml"
 RULE_TESTS = PROMETHEUS / "rules" / "fapiao.rules.test.yml"
-DASHBOARD = ROOT / "deploy" / "grafana" / "fapiao.json"
 METRIC_NAME = re.compile(r"\b(?:fapiao|grpc_server)_[a-z0-9_]+\b")
 METRIC_KINDS = {"Counter", "Gauge", "Histogram", "Summary"}
 
@@ -58,11 +58,6 @@ def exported_metrics() -> set[str]:
             else:
                 names.add(name)
     return names
-
-
-def dashboard_queries() -> list[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
 def test_the_scrape_config_is_the_generators_for_the_local_stack() -> None:
@@ -114,3 +109,37 @@ def test_every_metric_in_the_rules_and_the_dashboard_is_exported_by_a_service() 
     assert queried - exported == set()
     # The scan finds a name that no service exports.
     assert METRIC_NAME.findall("rate(fapiao_no_such_metric_total[5m])")[0] not in exported
+
+
+def test_a_scrape_config_for_a_stack_lists_the_metrics_endpoints_its_stack_file_records(tmp_path) -> None:
+    state = {
+        "metrics": {
+            "payment_intake": {"job": "payment_intake", "address": "10.0.0.2:9101"},
+            "ledger-2": {"job": "ledger", "address": "10.0.0.4:9112"},
+            "ledger-1": {"job": "ledger", "address": "10.0.0.3:9111"},
+        }
+    }
+    (tmp_path / "stack.json").write_text(json.dumps(state))
+    done = subprocess.run(
+        [sys.executable, str(PROMETHEUS / "scrape_config.py"), "--run-dir", str(tmp_path), "--interval", "5s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    assert config["global"]["scrape_interval"] == "5s"
+    jobs = {job["job_name"]: job["static_configs"] for job in config["scrape_configs"]}
+    assert list(jobs) == ["payment_intake", "ledger"]
+    assert jobs["ledger"] == [
+        {"targets": ["10.0.0.4:9112"], "labels": {"process": "ledger-2"}},
+        {"targets": ["10.0.0.3:9111"], "labels": {"process": "ledger-1"}},
+    ]
+    (tmp_path / "stack.json").write_text("{}")
+    refused = subprocess.run(
+        [sys.executable, str(PROMETHEUS / "scrape_config.py"), "--run-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "records no metrics endpoints" in refused.stderr

@@ -39,7 +39,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 from fapiao_runtime.kafka import ensure_topics
 
-from fapiao_stack.config import intake_admin_address, process_environment, stack_environment
+from fapiao_stack.config import intake_admin_address, metrics_endpoints, process_environment, stack_environment
 from fapiao_stack.hosts import Network, prefix_from_env, run_in_netns, subnet_from_env
 from fapiao_stack.kafka import KafkaBroker, new_cluster_id
 from fapiao_stack.paths import LOG_DIR, RUN_DIR, STATE_FILE
@@ -387,6 +387,7 @@ def _write_state(network: Network, bootstrap: str, databases: Mapping[str, str])
         "services": {spec.name: f"{where[spec.name]}:{spec.port}" for spec in local_services()},
         "intake_webhook": f"{where['payment_intake']}:{INTAKE_WEBHOOK_PORT}",
         "merchant_admin": intake_admin_address(where["payment_intake"]),
+        "metrics": metrics_endpoints(where),
         "gateway_url": f"http://{where['gateway']}:{GATEWAY_PORT}",
     }
     STATE_FILE.write_text(json.dumps(state, indent=2))

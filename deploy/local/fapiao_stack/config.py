@@ -118,6 +118,16 @@ def ledger_endpoints(addresses: Mapping[str, str] | None = None) -> str:
     return ",".join(f"{service_address(s.name, addresses)}:{s.port}" for s in local_services() if s.module == "ledger")
 
 
+def metrics_endpoints(addresses: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """Each process's /metrics, recorded in stack.json as `metrics` (what a Prometheus scrapes):
+    name -> {"job": the service, "address": host:port}."""
+    return {
+        s.name: {"job": s.module, "address": f"{service_address(s.name, addresses)}:{s.metrics_port}"}
+        for s in local_services()
+        if s.metrics_port
+    }
+
+
 def stack_environment(
     run_dir: Path, kafka_bootstrap: str, database_url: str, addresses: Mapping[str, str] | None = None
 ) -> dict[str, str]:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from fapiao_runtime.kafka import ensure_topics
 
-from fapiao_stack.config import intake_admin_address, process_environment, stack_environment
+from fapiao_stack.config import intake_admin_address, metrics_endpoints, process_environment, stack_environment
 from fapiao_stack.kafka import KafkaBroker
 from fapiao_stack.paths import LOG_DIR, RUN_DIR, STATE_FILE
 from fapiao_stack.postgres import LocalPostgres
@@ -176,6 +176,7 @@ def up(timeout_s: float = 120.0) -> StackEndpoints:
             "brokers": [{"name": KAFKA_NAME, "address": kafka_bootstrap}],
             "postgres": [postgres],
             "merchant_admin": intake_admin_address(),
+            "metrics": metrics_endpoints(),
         }
     )
     asyncio.run(_wait_serving(local_services(), timeout_s))

@@ -25,7 +25,7 @@ from fapiao_cli.local import (
     merchant_admin_address,
     save_merchant_credentials,
 )
-from fapiao_cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, command_epilog
+from fapiao_cli.main import EXIT_FAILED, EXIT_OK, CliError, command_epilog
 
 DEFAULT_TAX_CLASSIFICATION_CODE = "3070401000000000000"
 
@@ -87,51 +87,30 @@ def register_merchant(
     """
     load_stack_environment()
     key = _platform_key()
-    address = merchant_admin_address()
-    if address is not None:
-        return _register_through_api(
-            address,
-            key,
-            mpb.RegisterMerchantRequest(
-                merchant_id=merchant_id,
-                legal_name=legal_name,
-                tax_id=tax_id,
-                region_code=region_code,
-                default_tax_classification_code=DEFAULT_TAX_CLASSIFICATION_CODE,
-                default_item_name=default_item_name,
-                default_tax_rate_bp=default_tax_rate_bp,
-                platform_keys=[
-                    mpb.PlatformKey(serial=key["serial"], public_key_pem=Path(key["public_key"]).read_bytes())
-                ],
-            ),
-            apiv3_key,
-            rotate_apiv3_key,
-        )
-    # A stack that records no admin address (the container stacks): payment_intake's operator module.
-    from payment_intake import cli as intake_cli
+    return _register_through_api(
+        _admin_address(),
+        key,
+        mpb.RegisterMerchantRequest(
+            merchant_id=merchant_id,
+            legal_name=legal_name,
+            tax_id=tax_id,
+            region_code=region_code,
+            default_tax_classification_code=DEFAULT_TAX_CLASSIFICATION_CODE,
+            default_item_name=default_item_name,
+            default_tax_rate_bp=default_tax_rate_bp,
+            platform_keys=[mpb.PlatformKey(serial=key["serial"], public_key_pem=Path(key["public_key"]).read_bytes())],
+        ),
+        apiv3_key,
+        rotate_apiv3_key,
+    )
 
-    argv = [
-        "merchant", "add", "--merchant-id", merchant_id, "--legal-name", legal_name, "--tax-id", tax_id,
-        "--region-code", region_code, "--default-item-name", default_item_name,
-        "--default-tax-rate-bp", str(default_tax_rate_bp), "--platform-key", f"{key['serial']}={key['public_key']}",
-    ]  # fmt: skip
-    if apiv3_key:
-        argv += ["--apiv3-key", apiv3_key]
-    if rotate_apiv3_key:
-        argv += ["--rotate-apiv3-key"]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = intake_cli.main(argv)
-    if code != 0:
-        raise ValueError(err.getvalue().strip() or out.getvalue().strip())
-    answer: dict[str, object] = json.loads(out.getvalue())
-    if "apiv3_key" in answer:
-        save_merchant_credentials(
-            MerchantCredentials(
-                merchant_id, str(answer["apiv3_key"]), key["serial"], PLATFORM_DIR / key["private_name"]
-            )
-        )
-    return answer
+
+def _admin_address() -> str:
+    """Where the running stack serves MerchantAdminService; CliError for a stack that records none."""
+    address = merchant_admin_address()
+    if address is None:
+        raise CliError("this stack serves no merchant admin API (its stack.json records no merchant_admin)")
+    return address
 
 
 def _register_through_api(
@@ -186,9 +165,7 @@ async def _call(address: str, method: str, request: Any) -> Any:
 def _admin_call(method: str, request: Any) -> Any:
     """A MerchantAdminService call for the list, show and revoke commands, refusals as CliError."""
     load_stack_environment()
-    address = merchant_admin_address()
-    if address is None:
-        raise CliError("this stack serves no merchant admin API (stack.json records no merchant_admin)")
+    address = _admin_address()
     try:
         return asyncio.run(_call(address, method, request))
     except grpc.aio.AioRpcError as exc:
@@ -240,11 +217,6 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    load_stack_environment()
-    if merchant_admin_address() is None:
-        from payment_intake import cli as intake_cli
-
-        return EXIT_OK if intake_cli.main(["merchant", "show", "--merchant-id", args.merchant_id]) == 0 else EXIT_USAGE
     listing = _admin_call("ListMerchants", mpb.ListMerchantsRequest())
     for merchant in listing.merchants:
         if merchant.merchant_id == args.merchant_id:
