@@ -339,6 +339,6 @@ async def start_webhook(
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
-    sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr,attr-defined]
-    bound = sockets[0].getsockname()[1] if sockets else port
+    # AppRunner.addresses: the bound (host, port, ...) of each listening socket.
+    bound = runner.addresses[0][1] if runner.addresses else port
     return runner, int(bound)
