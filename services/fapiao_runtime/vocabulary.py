@@ -57,6 +57,11 @@ def qr_check_matches(content: str) -> bool:
     return bool(comma) and QR_CHECK.fullmatch(check) is not None and qr_check(head + comma) == check.upper()
 
 
+# What a claim token can look like: base64url text (invoice_minting issues 43 characters, 32 random
+# bytes). Anything else is no token Fapiao issued; the gateway and invoice_minting both refuse it unread.
+CLAIM_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,128}")
+
+
 def claim_token_hash(claim_token: str) -> bytes:
     """What is stored and looked up for a claim token: SHA-256 of its text. The token itself is a
     bearer secret and is never stored in the clear next to the offer it opens."""

@@ -10,11 +10,11 @@ reveal the buyer who used it.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 
 from aiohttp import web
 from fapiao_runtime.errors import FapiaoError, InvalidArgument
+from fapiao_runtime.vocabulary import CLAIM_TOKEN_PATTERN
 
 from gateway import flows, i18n
 from gateway.claim_pages import claim_form_page, invoice_page
@@ -25,7 +25,6 @@ from gateway.responses import invoice_json, json_answer, offer_json, problem, wa
 
 log = logging.getLogger(__name__)
 
-CLAIM_TOKEN = re.compile(r"[A-Za-z0-9_\-=.~]{8,200}")
 # A view token that does not open is a link that does not exist (404), or one that expired (410).
 _VIEW_TOKEN_STATUS = {"VIEW_TOKEN_EXPIRED": 410, "BAD_VIEW_TOKEN": 404, "MALFORMED_VIEW_TOKEN": 404}
 _TOKEN_STATUS = {"UNKNOWN_TOKEN": 404, "TOKEN_EXPIRED": 410, "ALREADY_CLAIMED": 409}
@@ -33,7 +32,7 @@ _TOKEN_STATUS = {"UNKNOWN_TOKEN": 404, "TOKEN_EXPIRED": 410, "ALREADY_CLAIMED": 
 
 def _claim_token(request: web.Request) -> str:
     token = request.match_info["claim_token"]
-    if not CLAIM_TOKEN.fullmatch(token):
+    if not CLAIM_TOKEN_PATTERN.fullmatch(token):
         raise InvalidArgument("UNKNOWN_TOKEN", "malformed claim token")
     return token
 

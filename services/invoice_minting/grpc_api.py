@@ -7,14 +7,13 @@ no field may hold are refused there with INVALID_ARGUMENT before a method runs.
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 import asyncpg
 from fapiao.invoicing.v1 import invoice_minting_service_pb2 as api
 from fapiao.invoicing.v1 import invoice_minting_service_pb2_grpc as api_grpc
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.errors import NotFound
-from fapiao_runtime.vocabulary import claim_token_hash
+from fapiao_runtime.vocabulary import CLAIM_TOKEN_PATTERN, claim_token_hash
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_minting.buyer import check_idempotency_key, check_text, normalise_buyer
@@ -24,7 +23,6 @@ from invoice_minting.qr_codes import qr_png, qr_svg
 from invoice_minting.store import IssuerKeyRow
 
 SERVICE_NAME = "fapiao.invoicing.v1.InvoiceMintingService"
-TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,128}")
 # A waiting GetClaimOfferByPayment answers this much before the caller's deadline.
 DEADLINE_MARGIN_S = 0.05
 
@@ -39,7 +37,7 @@ def _timestamp(at: dt.datetime | None) -> Timestamp | None:
 
 def _token_hash(token: str) -> bytes:
     # Anything that cannot be a token we issued is simply unknown: no format oracle.
-    if not TOKEN_PATTERN.fullmatch(token):
+    if not CLAIM_TOKEN_PATTERN.fullmatch(token):
         raise NotFound("UNKNOWN_TOKEN", "no claim offer for this token")
     return claim_token_hash(token)
 

@@ -146,6 +146,20 @@ async def test_unknown_and_expired_claim_links(
         assert f'data-reason="{reason}"' in await response.text()
 
 
+@pytest.mark.parametrize("token", ["short-token", "a" * 129, "dotted.token.0123456789abc", "tilde~token~0123456789abc"])
+async def test_a_link_that_cannot_be_a_claim_token_is_unknown_without_asking_minting(
+    gateway: RunningGateway, backends: FakeBackends, http: aiohttp.ClientSession, token: str
+) -> None:
+    async with http.post(
+        f"{gateway.url}/claim/{token}",
+        data={"buyer_kind": "person", "name": "张三", "tax_id": "", "idempotency_key": "k1"},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 404
+        assert 'data-reason="UNKNOWN_TOKEN"' in await response.text()
+    assert backends.minting.claim_calls == 0
+
+
 @pytest.mark.parametrize(
     ("form", "field", "reason"),
     [
