@@ -1,4 +1,5 @@
-"""MerchantAdminService: operators register, list and revoke merchants (merchants, platform_keys rows).
+"""MerchantAdminService: operators register, list and revoke merchants and rotate the platform keys they
+trust (merchants, platform_keys rows).
 
 Served on payment_intake's admin port (mutual TLS only); every RPC first requires an operator
 certificate (`fapiao_runtime.operators.require_operator`), then runs `payment_intake.merchants`.
@@ -99,3 +100,21 @@ class MerchantAdminServicer(mpb_grpc.MerchantAdminServiceServicer):
         async with self._pool.acquire() as conn:
             entry = await merchants.revoke_merchant(conn, request.merchant_id)
         return mpb.RevokeMerchantResponse(merchant=merchant_message(entry))
+
+    async def AddPlatformKey(
+        self, request: mpb.AddPlatformKeyRequest, context: grpc.aio.ServicerContext
+    ) -> mpb.AddPlatformKeyResponse:
+        require_operator(context)
+        async with self._pool.acquire() as conn:
+            entry = await merchants.add_platform_key(
+                conn, request.merchant_id, request.key.serial, _pem_text(request.key.public_key_pem)
+            )
+        return mpb.AddPlatformKeyResponse(merchant=merchant_message(entry))
+
+    async def RemovePlatformKey(
+        self, request: mpb.RemovePlatformKeyRequest, context: grpc.aio.ServicerContext
+    ) -> mpb.RemovePlatformKeyResponse:
+        require_operator(context)
+        async with self._pool.acquire() as conn:
+            entry, removed = await merchants.remove_platform_key(conn, request.merchant_id, request.serial)
+        return mpb.RemovePlatformKeyResponse(merchant=merchant_message(entry), removed=removed)

@@ -16,7 +16,7 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fapiao.payments.v1 import payments_pb2
 from fapiao_runtime.db import create_pool
-from fapiao_runtime.errors import InvalidArgument, NotFound, Unavailable
+from fapiao_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from fapiao_runtime.outbox import enqueue
 from fapiao_runtime.sealing import SecretsBox
 from fapiao_runtime.tax_id import validate_uscc
@@ -243,8 +243,7 @@ async def revoke_merchant(conn: asyncpg.Connection, merchant_id: str) -> Merchan
     Revoking a revoked merchant keeps its first revocation time. InvalidArgument for a malformed id,
     NotFound UNKNOWN_MERCHANT for an unknown one.
     """
-    if not _MERCHANT_ID.fullmatch(merchant_id):
-        raise InvalidArgument("INVALID_MERCHANT_ID", "merchant_id must be 1-32 of [A-Za-z0-9_-]")
+    _check_merchant_id(merchant_id)
     async with conn.transaction():
         status = await conn.execute(
             "UPDATE merchants SET revoked_at = COALESCE(revoked_at, now()), updated_at = now() WHERE merchant_id = $1",
@@ -268,24 +267,54 @@ async def stored_apiv3_key(conn: asyncpg.Connection, secrets_key: bytes | Secret
         raise Unavailable("MERCHANT_KEY_UNAVAILABLE", "the merchant's APIv3 key cannot be opened") from None
 
 
-async def add_platform_key(conn: asyncpg.Connection, merchant_id: str, serial: str, pem: str) -> None:
-    """Trust one more platform key serial for the merchant (rotation step 1)."""
+def _check_merchant_id(merchant_id: str) -> None:
+    if not _MERCHANT_ID.fullmatch(merchant_id):
+        raise InvalidArgument("INVALID_MERCHANT_ID", "merchant_id must be 1-32 of [A-Za-z0-9_-]")
+
+
+async def add_platform_key(conn: asyncpg.Connection, merchant_id: str, serial: str, pem: str) -> MerchantEntry:
+    """Trust one more platform key serial for the merchant (rotation step 1); the same serial again
+    replaces its key. Returns the merchant. InvalidArgument for a malformed id, serial or key, NotFound
+    UNKNOWN_MERCHANT for an unknown merchant."""
+    _check_merchant_id(merchant_id)
     _check_platform_key(serial, pem)
-    if not await conn.fetchval("SELECT true FROM merchants WHERE merchant_id = $1", merchant_id):
-        raise NotFound("UNKNOWN_MERCHANT", "no such merchant")
-    await conn.execute(
-        "INSERT INTO platform_keys (merchant_id, serial, public_key_pem) VALUES ($1, $2, $3)"
-        " ON CONFLICT (merchant_id, serial) DO UPDATE SET public_key_pem = EXCLUDED.public_key_pem",
-        merchant_id,
-        serial,
-        pem,
-    )
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT true FROM merchants WHERE merchant_id = $1", merchant_id):
+            raise NotFound("UNKNOWN_MERCHANT", "no such merchant")
+        await conn.execute(
+            "INSERT INTO platform_keys (merchant_id, serial, public_key_pem) VALUES ($1, $2, $3)"
+            " ON CONFLICT (merchant_id, serial) DO UPDATE SET public_key_pem = EXCLUDED.public_key_pem",
+            merchant_id,
+            serial,
+            pem,
+        )
+        entry = await find_merchant(conn, merchant_id)
+    assert entry is not None
+    return entry
 
 
-async def remove_platform_key(conn: asyncpg.Connection, merchant_id: str, serial: str) -> bool:
-    """Stop trusting a retired platform key serial (rotation step 2); True if it was trusted."""
-    status = await conn.execute("DELETE FROM platform_keys WHERE merchant_id = $1 AND serial = $2", merchant_id, serial)
-    return bool(status.endswith(" 1"))
+async def remove_platform_key(conn: asyncpg.Connection, merchant_id: str, serial: str) -> tuple[MerchantEntry, bool]:
+    """Stop trusting a retired platform key serial (rotation step 2); returns the merchant and whether the
+    serial was trusted. The merchant's last trusted serial stays: without one no notification of the
+    merchant verifies (FailedPrecondition LAST_PLATFORM_KEY; add the new serial first, or revoke the
+    merchant). The merchant's row is locked, so two removals cannot both leave it with none."""
+    _check_merchant_id(merchant_id)
+    if not _SERIAL.fullmatch(serial):
+        raise InvalidArgument("INVALID_SERIAL", "platform key serial must be 1-64 alphanumeric characters")
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT true FROM merchants WHERE merchant_id = $1 FOR UPDATE", merchant_id):
+            raise NotFound("UNKNOWN_MERCHANT", "no such merchant")
+        serials = await trusted_serials(conn, merchant_id)
+        removed = serial in serials
+        if removed:
+            if len(serials) == 1:
+                raise FailedPrecondition(
+                    "LAST_PLATFORM_KEY", "the merchant's last trusted platform key; add its successor first"
+                )
+            await conn.execute("DELETE FROM platform_keys WHERE merchant_id = $1 AND serial = $2", merchant_id, serial)
+        entry = await find_merchant(conn, merchant_id)
+    assert entry is not None
+    return entry, removed
 
 
 async def trusted_serials(conn: asyncpg.Connection, merchant_id: str) -> list[str]:

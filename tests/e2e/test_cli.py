@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fapiao_cli.main import build_parser
 from fapiao_runtime.tax_id import uscc_check_char
 from fapiao_stack.procs import pid_alive
@@ -110,6 +112,23 @@ def test_cli_drives_the_whole_stack(fapiao: FapiaoCommand, tmp_path: Path) -> No
 
     assert fapiao("org", "revoke", "--tax-id", company).returncode == 0
     assert f"{company}\trevoked" in fapiao("org", "list").stdout
+    # A platform certificate rotation, through the admin API: the new serial is trusted beside the old
+    # one, a retired serial is removed, and the merchant's last serial stays.
+    successor = tmp_path / "successor.pem"
+    successor.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    trusted = json.loads(fapiao("merchant", "show", "--merchant-id", "1900000001").stdout)["trusted_platform_serials"]
+    added = fapiao("merchant", "add-platform-key", "--merchant-id", "1900000001", "--serial", "SUCCESSOR1",
+                   "--public-key", str(successor))  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["trusted_platform_serials"] == [*trusted, "SUCCESSOR1"]
+    retired = fapiao("merchant", "remove-platform-key", "--merchant-id", "1900000001", "--serial", "SUCCESSOR1")
+    assert retired.returncode == 0 and json.loads(retired.stdout)["trusted_platform_serials"] == trusted
+    last = fapiao("merchant", "remove-platform-key", "--merchant-id", "1900000001", "--serial", trusted[0])
+    assert last.returncode == 1 and "LAST_PLATFORM_KEY" in last.stderr
     # Merchants too are listed and revoked through the admin API, as the local operator.
     assert "1900000001\tactive" in fapiao("merchant", "list").stdout
     assert fapiao("merchant", "revoke", "--merchant-id", "1900000001").returncode == 0

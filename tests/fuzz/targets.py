@@ -415,6 +415,19 @@ def grpc_targets(seeds: Seeds) -> list[GrpcTarget]:
         ),
         (MERCHANT_ADMIN + "ListMerchants", lambda r: [merchant_admin.ListMerchantsRequest()]),
         (MERCHANT_ADMIN + "RevokeMerchant", lambda r: [merchant_admin.RevokeMerchantRequest(merchant_id="1800000000")]),
+        (
+            MERCHANT_ADMIN + "AddPlatformKey",
+            lambda r: [
+                merchant_admin.AddPlatformKeyRequest(
+                    merchant_id=seeds.merchant_id,
+                    key=merchant_admin.PlatformKey(serial=f"FUZZ{party_digits()}", public_key_pem=b"-----BEGIN"),
+                )
+            ],
+        ),
+        (
+            MERCHANT_ADMIN + "RemovePlatformKey",
+            lambda r: [merchant_admin.RemovePlatformKeyRequest(merchant_id=seeds.merchant_id, serial="FUZZ0000")],
+        ),
     ]
     targets += [GrpcTarget("grpc admin", "reimbursement-operator", m, "unary", f, weight=0.5) for m, f in organisations]
     # The same as an organisation (refused: operators only); listed under the port's own name.

@@ -13,9 +13,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 import grpc
+from fapiao.admin.v1 import merchant_admin_service_pb2 as admin_pb2
+from fapiao.admin.v1 import merchant_admin_service_pb2_grpc as admin_grpc
 from fapiao.payments.v1 import payment_intake_service_pb2 as service_pb2
 from fapiao.payments.v1 import payment_intake_service_pb2_grpc as service_grpc
+from fapiao_runtime.pki import issue_operator_certificate, write_pem_pair
 from fapiao_runtime.tax_id import uscc_check_char
+from fapiao_stack.devstack import Pki
 from fapiao_stack.harness import ServiceProcess, StackUnderTest
 from fapiao_stack.procs import free_port
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -111,6 +115,24 @@ def payment_request(
     )
 
 
+def registration(merchant_id: str = "1900000001", **fields: object) -> admin_pb2.RegisterMerchantRequest:
+    """A MerchantAdminService registration of a restaurant trusting PLATFORM; `fields` override."""
+    values: dict[str, object] = {
+        "merchant_id": merchant_id,
+        "legal_name": "深圳示例餐饮有限公司",
+        "tax_id": TAX_ID,
+        "region_code": "44",
+        "default_tax_classification_code": "3070401000000000000",
+        "default_item_name": "餐饮服务",
+        "default_tax_rate_bp": 600,
+        "platform_keys": [
+            admin_pb2.PlatformKey(serial=PLATFORM.serial, public_key_pem=PLATFORM.public_key_pem().encode())
+        ],
+    }
+    values.update(fields)
+    return admin_pb2.RegisterMerchantRequest(**values)  # type: ignore[arg-type]
+
+
 def stub(channel: grpc.aio.Channel) -> service_grpc.PaymentIntakeServiceStub:
     return service_grpc.PaymentIntakeServiceStub(channel)
 
@@ -150,6 +172,37 @@ async def running_intake(stack: StackUnderTest, **extra_env: str) -> AsyncIterat
     try:
         await register(stack, intake.secrets_key, intake.merchant_id, intake.apiv3_key)
         yield intake
+    finally:
+        if intake.process.proc.poll() is None:  # type: ignore[attr-defined]
+            intake.process.kill()
+
+
+@asynccontextmanager
+async def intake_with_admin(
+    stack: StackUnderTest, pki: Pki, **extra_env: str
+) -> AsyncIterator[tuple[Intake, admin_grpc.MerchantAdminServiceStub]]:
+    """payment_intake as a process serving MerchantAdminService on its admin port (mutual TLS, `pki`'s CA),
+    no merchant registered; yields it and a stub that calls as operator "alice". Killed afterwards."""
+    pki_dir = stack.tmp_path / f"admin-pki-{uuid.uuid4().hex[:6]}"
+    ca_cert, _ = write_pem_pair(pki.ca, pki_dir, "ca")
+    cert, key = write_pem_pair(pki.server, pki_dir, "payment_intake")
+    admin_port = free_port()
+    intake = new_intake(
+        stack,
+        FAPIAO_INTAKE_ADMIN_PORT=str(admin_port),
+        FAPIAO_INTAKE_ADMIN_TLS_CERT_FILE=str(cert),
+        FAPIAO_INTAKE_ADMIN_TLS_KEY_FILE=str(key),
+        FAPIAO_INTAKE_ADMIN_TLS_CLIENT_CA_FILE=str(ca_cert),
+        **extra_env,
+    )
+    await intake.restart()
+    operator = issue_operator_certificate(pki.ca, "alice")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.cert_pem, private_key=operator.key_pem, certificate_chain=operator.cert_pem
+    )
+    try:
+        async with grpc.aio.secure_channel(f"127.0.0.1:{admin_port}", credentials) as channel:
+            yield intake, admin_grpc.MerchantAdminServiceStub(channel)
     finally:
         if intake.process.proc.poll() is None:  # type: ignore[attr-defined]
             intake.process.kill()

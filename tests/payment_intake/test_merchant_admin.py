@@ -18,33 +18,29 @@ from fapiao.admin.v1 import merchant_admin_service_pb2_grpc as mpb_grpc
 from fapiao_runtime.db import apply_migrations, create_pool
 from fapiao_runtime.errors import reason_of
 from fapiao_runtime.grpc_server import GrpcServer, TlsConfig
-from fapiao_runtime.pki import IssuedCertificate, issue_operator_certificate, issue_service_certificate, write_pem_pair
+from fapiao_runtime.pki import IssuedCertificate, issue_operator_certificate, issue_service_certificate
 from fapiao_stack.devstack import Pki
 from fapiao_stack.harness import StackUnderTest
-from fapiao_stack.procs import free_port
 from payment_intake.admin_api import MerchantAdminServicer
-from payment_intake.wechatpay import generate_apiv3_key
+from payment_intake.wechatpay import PlatformSigner, generate_apiv3_key
 
-from tests.payment_intake.support import PLATFORM, TAX_ID, new_intake, new_transaction_id, payment_resource
+from tests.payment_intake.support import (
+    OTHER_PLATFORM,
+    PLATFORM,
+    TAX_ID,
+    intake_with_admin,
+    new_transaction_id,
+    payment_resource,
+    registration,
+)
 
 pytestmark = pytest.mark.integration
 
 MIGRATIONS = Path(__file__).parents[2] / "services" / "payment_intake" / "migrations"
 
 
-def _request(merchant_id: str = "1900000001", **fields: object) -> mpb.RegisterMerchantRequest:
-    values: dict[str, object] = {
-        "merchant_id": merchant_id,
-        "legal_name": "深圳示例餐饮有限公司",
-        "tax_id": TAX_ID,
-        "region_code": "44",
-        "default_tax_classification_code": "3070401000000000000",
-        "default_item_name": "餐饮服务",
-        "default_tax_rate_bp": 600,
-        "platform_keys": [mpb.PlatformKey(serial=PLATFORM.serial, public_key_pem=PLATFORM.public_key_pem().encode())],
-    }
-    values.update(fields)
-    return mpb.RegisterMerchantRequest(**values)  # type: ignore[arg-type]
+def _key(platform: PlatformSigner) -> mpb.PlatformKey:
+    return mpb.PlatformKey(serial=platform.serial, public_key_pem=platform.public_key_pem().encode())
 
 
 def _credentials(pki: Pki, cert: IssuedCertificate | None, *, root: bytes | None = None) -> grpc.ChannelCredentials:
@@ -94,7 +90,7 @@ async def admin(database_url: str, pki: Pki) -> AsyncIterator[AdminUnderTest]:
 
 async def test_an_operator_registers_twice_lists_rotates_and_revokes(admin: AdminUnderTest) -> None:
     operator = admin.stub(issue_operator_certificate(admin.pki.ca, "alice"))
-    request = _request(apiv3_key_if_new=generate_apiv3_key().decode())
+    request = registration(apiv3_key_if_new=generate_apiv3_key().decode())
     first = await operator.RegisterMerchant(request, timeout=10)
     assert await operator.RegisterMerchant(request, timeout=10) == first
     assert first.apiv3_key_stored
@@ -102,14 +98,16 @@ async def test_an_operator_registers_twice_lists_rotates_and_revokes(admin: Admi
     assert list(first.merchant.trusted_platform_serials) == [PLATFORM.serial]
     assert first.merchant.notify_path.endswith("/1900000001")
     # Another run with another key for a new merchant keeps the stored key, and says so.
-    kept = await operator.RegisterMerchant(_request(apiv3_key_if_new=generate_apiv3_key().decode()), timeout=10)
+    kept = await operator.RegisterMerchant(registration(apiv3_key_if_new=generate_apiv3_key().decode()), timeout=10)
     assert not kept.apiv3_key_stored and kept.merchant == first.merchant
-    rotated = await operator.RegisterMerchant(_request(replace_apiv3_key=generate_apiv3_key().decode()), timeout=10)
+    rotated = await operator.RegisterMerchant(registration(replace_apiv3_key=generate_apiv3_key().decode()), timeout=10)
     assert rotated.apiv3_key_stored
     # Each registration is one MerchantRegistered event in the outbox, with the profile change.
     assert await admin.count("SELECT count(*) FROM outbox") == 4
 
-    await operator.RegisterMerchant(_request("1900000002", apiv3_key_if_new=generate_apiv3_key().decode()), timeout=10)
+    await operator.RegisterMerchant(
+        registration("1900000002", apiv3_key_if_new=generate_apiv3_key().decode()), timeout=10
+    )
     listing = await operator.ListMerchants(mpb.ListMerchantsRequest(), timeout=10)
     assert [(m.merchant_id, m.active) for m in listing.merchants] == [("1900000001", True), ("1900000002", True)]
 
@@ -147,7 +145,7 @@ async def test_bad_registrations_get_a_precise_reason_and_change_nothing(
     operator = admin.stub(issue_operator_certificate(admin.pki.ca, "alice"))
     fields = {"apiv3_key_if_new": generate_apiv3_key().decode(), **fields}
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await operator.RegisterMerchant(_request(**fields), timeout=10)
+        await operator.RegisterMerchant(registration(**fields), timeout=10)
     assert (refused.value.code(), reason_of(refused.value)) == (code, reason)
     assert await admin.count("SELECT count(*) FROM merchants") == 0
     assert await admin.count("SELECT count(*) FROM outbox") == 0
@@ -168,9 +166,13 @@ async def test_organisation_and_service_certificates_are_refused(admin: AdminUnd
     for cert in (admin.pki.org_cert(TAX_ID), issue_service_certificate(admin.pki.ca, "payment_intake")):
         stub = admin.stub(cert)
         for call in (
-            stub.RegisterMerchant(_request(apiv3_key_if_new=generate_apiv3_key().decode()), timeout=10),
+            stub.RegisterMerchant(registration(apiv3_key_if_new=generate_apiv3_key().decode()), timeout=10),
             stub.ListMerchants(mpb.ListMerchantsRequest(), timeout=10),
             stub.RevokeMerchant(mpb.RevokeMerchantRequest(merchant_id="1900000001"), timeout=10),
+            stub.AddPlatformKey(mpb.AddPlatformKeyRequest(merchant_id="1900000001", key=_key(PLATFORM)), timeout=10),
+            stub.RemovePlatformKey(
+                mpb.RemovePlatformKeyRequest(merchant_id="1900000001", serial=PLATFORM.serial), timeout=10
+            ),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call
@@ -180,7 +182,7 @@ async def test_organisation_and_service_certificates_are_refused(admin: AdminUnd
 
 
 async def test_callers_without_a_certificate_of_the_ca_never_reach_the_service(admin: AdminUnderTest) -> None:
-    request = _request(apiv3_key_if_new=generate_apiv3_key().decode())
+    request = registration(apiv3_key_if_new=generate_apiv3_key().decode())
     address = f"127.0.0.1:{admin.port}"
     for channel in (
         grpc.aio.secure_channel(address, _credentials(admin.pki, None)),  # no client certificate
@@ -199,27 +201,9 @@ async def test_callers_without_a_certificate_of_the_ca_never_reach_the_service(a
 async def test_a_running_intake_serves_the_admin_port_and_refuses_a_revoked_merchant(
     stack: StackUnderTest, pki: Pki
 ) -> None:
-    pki_dir = stack.tmp_path / "admin-pki"
-    ca_cert, _ = write_pem_pair(pki.ca, pki_dir, "ca")
-    cert, key = write_pem_pair(pki.server, pki_dir, "payment_intake")
-    admin_port = free_port()
-    intake = new_intake(
-        stack,
-        FAPIAO_MERCHANT_CACHE_TTL_S="1",
-        FAPIAO_INTAKE_ADMIN_PORT=str(admin_port),
-        FAPIAO_INTAKE_ADMIN_TLS_CERT_FILE=str(cert),
-        FAPIAO_INTAKE_ADMIN_TLS_KEY_FILE=str(key),
-        FAPIAO_INTAKE_ADMIN_TLS_CLIENT_CA_FILE=str(ca_cert),
-    )
-    await intake.restart()
-    operator = issue_operator_certificate(pki.ca, "alice")
-    try:
-        async with (
-            grpc.aio.secure_channel(f"127.0.0.1:{admin_port}", _credentials(pki, operator)) as channel,
-            aiohttp.ClientSession() as session,
-        ):
-            stub = mpb_grpc.MerchantAdminServiceStub(channel)
-            request = _request(intake.merchant_id, apiv3_key_if_new=intake.apiv3_key.decode())
+    async with intake_with_admin(stack, pki, FAPIAO_MERCHANT_CACHE_TTL_S="1") as (intake, stub):
+        async with aiohttp.ClientSession() as session:
+            request = registration(intake.merchant_id, apiv3_key_if_new=intake.apiv3_key.decode())
             assert (await stub.RegisterMerchant(request, timeout=10)).apiv3_key_stored
             paid = intake.notification(payment_resource(intake.merchant_id, new_transaction_id()))
             assert (await intake.post(session, PLATFORM.deliver(paid)))[0] == 200
@@ -233,6 +217,109 @@ async def test_a_running_intake_serves_the_admin_port_and_refuses_a_revoked_merc
             assert (await stub.RegisterMerchant(request, timeout=10)).merchant.active
             await asyncio.sleep(1.1)
             assert (await intake.post(session, PLATFORM.deliver(refused)))[0] == 200
-    finally:
-        intake.process.kill()
     assert await intake.count("SELECT count(*) FROM payment_intake.payments") == 2
+
+
+async def test_an_operator_rotates_a_merchants_platform_key(admin: AdminUnderTest) -> None:
+    operator = admin.stub(issue_operator_certificate(admin.pki.ca, "alice"))
+    await operator.RegisterMerchant(registration(apiv3_key_if_new=generate_apiv3_key().decode()), timeout=10)
+    add = mpb.AddPlatformKeyRequest(merchant_id="1900000001", key=_key(OTHER_PLATFORM))
+    added = await operator.AddPlatformKey(add, timeout=10)
+    assert list(added.merchant.trusted_platform_serials) == [PLATFORM.serial, OTHER_PLATFORM.serial]
+    assert await operator.AddPlatformKey(add, timeout=10) == added  # the same request, the same answer
+
+    remove = mpb.RemovePlatformKeyRequest(merchant_id="1900000001", serial=PLATFORM.serial)
+    removed = await operator.RemovePlatformKey(remove, timeout=10)
+    assert removed.removed and list(removed.merchant.trusted_platform_serials) == [OTHER_PLATFORM.serial]
+    again = await operator.RemovePlatformKey(remove, timeout=10)
+    assert not again.removed and again.merchant == removed.merchant
+
+    # The last trusted serial stays: without one no notification of the merchant could verify.
+    last = mpb.RemovePlatformKeyRequest(merchant_id="1900000001", serial=OTHER_PLATFORM.serial)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await operator.RemovePlatformKey(last, timeout=10)
+    assert (refused.value.code(), reason_of(refused.value)) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "LAST_PLATFORM_KEY",
+    )
+    assert await admin.count("SELECT count(*) FROM platform_keys") == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "reason"),
+    [
+        (
+            ("AddPlatformKey", mpb.AddPlatformKeyRequest(merchant_id="1900000009", key=_key(OTHER_PLATFORM))),
+            grpc.StatusCode.NOT_FOUND,
+            "UNKNOWN_MERCHANT",
+        ),
+        (
+            ("AddPlatformKey", mpb.AddPlatformKeyRequest(merchant_id="bad id", key=_key(OTHER_PLATFORM))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_MERCHANT_ID",
+        ),
+        (
+            (
+                "AddPlatformKey",
+                mpb.AddPlatformKeyRequest(
+                    merchant_id="1900000001", key=mpb.PlatformKey(serial="S-1!", public_key_pem=b"x")
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_SERIAL",
+        ),
+        (
+            (
+                "AddPlatformKey",
+                mpb.AddPlatformKeyRequest(
+                    merchant_id="1900000001", key=mpb.PlatformKey(serial="S2", public_key_pem=b"not a key")
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PLATFORM_KEY",
+        ),
+        (
+            ("RemovePlatformKey", mpb.RemovePlatformKeyRequest(merchant_id="1900000009", serial="S2")),
+            grpc.StatusCode.NOT_FOUND,
+            "UNKNOWN_MERCHANT",
+        ),
+        (
+            ("RemovePlatformKey", mpb.RemovePlatformKeyRequest(merchant_id="1900000001", serial="")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_SERIAL",
+        ),
+    ],
+)
+async def test_bad_key_rotations_get_a_precise_reason_and_change_nothing(
+    admin: AdminUnderTest, call: tuple[str, object], code: grpc.StatusCode, reason: str
+) -> None:
+    operator = admin.stub(issue_operator_certificate(admin.pki.ca, "alice"))
+    await operator.RegisterMerchant(registration(apiv3_key_if_new=generate_apiv3_key().decode()), timeout=10)
+    method, request = call
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await getattr(operator, method)(request, timeout=10)
+    assert (refused.value.code(), reason_of(refused.value)) == (code, reason)
+    assert await admin.pool.fetchval("SELECT array_agg(serial) FROM platform_keys") == [PLATFORM.serial]
+
+
+async def test_a_key_added_through_the_api_is_accepted_at_once_and_a_removed_one_refused(
+    stack: StackUnderTest, pki: Pki
+) -> None:
+    async with intake_with_admin(stack, pki, FAPIAO_MERCHANT_CACHE_TTL_S="1") as (intake, stub):
+        async with aiohttp.ClientSession() as session:
+            request = registration(intake.merchant_id, apiv3_key_if_new=intake.apiv3_key.decode())
+            await stub.RegisterMerchant(request, timeout=10)
+            body = intake.notification(payment_resource(intake.merchant_id, new_transaction_id()))
+            assert (await intake.post(session, OTHER_PLATFORM.deliver(body)))[1]["code"] == "UNKNOWN_SERIAL"
+
+            add = mpb.AddPlatformKeyRequest(merchant_id=intake.merchant_id, key=_key(OTHER_PLATFORM))
+            await stub.AddPlatformKey(add, timeout=10)
+            await asyncio.sleep(1.0)  # an unknown serial refreshes the merchant at most once a second
+            assert (await intake.post(session, OTHER_PLATFORM.deliver(body)))[0] == 200
+
+            remove = mpb.RemovePlatformKeyRequest(merchant_id=intake.merchant_id, serial=PLATFORM.serial)
+            assert (await stub.RemovePlatformKey(remove, timeout=10)).removed
+            await asyncio.sleep(1.1)  # the directory's cache TTL
+            retired = intake.notification(payment_resource(intake.merchant_id, new_transaction_id()))
+            assert (await intake.post(session, PLATFORM.deliver(retired)))[1]["code"] == "UNKNOWN_SERIAL"
+    assert await intake.count("SELECT count(*) FROM payment_intake.payments") == 1

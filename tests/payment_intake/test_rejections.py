@@ -304,7 +304,8 @@ async def test_platform_key_rotation_and_notify_url_without_merchant(stack: Stac
             other = intake.notification(payment_resource(intake.merchant_id, new_transaction_id()))
             assert (await intake.post(session, PLATFORM.deliver(other)))[0] == 200
             async with pool.acquire() as conn:
-                assert await merchants.remove_platform_key(conn, intake.merchant_id, PLATFORM.serial)
+                _, removed = await merchants.remove_platform_key(conn, intake.merchant_id, PLATFORM.serial)
+                assert removed
         finally:
             await pool.close()
         # After the cache TTL the retired serial is refused.

@@ -36,8 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     add = commands.add_parser(
         "add",
         help="register or update a merchant; prints what the payment system needs",
-        description="Registers the merchant; unless --platform-key is given, also creates a payment-platform "
-        "signing key under .run/platform so that `fapiao pay` can act as the platform.",
+        description="Registers the merchant, trusting the local payment platform's signing key (created once "
+        "under .run/platform) so that `fapiao pay` can act as the platform.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=command_epilog(
             'fapiao merchant add --merchant-id 1900000001 --legal-name "深圳示例餐饮有限公司"'
@@ -67,6 +67,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     revoke = commands.add_parser("revoke", help="revoke a merchant: the webhook refuses its notifications")
     revoke.add_argument("--merchant-id", required=True)
     revoke.set_defaults(handler=_revoke)
+    add_key = commands.add_parser(
+        "add-platform-key",
+        help="trust another payment-platform certificate serial (rotation, step 1); prints the merchant",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog(
+            "fapiao merchant add-platform-key --merchant-id 1900000001 --serial 7132D72A03E93CDD --public-key new.pem"
+        ),
+    )
+    add_key.add_argument("--merchant-id", required=True)
+    add_key.add_argument("--serial", required=True, help="the certificate serial the platform signs with")
+    add_key.add_argument("--public-key", required=True, type=Path, help="the platform's public key (PEM file)")
+    add_key.set_defaults(handler=_add_platform_key)
+    remove_key = commands.add_parser(
+        "remove-platform-key",
+        help="stop trusting a retired serial (rotation, step 2; the last one stays); prints the merchant",
+    )
+    remove_key.add_argument("--merchant-id", required=True)
+    remove_key.add_argument("--serial", required=True)
+    remove_key.set_defaults(handler=_remove_platform_key)
 
 
 def register_merchant(
@@ -234,6 +253,26 @@ def _list(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     reply = _admin_call("RevokeMerchant", mpb.RevokeMerchantRequest(merchant_id=args.merchant_id))
     print(f"merchant {reply.merchant.merchant_id} revoked")
+    return EXIT_OK
+
+
+def _add_platform_key(args: argparse.Namespace) -> int:
+    try:
+        pem = args.public_key.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.public_key}: {exc.strerror}") from None
+    key = mpb.PlatformKey(serial=args.serial, public_key_pem=pem)
+    reply = _admin_call("AddPlatformKey", mpb.AddPlatformKeyRequest(merchant_id=args.merchant_id, key=key))
+    print(_json(reply.merchant))
+    return EXIT_OK
+
+
+def _remove_platform_key(args: argparse.Namespace) -> int:
+    request = mpb.RemovePlatformKeyRequest(merchant_id=args.merchant_id, serial=args.serial)
+    reply = _admin_call("RemovePlatformKey", request)
+    print(_json(reply.merchant))
+    if not reply.removed:
+        print(f"fapiao: serial {args.serial} was not trusted by merchant {args.merchant_id}", file=sys.stderr)
     return EXIT_OK
 
 
