@@ -137,7 +137,7 @@ faults: setup ## fault suite: 10 min of workload under >= 20 seeded faults, then
 images: setup ## the container images, built by podman from deploy/containers/Containerfile (root; base image from Debian's archive)
 	bash deploy/containers/build-images.sh
 
-deploy-test: images prometheus ## the demo story against the images: compose in podman (and Prometheus against it), then `podman kube play` (root; 3 min, 7 from nothing)
+deploy-test: images prometheus ## the demo story against the images: compose in podman (and Prometheus against it), then `podman kube play` (root; 1 min, 4½ from nothing)
 	source deploy/containers/env.sh && $(PY) deploy/containers/deploy_test.py
 
 clean: down ## remove generated code, caches and local state
