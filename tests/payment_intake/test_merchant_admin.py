@@ -323,3 +323,27 @@ async def test_a_key_added_through_the_api_is_accepted_at_once_and_a_removed_one
             retired = intake.notification(payment_resource(intake.merchant_id, new_transaction_id()))
             assert (await intake.post(session, PLATFORM.deliver(retired)))[1]["code"] == "UNKNOWN_SERIAL"
     assert await intake.count("SELECT count(*) FROM payment_intake.payments") == 1
+
+
+async def test_two_concurrent_removals_never_leave_a_merchant_without_a_platform_key(admin: AdminUnderTest) -> None:
+    operator = admin.stub(issue_operator_certificate(admin.pki.ca, "alice"))
+    for round_ in range(5):
+        merchant_id = f"19000001{round_:02d}"
+        await operator.RegisterMerchant(
+            registration(merchant_id, apiv3_key_if_new=generate_apiv3_key().decode()), timeout=10
+        )
+        await operator.AddPlatformKey(
+            mpb.AddPlatformKeyRequest(merchant_id=merchant_id, key=_key(OTHER_PLATFORM)), timeout=10
+        )
+        # Each of two operators retires a different serial at the same moment: one of them must be refused.
+        answers = await asyncio.gather(
+            *(
+                operator.RemovePlatformKey(mpb.RemovePlatformKeyRequest(merchant_id=merchant_id, serial=s), timeout=10)
+                for s in (PLATFORM.serial, OTHER_PLATFORM.serial)
+            ),
+            return_exceptions=True,
+        )
+        refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+        assert len(refused) == 1 and reason_of(refused[0]) == "LAST_PLATFORM_KEY", answers
+        left = await admin.pool.fetchval("SELECT count(*) FROM platform_keys WHERE merchant_id = $1", merchant_id)
+        assert left == 1
