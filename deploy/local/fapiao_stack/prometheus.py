@@ -14,12 +14,13 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fapiao_stack.config import metrics_endpoints
 from fapiao_stack.paths import REPO_ROOT
 from fapiao_stack.procs import free_port
 from fapiao_stack.services import local_services
@@ -37,9 +38,14 @@ class Target:
     address: str  # host:port of its /metrics
 
 
+def _targets(recorded: Mapping[str, Mapping[str, str]]) -> list[Target]:
+    return [Target(entry["job"], name, entry["address"]) for name, entry in recorded.items()]
+
+
 def local_targets(host: str = "127.0.0.1") -> list[Target]:
-    """The metrics ports `fapiao up` gives its services (shifted by FAPIAO_PORT_OFFSET like the stack)."""
-    return [Target(s.module, s.name, f"{host}:{s.metrics_port}") for s in local_services() if s.metrics_port]
+    """The metrics ports `fapiao up` gives its services (shifted by FAPIAO_PORT_OFFSET like the stack),
+    on `host`: what the stack records in its stack.json (`fapiao_stack.config.metrics_endpoints`)."""
+    return _targets(metrics_endpoints({spec.name: host for spec in local_services()}))
 
 
 def stack_targets(state_file: Path) -> list[Target]:
@@ -48,7 +54,7 @@ def stack_targets(state_file: Path) -> list[Target]:
     recorded = json.loads(state_file.read_text()).get("metrics")
     if not recorded:
         raise LookupError(f"{state_file} records no metrics endpoints")
-    return [Target(entry["job"], name, entry["address"]) for name, entry in recorded.items()]
+    return _targets(recorded)
 
 
 def render(targets: Sequence[Target], *, interval: str = "15s", rules: str = DEFAULT_RULES, source: str = "") -> str:
